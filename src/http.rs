@@ -36,6 +36,8 @@ pub enum Routed {
     },
     /// `/health`: 200 while serving.
     Health,
+    /// `/metrics`: Prometheus text format.
+    Metrics,
 }
 
 /// Decides what a request for `path` with `method` gets.
@@ -43,8 +45,9 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Routed {
     let is_get = method == "GET";
     match path {
         "/health" if is_get || method == "HEAD" => Routed::Health,
+        "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
-        "/health" | "/echo" => Routed::Respond { status: 405, body: "method not allowed\n" },
+        "/health" | "/echo" | "/metrics" => Routed::Respond { status: 405, body: "method not allowed\n" },
         _ => match path.strip_prefix("/ws/") {
             Some(topic) if is_get => match validate_topic(topic) {
                 Ok(()) => Routed::Upgrade(Endpoint::Topic { name: topic.to_owned(), echo: wants_echo(query) }),

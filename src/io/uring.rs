@@ -254,11 +254,12 @@ impl UringDriver {
         self.push(e);
     }
 
-    fn slot_of(&mut self, user_data: u64) -> Option<(Token, &mut Slot)> {
+    /// The live slot a completion belongs to (not a later connection in the same slot).
+    fn slot_of(&self, user_data: u64) -> Option<Token> {
         let slot = ud_slot(user_data);
-        let s = self.slots.get_mut(slot as usize)?;
+        let s = self.slots.get(slot as usize)?;
         (s.generation & 0xff_ffff == ud_gen(user_data) && s.fd.is_some())
-            .then_some((Token { slot, generation: s.generation }, s))
+            .then_some(Token { slot, generation: s.generation })
     }
 
     /// Closes a releasing slot once nothing of it is left in the kernel.
@@ -274,7 +275,8 @@ impl UringDriver {
     }
 
     fn on_send(&mut self, user_data: u64, res: i32) -> Option<Event<'static>> {
-        let (token, s) = self.slot_of(user_data)?;
+        let token = self.slot_of(user_data)?;
+        let s = &mut self.slots[token.slot as usize];
         let mut op = s.send.take()?;
         if res > 0 {
             op.done += res as usize;
@@ -429,12 +431,13 @@ impl Driver for UringDriver {
                 }
                 K_RECV => {
                     let bid = cqueue::buffer_select(flags);
-                    let Some((token, s)) = self.slot_of(user_data) else {
+                    let Some(token) = self.slot_of(user_data) else {
                         if let Some(bid) = bid {
                             self.bufs.recycle(bid);
                         }
                         continue;
                     };
+                    let s = &mut self.slots[token.slot as usize];
                     let more = cqueue::more(flags);
                     if !more {
                         s.recv_active = false;
@@ -465,6 +468,7 @@ impl Driver for UringDriver {
                         // The buffer ring ran dry: buffers come back as events are handled,
                         // so re-arm on the next submission.
                         self.stats.recv_buffer_exhausted += 1;
+                        let s = &mut self.slots[token.slot as usize];
                         if !s.recv_rearm {
                             s.recv_rearm = true;
                             self.rearm_recv.push(token.slot);

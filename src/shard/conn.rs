@@ -105,7 +105,7 @@ impl Conn {
     pub fn accepts_data(&self) -> bool {
         !self.close_after_flush
             && !self.releasing
-            && matches!(&self.phase, Phase::Ws { ws, .. } if matches!(ws.state(), crate::proto::conn::State::Open | crate::proto::conn::State::CloseReceived))
+            && matches!(&self.phase, Phase::Ws { ws, .. } if ws.state() == crate::proto::conn::State::Open)
     }
 
     /// Queues a frame regardless of the limit (control frames, responses).

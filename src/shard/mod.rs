@@ -189,13 +189,6 @@ impl<D: Driver> Shard<D> {
 }
 
 impl ShardState {
-    fn conn(&mut self, token: Token) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(token.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.token.generation == token.generation)
-    }
-
     fn on_event(&mut self, ev: Event<'_>) {
         match ev {
             Event::Accepted(fd) => self.on_accept(fd),
@@ -238,7 +231,7 @@ impl ShardState {
 
     fn on_data(&mut self, token: Token, data: &mut [u8]) {
         let tick = self.tick;
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         c.last_rx = tick;
         match &mut c.phase {
             Phase::Http { buf } => {
@@ -253,7 +246,7 @@ impl ShardState {
     /// Parses what is buffered of a request head and acts on it once complete.
     fn on_request_bytes(&mut self, token: Token) {
         let limits = self.handshake_limits;
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         let Phase::Http { buf } = &mut c.phase else { return };
         let req = match handshake::parse_request(buf, &limits) {
             Ok(None) => return,
@@ -267,6 +260,10 @@ impl ShardState {
         let rest = buf.split_off(req.head_len.min(buf.len()));
         match crate::http::route(&req.method, &req.path, req.query.as_deref()) {
             Routed::Health => self.respond(token, 200, "ok\n"),
+            Routed::Metrics => {
+                let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
+                self.respond_with(token, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes());
+            }
             Routed::Respond { status, body } => self.respond(token, status, body),
             Routed::Upgrade(endpoint) => {
                 if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
@@ -298,7 +295,7 @@ impl ShardState {
         let mut head = Vec::with_capacity(160);
         handshake::write_101(up, None, &mut head);
         let ws = Connection::new(Role::Server, self.ws_limits);
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         c.phase = Phase::Ws { ws, route };
         c.push_control(Bytes::from(head), &mut self.dirty);
         self.metrics.upgrades.inc();
@@ -314,9 +311,13 @@ impl ShardState {
             self.metrics.handshake_failure(status);
             tracing::debug!(shard = self.id, status, reason = body.trim_end(), "request refused");
         }
+        self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
+    }
+
+    fn respond_with(&mut self, token: Token, status: u16, content_type: &str, body: &[u8]) {
         let mut out = Vec::with_capacity(128 + body.len());
-        handshake::write_response(status, "text/plain; charset=utf-8", &[], body.as_bytes(), &mut out);
-        let Some(c) = self.conn(token) else { return };
+        handshake::write_response(status, content_type, &[], body, &mut out);
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         c.phase = Phase::Done;
         c.push_control(Bytes::from(out), &mut self.dirty);
         c.close_after_flush = true;
@@ -370,7 +371,7 @@ impl ShardState {
                 Action::Publish(topic, frame, echo) => self.publish(&topic, frame, Some(token.slot), echo),
                 Action::Echo(frame) => self.deliver(token.slot, frame),
                 Action::Closed => {
-                    if let Some(c) = self.conn(token) {
+                    if let Some(c) = conn_mut(&mut self.conns, token) {
                         c.close_after_flush = true;
                         c.deadline = self.tick + ticks_ceil(CLOSE_GRACE);
                         c.mark_dirty(&mut self.dirty);
@@ -379,7 +380,8 @@ impl ShardState {
                 }
             }
             let rest = std::mem::take(&mut input);
-            input = &mut rest[consumed.min(rest.len())..];
+            let at = consumed.min(rest.len());
+            input = &mut rest[at..];
             if input.is_empty() || (consumed == 0 && !had_event) {
                 return;
             }
@@ -441,7 +443,7 @@ impl ShardState {
     fn on_recv_closed(&mut self, token: Token, error: Option<std::io::Error>) {
         let id = self.id;
         let tick = self.tick;
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         if let Phase::Ws { ws, .. } = &mut c.phase
             && let Err(e) = ws.eof()
         {
@@ -458,7 +460,7 @@ impl ShardState {
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
         self.send_vecs.push(frames);
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         c.sending = false;
         c.queued = c.queued.saturating_sub(c.inflight);
         let sent = std::mem::take(&mut c.inflight);
@@ -495,7 +497,7 @@ impl ShardState {
     /// Asks the driver to close a connection; unsubscribes it first so no new frame is
     /// queued to it.
     fn release(&mut self, token: Token) {
-        let Some(c) = self.conn(token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else { return };
         if c.releasing {
             return;
         }
@@ -614,6 +616,11 @@ enum Action {
     Publish(Arc<str>, Bytes, bool),
     Echo(Bytes),
     Closed,
+}
+
+/// The live connection named by `token` (not a later one in the same slot).
+fn conn_mut(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
+    conns.get_mut(token.slot as usize).and_then(Option::as_mut).filter(|c| c.token.generation == token.generation)
 }
 
 /// Builds a server frame once, in the shard's arena.

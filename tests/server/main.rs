@@ -1,0 +1,11 @@
+//! Socket-level tests: a real `ringcast` process on 127.0.0.1:0, each test on both I/O
+//! backends (io_uring and epoll).
+
+mod util;
+
+mod bad_input;
+mod fallback;
+mod lifecycle;
+mod pubsub;
+mod slow;
+mod timeouts;
