@@ -269,8 +269,6 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// The default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const MAX_SHARDS: u64 = 1024;
 const MIN_TIMER: Duration = Duration::from_millis(10);
 const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
