@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     init_logging(&cfg.log_level, cfg.log_format);
     match config::raise_nofile_limit(cfg.max_connections) {
-        Ok((soft, _hard)) if (soft as usize) < cfg.max_connections + 64 => tracing::warn!(
+        Ok((soft, _hard)) if soft < config::nofile_needed(cfg.max_connections) => tracing::warn!(
             open_files = soft,
             max_connections = cfg.max_connections,
             "the open-file limit is below --max-connections: connections past it will fail to be accepted"
