@@ -39,6 +39,7 @@ const K_RECV: u64 = 2;
 const K_SEND: u64 = 3;
 const K_WAKE: u64 = 4;
 const K_IGNORE: u64 = 5;
+const K_SHUTDOWN: u64 = 6;
 
 fn ud(kind: u64, token: Token) -> u64 {
     (kind << 56) | ((u64::from(token.generation) & 0xff_ffff) << 32) | u64::from(token.slot)
@@ -119,6 +120,9 @@ struct Slot {
     recv_active: bool,
     recv_rearm: bool,
     send: Option<Box<SendOp>>,
+    /// A shutdown entry names this fd by number and may run late (io-wq): the fd must stay
+    /// open until its completion.
+    shutdown_pending: bool,
     releasing: bool,
 }
 
@@ -267,7 +271,7 @@ impl UringDriver {
         let Some(s) = self.slots.get_mut(token.slot as usize) else {
             return;
         };
-        if s.releasing && !s.recv_active && s.send.is_none() {
+        if s.releasing && !s.recv_active && s.send.is_none() && !s.shutdown_pending {
             s.fd = None; // close(2): no operation refers to it any more
             s.releasing = false;
             self.ready.push_back(Event::Released { token });
@@ -368,13 +372,21 @@ impl Driver for UringDriver {
             return;
         };
         let recv_active = s.recv_active;
+        if !recv_active && s.send.is_none() {
+            // Nothing in flight: close now. No entry naming this fd *number* may be queued
+            // after this point, or it would hit whichever socket reuses the number.
+            self.maybe_finish(token);
+            return;
+        }
         // shutdown() ends the multishot receive with EOF and fails a pending send, so both
-        // completions arrive promptly; the cancel covers a socket shutdown cannot reach.
-        self.push(opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR).build().user_data(K_IGNORE << 56));
+        // completions arrive promptly; the cancel covers a socket shutdown cannot reach. The
+        // fd stays open until those completions arrive, which is after these entries were
+        // submitted, so they cannot reach a reused fd number.
+        s.shutdown_pending = true;
+        self.push(opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR).build().user_data(ud(K_SHUTDOWN, token)));
         if recv_active {
             self.push(opcode::AsyncCancel::new(ud(K_RECV, token)).build().user_data(K_IGNORE << 56));
         }
-        self.maybe_finish(token);
     }
 
     fn wake(&mut self, target: &WakeTarget) {
@@ -487,6 +499,12 @@ impl Driver for UringDriver {
                     }
                 }
                 K_WAKE => return Some(Event::Wake),
+                K_SHUTDOWN => {
+                    if let Some(token) = self.slot_of(user_data) {
+                        self.slots[token.slot as usize].shutdown_pending = false;
+                        self.maybe_finish(token);
+                    }
+                }
                 _ => {}
             }
         }

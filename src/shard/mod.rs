@@ -444,13 +444,17 @@ impl ShardState {
         let id = self.id;
         let tick = self.tick;
         let Some(c) = conn_mut(&mut self.conns, token) else { return };
-        if let Phase::Ws { ws, .. } = &mut c.phase
-            && let Err(e) = ws.eof()
-        {
-            tracing::debug!(shard = id, slot = token.slot, error = %e, io_error = ?error, "abnormal closure");
-            self.metrics.protocol_error(close_code::ABNORMAL);
+        match &mut c.phase {
+            // The phase (and with it the subscription) ends in `release`, nowhere else.
+            Phase::Ws { ws, .. } => {
+                if let Err(e) = ws.eof() {
+                    tracing::debug!(shard = id, slot = token.slot, error = %e, io_error = ?error, "abnormal closure");
+                    self.metrics.protocol_error(close_code::ABNORMAL);
+                }
+            }
+            Phase::Http { .. } => c.phase = Phase::Done,
+            Phase::Done => {}
         }
-        c.phase = Phase::Done;
         c.close_after_flush = true;
         if c.deadline == 0 {
             c.deadline = tick + ticks_ceil(CLOSE_GRACE);
@@ -472,7 +476,6 @@ impl ShardState {
             Err(e) => {
                 tracing::debug!(shard = self.id, slot = token.slot, error = %e, "send failed, closing");
                 c.discard_queued();
-                c.phase = Phase::Done;
                 c.close_after_flush = true;
                 c.mark_dirty(&mut self.dirty);
             }

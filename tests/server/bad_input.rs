@@ -119,7 +119,7 @@ both!(abrupt_disconnects_mid_frame_and_mid_handshake, |io| {
         s.write_all(&f).expect("write");
         drop(s);
     }
-    assert!(srv.wait_for(Duration::from_secs(5), |s| s.metric("ringcast_connections") == 0), "all closed");
+    assert!(srv.wait_for(Duration::from_secs(5), |s| s.open_connections() == 0), "all closed");
     assert!(srv.metric("ringcast_protocol_errors_total{code=\"1006\"}") >= 20, "abnormal closures counted");
     let mut c = srv.ws("/echo");
     c.text("alive");

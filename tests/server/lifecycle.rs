@@ -31,14 +31,30 @@ both!(dropping_connections_mid_flight_leaks_nothing, |io| {
         let _ = round;
     }
     assert!(
-        srv.wait_for(Duration::from_secs(10), |s| s.metric("ringcast_connections") <= 1),
+        srv.wait_for(Duration::from_secs(10), |s| s.open_connections() <= 1),
         "only the publisher is left: {}",
         srv.get("/metrics")
     );
     assert_eq!(srv.metric("ringcast_receive_buffers_in_use"), 0);
+    assert_eq!(srv.metric("ringcast_subscriptions"), 1, "dead subscribers were unsubscribed");
     drop(publisher);
-    assert!(srv.wait_for(Duration::from_secs(5), |s| s.metric("ringcast_connections") == 0));
+    assert!(srv.wait_for(Duration::from_secs(5), |s| s.open_connections() == 0));
     let mut c = srv.ws("/echo");
     c.text("alive");
     assert_eq!(c.recv(), Msg::Text("alive".into()));
+});
+
+// Regression: a close queued a shutdown by fd number and closed the fd before the shutdown
+// ran; the next accepted socket reused the number and was shut down before its 101.
+both!(regression_deferred_shutdown_never_hits_a_reused_fd, |io| {
+    let srv = Server::start(io, &[]);
+    for i in 0..150 {
+        let mut bad = srv.ws("/echo");
+        // Unmasked frame: the server closes with 1002 while its receive is still armed.
+        let _ = bad.stream.write_all(&[0x81, 0x01, b'x']);
+        let mut good = srv.ws("/echo");
+        good.text("hi");
+        assert_eq!(good.recv(), Msg::Text("hi".into()), "iteration {i}");
+        assert_eq!(bad.expect_close(), Some(1002), "iteration {i}");
+    }
 });

@@ -103,6 +103,11 @@ impl Server {
             .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
     }
 
+    /// Open connections other than the one asking (the `/metrics` request counts itself).
+    pub fn open_connections(&self) -> u64 {
+        self.metric("ringcast_connections").saturating_sub(1)
+    }
+
     /// Polls until `f` holds or `timeout` passes.
     pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut(&Server) -> bool) -> bool {
         let end = Instant::now() + timeout;
