@@ -47,14 +47,29 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Routed {
         "/health" if is_get || method == "HEAD" => Routed::Health,
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
-        "/health" | "/echo" | "/metrics" => Routed::Respond { status: 405, body: "method not allowed\n" },
+        "/health" | "/echo" | "/metrics" => Routed::Respond {
+            status: 405,
+            body: "method not allowed\n",
+        },
         _ => match path.strip_prefix("/ws/") {
             Some(topic) if is_get => match validate_topic(topic) {
-                Ok(()) => Routed::Upgrade(Endpoint::Topic { name: topic.to_owned(), echo: wants_echo(query) }),
-                Err(e) => Routed::Respond { status: 400, body: topic_error_body(e) },
+                Ok(()) => Routed::Upgrade(Endpoint::Topic {
+                    name: topic.to_owned(),
+                    echo: wants_echo(query),
+                }),
+                Err(e) => Routed::Respond {
+                    status: 400,
+                    body: topic_error_body(e),
+                },
             },
-            Some(_) => Routed::Respond { status: 405, body: "method not allowed\n" },
-            None => Routed::Respond { status: 404, body: "not found\n" },
+            Some(_) => Routed::Respond {
+                status: 405,
+                body: "method not allowed\n",
+            },
+            None => Routed::Respond {
+                status: 404,
+                body: "not found\n",
+            },
         },
     }
 }
@@ -69,7 +84,10 @@ fn topic_error_body(e: crate::pubsub::TopicError) -> &'static str {
 }
 
 fn wants_echo(query: Option<&str>) -> bool {
-    query.is_some_and(|q| q.split('&').any(|kv| matches!(kv, "echo=1" | "echo=true" | "echo")))
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "echo=1" | "echo=true" | "echo"))
+    })
 }
 
 #[cfg(test)]
@@ -82,15 +100,33 @@ mod tests {
         assert_eq!(route("GET", "/echo", None), Routed::Upgrade(Endpoint::Echo));
         assert_eq!(
             route("GET", "/ws/prices", Some("echo=1")),
-            Routed::Upgrade(Endpoint::Topic { name: "prices".into(), echo: true })
+            Routed::Upgrade(Endpoint::Topic {
+                name: "prices".into(),
+                echo: true
+            })
         );
         assert_eq!(
             route("GET", "/ws/prices", Some("x=2")),
-            Routed::Upgrade(Endpoint::Topic { name: "prices".into(), echo: false })
+            Routed::Upgrade(Endpoint::Topic {
+                name: "prices".into(),
+                echo: false
+            })
         );
-        assert!(matches!(route("GET", "/ws/", None), Routed::Respond { status: 400, .. }));
-        assert!(matches!(route("GET", "/nope", None), Routed::Respond { status: 404, .. }));
-        assert!(matches!(route("POST", "/ws/a", None), Routed::Respond { status: 405, .. }));
-        assert!(matches!(route("DELETE", "/health", None), Routed::Respond { status: 405, .. }));
+        assert!(matches!(
+            route("GET", "/ws/", None),
+            Routed::Respond { status: 400, .. }
+        ));
+        assert!(matches!(
+            route("GET", "/nope", None),
+            Routed::Respond { status: 404, .. }
+        ));
+        assert!(matches!(
+            route("POST", "/ws/a", None),
+            Routed::Respond { status: 405, .. }
+        ));
+        assert!(matches!(
+            route("DELETE", "/health", None),
+            Routed::Respond { status: 405, .. }
+        ));
     }
 }

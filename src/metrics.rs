@@ -16,7 +16,10 @@ impl Counter {
     /// Adds `n`. Single writer: a plain load and store, no read-modify-write.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Adds one.
@@ -90,7 +93,10 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     /// Counts a connection closed with a protocol error code.
     pub fn protocol_error(&self, code: u16) {
-        let i = CLOSE_CODES.iter().position(|&c| c == code).unwrap_or(CLOSE_CODES.len() - 1);
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len() - 1);
         self.protocol_errors[i].inc();
     }
 
@@ -102,42 +108,147 @@ impl ShardMetrics {
     }
 }
 
+type Getter = fn(&ShardMetrics) -> u64;
+
 /// Renders all shards' metrics in the Prometheus text exposition format.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, &dyn Fn(&ShardMetrics) -> u64); 16] = [
-        ("ringcast_connections", "gauge", "Open connections.", &|m| m.connections.get()),
-        ("ringcast_connections_accepted_total", "counter", "Connections accepted.", &|m| m.accepted.get()),
-        ("ringcast_upgrades_total", "counter", "WebSocket handshakes completed.", &|m| m.upgrades.get()),
-        ("ringcast_subscriptions", "gauge", "Topic subscriptions.", &|m| m.subscriptions.get()),
-        ("ringcast_topics", "gauge", "Topics with a subscriber, summed over shards.", &|m| m.topics.get()),
-        ("ringcast_messages_in_total", "counter", "Messages published.", &|m| m.messages_in.get()),
-        ("ringcast_bytes_in_total", "counter", "Payload bytes published.", &|m| m.bytes_in.get()),
-        ("ringcast_messages_out_total", "counter", "Frames queued to subscribers.", &|m| m.messages_out.get()),
-        ("ringcast_bytes_out_total", "counter", "Bytes written to sockets.", &|m| m.bytes_out.get()),
-        ("ringcast_dropped_messages_total", "counter", "Messages dropped for slow subscribers.", &|m| m.dropped.get()),
-        ("ringcast_slow_consumer_disconnects_total", "counter", "Subscribers disconnected for being slow.", &|m| m.slow_disconnects.get()),
-        ("ringcast_handshake_timeouts_total", "counter", "Connections closed by the handshake timeout.", &|m| m.handshake_timeouts.get()),
-        ("ringcast_idle_timeouts_total", "counter", "Connections closed by the idle timeout.", &|m| m.idle_timeouts.get()),
-        ("ringcast_accept_errors_total", "counter", "accept(2) failures.", &|m| m.accept_errors.get()),
-        ("ringcast_bus_messages_in_total", "counter", "Messages received from other shards.", &|m| m.bus_in.get()),
-        ("ringcast_receive_buffers_in_use", "gauge", "Receive buffers lent out.", &|m| m.buffers_in_use.get()),
+    let simple: [(&str, &str, &str, Getter); 16] = [
+        ("ringcast_connections", "gauge", "Open connections.", |m| {
+            m.connections.get()
+        }),
+        (
+            "ringcast_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |m| m.accepted.get(),
+        ),
+        (
+            "ringcast_upgrades_total",
+            "counter",
+            "WebSocket handshakes completed.",
+            |m| m.upgrades.get(),
+        ),
+        (
+            "ringcast_subscriptions",
+            "gauge",
+            "Topic subscriptions.",
+            |m| m.subscriptions.get(),
+        ),
+        (
+            "ringcast_topics",
+            "gauge",
+            "Topics with a subscriber, summed over shards.",
+            |m| m.topics.get(),
+        ),
+        (
+            "ringcast_messages_in_total",
+            "counter",
+            "Messages published.",
+            |m| m.messages_in.get(),
+        ),
+        (
+            "ringcast_bytes_in_total",
+            "counter",
+            "Payload bytes published.",
+            |m| m.bytes_in.get(),
+        ),
+        (
+            "ringcast_messages_out_total",
+            "counter",
+            "Frames queued to subscribers.",
+            |m| m.messages_out.get(),
+        ),
+        (
+            "ringcast_bytes_out_total",
+            "counter",
+            "Bytes written to sockets.",
+            |m| m.bytes_out.get(),
+        ),
+        (
+            "ringcast_dropped_messages_total",
+            "counter",
+            "Messages dropped for slow subscribers.",
+            |m| m.dropped.get(),
+        ),
+        (
+            "ringcast_slow_consumer_disconnects_total",
+            "counter",
+            "Subscribers disconnected for being slow.",
+            |m| m.slow_disconnects.get(),
+        ),
+        (
+            "ringcast_handshake_timeouts_total",
+            "counter",
+            "Connections closed by the handshake timeout.",
+            |m| m.handshake_timeouts.get(),
+        ),
+        (
+            "ringcast_idle_timeouts_total",
+            "counter",
+            "Connections closed by the idle timeout.",
+            |m| m.idle_timeouts.get(),
+        ),
+        (
+            "ringcast_accept_errors_total",
+            "counter",
+            "accept(2) failures.",
+            |m| m.accept_errors.get(),
+        ),
+        (
+            "ringcast_bus_messages_in_total",
+            "counter",
+            "Messages received from other shards.",
+            |m| m.bus_in.get(),
+        ),
+        (
+            "ringcast_receive_buffers_in_use",
+            "gauge",
+            "Receive buffers lent out.",
+            |m| m.buffers_in_use.get(),
+        ),
     ];
     for (name, kind, help, f) in simple {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", sum(f));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            sum(&f)
+        );
     }
-    let _ = writeln!(out, "# HELP ringcast_protocol_errors_total Connections closed for a protocol violation.\n# TYPE ringcast_protocol_errors_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_protocol_errors_total Connections closed for a protocol violation.\n# TYPE ringcast_protocol_errors_total counter"
+    );
     for (i, code) in CLOSE_CODES.iter().enumerate() {
-        let _ = writeln!(out, "ringcast_protocol_errors_total{{code=\"{code}\"}} {}", sum(&|m| m.protocol_errors[i].get()));
+        let _ = writeln!(
+            out,
+            "ringcast_protocol_errors_total{{code=\"{code}\"}} {}",
+            sum(&|m| m.protocol_errors[i].get())
+        );
     }
-    let _ = writeln!(out, "# HELP ringcast_handshake_failures_total Requests refused, by HTTP status.\n# TYPE ringcast_handshake_failures_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_handshake_failures_total Requests refused, by HTTP status.\n# TYPE ringcast_handshake_failures_total counter"
+    );
     for (i, status) in HTTP_STATUSES.iter().enumerate() {
-        let _ = writeln!(out, "ringcast_handshake_failures_total{{status=\"{status}\"}} {}", sum(&|m| m.handshake_failures[i].get()));
+        let _ = writeln!(
+            out,
+            "ringcast_handshake_failures_total{{status=\"{status}\"}} {}",
+            sum(&|m| m.handshake_failures[i].get())
+        );
     }
     for (name, help, f) in [
-        ("ringcast_loop_turns_total", "Event-loop turns per shard.", &(|m: &ShardMetrics| m.loop_turns.get()) as &dyn Fn(&ShardMetrics) -> u64),
-        ("ringcast_ring_submissions_total", "Kernel entries per shard (io_uring_enter or epoll_wait).", &|m: &ShardMetrics| m.submissions.get()),
+        (
+            "ringcast_loop_turns_total",
+            "Event-loop turns per shard.",
+            &(|m: &ShardMetrics| m.loop_turns.get()) as &dyn Fn(&ShardMetrics) -> u64,
+        ),
+        (
+            "ringcast_ring_submissions_total",
+            "Kernel entries per shard (io_uring_enter or epoll_wait).",
+            &|m: &ShardMetrics| m.submissions.get(),
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, m) in shards.iter().enumerate() {

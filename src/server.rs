@@ -55,7 +55,10 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::UringUnavailable(why) => {
-                write!(f, "--io uring was requested but io_uring is unavailable: {why}")
+                write!(
+                    f,
+                    "--io uring was requested but io_uring is unavailable: {why}"
+                )
             }
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Shard(i, e) => write!(f, "shard {i} failed to start: {e}"),
@@ -69,7 +72,9 @@ impl std::error::Error for StartError {}
 pub fn choose_backend(io: IoBackend) -> Result<Backend, StartError> {
     match io {
         IoBackend::Epoll => Ok(Backend::Epoll),
-        IoBackend::Uring => probe::probe().map(|()| Backend::Uring).map_err(StartError::UringUnavailable),
+        IoBackend::Uring => probe::probe()
+            .map(|()| Backend::Uring)
+            .map_err(StartError::UringUnavailable),
         IoBackend::Auto => match probe::probe() {
             Ok(()) => Ok(Backend::Uring),
             Err(why) => {
@@ -81,7 +86,11 @@ pub fn choose_backend(io: IoBackend) -> Result<Backend, StartError> {
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -93,7 +102,10 @@ fn listener(addr: SocketAddr) -> std::io::Result<Socket> {
 }
 
 /// Binds `shards` listeners per address; returns them per shard, and the bound addresses.
-pub fn bind(addrs: &[SocketAddr], shards: usize) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), StartError> {
+pub fn bind(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), StartError> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in addrs {
@@ -106,7 +118,9 @@ pub fn bind(addrs: &[SocketAddr], shards: usize) -> Result<(Vec<Vec<OwnedFd>>, V
         bound.push(actual);
         per_shard[0].push(OwnedFd::from(first));
         for shard in per_shard.iter_mut().skip(1) {
-            shard.push(OwnedFd::from(listener(actual).map_err(|e| StartError::Bind(actual, e))?));
+            shard.push(OwnedFd::from(
+                listener(actual).map_err(|e| StartError::Bind(actual, e))?,
+            ));
         }
     }
     Ok((per_shard, bound))
@@ -132,7 +146,9 @@ impl Server {
         let (listeners, addrs) = bind(&cfg.listen, shards)?;
         let shared = Arc::new(Shared {
             bus: Bus::new(shards),
-            metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
+            metrics: (0..shards)
+                .map(|_| Arc::new(ShardMetrics::default()))
+                .collect(),
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             backend: backend.name(),
@@ -153,32 +169,43 @@ impl Server {
             recv_buffers: u16::try_from(cfg.recv_buffers.min(32768)).unwrap_or(32768),
             recv_buffer_size: u32::try_from(cfg.recv_buffer_size).unwrap_or(u32::MAX),
         };
-        let cores = if cfg.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let cores = if cfg.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         // Every shard must have published its wake target before any shard publishes.
         let barrier = Arc::new(Barrier::new(shards));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(shards);
         for (id, fds) in listeners.into_iter().enumerate() {
-            let (shared, settings, barrier, ready) = (Arc::clone(&shared), settings.clone(), Arc::clone(&barrier), ready_tx.clone());
+            let (shared, settings, barrier, ready) = (
+                Arc::clone(&shared),
+                settings.clone(),
+                Arc::clone(&barrier),
+                ready_tx.clone(),
+            );
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let recv_buffer_size = cfg.recv_buffer_size;
-            let spawned = std::thread::Builder::new().name(format!("ringcast-shard-{id}")).spawn(move || {
-                if let Some(core) = core
-                    && !core_affinity::set_for_current(core)
-                {
-                    tracing::debug!(shard = id, "could not pin the shard to a core");
-                }
-                match backend {
-                    Backend::Uring => match UringDriver::new(uring, fds) {
-                        Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
-                        Err(e) => fail(id, e, &barrier, &ready),
-                    },
-                    Backend::Epoll => match EpollDriver::new(recv_buffer_size, fds) {
-                        Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
-                        Err(e) => fail(id, e, &barrier, &ready),
-                    },
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core)
+                    {
+                        tracing::debug!(shard = id, "could not pin the shard to a core");
+                    }
+                    match backend {
+                        Backend::Uring => match UringDriver::new(uring, fds) {
+                            Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
+                            Err(e) => fail(id, e, &barrier, &ready),
+                        },
+                        Backend::Epoll => match EpollDriver::new(recv_buffer_size, fds) {
+                            Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
+                            Err(e) => fail(id, e, &barrier, &ready),
+                        },
+                    }
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => return Err(StartError::Shard(id, e)),
@@ -192,10 +219,20 @@ impl Server {
                     shared.stop.store(true, Ordering::Relaxed);
                     return Err(StartError::Shard(id, e));
                 }
-                Err(_) => return Err(StartError::Shard(0, std::io::Error::other("shard thread exited"))),
+                Err(_) => {
+                    return Err(StartError::Shard(
+                        0,
+                        std::io::Error::other("shard thread exited"),
+                    ));
+                }
             }
         }
-        Ok(Server { addrs, backend, shared, threads })
+        Ok(Server {
+            addrs,
+            backend,
+            shared,
+            threads,
+        })
     }
 
     /// Asks every shard to stop and waits for them.

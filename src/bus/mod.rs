@@ -45,7 +45,9 @@ pub struct Bus {
 impl Bus {
     /// A bus for `shards` shards.
     pub fn new(shards: usize) -> Arc<Self> {
-        Arc::new(Bus { inboxes: (0..shards).map(|_| Inbox::default()).collect() })
+        Arc::new(Bus {
+            inboxes: (0..shards).map(|_| Inbox::default()).collect(),
+        })
     }
 
     /// Number of shards.
@@ -101,18 +103,27 @@ mod tests {
     use super::*;
 
     fn msg(i: u8) -> BusMsg {
-        BusMsg { topic: Arc::from("t"), frame: Bytes::from(vec![i]) }
+        BusMsg {
+            topic: Arc::from("t"),
+            frame: Bytes::from(vec![i]),
+        }
     }
 
     #[test]
     fn wakes_once_until_drained() {
         let bus = Bus::new(2);
         assert!(bus.push(1, msg(1)), "first push wakes");
-        assert!(!bus.push(1, msg(2)), "second push before the drain does not");
+        assert!(
+            !bus.push(1, msg(2)),
+            "second push before the drain does not"
+        );
         let mut got = Vec::new();
         assert_eq!(bus.drain(1, |m| got.push(m.frame[0])), 2);
         assert_eq!(got, [1, 2]);
-        assert!(bus.push(1, msg(3)), "after a drain the next push wakes again");
+        assert!(
+            bus.push(1, msg(3)),
+            "after a drain the next push wakes again"
+        );
     }
 
     #[test]
@@ -129,7 +140,13 @@ mod tests {
             let bus = Arc::clone(&bus);
             std::thread::spawn(move || {
                 for i in 0..10_000u32 {
-                    bus.push(0, BusMsg { topic: Arc::from("t"), frame: Bytes::copy_from_slice(&i.to_le_bytes()) });
+                    bus.push(
+                        0,
+                        BusMsg {
+                            topic: Arc::from("t"),
+                            frame: Bytes::copy_from_slice(&i.to_le_bytes()),
+                        },
+                    );
                 }
             })
         };

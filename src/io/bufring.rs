@@ -55,7 +55,10 @@ impl BufRing {
         let bufs_layout = Layout::from_size_align(usize::from(entries) * buf_size as usize, 64)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if bufs_layout.size() == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty buffer ring"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty buffer ring",
+            ));
         }
         // SAFETY: both layouts have non-zero size (checked above: entries >= 1, buf_size >= 1).
         let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>());

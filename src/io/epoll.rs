@@ -62,7 +62,9 @@ pub struct EpollDriver {
 
 impl std::fmt::Debug for EpollDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpollDriver").field("slots", &self.slots.len()).finish_non_exhaustive()
+        f.debug_struct("EpollDriver")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,7 +78,8 @@ impl EpollDriver {
             let std_l = std::net::TcpListener::from(fd);
             std_l.set_nonblocking(true)?;
             let mut l = TcpListener::from_std(std_l);
-            poll.registry().register(&mut l, MioToken(i), Interest::READABLE)?;
+            poll.registry()
+                .register(&mut l, MioToken(i), Interest::READABLE)?;
             ls.push(l);
         }
         Ok(EpollDriver {
@@ -103,7 +106,10 @@ impl EpollDriver {
     /// when the send is finished (done or failed).
     fn progress_send(&mut self, slot: u32) -> Option<Event<'static>> {
         let s = self.slots.get_mut(slot as usize)?;
-        let token = Token { slot, generation: s.generation };
+        let token = Token {
+            slot,
+            generation: s.generation,
+        };
         let stream = s.stream.as_mut()?;
         let op = s.send.as_mut()?;
         let result = loop {
@@ -133,7 +139,11 @@ impl EpollDriver {
         };
         let mut op = s.send.take()?;
         op.frames.clear();
-        Some(Event::Sent { token, result, frames: op.frames })
+        Some(Event::Sent {
+            token,
+            result,
+            frames: op.frames,
+        })
     }
 
     /// One read of a socket; the caller turns `Data(n)` into an event borrowing `buf`.
@@ -141,7 +151,10 @@ impl EpollDriver {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return ReadOutcome::Nothing;
         };
-        let token = Token { slot, generation: s.generation };
+        let token = Token {
+            slot,
+            generation: s.generation,
+        };
         let Some(stream) = s.stream.as_mut().filter(|_| s.recv_open) else {
             return ReadOutcome::Nothing;
         };
@@ -191,7 +204,10 @@ impl Driver for EpollDriver {
             self.slots.resize_with(idx + 1, Slot::default);
         }
         if self.slots[idx].stream.is_some() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "slot still in use"));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "slot still in use",
+            ));
         }
         let std_s = std::net::TcpStream::from(fd);
         std_s.set_nonblocking(true)?;
@@ -201,7 +217,12 @@ impl Driver for EpollDriver {
             Self::mio_token(token),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.slots[idx] = Slot { generation: token.generation, stream: Some(stream), send: None, recv_open: true };
+        self.slots[idx] = Slot {
+            generation: token.generation,
+            stream: Some(stream),
+            send: None,
+            recv_open: true,
+        };
         // Data may have arrived before registration; the edge would be lost otherwise.
         self.again.push(token.slot);
         Ok(())
@@ -213,11 +234,19 @@ impl Driver for EpollDriver {
         });
         if !ok {
             let result = Err(io::Error::from(io::ErrorKind::NotConnected));
-            self.ready.push_back(Event::Sent { token, result, frames });
+            self.ready.push_back(Event::Sent {
+                token,
+                result,
+                frames,
+            });
             return;
         }
         let total = super::frames_len(&frames);
-        self.slots[token.slot as usize].send = Some(PendingSend { frames, done: 0, total });
+        self.slots[token.slot as usize].send = Some(PendingSend {
+            frames,
+            done: 0,
+            total,
+        });
         if let Some(ev) = self.progress_send(token.slot) {
             self.ready.push_back(ev);
         }
@@ -240,7 +269,11 @@ impl Driver for EpollDriver {
         s.recv_open = false;
         if let Some(op) = s.send.take() {
             let result = Err(io::Error::from(io::ErrorKind::ConnectionAborted));
-            self.ready.push_back(Event::Sent { token, result, frames: op.frames });
+            self.ready.push_back(Event::Sent {
+                token,
+                result,
+                frames: op.frames,
+            });
         }
         self.ready.push_back(Event::Released { token });
     }
@@ -254,7 +287,11 @@ impl Driver for EpollDriver {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        let timeout = if self.ready.is_empty() && self.again.is_empty() { Some(timeout) } else { Some(Duration::ZERO) };
+        let timeout = if self.ready.is_empty() && self.again.is_empty() {
+            Some(timeout)
+        } else {
+            Some(Duration::ZERO)
+        };
         self.stats.submissions += 1;
         self.cursor = 0;
         self.reading = None;
@@ -274,8 +311,15 @@ impl Driver for EpollDriver {
             if let Some((slot, reads)) = self.reading.take() {
                 match self.read_one(slot, reads) {
                     ReadOutcome::Nothing => continue,
-                    ReadOutcome::Data(token, n) => return Some(Event::Data { token, data: &mut self.buf[..n] }),
-                    ReadOutcome::Closed(token, error) => return Some(Event::RecvClosed { token, error }),
+                    ReadOutcome::Data(token, n) => {
+                        return Some(Event::Data {
+                            token,
+                            data: &mut self.buf[..n],
+                        });
+                    }
+                    ReadOutcome::Closed(token, error) => {
+                        return Some(Event::RecvClosed { token, error });
+                    }
                 }
             }
             if let Some(i) = self.accepting {
@@ -299,7 +343,11 @@ impl Driver for EpollDriver {
             }
             let ev = self.events.iter().nth(self.cursor)?;
             self.cursor += 1;
-            let (tok, readable, writable) = (ev.token(), ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable() || ev.is_error());
+            let (tok, readable, writable) = (
+                ev.token(),
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                ev.is_writable() || ev.is_error(),
+            );
             if tok == WAKER {
                 return Some(Event::Wake);
             }

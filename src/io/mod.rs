@@ -50,10 +50,17 @@ pub enum Event<'a> {
     /// Bytes received on a connection. Mutable so the protocol core can unmask in place.
     Data { token: Token, data: &'a mut [u8] },
     /// The receive side ended: `None` is an orderly EOF from the peer.
-    RecvClosed { token: Token, error: Option<io::Error> },
+    RecvClosed {
+        token: Token,
+        error: Option<io::Error>,
+    },
     /// A [`Driver::send`] finished: every byte was written (`Ok`) or the socket failed.
     /// The frames come back (emptied) so the shard can reuse the allocation.
-    Sent { token: Token, result: io::Result<usize>, frames: Vec<Bytes> },
+    Sent {
+        token: Token,
+        result: io::Result<usize>,
+        frames: Vec<Bytes>,
+    },
     /// Another shard asked for attention (its inbox has entries).
     Wake,
     /// The connection is fully closed: no operation of it is left in the kernel, and its

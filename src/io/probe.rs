@@ -31,7 +31,9 @@ fn explain_setup_error(e: &std::io::Error) -> String {
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok());
     match (e.raw_os_error(), sysctl) {
-        (Some(libc::ENOSYS), _) => "io_uring_setup returned ENOSYS: this kernel has no io_uring".into(),
+        (Some(libc::ENOSYS), _) => {
+            "io_uring_setup returned ENOSYS: this kernel has no io_uring".into()
+        }
         (Some(libc::EPERM), Some(v)) if v > 0 => {
             format!("io_uring_setup returned EPERM: kernel.io_uring_disabled = {v}")
         }
@@ -59,14 +61,23 @@ pub fn probe() -> Result<(), Unavailable> {
     ];
     for (name, code) in needed {
         if !probe.is_supported(code) {
-            return Err(Unavailable(format!("io_uring lacks the {name} opcode (kernel too old)")));
+            return Err(Unavailable(format!(
+                "io_uring lacks the {name} opcode (kernel too old)"
+            )));
         }
     }
     let bufs = BufRing::new(2, 64).map_err(|e| Unavailable(format!("buffer ring: {e}")))?;
     // SAFETY: `bufs` outlives the registration: every path past this point unregisters the
     // group and drops the ring before dropping `bufs`.
-    let reg = unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), 2, 7, 0) };
-    reg.map_err(|e| Unavailable(format!("provided-buffer rings unsupported (kernel < 5.19?): {e}")))?;
+    let reg = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.ring_addr(), 2, 7, 0)
+    };
+    reg.map_err(|e| {
+        Unavailable(format!(
+            "provided-buffer rings unsupported (kernel < 5.19?): {e}"
+        ))
+    })?;
     let result = multishot_recv_works(&mut ring);
     let _ = ring.submitter().unregister_buf_ring(7);
     drop(ring);
@@ -76,14 +87,21 @@ pub fn probe() -> Result<(), Unavailable> {
 
 fn multishot_recv_works(ring: &mut io_uring::IoUring) -> Result<(), Unavailable> {
     let (a, mut b) = UnixStream::pair().map_err(|e| Unavailable(format!("socketpair: {e}")))?;
-    let e = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), 7).build().user_data(1);
+    let e = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), 7)
+        .build()
+        .user_data(1);
     // SAFETY: the entry refers to `a` (alive until this function returns, after the ring has
     // been told to cancel) and to buffer group 7 registered by the caller.
     let pushed = unsafe { ring.submission().push(&e) };
     pushed.map_err(|_| Unavailable("submission queue full".into()))?;
-    b.write_all(b"ping").map_err(|e| Unavailable(format!("socketpair write: {e}")))?;
-    ring.submit_and_wait(1).map_err(|e| Unavailable(format!("io_uring_enter failed: {e}")))?;
-    let cqe = ring.completion().next().ok_or_else(|| Unavailable("no completion".into()))?;
+    b.write_all(b"ping")
+        .map_err(|e| Unavailable(format!("socketpair write: {e}")))?;
+    ring.submit_and_wait(1)
+        .map_err(|e| Unavailable(format!("io_uring_enter failed: {e}")))?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| Unavailable("no completion".into()))?;
     let (res, flags) = (cqe.result(), cqe.flags());
     // Cancel what is left of the multishot before `a` goes away.
     let cancel = opcode::AsyncCancel::new(1).build().user_data(2);
@@ -98,6 +116,8 @@ fn multishot_recv_works(ring: &mut io_uring::IoUring) -> Result<(), Unavailable>
             std::io::Error::from_raw_os_error(-res)
         )))
     } else {
-        Err(Unavailable("multishot receive did not stay armed (kernel older than 6.0?)".into()))
+        Err(Unavailable(
+            "multishot receive did not stay armed (kernel older than 6.0?)".into(),
+        ))
     }
 }

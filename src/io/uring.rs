@@ -138,6 +138,9 @@ pub struct UringDriver {
     /// Buffer lent out by the last `Data` event, returned on the next `next_event`.
     lent: Option<u16>,
     ready: VecDeque<Event<'static>>,
+    // Boxed on purpose: the kernel holds pointers into a SendOp (its msghdr and iovecs)
+    // while the op is in flight, so its address must not move when the pool grows.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendOp>>,
     stats: DriverStats,
 }
@@ -186,8 +189,12 @@ impl UringDriver {
         // SAFETY: the buffer ring's memory stays valid until the ring is unregistered in
         // `Drop`, before `bufs` is freed.
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BGID, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufs.entries(),
+                BGID,
+                0,
+            )?;
         }
         let mut d = UringDriver {
             ring,
@@ -253,8 +260,13 @@ impl UringDriver {
             return;
         };
         s.recv_active = true;
-        let token = Token { slot, generation: s.generation };
-        let e = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(ud(K_RECV, token));
+        let token = Token {
+            slot,
+            generation: s.generation,
+        };
+        let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(ud(K_RECV, token));
         self.push(e);
     }
 
@@ -262,8 +274,10 @@ impl UringDriver {
     fn slot_of(&self, user_data: u64) -> Option<Token> {
         let slot = ud_slot(user_data);
         let s = self.slots.get(slot as usize)?;
-        (s.generation & 0xff_ffff == ud_gen(user_data) && s.fd.is_some())
-            .then_some(Token { slot, generation: s.generation })
+        (s.generation & 0xff_ffff == ud_gen(user_data) && s.fd.is_some()).then_some(Token {
+            slot,
+            generation: s.generation,
+        })
     }
 
     /// Closes a releasing slot once nothing of it is left in the kernel.
@@ -308,7 +322,11 @@ impl UringDriver {
         op.iov.clear();
         self.send_pool.push(op);
         self.maybe_finish(token);
-        Some(Event::Sent { token, result, frames })
+        Some(Event::Sent {
+            token,
+            result,
+            frames,
+        })
     }
 }
 
@@ -328,9 +346,16 @@ impl Driver for UringDriver {
         }
         let s = &mut self.slots[idx];
         if s.fd.is_some() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "slot still in use"));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "slot still in use",
+            ));
         }
-        *s = Slot { generation: token.generation, fd: Some(fd), ..Slot::default() };
+        *s = Slot {
+            generation: token.generation,
+            fd: Some(fd),
+            ..Slot::default()
+        };
         self.arm_recv(token.slot);
         Ok(())
     }
@@ -343,7 +368,11 @@ impl Driver for UringDriver {
             (Some(fd), true, false) if !s.releasing => fd.as_raw_fd(),
             _ => {
                 let result = Err(io::Error::from(io::ErrorKind::NotConnected));
-                self.ready.push_back(Event::Sent { token, result, frames });
+                self.ready.push_back(Event::Sent {
+                    token,
+                    result,
+                    frames,
+                });
                 return;
             }
         };
@@ -383,9 +412,17 @@ impl Driver for UringDriver {
         // fd stays open until those completions arrive, which is after these entries were
         // submitted, so they cannot reach a reused fd number.
         s.shutdown_pending = true;
-        self.push(opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR).build().user_data(ud(K_SHUTDOWN, token)));
+        self.push(
+            opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+                .build()
+                .user_data(ud(K_SHUTDOWN, token)),
+        );
         if recv_active {
-            self.push(opcode::AsyncCancel::new(ud(K_RECV, token)).build().user_data(K_IGNORE << 56));
+            self.push(
+                opcode::AsyncCancel::new(ud(K_RECV, token))
+                    .build()
+                    .user_data(K_IGNORE << 56),
+            );
         }
     }
 
@@ -404,13 +441,24 @@ impl Driver for UringDriver {
             self.bufs.recycle(bid);
         }
         self.rearm();
-        let want = if self.ready.is_empty() && self.ring.completion().is_empty() { 1 } else { 0 };
+        let want = if self.ready.is_empty() && self.ring.completion().is_empty() {
+            1
+        } else {
+            0
+        };
         self.stats.submissions += 1;
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -511,7 +559,10 @@ impl Driver for UringDriver {
     }
 
     fn stats(&self) -> DriverStats {
-        DriverStats { buffers_in_use: self.bufs.lent(), ..self.stats }
+        DriverStats {
+            buffers_in_use: self.bufs.lent(),
+            ..self.stats
+        }
     }
 }
 

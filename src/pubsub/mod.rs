@@ -71,7 +71,13 @@ impl Topics {
             return Arc::clone(&t.name);
         }
         let name: Arc<str> = Arc::from(name);
-        self.map.insert(Arc::clone(&name), Topic { name: Arc::clone(&name), subscribers: vec![slot] });
+        self.map.insert(
+            Arc::clone(&name),
+            Topic {
+                name: Arc::clone(&name),
+                subscribers: vec![slot],
+            },
+        );
         name
     }
 
@@ -133,10 +139,17 @@ mod tests {
         let b = t.subscribe("x", 2);
         assert!(Arc::ptr_eq(&a, &b), "one shared name per topic");
         t.subscribe("x", 2);
-        assert_eq!(t.get("x").map(|t| t.subscribers.len()), Some(2), "no duplicates");
+        assert_eq!(
+            t.get("x").map(|t| t.subscribers.len()),
+            Some(2),
+            "no duplicates"
+        );
         assert!(t.unsubscribe("x", 1));
         assert!(!t.unsubscribe("x", 1));
         assert!(t.unsubscribe("x", 2));
-        assert!(t.get("x").is_none() && t.is_empty(), "last subscriber removes the topic");
+        assert!(
+            t.get("x").is_none() && t.is_empty(),
+            "last subscriber removes the topic"
+        );
     }
 }

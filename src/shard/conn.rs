@@ -29,6 +29,9 @@ pub enum Route {
 }
 
 /// What stage the connection is in.
+// Not boxed: nearly every connection spends its life in `Ws`, so boxing would add an
+// allocation per connection and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head (bounded by `max_header_bytes`).

@@ -123,7 +123,10 @@ pub struct Shard<D: Driver> {
 
 impl<D: Driver> std::fmt::Debug for Shard<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("id", &self.st.id).field("io", &self.driver.name()).finish_non_exhaustive()
+        f.debug_struct("Shard")
+            .field("id", &self.st.id)
+            .field("io", &self.driver.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +140,10 @@ impl<D: Driver> Shard<D> {
             max_frame_size: settings.max_frame_size as u64,
             max_message_size: settings.max_message_size,
         };
-        let handshake_limits = HandshakeLimits { max_header_bytes: settings.max_header_bytes, ..HandshakeLimits::default() };
+        let handshake_limits = HandshakeLimits {
+            max_header_bytes: settings.max_header_bytes,
+            ..HandshakeLimits::default()
+        };
         Shard {
             driver,
             started: Instant::now(),
@@ -182,7 +188,10 @@ impl<D: Driver> Shard<D> {
             self.st.flush(&mut self.driver);
             let stats = self.driver.stats();
             self.st.metrics.submissions.set(stats.submissions);
-            self.st.metrics.buffers_in_use.set(u64::from(stats.buffers_in_use));
+            self.st
+                .metrics
+                .buffers_in_use
+                .set(u64::from(stats.buffers_in_use));
         }
         Ok(())
     }
@@ -198,7 +207,11 @@ impl ShardState {
             }
             Event::Data { token, data } => self.on_data(token, data),
             Event::RecvClosed { token, error } => self.on_recv_closed(token, error),
-            Event::Sent { token, result, frames } => self.on_sent(token, result, frames),
+            Event::Sent {
+                token,
+                result,
+                frames,
+            } => self.on_sent(token, result, frames),
             Event::Wake => {}
             Event::Released { token } => self.on_released(token),
         }
@@ -231,7 +244,9 @@ impl ShardState {
 
     fn on_data(&mut self, token: Token, data: &mut [u8]) {
         let tick = self.tick;
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         c.last_rx = tick;
         match &mut c.phase {
             Phase::Http { buf } => {
@@ -246,8 +261,12 @@ impl ShardState {
     /// Parses what is buffered of a request head and acts on it once complete.
     fn on_request_bytes(&mut self, token: Token) {
         let limits = self.handshake_limits;
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
-        let Phase::Http { buf } = &mut c.phase else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        let Phase::Http { buf } = &mut c.phase else {
+            return;
+        };
         let req = match handshake::parse_request(buf, &limits) {
             Ok(None) => return,
             Ok(Some(req)) => req,
@@ -262,7 +281,12 @@ impl ShardState {
             Routed::Health => self.respond(token, 200, "ok\n"),
             Routed::Metrics => {
                 let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
-                self.respond_with(token, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes());
+                self.respond_with(
+                    token,
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                );
             }
             Routed::Respond { status, body } => self.respond(token, status, body),
             Routed::Upgrade(endpoint) => {
@@ -282,7 +306,13 @@ impl ShardState {
         }
     }
 
-    fn upgrade(&mut self, token: Token, up: &handshake::Upgrade, endpoint: Endpoint, mut rest: Vec<u8>) {
+    fn upgrade(
+        &mut self,
+        token: Token,
+        up: &handshake::Upgrade,
+        endpoint: Endpoint,
+        mut rest: Vec<u8>,
+    ) {
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
             Endpoint::Topic { name, echo } => {
@@ -295,7 +325,9 @@ impl ShardState {
         let mut head = Vec::with_capacity(160);
         handshake::write_101(up, None, &mut head);
         let ws = Connection::new(Role::Server, self.ws_limits);
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         c.phase = Phase::Ws { ws, route };
         c.push_control(Bytes::from(head), &mut self.dirty);
         self.metrics.upgrades.inc();
@@ -309,7 +341,12 @@ impl ShardState {
     fn respond(&mut self, token: Token, status: u16, body: &str) {
         if status >= 400 {
             self.metrics.handshake_failure(status);
-            tracing::debug!(shard = self.id, status, reason = body.trim_end(), "request refused");
+            tracing::debug!(
+                shard = self.id,
+                status,
+                reason = body.trim_end(),
+                "request refused"
+            );
         }
         self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
     }
@@ -317,7 +354,9 @@ impl ShardState {
     fn respond_with(&mut self, token: Token, status: u16, content_type: &str, body: &[u8]) {
         let mut out = Vec::with_capacity(128 + body.len());
         handshake::write_response(status, content_type, &[], body, &mut out);
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         c.phase = Phase::Done;
         c.push_control(Bytes::from(out), &mut self.dirty);
         c.close_after_flush = true;
@@ -328,8 +367,12 @@ impl ShardState {
         let mut input = data;
         loop {
             let slot = token.slot as usize;
-            let Some(Some(c)) = self.conns.get_mut(slot) else { return };
-            let Phase::Ws { ws, route } = &mut c.phase else { return };
+            let Some(Some(c)) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let Phase::Ws { ws, route } = &mut c.phase else {
+                return;
+            };
             let action = match ws.feed(input, &mut self.scratch) {
                 Ok(p) => {
                     let consumed = p.consumed;
@@ -340,7 +383,9 @@ impl ShardState {
                             self.metrics.messages_in.inc();
                             self.metrics.bytes_in.add(payload.len() as u64);
                             match route {
-                                Route::Topic { topic, echo } => Action::Publish(Arc::clone(topic), frame, *echo),
+                                Route::Topic { topic, echo } => {
+                                    Action::Publish(Arc::clone(topic), frame, *echo)
+                                }
                                 Route::Echo => Action::Echo(frame),
                             }
                         }
@@ -368,7 +413,9 @@ impl ShardState {
             }
             match action {
                 Action::None => {}
-                Action::Publish(topic, frame, echo) => self.publish(&topic, frame, Some(token.slot), echo),
+                Action::Publish(topic, frame, echo) => {
+                    self.publish(&topic, frame, Some(token.slot), echo)
+                }
                 Action::Echo(frame) => self.deliver(token.slot, frame),
                 Action::Closed => {
                     if let Some(c) = conn_mut(&mut self.conns, token) {
@@ -393,21 +440,33 @@ impl ShardState {
         self.fan_out_local(topic, &frame, publisher, echo);
         let bus = Arc::clone(&self.shared.bus);
         for shard in 0..bus.shards() {
-            if shard != self.id && bus.push(shard, BusMsg { topic: Arc::clone(topic), frame: frame.clone() }) {
+            if shard != self.id
+                && bus.push(
+                    shard,
+                    BusMsg {
+                        topic: Arc::clone(topic),
+                        frame: frame.clone(),
+                    },
+                )
+            {
                 self.wake[shard] = true;
             }
         }
     }
 
     fn fan_out_local(&mut self, topic: &str, frame: &Bytes, publisher: Option<u32>, echo: bool) {
-        let Some(t) = self.topics.get(topic) else { return };
+        let Some(t) = self.topics.get(topic) else {
+            return;
+        };
         let limit = self.settings.send_queue_limit;
         let mut queued = 0u64;
         for &slot in &t.subscribers {
             if Some(slot) == publisher && !echo {
                 continue;
             }
-            let Some(Some(c)) = self.conns.get_mut(slot as usize) else { continue };
+            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
             if !c.accepts_data() {
                 continue;
             }
@@ -415,7 +474,15 @@ impl ShardState {
                 queued += 1;
                 continue;
             }
-            slow_consumer(c, self.settings.slow_consumer, &self.metrics, &mut self.scratch, &mut self.dirty, self.tick, self.id);
+            slow_consumer(
+                c,
+                self.settings.slow_consumer,
+                &self.metrics,
+                &mut self.scratch,
+                &mut self.dirty,
+                self.tick,
+                self.id,
+            );
         }
         self.metrics.messages_out.add(queued);
     }
@@ -423,27 +490,41 @@ impl ShardState {
     /// Queues a frame to one connection (echo), through the same limit.
     fn deliver(&mut self, slot: u32, frame: Bytes) {
         let limit = self.settings.send_queue_limit;
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else { return };
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
         if !c.accepts_data() {
             return;
         }
         if c.push_data(frame, limit, &mut self.dirty) {
             self.metrics.messages_out.inc();
         } else {
-            slow_consumer(c, self.settings.slow_consumer, &self.metrics, &mut self.scratch, &mut self.dirty, self.tick, self.id);
+            slow_consumer(
+                c,
+                self.settings.slow_consumer,
+                &self.metrics,
+                &mut self.scratch,
+                &mut self.dirty,
+                self.tick,
+                self.id,
+            );
         }
     }
 
     fn drain_bus(&mut self) {
         let bus = Arc::clone(&self.shared.bus);
-        let n = bus.drain(self.id, |m| self.fan_out_local(&m.topic, &m.frame, None, false));
+        let n = bus.drain(self.id, |m| {
+            self.fan_out_local(&m.topic, &m.frame, None, false)
+        });
         self.metrics.bus_in.add(n as u64);
     }
 
     fn on_recv_closed(&mut self, token: Token, error: Option<std::io::Error>) {
         let id = self.id;
         let tick = self.tick;
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         match &mut c.phase {
             // The phase (and with it the subscription) ends in `release`, nowhere else.
             Phase::Ws { ws, .. } => {
@@ -464,7 +545,9 @@ impl ShardState {
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
         self.send_vecs.push(frames);
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         c.sending = false;
         c.queued = c.queued.saturating_sub(c.inflight);
         let sent = std::mem::take(&mut c.inflight);
@@ -483,34 +566,50 @@ impl ShardState {
     }
 
     fn on_released(&mut self, token: Token) {
-        let Some(slot) = self.conns.get_mut(token.slot as usize) else { return };
+        let Some(slot) = self.conns.get_mut(token.slot as usize) else {
+            return;
+        };
         if slot.as_ref().is_none_or(|c| c.token != token) {
             return;
         }
         if let Some(c) = slot.take()
             && c.dropped > 0
         {
-            tracing::info!(shard = self.id, slot = token.slot, dropped = c.dropped, "closed a subscriber that had messages dropped");
+            tracing::info!(
+                shard = self.id,
+                slot = token.slot,
+                dropped = c.dropped,
+                "closed a subscriber that had messages dropped"
+            );
         }
         self.free.push(token.slot);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.connections.set(self.metrics.connections.get().saturating_sub(1));
+        self.metrics
+            .connections
+            .set(self.metrics.connections.get().saturating_sub(1));
     }
 
     /// Asks the driver to close a connection; unsubscribes it first so no new frame is
     /// queued to it.
     fn release(&mut self, token: Token) {
-        let Some(c) = conn_mut(&mut self.conns, token) else { return };
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
         if c.releasing {
             return;
         }
         c.releasing = true;
         c.discard_queued();
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
-        if let Phase::Ws { route: Route::Topic { topic, .. }, .. } = phase
+        if let Phase::Ws {
+            route: Route::Topic { topic, .. },
+            ..
+        } = phase
             && self.topics.unsubscribe(&topic, token.slot)
         {
-            self.metrics.subscriptions.set(self.metrics.subscriptions.get().saturating_sub(1));
+            self.metrics
+                .subscriptions
+                .set(self.metrics.subscriptions.get().saturating_sub(1));
             self.metrics.topics.set(self.topics.len() as u64);
         }
         self.to_release.push(token);
@@ -570,7 +669,11 @@ impl ShardState {
         for (token, fd) in self.to_register.drain(..) {
             if let Err(e) = driver.register(token, fd) {
                 tracing::warn!(shard = self.id, error = %e, "registering a connection failed");
-                if let Some(c) = self.conns.get_mut(token.slot as usize).and_then(Option::as_mut) {
+                if let Some(c) = self
+                    .conns
+                    .get_mut(token.slot as usize)
+                    .and_then(Option::as_mut)
+                {
                     c.releasing = true;
                 }
                 self.to_release.push(token);
@@ -580,7 +683,9 @@ impl ShardState {
         while i < self.dirty.len() {
             let slot = self.dirty[i];
             i += 1;
-            let Some(Some(c)) = self.conns.get_mut(slot as usize) else { continue };
+            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
             c.dirty = false;
             if c.releasing || c.sending {
                 continue;
@@ -623,7 +728,10 @@ enum Action {
 
 /// The live connection named by `token` (not a later one in the same slot).
 fn conn_mut(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
-    conns.get_mut(token.slot as usize).and_then(Option::as_mut).filter(|c| c.token.generation == token.generation)
+    conns
+        .get_mut(token.slot as usize)
+        .and_then(Option::as_mut)
+        .filter(|c| c.token.generation == token.generation)
 }
 
 /// Builds a server frame once, in the shard's arena.
@@ -650,16 +758,29 @@ fn slow_consumer(
         SlowConsumerPolicy::Drop => {
             metrics.dropped.inc();
             if c.dropped == 0 {
-                tracing::warn!(shard, slot = c.token.slot, "send queue full: dropping messages for a slow subscriber");
+                tracing::warn!(
+                    shard,
+                    slot = c.token.slot,
+                    "send queue full: dropping messages for a slow subscriber"
+                );
             }
             c.dropped += 1;
         }
         SlowConsumerPolicy::Disconnect => {
             metrics.slow_disconnects.inc();
-            tracing::info!(shard, slot = c.token.slot, queued = c.queued, "send queue full: disconnecting a slow subscriber (1008)");
+            tracing::info!(
+                shard,
+                slot = c.token.slot,
+                queued = c.queued,
+                "send queue full: disconnecting a slow subscriber (1008)"
+            );
             c.discard_queued();
             if let Phase::Ws { ws, .. } = &mut c.phase {
-                ws.close(close_code::POLICY, "too slow: send queue limit reached", scratch);
+                ws.close(
+                    close_code::POLICY,
+                    "too slow: send queue limit reached",
+                    scratch,
+                );
             }
             let out = scratch.split().freeze();
             c.push_control(out, dirty);

@@ -7,9 +7,12 @@ use crate::util::{Msg, Server};
 
 fn denied() -> Command {
     let mut c = Command::new("python3");
-    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/deny_io_uring.py"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_ringcast"));
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/deny_io_uring.py"
+    ))
+    .arg("--")
+    .arg(env!("CARGO_BIN_EXE_ringcast"));
     c
 }
 
@@ -18,7 +21,10 @@ fn seccomp_denied_io_uring_falls_back_to_epoll() {
     let srv = Server::start_with(denied(), "auto", &[]);
     assert!(srv.banner.contains("io: epoll"), "banner: {}", srv.banner);
     let log = srv.log();
-    assert!(log.contains("falling back to the epoll backend") && log.contains("EPERM"), "log: {log}");
+    assert!(
+        log.contains("falling back to the epoll backend") && log.contains("EPERM"),
+        "log: {log}"
+    );
     let mut c = srv.ws("/echo");
     c.text("works on epoll");
     assert_eq!(c.recv(), Msg::Text("works on epoll".into()));

@@ -21,7 +21,9 @@ both!(dropping_connections_mid_flight_leaks_nothing, |io| {
         for (i, mut s) in subs.into_iter().enumerate() {
             if i % 2 == 0 {
                 // Half a frame in flight towards the server, then gone.
-                let _ = s.stream.write_all(&[0x82, 0xfe, 0x10, 0x00, 1, 2, 3, 4, 9, 9, 9]);
+                let _ = s
+                    .stream
+                    .write_all(&[0x82, 0xfe, 0x10, 0x00, 1, 2, 3, 4, 9, 9, 9]);
             }
             if i % 3 == 0 {
                 let _ = s.stream.shutdown(std::net::Shutdown::Both);
@@ -36,7 +38,11 @@ both!(dropping_connections_mid_flight_leaks_nothing, |io| {
         srv.get("/metrics")
     );
     assert_eq!(srv.metric("ringcast_receive_buffers_in_use"), 0);
-    assert_eq!(srv.metric("ringcast_subscriptions"), 1, "dead subscribers were unsubscribed");
+    assert_eq!(
+        srv.metric("ringcast_subscriptions"),
+        1,
+        "dead subscribers were unsubscribed"
+    );
     drop(publisher);
     assert!(srv.wait_for(Duration::from_secs(5), |s| s.open_connections() == 0));
     let mut c = srv.ws("/echo");
@@ -54,6 +60,10 @@ both!(regression_deferred_shutdown_never_hits_a_reused_fd, |io| {
         // Unmasked frame: the server closes with 1002 while its receive is still armed.
         let _ = bad.stream.write_all(&[0x81, 0x01, b'x']);
         assert_eq!(bad.expect_close(), Some(1002), "iteration {i}");
-        assert_eq!(bad.recv_timeout(Duration::from_secs(5)), Some(Msg::Eof), "iteration {i}");
+        assert_eq!(
+            bad.recv_timeout(Duration::from_secs(5)),
+            Some(Msg::Eof),
+            "iteration {i}"
+        );
     }
 });

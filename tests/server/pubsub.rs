@@ -16,8 +16,16 @@ both!(publish_reaches_other_subscribers_not_the_sender, |io| {
     std::thread::sleep(Duration::from_millis(50));
     a.text("hello");
     assert_eq!(b.recv(), Msg::Text("hello".into()));
-    assert_eq!(a.recv_timeout(Duration::from_millis(300)), None, "no echo without ?echo=1");
-    assert_eq!(other.recv_timeout(Duration::from_millis(100)), None, "other topics see nothing");
+    assert_eq!(
+        a.recv_timeout(Duration::from_millis(300)),
+        None,
+        "no echo without ?echo=1"
+    );
+    assert_eq!(
+        other.recv_timeout(Duration::from_millis(100)),
+        None,
+        "other topics see nothing"
+    );
 });
 
 both!(echo_param_and_message_types, |io| {
@@ -28,13 +36,20 @@ both!(echo_param_and_message_types, |io| {
     a.send(OpCode::Binary, &[0, 159, 146, 150]);
     a.text("txt");
     for c in [&mut a, &mut b] {
-        assert_eq!(c.recv(), Msg::Binary(vec![0, 159, 146, 150]), "binary stays binary");
+        assert_eq!(
+            c.recv(),
+            Msg::Binary(vec![0, 159, 146, 150]),
+            "binary stays binary"
+        );
         assert_eq!(c.recv(), Msg::Text("txt".into()), "text stays text");
     }
 });
 
 both!(echo_endpoint_and_payload_length_encodings, |io| {
-    let srv = Server::start(io, &["--max-message-size", "128KiB", "--max-frame-size", "128KiB"]);
+    let srv = Server::start(
+        io,
+        &["--max-message-size", "128KiB", "--max-frame-size", "128KiB"],
+    );
     let mut c = srv.ws("/echo");
     // 7-bit, 16-bit and 64-bit length encodings, and their edges.
     for len in [0usize, 1, 125, 126, 127, 65535, 65536, 100_000] {
@@ -48,9 +63,17 @@ both!(message_size_limit_is_inclusive, |io| {
     let srv = Server::start(io, &["--max-message-size", "1000"]);
     let mut c = srv.ws("/echo");
     c.send(OpCode::Binary, &[7u8; 1000]);
-    assert_eq!(c.recv(), Msg::Binary(vec![7u8; 1000]), "exactly the limit is accepted");
+    assert_eq!(
+        c.recv(),
+        Msg::Binary(vec![7u8; 1000]),
+        "exactly the limit is accepted"
+    );
     c.send(OpCode::Binary, &[7u8; 1001]);
-    assert_eq!(c.expect_close(), Some(1009), "one byte more is refused with 1009");
+    assert_eq!(
+        c.expect_close(),
+        Some(1009),
+        "one byte more is refused with 1009"
+    );
 });
 
 both!(health_and_metrics, |io| {
@@ -59,12 +82,20 @@ both!(health_and_metrics, |io| {
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
     let m = srv.get("/metrics");
     assert!(m.contains("ringcast_connections "), "{m}");
-    assert!(m.contains(&format!("io=\"{}\"", if io == "uring" { "io_uring" } else { "epoll" })), "{m}");
+    assert!(
+        m.contains(&format!(
+            "io=\"{}\"",
+            if io == "uring" { "io_uring" } else { "epoll" }
+        )),
+        "{m}"
+    );
 });
 
 /// Payload: "p<publisher>:<seq>".
 fn parse(m: &Msg) -> (u32, u32) {
-    let Msg::Text(t) = m else { panic!("expected text, got {m:?}") };
+    let Msg::Text(t) = m else {
+        panic!("expected text, got {m:?}")
+    };
     let (p, s) = t[1..].split_once(':').expect("p<id>:<seq>");
     (p.parse().expect("publisher"), s.parse().expect("seq"))
 }
@@ -87,10 +118,17 @@ both!(fan_out_across_shards_in_order_exactly_once, |io| {
         for _ in 0..PUBS * N {
             let (p, seq) = parse(&s.recv());
             let want = next.entry(p).or_insert(0);
-            assert_eq!(seq, *want, "subscriber {i}: publisher {p} out of order, duplicated or gapped");
+            assert_eq!(
+                seq, *want,
+                "subscriber {i}: publisher {p} out of order, duplicated or gapped"
+            );
             *want += 1;
         }
-        assert_eq!(s.recv_timeout(Duration::from_millis(20)), None, "subscriber {i}: nothing extra");
+        assert_eq!(
+            s.recv_timeout(Duration::from_millis(20)),
+            None,
+            "subscriber {i}: nothing extra"
+        );
     }
     // Each publisher also receives the other publishers' messages (same topic).
     for (me, c) in pubs.iter_mut().enumerate() {
@@ -102,5 +140,25 @@ both!(fan_out_across_shards_in_order_exactly_once, |io| {
         }
         assert_eq!(count, (PUBS - 1) * N);
     }
-    assert!(srv.metric("ringcast_bus_messages_in_total") > 0, "the cross-shard path was exercised");
+    assert!(
+        srv.metric("ringcast_bus_messages_in_total") > 0,
+        "the cross-shard path was exercised"
+    );
 });
+
+both!(
+    client_close_handshake_is_answered_and_the_connection_ends,
+    |io| {
+        let srv = Server::start(io, &[]);
+        let mut c = srv.ws("/ws/bye");
+        c.close(1000);
+        assert_eq!(
+            c.recv(),
+            Msg::Close(Some(1000), String::new()),
+            "the server echoes the close code"
+        );
+        assert_eq!(c.recv(), Msg::Eof, "then closes the TCP connection");
+        assert!(srv.wait_for(Duration::from_secs(5), |s| s.open_connections() == 0));
+        assert_eq!(srv.metric("ringcast_subscriptions"), 0);
+    }
+);

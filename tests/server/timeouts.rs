@@ -9,11 +9,15 @@ use crate::util::{Server, read_to_close};
 both!(handshake_timeout_drops_slowloris, |io| {
     let srv = Server::start(io, &["--handshake-timeout", "1s"]);
     let mut s = srv.raw();
-    s.write_all(b"GET /ws/a HTTP/1.1\r\nHost: x\r\n").expect("write");
+    s.write_all(b"GET /ws/a HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
     let t = Instant::now();
     let got = read_to_close(&mut s);
     assert!(got.is_empty(), "a plain TCP close, no response: {got:?}");
-    assert!(t.elapsed() < Duration::from_secs(4), "closed by the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed by the timeout"
+    );
     assert!(srv.metric("ringcast_handshake_timeouts_total") >= 1);
 });
 
@@ -34,7 +38,11 @@ both!(idle_timeout_closes_with_1001_and_pings_are_sent, |io| {
     let frames = &all[head..];
     let pings = frames.windows(2).filter(|w| w == &[0x89, 0x00]).count();
     assert!(pings >= 1, "server pings arrive: {frames:?}");
-    let close = frames.windows(4).rev().find(|w| w[0] == 0x88).expect("a close frame");
+    let close = frames
+        .windows(4)
+        .rev()
+        .find(|w| w[0] == 0x88)
+        .expect("a close frame");
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1001);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(srv.metric("ringcast_idle_timeouts_total") >= 1);

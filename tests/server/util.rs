@@ -8,13 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use ringcast::proto::Connection;
 use ringcast::proto::conn::{Event, Limits, Role};
 use ringcast::proto::frame::OpCode;
 use ringcast::proto::handshake;
-use ringcast::proto::Connection;
-
-/// Both backends, so every test runs on each.
-pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
 /// Declares one test per backend: `both!(name, |io| { ... })`.
 #[macro_export]
@@ -46,12 +43,25 @@ impl Server {
     }
 
     pub fn start_with(mut cmd: Command, io: &str, extra: &[&str]) -> Server {
-        let dir = std::env::temp_dir().join(format!("ringcast-test-{}-{}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let stderr_path = dir.join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--io", io, "--shards", "2", "--log-level", "debug"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--io",
+                io,
+                "--shards",
+                "2",
+                "--log-level",
+                "debug",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -59,13 +69,25 @@ impl Server {
             .expect("spawn ringcast");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("start-up line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("start-up line");
         let addr = line
             .split_whitespace()
             .nth(3)
             .and_then(|a| a.trim_end_matches(',').parse().ok())
-            .unwrap_or_else(|| panic!("no address in start-up line {line:?}; stderr: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default()));
-        Server { child, addr, stderr_path, banner: line }
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in start-up line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                )
+            });
+        Server {
+            child,
+            addr,
+            stderr_path,
+            banner: line,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -79,7 +101,8 @@ impl Server {
     /// A raw TCP connection with a read timeout.
     pub fn raw(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         s
     }
 
@@ -92,14 +115,21 @@ impl Server {
 
     /// `GET path` and the whole response.
     pub fn get(&self, path: &str) -> String {
-        String::from_utf8_lossy(&self.exchange(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())).into_owned()
+        String::from_utf8_lossy(
+            &self.exchange(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()),
+        )
+        .into_owned()
     }
 
     /// The value of an unlabelled metric (or a labelled one given in full).
     pub fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics");
         text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
     }
 
@@ -172,17 +202,34 @@ impl Client {
         let head = loop {
             let n = stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, String::from_utf8_lossy(&buf).into_owned()));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    String::from_utf8_lossy(&buf).into_owned(),
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
             match handshake::parse_response(&buf, &key) {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(format!("{e}: {}", String::from_utf8_lossy(&buf)))),
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "{e}: {}",
+                        String::from_utf8_lossy(&buf)
+                    )));
+                }
             }
         };
-        let limits = Limits { max_frame_size: 1 << 30, max_message_size: 1 << 30 };
-        Ok(Client { stream, ws: Connection::new(Role::Client, limits), out: BytesMut::new(), inbox: VecDeque::new(), leftover: buf.split_off(head) })
+        let limits = Limits {
+            max_frame_size: 1 << 30,
+            max_message_size: 1 << 30,
+        };
+        Ok(Client {
+            stream,
+            ws: Connection::new(Role::Client, limits),
+            out: BytesMut::new(),
+            inbox: VecDeque::new(),
+            leftover: buf.split_off(head),
+        })
     }
 
     fn flush(&mut self) {
@@ -193,7 +240,9 @@ impl Client {
     }
 
     pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.ws.send(opcode, payload, &mut self.out).expect("send on an open connection");
+        self.ws
+            .send(opcode, payload, &mut self.out)
+            .expect("send on an open connection");
         self.flush();
     }
 
@@ -213,9 +262,14 @@ impl Client {
                 Ok(p) => (
                     p.consumed,
                     match p.event {
-                        Some(Event::Message { opcode: OpCode::Text, payload }) => Some(Msg::Text(String::from_utf8_lossy(payload).into_owned())),
+                        Some(Event::Message {
+                            opcode: OpCode::Text,
+                            payload,
+                        }) => Some(Msg::Text(String::from_utf8_lossy(payload).into_owned())),
                         Some(Event::Message { payload, .. }) => Some(Msg::Binary(payload.to_vec())),
-                        Some(Event::Close { code, reason }) => Some(Msg::Close(code, reason.to_owned())),
+                        Some(Event::Close { code, reason }) => {
+                            Some(Msg::Close(code, reason.to_owned()))
+                        }
                         _ => None,
                     },
                 ),
@@ -241,11 +295,20 @@ impl Client {
             if left.is_zero() {
                 return None;
             }
-            let _ = self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let _ = self
+                .stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             match self.stream.read(&mut buf) {
                 Ok(0) => return Some(Msg::Eof),
                 Ok(n) => self.feed(&mut buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
                 Err(_) => return Some(Msg::Eof),
             }
         }
@@ -253,7 +316,8 @@ impl Client {
     }
 
     pub fn recv(&mut self) -> Msg {
-        self.recv_timeout(Duration::from_secs(5)).expect("a message within 5 s")
+        self.recv_timeout(Duration::from_secs(5))
+            .expect("a message within 5 s")
     }
 
     /// Reads until the close frame (or EOF); returns its code.
