@@ -630,6 +630,11 @@ impl ShardState {
                 expired.push(c.token);
                 continue;
             }
+            // An idle connection should hold no queue memory (the 101 response alone leaves
+            // a few slots allocated); an active one re-allocates at most once per tick.
+            if c.queue.is_empty() && c.queue.capacity() != 0 && !c.sending {
+                c.queue = std::collections::VecDeque::new();
+            }
             match &mut c.phase {
                 Phase::Http { .. } if now.saturating_sub(c.since) >= hs => {
                     self.metrics.handshake_timeouts.inc();
