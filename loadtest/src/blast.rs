@@ -20,7 +20,7 @@ use ringcast::proto::frame::{OpCode, encode_frame};
 use ringcast::proto::handshake::{HandshakeLimits, parse_request, write_101};
 
 use crate::cli::BlastArgs;
-use crate::payload::{BLAST_FLAG, STAMP_LEN, Stamp, fill_template, write_stamp};
+use crate::payload::{BLAST_FLAG, Stamp, fill_template, write_stamp};
 use crate::uring::blast::{BlastStats, Template};
 
 /// Builds the batch: as many frames as fit in `batch_bytes` (at least one).
@@ -34,7 +34,7 @@ pub fn build_template(size: usize, binary: bool, batch_bytes: usize) -> Result<T
     let hdr_len = frame_len - size;
     let k = (batch_bytes / frame_len).clamp(1, 0x7fff_ffff);
     let mut bytes = Vec::with_capacity(k * frame_len);
-    let mut time_offsets = Vec::with_capacity(k);
+    let mut payload_offsets = Vec::with_capacity(k);
     for i in 0..k {
         write_stamp(
             &mut payload,
@@ -46,11 +46,11 @@ pub fn build_template(size: usize, binary: bool, batch_bytes: usize) -> Result<T
         );
         let off = bytes.len();
         encode_frame(&mut bytes, true, opcode, None, &payload);
-        time_offsets.push(off + hdr_len + STAMP_LEN - 16);
+        payload_offsets.push(off + hdr_len);
     }
     Ok(Template {
         bytes,
-        time_offsets,
+        payload_offsets,
     })
 }
 
@@ -222,6 +222,7 @@ pub fn main(args: &BlastArgs) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::payload::decode;
@@ -239,12 +240,16 @@ mod tests {
             let st = decode(p).unwrap();
             assert_eq!(st.publisher, BLAST_FLAG | 15);
             assert_eq!(st.seq, i);
-            assert_eq!(&t.bytes[t.time_offsets[i as usize]..][..16], &p[26..42]);
+            assert_eq!(t.payload_offsets[i as usize], pos + hl);
             pos += hl + h.payload_len as usize;
             i += 1;
         }
         assert_eq!(i, 15); // 1000 / 66
         assert!(build_template(10, false, 1000).is_err());
-        assert_eq!(build_template(64, true, 1).unwrap().time_offsets.len(), 1);
+        let mut one = build_template(64, true, 1).unwrap();
+        assert_eq!(one.payload_offsets.len(), 1);
+        let o = one.payload_offsets[0];
+        crate::payload::write_time(&mut one.bytes[o..], 77);
+        assert_eq!(decode(&one.bytes[o..]).unwrap().sent_ns, 77);
     }
 }

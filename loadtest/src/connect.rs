@@ -300,20 +300,18 @@ pub fn connect_many(
         }
         // Per-connection timeouts.
         let now = Instant::now();
-        for slot in 0..slots.len() {
-            if slots[slot]
-                .as_ref()
-                .is_some_and(|p| now - p.started > opts.timeout)
-            {
-                if let Some(p) = slots[slot].take() {
-                    let fd = p.stream.as_raw_fd();
-                    let _ = poll.registry().deregister(&mut SourceFd(&fd));
-                    let what = match p.step {
-                        Step::Connecting => "connect",
-                        Step::Writing | Step::Reading => "handshake",
-                    };
-                    stats.fail(format!("{what} timed out after {:?}", opts.timeout));
-                }
+        for (slot, entry) in slots.iter_mut().enumerate() {
+            if entry.as_ref().is_none_or(|p| now - p.started <= opts.timeout) {
+                continue;
+            }
+            if let Some(p) = entry.take() {
+                let fd = p.stream.as_raw_fd();
+                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                let what = match p.step {
+                    Step::Connecting => "connect",
+                    Step::Writing | Step::Reading => "handshake",
+                };
+                stats.fail(format!("{what} timed out after {:?}", opts.timeout));
                 free.push(slot);
                 in_flight -= 1;
             }
@@ -390,6 +388,7 @@ fn advance(p: &mut Pending, scheme: Scheme) -> Result<Option<usize>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -127,6 +127,7 @@ pub fn decode(payload: &[u8]) -> Option<Stamp> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

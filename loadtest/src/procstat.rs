@@ -65,6 +65,7 @@ pub fn pct(cpu_before_ns: u64, cpu_after_ns: u64, wall_ns: u64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -271,6 +271,7 @@ impl RxConn {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::payload::{Stamp, fill_template, write_stamp};

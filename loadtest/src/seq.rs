@@ -136,6 +136,7 @@ pub fn unwrap_cyclic(next: u64, seq_mod: u64, cycle: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -73,7 +73,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
         }
         lim = want;
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Starts a non-blocking TCP connect to `dst`, optionally bound to `src` first.
@@ -178,6 +178,7 @@ fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -28,18 +28,20 @@ use crate::sys::now_ns;
 
 /// The server's close frame (code 1000), unmasked; static, so always valid for the kernel.
 static CLOSE_FRAME: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
-const MAX_BATCHES: usize = 64;
+/// Up to 64 MiB of 64 KiB batches: every connection part-way through a batch holds one,
+/// so beyond ~1000 connections rotation stalls and send times go stale (latency overstated).
+const MAX_BATCHES: usize = 1024;
 const SEND: u64 = 0;
 const RECV: u64 = 1;
 const CLOSE: u64 = 2;
 
-/// A pre-built batch of frames with the byte offsets of each frame's send-time field.
+/// A pre-built batch of frames with the byte offset of each frame's payload.
 #[derive(Debug, Clone)]
 pub struct Template {
     /// The frames, back to back.
     pub bytes: Vec<u8>,
-    /// Offset of each frame's 16-digit send-time field.
-    pub time_offsets: Vec<usize>,
+    /// Offset of each frame's payload (where its stamp starts).
+    pub payload_offsets: Vec<usize>,
 }
 
 /// Counters the blast thread publishes.
@@ -159,7 +161,7 @@ pub fn run(
                 None => None,
             };
             if let Some(p) = pick {
-                for &o in &template.time_offsets {
+                for &o in &template.payload_offsets {
                     write_time(&mut pool[p].buf[o..], now);
                 }
                 current = p;

@@ -79,6 +79,7 @@ pub fn submit_wait(ring: &IoUring, timeout_ms: u32) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     #[test]
     fn probe_reports() {
