@@ -301,7 +301,10 @@ pub fn connect_many(
         // Per-connection timeouts.
         let now = Instant::now();
         for (slot, entry) in slots.iter_mut().enumerate() {
-            if entry.as_ref().is_none_or(|p| now - p.started <= opts.timeout) {
+            if entry
+                .as_ref()
+                .is_none_or(|p| now - p.started <= opts.timeout)
+            {
                 continue;
             }
             if let Some(p) = entry.take() {
