@@ -24,6 +24,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    ringcast::alloc::tune();
     let cfg = match config::load() {
         Ok(cfg) => cfg,
         Err(e) => e.exit(),

@@ -136,6 +136,10 @@ impl<D: Driver> Shard<D> {
         let metrics = Arc::clone(&shared.metrics[id]);
         shared.bus.set_target(id, driver.wake_target());
         let n = shared.bus.shards();
+        // Reserve the whole table up front: untouched capacity costs address space, not
+        // memory, and growing by doubling would copy the table and leave the old copies
+        // resident in the allocator (measured: hundreds of bytes per idle connection).
+        let table = (settings.max_connections / n.max(1) + 1).min(1 << 20);
         let ws_limits = Limits {
             max_frame_size: settings.max_frame_size as u64,
             max_message_size: settings.max_message_size,
@@ -152,8 +156,8 @@ impl<D: Driver> Shard<D> {
                 settings,
                 shared,
                 metrics,
-                conns: Vec::new(),
-                generations: Vec::new(),
+                conns: Vec::with_capacity(table),
+                generations: Vec::with_capacity(table),
                 free: Vec::new(),
                 topics: Topics::default(),
                 dirty: Vec::new(),
@@ -544,7 +548,10 @@ impl ShardState {
     }
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
-        self.send_vecs.push(frames);
+        // A few vectors for reuse; not one per connection after a burst.
+        if self.send_vecs.len() < 256 && frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
+            self.send_vecs.push(frames);
+        }
         let Some(c) = conn_mut(&mut self.conns, token) else {
             return;
         };
