@@ -11,6 +11,7 @@
 //! 5. Flush: register new sockets, one vectored send per connection with queued frames,
 //!    releases, and one wake-up per other shard that got messages this turn.
 
+pub mod batch;
 pub mod conn;
 
 use std::os::fd::OwnedFd;
@@ -30,6 +31,7 @@ use crate::proto::frame::{OpCode, encode_frame};
 use crate::proto::handshake::{self, HandshakeLimits};
 use crate::proto::{Connection, close_code};
 use crate::pubsub::Topics;
+use batch::{Batcher, Ready};
 use conn::{Conn, Phase, Route};
 
 /// Length of a timer tick. Timeouts are checked once per tick, by one pass over the
@@ -106,8 +108,10 @@ struct ShardState {
     wake: Vec<bool>,
     /// Output of the protocol core (pongs, closes), split off per connection.
     scratch: BytesMut,
-    /// Where broadcast frames are built, once each.
+    /// Where echoed frames are built.
     arena: BytesMut,
+    /// Published frames of this turn, one contiguous buffer per topic.
+    batcher: Batcher,
     send_vecs: Vec<Vec<Bytes>>,
     tick: u32,
     handshake_limits: HandshakeLimits,
@@ -166,6 +170,7 @@ impl<D: Driver> Shard<D> {
                 wake: vec![false; n],
                 scratch: BytesMut::with_capacity(256),
                 arena: BytesMut::new(),
+                batcher: Batcher::default(),
                 send_vecs: Vec::new(),
                 tick: 0,
                 handshake_limits,
@@ -184,6 +189,7 @@ impl<D: Driver> Shard<D> {
             while let Some(ev) = self.driver.next_event() {
                 self.st.on_event(ev);
             }
+            self.st.publish_batches();
             self.st.drain_bus();
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
@@ -383,14 +389,17 @@ impl ShardState {
                     let action = match p.event {
                         None => Action::None,
                         Some(WsEvent::Message { opcode, payload }) => {
-                            let frame = frame_once(&mut self.arena, opcode, payload);
                             self.metrics.messages_in.inc();
                             self.metrics.bytes_in.add(payload.len() as u64);
                             match route {
                                 Route::Topic { topic, echo } => {
-                                    Action::Publish(Arc::clone(topic), frame, *echo)
+                                    let exclude = (!*echo).then_some(token.slot);
+                                    self.batcher.append(topic, opcode, payload, exclude);
+                                    Action::Published
                                 }
-                                Route::Echo => Action::Echo(frame),
+                                Route::Echo => {
+                                    Action::Echo(frame_once(&mut self.arena, opcode, payload))
+                                }
                             }
                         }
                         Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
@@ -416,10 +425,7 @@ impl ShardState {
                 c.push_control(out, &mut self.dirty);
             }
             match action {
-                Action::None => {}
-                Action::Publish(topic, frame, echo) => {
-                    self.publish(&topic, frame, Some(token.slot), echo)
-                }
+                Action::None | Action::Published => {}
                 Action::Echo(frame) => self.deliver(token.slot, frame),
                 Action::Closed => {
                     if let Some(c) = conn_mut(&mut self.conns, token) {
@@ -439,56 +445,75 @@ impl ShardState {
         }
     }
 
-    /// Local fan-out plus one bus push per other shard.
-    fn publish(&mut self, topic: &Arc<str>, frame: Bytes, publisher: Option<u32>, echo: bool) {
-        self.fan_out_local(topic, &frame, publisher, echo);
-        let bus = Arc::clone(&self.shared.bus);
-        for shard in 0..bus.shards() {
-            if shard != self.id
-                && bus.push(
-                    shard,
-                    BusMsg {
-                        topic: Arc::clone(topic),
-                        frame: frame.clone(),
-                    },
-                )
-            {
-                self.wake[shard] = true;
-            }
+    /// Queues this turn's batches: to local subscribers, and one bus message per batch to
+    /// every other shard.
+    fn publish_batches(&mut self) {
+        if self.batcher.is_empty() {
+            return;
         }
+        let mut batcher = std::mem::take(&mut self.batcher);
+        let bus = Arc::clone(&self.shared.bus);
+        batcher.take(|r: Ready| {
+            self.fan_out_local(&r.topic, &r.frames, r.count, &r.excluded);
+            for shard in 0..bus.shards() {
+                if shard != self.id {
+                    let msg = BusMsg {
+                        topic: Arc::clone(&r.topic),
+                        frame: r.frames.clone(),
+                        count: r.count,
+                    };
+                    if bus.push(shard, msg) {
+                        self.wake[shard] = true;
+                    }
+                }
+            }
+        });
+        self.batcher = batcher;
     }
 
-    fn fan_out_local(&mut self, topic: &str, frame: &Bytes, publisher: Option<u32>, echo: bool) {
+    /// Queues a batch of `count` messages to every local subscriber of `topic`; the
+    /// publishers listed in `excluded` get their part instead of the whole.
+    fn fan_out_local(
+        &mut self,
+        topic: &str,
+        frames: &Bytes,
+        count: u32,
+        excluded: &[(u32, Vec<Bytes>, u32)],
+    ) {
         let Some(t) = self.topics.get(topic) else {
             return;
         };
         let limit = self.settings.send_queue_limit;
         let mut queued = 0u64;
+        let mut slow = Vec::new();
         for &slot in &t.subscribers {
-            if Some(slot) == publisher && !echo {
-                continue;
-            }
             let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
             if !c.accepts_data() {
                 continue;
             }
-            if c.push_data(frame.clone(), limit, &mut self.dirty) {
-                queued += 1;
+            let (parts, n) = match excluded.iter().find(|e| e.0 == slot) {
+                None => (std::slice::from_ref(frames), count),
+                Some((_, parts, n)) => (parts.as_slice(), *n),
+            };
+            if n == 0 {
                 continue;
             }
-            slow_consumer(
-                c,
-                self.settings.slow_consumer,
-                &self.metrics,
-                &mut self.scratch,
-                &mut self.dirty,
-                self.tick,
-                self.id,
-            );
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            if c.queued + len <= limit {
+                for part in parts {
+                    c.push_data(part.clone(), usize::MAX, &mut self.dirty);
+                }
+                queued += u64::from(n);
+                continue;
+            }
+            slow.push((slot, n));
         }
         self.metrics.messages_out.add(queued);
+        for (slot, n) in slow {
+            self.slow_consumer(slot, n);
+        }
     }
 
     /// Queues a frame to one connection (echo), through the same limit.
@@ -503,22 +528,57 @@ impl ShardState {
         if c.push_data(frame, limit, &mut self.dirty) {
             self.metrics.messages_out.inc();
         } else {
-            slow_consumer(
-                c,
-                self.settings.slow_consumer,
-                &self.metrics,
-                &mut self.scratch,
-                &mut self.dirty,
-                self.tick,
-                self.id,
-            );
+            self.slow_consumer(slot, 1);
+        }
+    }
+
+    /// Applies the slow-consumer policy to a subscriber whose queue cannot take `messages`
+    /// more messages.
+    fn slow_consumer(&mut self, slot: u32, messages: u32) {
+        let (shard, tick) = (self.id, self.tick);
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        match self.settings.slow_consumer {
+            SlowConsumerPolicy::Drop => {
+                self.metrics.dropped.add(u64::from(messages));
+                if c.dropped == 0 {
+                    tracing::warn!(
+                        shard,
+                        slot,
+                        "send queue full: dropping messages for a slow subscriber"
+                    );
+                }
+                c.dropped += u64::from(messages);
+            }
+            SlowConsumerPolicy::Disconnect => {
+                self.metrics.slow_disconnects.inc();
+                tracing::info!(
+                    shard,
+                    slot,
+                    queued = c.queued,
+                    "send queue full: disconnecting a slow subscriber (1008)"
+                );
+                c.discard_queued();
+                if let Phase::Ws { ws, .. } = &mut c.phase {
+                    ws.close(
+                        close_code::POLICY,
+                        "too slow: send queue limit reached",
+                        &mut self.scratch,
+                    );
+                }
+                let out = self.scratch.split().freeze();
+                c.push_control(out, &mut self.dirty);
+                c.close_after_flush = true;
+                c.deadline = tick + ticks_ceil(CLOSE_GRACE);
+            }
         }
     }
 
     fn drain_bus(&mut self) {
         let bus = Arc::clone(&self.shared.bus);
         let n = bus.drain(self.id, |m| {
-            self.fan_out_local(&m.topic, &m.frame, None, false)
+            self.fan_out_local(&m.topic, &m.frame, m.count, &[])
         });
         self.metrics.bus_in.add(n as u64);
     }
@@ -733,7 +793,8 @@ impl ShardState {
 /// applied after.
 enum Action {
     None,
-    Publish(Arc<str>, Bytes, bool),
+    /// Appended to the topic's batch for this turn.
+    Published,
     Echo(Bytes),
     Closed,
 }
@@ -754,50 +815,4 @@ fn frame_once(arena: &mut BytesMut, opcode: OpCode, payload: &[u8]) -> Bytes {
     }
     encode_frame(arena, true, opcode, None, payload);
     arena.split().freeze()
-}
-
-/// Applies the slow-consumer policy to a subscriber whose queue is full.
-fn slow_consumer(
-    c: &mut Conn,
-    policy: SlowConsumerPolicy,
-    metrics: &ShardMetrics,
-    scratch: &mut BytesMut,
-    dirty: &mut Vec<u32>,
-    tick: u32,
-    shard: usize,
-) {
-    match policy {
-        SlowConsumerPolicy::Drop => {
-            metrics.dropped.inc();
-            if c.dropped == 0 {
-                tracing::warn!(
-                    shard,
-                    slot = c.token.slot,
-                    "send queue full: dropping messages for a slow subscriber"
-                );
-            }
-            c.dropped += 1;
-        }
-        SlowConsumerPolicy::Disconnect => {
-            metrics.slow_disconnects.inc();
-            tracing::info!(
-                shard,
-                slot = c.token.slot,
-                queued = c.queued,
-                "send queue full: disconnecting a slow subscriber (1008)"
-            );
-            c.discard_queued();
-            if let Phase::Ws { ws, .. } = &mut c.phase {
-                ws.close(
-                    close_code::POLICY,
-                    "too slow: send queue limit reached",
-                    scratch,
-                );
-            }
-            let out = scratch.split().freeze();
-            c.push_control(out, dirty);
-            c.close_after_flush = true;
-            c.deadline = tick + ticks_ceil(CLOSE_GRACE);
-        }
-    }
 }
