@@ -84,7 +84,7 @@ pub struct ShardMetrics {
     pub loop_turns: Counter,
     /// Kernel entries (io_uring_enter or epoll_wait).
     pub submissions: Counter,
-    /// Messages received from other shards through the bus.
+    /// Batches received from other shards through the bus.
     pub bus_in: Counter,
     /// Receive buffers lent out (gauge; zero between events).
     pub buffers_in_use: Counter,
@@ -199,7 +199,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         (
             "ringcast_bus_messages_in_total",
             "counter",
-            "Messages received from other shards.",
+            "Batches (a topic's messages of one loop turn) received from other shards.",
             |m| m.bus_in.get(),
         ),
         (
