@@ -12,6 +12,12 @@
 //!    releases, and one wake-up per other shard that got messages this turn.
 
 pub mod conn;
+mod control;
+mod drain;
+mod http_publish;
+pub mod surface;
+
+pub use control::ControlConn;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -63,6 +69,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Upgrades past this many open connections (whole server) get 503.
     pub max_connections: usize,
+    /// Control mode, limits and drain.
+    pub surface: surface::SurfaceSettings,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -78,6 +86,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The backend in use, for metrics labels.
     pub backend: &'static str,
+    /// The draining flag and the per-IP table.
+    pub surface: surface::SurfaceShared,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -112,6 +122,8 @@ struct ShardState {
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
+    /// Control-mode, per-IP and drain state (`surface.rs`).
+    surface: surface::SurfaceState,
 }
 
 /// A shard: its driver and its state.
@@ -166,6 +178,7 @@ impl<D: Driver> Shard<D> {
                 tick: 0,
                 handshake_limits,
                 ws_limits,
+                surface: surface::SurfaceState::default(),
             },
         }
     }
@@ -184,6 +197,9 @@ impl<D: Driver> Shard<D> {
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
+            }
+            if self.st.drain_turn() {
+                break;
             }
             self.st.flush(&mut self.driver);
             let stats = self.driver.stats();
@@ -236,6 +252,7 @@ impl ShardState {
         self.generations[slot as usize] = generation;
         let token = Token { slot, generation };
         self.conns[slot as usize] = Some(Conn::new(token, self.tick));
+        self.admit_peer(token, &stream);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
         self.metrics.accepted.inc();
@@ -277,8 +294,14 @@ impl ShardState {
             }
         };
         let rest = buf.split_off(req.head_len.min(buf.len()));
-        match crate::http::route(&req.method, &req.path, req.query.as_deref()) {
-            Routed::Health => self.respond(token, 200, "ok\n"),
+        let routed = crate::http::route(&req.method, &req.path, req.query.as_deref());
+        if self.refuse_early(token, &req, &routed) {
+            return;
+        }
+        match routed {
+            Routed::Health => self.health(token),
+            Routed::Demo => self.demo(token),
+            Routed::Publish(topic) => self.http_publish(token, &req, &topic, rest),
             Routed::Metrics => {
                 let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
                 self.respond_with(
@@ -315,6 +338,7 @@ impl ShardState {
     ) {
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
+            Endpoint::Control { subscribe } => self.control_open(token.slot, subscribe),
             Endpoint::Topic { name, echo } => {
                 let topic = self.topics.subscribe(&name, token.slot);
                 self.metrics.subscriptions.add(1);
@@ -378,6 +402,11 @@ impl ShardState {
                     let consumed = p.consumed;
                     let action = match p.event {
                         None => Action::None,
+                        Some(WsEvent::Message { opcode, payload })
+                            if matches!(route, Route::Control(_)) =>
+                        {
+                            Action::Control(opcode, Bytes::copy_from_slice(payload))
+                        }
                         Some(WsEvent::Message { opcode, payload }) => {
                             let frame = frame_once(&mut self.arena, opcode, payload);
                             self.metrics.messages_in.inc();
@@ -386,7 +415,7 @@ impl ShardState {
                                 Route::Topic { topic, echo } => {
                                     Action::Publish(Arc::clone(topic), frame, *echo)
                                 }
-                                Route::Echo => Action::Echo(frame),
+                                Route::Echo | Route::Control(_) => Action::Echo(frame),
                             }
                         }
                         Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
@@ -417,6 +446,7 @@ impl ShardState {
                     self.publish(&topic, frame, Some(token.slot), echo)
                 }
                 Action::Echo(frame) => self.deliver(token.slot, frame),
+                Action::Control(opcode, payload) => self.on_control(token, opcode, payload),
                 Action::Closed => {
                     if let Some(c) = conn_mut(&mut self.conns, token) {
                         c.close_after_flush = true;
@@ -455,6 +485,9 @@ impl ShardState {
     }
 
     fn fan_out_local(&mut self, topic: &str, frame: &Bytes, publisher: Option<u32>, echo: bool) {
+        if self.surface.control_subs != 0 {
+            self.fan_out_control(topic, frame, publisher, echo);
+        }
         let Some(t) = self.topics.get(topic) else {
             return;
         };
@@ -583,6 +616,7 @@ impl ShardState {
             );
         }
         self.free.push(token.slot);
+        self.forget_peer(token);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .connections
@@ -601,6 +635,7 @@ impl ShardState {
         c.releasing = true;
         c.discard_queued();
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
+        self.control_release(token.slot, &phase);
         if let Phase::Ws {
             route: Route::Topic { topic, .. },
             ..
@@ -728,6 +763,8 @@ enum Action {
     None,
     Publish(Arc<str>, Bytes, bool),
     Echo(Bytes),
+    /// A control-mode message: its opcode and a copy of its payload.
+    Control(OpCode, Bytes),
     Closed,
 }
 
