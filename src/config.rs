@@ -822,14 +822,14 @@ fn raw_origins(raw: &Raw) -> Result<Vec<String>, String> {
             out.push(item.to_owned());
             continue;
         }
-        let ok = item
-            .split_once("://")
-            .is_some_and(|(scheme, rest)| {
-                !scheme.is_empty()
-                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-                    && !rest.is_empty()
-                    && !rest.contains(['/', '?', '#', ' ', '*'])
-            });
+        let ok = item.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', ' ', '*'])
+        });
         if !ok {
             return Err(format!("{item:?} is not an origin; {ORIGINS_EXPECTED}"));
         }

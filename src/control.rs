@@ -175,13 +175,8 @@ pub struct Request {
 
 /// Parses one text message of a control-mode connection.
 pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
-    let value: Value = serde_json::from_slice(text).map_err(|e| {
-        Refusal::new(
-            None,
-            ErrorCode::BadJson,
-            format!("not valid JSON: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(text)
+        .map_err(|e| Refusal::new(None, ErrorCode::BadJson, format!("not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(Refusal::new(
             None,
@@ -204,7 +199,11 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
     let kind = match obj.get("type") {
         Some(Value::String(s)) => s.as_str(),
         Some(_) => {
-            return Err(Refusal::new(id, ErrorCode::BadMessage, "\"type\" must be a string"));
+            return Err(Refusal::new(
+                id,
+                ErrorCode::BadMessage,
+                "\"type\" must be a string",
+            ));
         }
         None => {
             return Err(Refusal::new(
@@ -249,9 +248,7 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
             return Err(Refusal::new(
                 id,
                 ErrorCode::UnknownType,
-                format!(
-                    "unknown type {shown:?}: expected subscribe, unsubscribe, publish or ping"
-                ),
+                format!("unknown type {shown:?}: expected subscribe, unsubscribe, publish or ping"),
             ));
         }
     };
@@ -398,10 +395,19 @@ mod tests {
         assert_eq!(code(b"[1]"), ErrorCode::BadJson);
         assert_eq!(code(br#"{"topic":"a"}"#), ErrorCode::BadMessage);
         assert_eq!(code(br#"{"type":"subscribe"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(br#"{"type":"subscribe","topic":3}"#), ErrorCode::BadMessage);
-        assert_eq!(code(br#"{"type":"publish","topic":"a"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(br#"{"type":"subscribe","topic":3}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(br#"{"type":"publish","topic":"a"}"#),
+            ErrorCode::BadMessage
+        );
         assert_eq!(code(br#"{"type":"jump"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(br#"{"type":"subscribe","topic":""}"#), ErrorCode::BadTopic);
+        assert_eq!(
+            code(br#"{"type":"subscribe","topic":""}"#),
+            ErrorCode::BadTopic
+        );
         let e = parse(br#"{"type":"subscribe","topic":"a b","id":9}"#).unwrap_err();
         assert_eq!(
             json(&error(&e)),
@@ -427,9 +433,21 @@ mod tests {
         let mut bin = Vec::new();
         envelope_binary("news", &[0, 1, 2], &mut bin);
         assert_eq!(bin, b"\x04news\x00\x01\x02");
-        assert_eq!(parse_binary_envelope(&bin).unwrap(), ("news", &[0u8, 1, 2][..]));
-        assert_eq!(parse_binary_envelope(b"").unwrap_err().code, ErrorCode::BadEnvelope);
-        assert_eq!(parse_binary_envelope(b"\x09ab").unwrap_err().code, ErrorCode::BadEnvelope);
-        assert_eq!(parse_binary_envelope(b"\x02a b").unwrap_err().code, ErrorCode::BadTopic);
+        assert_eq!(
+            parse_binary_envelope(&bin).unwrap(),
+            ("news", &[0u8, 1, 2][..])
+        );
+        assert_eq!(
+            parse_binary_envelope(b"").unwrap_err().code,
+            ErrorCode::BadEnvelope
+        );
+        assert_eq!(
+            parse_binary_envelope(b"\x09ab").unwrap_err().code,
+            ErrorCode::BadEnvelope
+        );
+        assert_eq!(
+            parse_binary_envelope(b"\x02a b").unwrap_err().code,
+            ErrorCode::BadTopic
+        );
     }
 }

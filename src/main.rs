@@ -93,7 +93,10 @@ fn main() -> ExitCode {
     server.drain();
     while !server.finished() {
         if let Some(sig) = signals.pending().next() {
-            tracing::warn!(signal = sig, "second signal: exiting without waiting for the drain");
+            tracing::warn!(
+                signal = sig,
+                "second signal: exiting without waiting for the drain"
+            );
             return ExitCode::from(u8::try_from(128 + sig).unwrap_or(1));
         }
         if Instant::now() >= deadline {

@@ -175,6 +175,14 @@ impl ShardMetrics {
 }
 
 type Getter = fn(&ShardMetrics) -> u64;
+/// A counter family: name, help, label name, label values, getter by label index.
+type Labelled = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    fn(&ShardMetrics, usize) -> u64,
+);
 
 const CONTROL_ERROR_LABELS: [&str; crate::control::ErrorCode::ALL.len()] = {
     let mut out = [""; crate::control::ErrorCode::ALL.len()];
@@ -342,7 +350,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             sum(&|m| m.handshake_failures[i].get())
         );
     }
-    let labelled: [(&str, &str, &str, &[&str], fn(&ShardMetrics, usize) -> u64); 3] = [
+    let labelled: [Labelled; 3] = [
         (
             "ringcast_control_commands_total",
             "Control-mode messages received, by type.",

@@ -169,7 +169,10 @@ fn every_key_from_flags() {
     assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
     assert_eq!(
         cfg.allowed_origins,
-        vec!["https://a.example".to_owned(), "http://127.0.0.1:8080".to_owned()]
+        vec![
+            "https://a.example".to_owned(),
+            "http://127.0.0.1:8080".to_owned()
+        ]
     );
     assert_eq!(cfg.max_connections_per_ip, 7);
     assert_eq!(cfg.connect_rate_per_ip, 5);
@@ -295,7 +298,10 @@ fn every_key_from_file() {
     assert_eq!(cfg.drain_timeout, Duration::from_secs(30));
     assert_eq!(
         cfg.allowed_origins,
-        vec!["https://a.example".to_owned(), "https://b.example:8443".to_owned()]
+        vec![
+            "https://a.example".to_owned(),
+            "https://b.example:8443".to_owned()
+        ]
     );
     assert_eq!(cfg.max_connections_per_ip, 10);
     assert_eq!(cfg.connect_rate_per_ip, 4);

@@ -144,7 +144,10 @@ impl ShardState {
                 Some(e) => e.clone(),
                 None => {
                     let Some((op, payload)) = frame_parts(frame) else {
-                        tracing::error!(shard = self.id, "a published frame could not be read back");
+                        tracing::error!(
+                            shard = self.id,
+                            "a published frame could not be read back"
+                        );
                         return;
                     };
                     let mut body = Vec::with_capacity(
@@ -187,7 +190,8 @@ impl ShardState {
             return;
         }
         if opcode == OpCode::Binary {
-            self.metrics.control_command(control::COMMAND_BINARY_PUBLISH);
+            self.metrics
+                .control_command(control::COMMAND_BINARY_PUBLISH);
             match control::parse_binary_envelope(&payload) {
                 Ok((topic, data)) => {
                     let frame = frame_once(&mut self.arena, OpCode::Binary, data);
@@ -381,7 +385,11 @@ mod tests {
             let payload = vec![7u8; len];
             let mut arena = BytesMut::new();
             let f = frame_once(&mut arena, OpCode::Binary, &payload);
-            assert_eq!(frame_parts(&f), Some((OpCode::Binary, &payload[..])), "{len}");
+            assert_eq!(
+                frame_parts(&f),
+                Some((OpCode::Binary, &payload[..])),
+                "{len}"
+            );
         }
         assert_eq!(frame_parts(&[0x81]), None);
         assert_eq!(frame_parts(&[0x81, 5, b'a']), None, "short");

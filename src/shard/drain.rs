@@ -74,7 +74,11 @@ impl ShardState {
             }
             if let Phase::Ws { ws, .. } = &mut c.phase {
                 if ws.state() == crate::proto::conn::State::Open {
-                    ws.close(close_code::GOING_AWAY, "server shutting down", &mut self.scratch);
+                    ws.close(
+                        close_code::GOING_AWAY,
+                        "server shutting down",
+                        &mut self.scratch,
+                    );
                     let out = self.scratch.split().freeze();
                     c.push_control(out, &mut self.dirty);
                 }

@@ -45,7 +45,8 @@ impl ShardState {
         };
         let max = self.settings.max_message_size;
         if len > max {
-            let body = format!("body of {len} bytes is over the message size limit of {max} bytes\n");
+            let body =
+                format!("body of {len} bytes is over the message size limit of {max} bytes\n");
             self.respond(token, 413, &body);
             return;
         }
@@ -69,11 +70,15 @@ impl ShardState {
             return;
         }
         let body = &rest[..len];
-        let text = req.header("content-type").is_some_and(|ct| {
-            ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/")
-        });
+        let text = req
+            .header("content-type")
+            .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
         if text && simdutf8::basic::from_utf8(body).is_err() {
-            self.respond(token, 400, "Content-Type is text/* but the body is not UTF-8\n");
+            self.respond(
+                token,
+                400,
+                "Content-Type is text/* but the body is not UTF-8\n",
+            );
             return;
         }
         let opcode = if text { OpCode::Text } else { OpCode::Binary };

@@ -99,7 +99,12 @@ pub struct PeerTable {
 
 impl PeerTable {
     /// Admits one new connection from `ip`, or says which limit it hits.
-    fn admit(&mut self, ip: IpAddr, s: &SurfaceSettings, now: Instant) -> Result<(), RefusalReason> {
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        s: &SurfaceSettings,
+        now: Instant,
+    ) -> Result<(), RefusalReason> {
         let burst = f64::from(s.connect_burst_per_ip.max(1));
         let peer = self.map.entry(ip).or_insert(Peer {
             open: 0,
