@@ -11,8 +11,6 @@
 //! was queued for (other shards queue it for theirs on their next turn). The connection
 //! closes after the response, as for every plain HTTP request.
 
-use std::sync::Arc;
-
 use crate::io::Token;
 use crate::proto::frame::OpCode;
 use crate::proto::handshake::Request;
@@ -89,7 +87,7 @@ impl ShardState {
         // Only this shard writes its counters, so the difference is exactly what this
         // publish queued locally.
         let before = self.metrics.messages_out.get();
-        let topic: Arc<str> = Arc::from(topic);
+        let topic = self.shared_name(topic);
         self.publish(&topic, frame, None, false);
         let queued = self.metrics.messages_out.get().wrapping_sub(before);
         tracing::debug!(shard = self.id, topic = %topic, bytes = len, queued, "http publish");

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::Routed;
+use crate::http::{Endpoint, Routed};
 use crate::io::Token;
 use crate::metrics::RefusalReason;
 use crate::proto::handshake::Request;
@@ -167,12 +167,23 @@ pub struct SurfaceState {
     /// Control-mode subscriptions on this shard: while zero, fan-out skips the envelope hook
     /// entirely (one integer compare per publish).
     pub control_subs: usize,
-    /// The peer IP of each slot, with the token it belongs to (only with per-IP limits).
-    peers: Vec<Option<(Token, IpAddr)>>,
-    /// Connections refused at accept, answered when their request head arrives.
-    refused: Vec<(Token, RefusalReason)>,
+    /// Per-IP bookkeeping of each slot (only with per-IP limits), indexed by slot: O(1) at
+    /// request and release time, whatever the number of connections.
+    peers: Vec<PeerSlot>,
     /// Tick at which this shard stops waiting for its clients (set when draining starts).
     pub drain_deadline: Option<u32>,
+}
+
+/// What a slot's connection means to the per-IP table.
+#[derive(Debug, Clone, Copy, Default)]
+enum PeerSlot {
+    /// Not counted (no per-IP limit, or the slot is free).
+    #[default]
+    None,
+    /// Counted against this IP until released.
+    Counted(Token, IpAddr),
+    /// Refused at accept: answered with 429 when its request head arrives.
+    Refused(Token, RefusalReason),
 }
 
 /// The IP to count: an IPv4-mapped IPv6 address counts as its IPv4 address.
@@ -201,34 +212,33 @@ impl ShardState {
             Ok(mut t) => t.admit(ip, s, Instant::now()),
             Err(poisoned) => poisoned.into_inner().admit(ip, s, Instant::now()),
         };
-        match verdict {
-            Ok(()) => {
-                let slot = token.slot as usize;
-                if self.surface.peers.len() <= slot {
-                    self.surface.peers.resize(slot + 1, None);
-                }
-                self.surface.peers[slot] = Some((token, ip));
-            }
+        let slot = token.slot as usize;
+        if self.surface.peers.len() <= slot {
+            self.surface.peers.resize(slot + 1, PeerSlot::None);
+        }
+        self.surface.peers[slot] = match verdict {
+            Ok(()) => PeerSlot::Counted(token, ip),
             Err(reason) => {
                 tracing::debug!(shard = self.id, %ip, reason = reason.as_str(), "connection over a per-IP limit");
-                self.surface.refused.push((token, reason));
+                PeerSlot::Refused(token, reason)
             }
-        }
+        };
     }
 
     /// Release hook: gives the connection's IP slot back.
     pub(super) fn forget_peer(&mut self, token: Token) {
-        self.surface.refused.retain(|(t, _)| *t != token);
         let Some(entry) = self.surface.peers.get_mut(token.slot as usize) else {
             return;
         };
-        let Some((t, ip)) = *entry else {
-            return;
+        let ip = match *entry {
+            PeerSlot::Counted(t, ip) if t == token => ip,
+            PeerSlot::Refused(t, _) if t == token => {
+                *entry = PeerSlot::None;
+                return;
+            }
+            _ => return,
         };
-        if t != token {
-            return;
-        }
-        *entry = None;
+        *entry = PeerSlot::None;
         let s = &self.settings.surface;
         match self.shared.surface.peers.lock() {
             Ok(mut t) => t.release(ip, s, Instant::now()),
@@ -239,6 +249,16 @@ impl ShardState {
     /// Decides whether a parsed request is refused before it is routed; if so, answers it
     /// and returns true.
     pub(super) fn refuse_early(&mut self, token: Token, req: &Request, routed: &Routed) -> bool {
+        if let Routed::Upgrade(Endpoint::Control { subscribe }) = routed
+            && subscribe.len() > self.settings.surface.max_topics_per_connection
+        {
+            self.respond(
+                token,
+                400,
+                "?subscribe= lists more topics than --max-topics-per-connection allows\n",
+            );
+            return true;
+        }
         let refusal = self.admission(token, req, routed);
         let Some((status, reason, body)) = refusal else {
             return false;
@@ -254,8 +274,11 @@ impl ShardState {
         req: &Request,
         routed: &Routed,
     ) -> Option<(u16, RefusalReason, &'static str)> {
-        if let Some(i) = self.surface.refused.iter().position(|(t, _)| *t == token) {
-            let (_, reason) = self.surface.refused.swap_remove(i);
+        if let Some(entry) = self.surface.peers.get_mut(token.slot as usize)
+            && let PeerSlot::Refused(t, reason) = *entry
+            && t == token
+        {
+            *entry = PeerSlot::None;
             let body = match reason {
                 RefusalReason::IpConnections => "too many connections from your address\n",
                 _ => "too many new connections from your address: slow down\n",

@@ -152,6 +152,16 @@ both!(query_subscribe_and_cross_shard_delivery, |io| {
     assert!(body.contains("bad topic"), "{body}");
 });
 
+both!(too_many_query_topics_is_a_400, |io| {
+    let srv = Server::start(io, &["--max-topics-per-connection", "2"]);
+    srv.ws_with("/ws?subscribe=a,b", &[]).expect("two are fine");
+    let err = srv
+        .ws_with("/ws?subscribe=a,b,c", &[])
+        .err()
+        .expect("three are not");
+    assert!(err.to_string().contains("400"), "{err}");
+});
+
 both!(every_error_gets_a_reply_and_the_connection_stays, |io| {
     let srv = Server::start(io, &["--max-topics-per-connection", "2"]);
     let mut c = srv.ws("/ws");
