@@ -124,3 +124,35 @@ both!(demo_page_and_health, |io| {
     let r = srv.request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.0, 405);
 });
+
+both!(metrics_list_every_surface_family, |io| {
+    let srv = Server::start(io, &[]);
+    let text = srv.get("/metrics");
+    for family in [
+        "ringcast_control_connections_total 0",
+        "ringcast_http_publishes_total 0",
+        "ringcast_draining 0",
+        "ringcast_control_commands_total{type=\"subscribe\"} 0",
+        "ringcast_control_commands_total{type=\"binary_publish\"} 0",
+        "ringcast_control_errors_total{code=\"bad_json\"} 0",
+        "ringcast_control_errors_total{code=\"too_many_topics\"} 0",
+        "ringcast_refused_total{reason=\"max_connections\"} 0",
+        "ringcast_refused_total{reason=\"origin\"} 0",
+        "ringcast_refused_total{reason=\"ip_connections\"} 0",
+        "ringcast_refused_total{reason=\"ip_rate\"} 0",
+        "ringcast_refused_total{reason=\"draining\"} 0",
+        "ringcast_handshake_failures_total{status=\"411\"} 0",
+        "# TYPE ringcast_refused_total counter",
+    ] {
+        assert!(text.contains(family), "{family} missing in:\n{text}");
+    }
+    // Counters move: a control connection, a command, an HTTP publish.
+    let mut c = srv.ws("/ws");
+    c.text("{\"type\":\"ping\"}");
+    assert!(matches!(c.recv(), Msg::Text(_)));
+    assert_eq!(srv.post("/publish/x", "text/plain", b"y").0, 202);
+    assert_eq!(srv.metric("ringcast_control_connections_total"), 1);
+    assert_eq!(srv.metric("ringcast_control_commands_total{type=\"ping\"}"), 1);
+    assert_eq!(srv.metric("ringcast_http_publishes_total"), 1);
+    assert_eq!(srv.metric("ringcast_messages_in_total"), 1, "a ping is not a message");
+});
