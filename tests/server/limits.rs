@@ -152,7 +152,14 @@ both!(metrics_list_every_surface_family, |io| {
     assert!(matches!(c.recv(), Msg::Text(_)));
     assert_eq!(srv.post("/publish/x", "text/plain", b"y").0, 202);
     assert_eq!(srv.metric("ringcast_control_connections_total"), 1);
-    assert_eq!(srv.metric("ringcast_control_commands_total{type=\"ping\"}"), 1);
+    assert_eq!(
+        srv.metric("ringcast_control_commands_total{type=\"ping\"}"),
+        1
+    );
     assert_eq!(srv.metric("ringcast_http_publishes_total"), 1);
-    assert_eq!(srv.metric("ringcast_messages_in_total"), 1, "a ping is not a message");
+    assert_eq!(
+        srv.metric("ringcast_messages_in_total"),
+        1,
+        "a ping is not a message"
+    );
 });
