@@ -315,3 +315,38 @@ both!(abusive_errors_close_with_1008, |io| {
         json!({"type":"message","topic":"t","data":"ok"})
     );
 });
+
+both!(slow_control_subscribers_meet_the_policy, |io| {
+    let srv = Server::start(
+        io,
+        &[
+            "--send-queue-limit",
+            "256KiB",
+            "--max-message-size",
+            "64KiB",
+        ],
+    );
+    // Never reads: its queue in the server fills up.
+    let slow = srv.ws("/ws?subscribe=firehose");
+    let mut fast = srv.ws("/ws?subscribe=firehose");
+    let mut p = srv.ws("/ws/firehose");
+    std::thread::sleep(Duration::from_millis(50));
+    let payload = vec![b'x'; 60 * 1024];
+    let mut closed = false;
+    for _ in 0..400 {
+        p.send(OpCode::Binary, &payload);
+        match fast.recv_timeout(Duration::from_secs(5)) {
+            Some(Msg::Binary(b)) => assert_eq!(b.len(), payload.len() + 1 + "firehose".len()),
+            other => panic!("fast subscriber: {other:?}"),
+        }
+        if srv.metric("ringcast_slow_consumer_disconnects_total") >= 1 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow control-mode subscriber was disconnected");
+    drop(slow);
+    assert!(srv.wait_for(Duration::from_secs(5), |s| {
+        s.metric("ringcast_subscriptions") == 2
+    }));
+});

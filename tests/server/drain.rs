@@ -45,6 +45,9 @@ both!(queued_messages_are_flushed_then_1001_then_exit_0, |io| {
         .err()
         .expect("no upgrades while draining");
     assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(srv.post("/publish/big", "text/plain", b"late").0, 503);
+    assert_eq!(srv.metric("ringcast_refused_total{reason=\"draining\"}"), 2);
+    assert_eq!(srv.metric("ringcast_draining"), 2, "both shards");
     for i in 0..n {
         match sub.recv() {
             Msg::Binary(b) => assert!(b.len() == 1 << 20 && b[0] == i as u8, "message {i}"),
