@@ -7,9 +7,10 @@
 //!    is already queued for it, so queued messages are flushed first;
 //! 2. keeps serving: `/health` now answers 503, new upgrades and HTTP publishes get 503
 //!    (counted as `ringcast_refused_total{reason="draining"}`), `/metrics` still works;
-//! 3. waits for the clients' close replies, and returns from its loop once no WebSocket
-//!    and no unsent data is left, or when the drain deadline (`--drain-timeout`, less a
-//!    margin for `main` to exit in time) passes.
+//! 3. waits for the clients' close replies; once no WebSocket and no unsent data is left it
+//!    counts itself drained, and it returns from its loop when every shard has drained (so
+//!    that no listener closes while others still answer health checks), or when the drain
+//!    deadline (`--drain-timeout`, less a margin for `main` to exit in time) passes.
 //!
 //! `main` exits 0 when every shard has returned, or at the drain timeout.
 
@@ -41,8 +42,14 @@ impl ShardState {
                     && (matches!(c.phase, Phase::Ws { .. }) || !c.queue.is_empty() || c.sending)
             })
             .count();
-        if left == 0 {
+        if left == 0 && !self.surface.drained {
+            self.surface.drained = true;
+            self.shared.surface.drained.fetch_add(1, Ordering::Relaxed);
             tracing::info!(shard = self.id, "drained");
+        }
+        // Listeners close when their shard returns: wait for every shard so that none of
+        // them resets connections queued on its listener while others still serve.
+        if self.shared.surface.drained.load(Ordering::Relaxed) >= self.shared.bus.shards() {
             return true;
         }
         if self.tick >= deadline {

@@ -72,6 +72,9 @@ pub struct SurfaceShared {
     pub draining: AtomicBool,
     /// Per-IP connection counts and connect token buckets (accept and release only).
     pub peers: Mutex<PeerTable>,
+    /// Shards that have no client left to drain. A shard keeps serving (health checks get
+    /// 503, not a reset from a closed listener) until every shard has drained.
+    pub drained: std::sync::atomic::AtomicUsize,
 }
 
 impl SurfaceShared {
@@ -172,6 +175,8 @@ pub struct SurfaceState {
     peers: Vec<PeerSlot>,
     /// Tick at which this shard stops waiting for its clients (set when draining starts).
     pub drain_deadline: Option<u32>,
+    /// This shard has counted itself in [`SurfaceShared::drained`].
+    pub drained: bool,
 }
 
 /// What a slot's connection means to the per-IP table.
