@@ -9,8 +9,8 @@
 //! configured: the per-message path never sees it. A refusal decided at accept is answered
 //! (429) when the request head arrives, so the client reads a proper HTTP response.
 //!
-//! The rest of the surface lives next to this file: [`super::control`] (control mode),
-//! [`super::http_publish`] (`POST /publish/{topic}`) and [`super::drain`] (graceful
+//! The rest of the surface lives next to this file: `shard/control.rs` (control mode),
+//! `shard/http_publish.rs` (`POST /publish/{topic}`) and `shard/drain.rs` (graceful
 //! shutdown).
 
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ pub struct SurfaceSettings {
     pub connect_burst_per_ip: u32,
     /// Topics per control-mode connection.
     pub max_topics_per_connection: usize,
-    /// Refused control messages per connection per [`super::control::ERROR_WINDOW`].
+    /// Refused control messages per connection per 10 seconds (`control::ERROR_WINDOW`).
     pub control_error_budget: u32,
 }
 
