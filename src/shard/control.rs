@@ -158,6 +158,14 @@ impl ShardState {
                     e
                 }
             };
+            // The envelope is a little larger than the message (and JSON escaping can make
+            // it several times larger), so with --send-queue-limit at its minimum it might
+            // never fit: an idle subscriber always takes one, however large.
+            if c.queued == 0 {
+                c.push_control(env, &mut self.dirty);
+                queued += 1;
+                continue;
+            }
             if c.push_data(env, limit, &mut self.dirty) {
                 queued += 1;
                 continue;

@@ -350,3 +350,22 @@ both!(slow_control_subscribers_meet_the_policy, |io| {
         s.metric("ringcast_subscriptions") == 2
     }));
 });
+
+both!(
+    largest_message_fits_an_idle_control_subscriber_at_the_minimum_queue,
+    |io| {
+        let srv = Server::start(
+            io,
+            &["--max-message-size", "4KiB", "--send-queue-limit", "4KiB"],
+        );
+        let mut ctl = srv.ws("/ws?subscribe=t");
+        let mut p = srv.ws("/ws/t");
+        std::thread::sleep(Duration::from_millis(50));
+        // Control characters escape to six bytes each: the envelope is ~6x the message.
+        let text = "\u{1}".repeat(4096);
+        p.text(&text);
+        let v = next_json(&mut ctl);
+        assert_eq!(v["data"].as_str().map(str::len), Some(4096));
+        assert_eq!(srv.metric("ringcast_slow_consumer_disconnects_total"), 0);
+    }
+);
