@@ -10,6 +10,12 @@
 //! 4. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
 //! 5. Flush: register new sockets, one vectored send per connection with queued frames,
 //!    releases, and one wake-up per other shard that got messages this turn.
+//!
+//! The production surface lives beside this file and is called from a few hooks here:
+//! `control.rs` (control mode and its envelopes, hooked into upgrade, receive, fan-out and
+//! release), `http_publish.rs` (`POST /publish/{topic}`), `surface.rs` (admission: origins,
+//! connection and per-IP limits; hooked into accept, request routing and release) and
+//! `drain.rs` (graceful shutdown, one call per loop turn).
 
 pub mod conn;
 mod control;
@@ -415,7 +421,9 @@ impl ShardState {
                                 Route::Topic { topic, echo } => {
                                     Action::Publish(Arc::clone(topic), frame, *echo)
                                 }
-                                Route::Echo | Route::Control(_) => Action::Echo(frame),
+                                Route::Echo => Action::Echo(frame),
+                                // Taken by the arm above.
+                                Route::Control(_) => Action::None,
                             }
                         }
                         Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
