@@ -12,6 +12,7 @@
 //! - [`pubsub`]: a shard's topic table.
 //! - [`bus`]: lock-free inboxes between shards and their wake-ups.
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get.
+//! - [`control`]: the control-mode JSON protocol (`GET /ws`), pure parse and serialize.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
 //! - [`alloc`]: tuning of the global allocator (mimalloc).
@@ -24,6 +25,7 @@
 pub mod alloc;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod io;
 pub mod metrics;

@@ -10,9 +10,21 @@
 //! 4. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
 //! 5. Flush: register new sockets, one vectored send per connection with queued frames,
 //!    releases, and one wake-up per other shard that got messages this turn.
+//!
+//! The production surface lives beside this file and is called from a few hooks here:
+//! `control.rs` (control mode and its envelopes, hooked into upgrade, receive, fan-out and
+//! release), `http_publish.rs` (`POST /publish/{topic}`), `surface.rs` (admission: origins,
+//! connection and per-IP limits; hooked into accept, request routing and release) and
+//! `drain.rs` (graceful shutdown, one call per loop turn).
 
 pub mod batch;
 pub mod conn;
+mod control;
+mod drain;
+mod http_publish;
+pub mod surface;
+
+pub use control::ControlConn;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -65,6 +77,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Upgrades past this many open connections (whole server) get 503.
     pub max_connections: usize,
+    /// Control mode, limits and drain.
+    pub surface: surface::SurfaceSettings,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -80,6 +94,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The backend in use, for metrics labels.
     pub backend: &'static str,
+    /// The draining flag and the per-IP table.
+    pub surface: surface::SurfaceShared,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -116,6 +132,8 @@ struct ShardState {
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
+    /// Control-mode, per-IP and drain state (`surface.rs`).
+    surface: surface::SurfaceState,
 }
 
 /// A shard: its driver and its state.
@@ -175,6 +193,7 @@ impl<D: Driver> Shard<D> {
                 tick: 0,
                 handshake_limits,
                 ws_limits,
+                surface: surface::SurfaceState::default(),
             },
         }
     }
@@ -194,6 +213,9 @@ impl<D: Driver> Shard<D> {
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
+            }
+            if self.st.drain_turn() {
+                break;
             }
             self.st.flush(&mut self.driver);
             let stats = self.driver.stats();
@@ -246,6 +268,7 @@ impl ShardState {
         self.generations[slot as usize] = generation;
         let token = Token { slot, generation };
         self.conns[slot as usize] = Some(Conn::new(token, self.tick));
+        self.admit_peer(token, &stream);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
         self.metrics.accepted.inc();
@@ -287,8 +310,14 @@ impl ShardState {
             }
         };
         let rest = buf.split_off(req.head_len.min(buf.len()));
-        match crate::http::route(&req.method, &req.path, req.query.as_deref()) {
-            Routed::Health => self.respond(token, 200, "ok\n"),
+        let routed = crate::http::route(&req.method, &req.path, req.query.as_deref());
+        if self.refuse_early(token, &req, &routed) {
+            return;
+        }
+        match routed {
+            Routed::Health => self.health(token),
+            Routed::Demo => self.demo(token),
+            Routed::Publish(topic) => self.http_publish(token, &req, &topic, rest),
             Routed::Metrics => {
                 let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
                 self.respond_with(
@@ -325,6 +354,7 @@ impl ShardState {
     ) {
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
+            Endpoint::Control { subscribe } => self.control_open(token.slot, subscribe),
             Endpoint::Topic { name, echo } => {
                 let topic = self.topics.subscribe(&name, token.slot);
                 self.metrics.subscriptions.add(1);
@@ -388,6 +418,11 @@ impl ShardState {
                     let consumed = p.consumed;
                     let action = match p.event {
                         None => Action::None,
+                        Some(WsEvent::Message { opcode, payload })
+                            if matches!(route, Route::Control(_)) =>
+                        {
+                            Action::Control(opcode, Bytes::copy_from_slice(payload))
+                        }
                         Some(WsEvent::Message { opcode, payload }) => {
                             self.metrics.messages_in.inc();
                             self.metrics.bytes_in.add(payload.len() as u64);
@@ -400,6 +435,8 @@ impl ShardState {
                                 Route::Echo => {
                                     Action::Echo(frame_once(&mut self.arena, opcode, payload))
                                 }
+                                // Taken by the arm above.
+                                Route::Control(_) => Action::None,
                             }
                         }
                         Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
@@ -427,6 +464,7 @@ impl ShardState {
             match action {
                 Action::None | Action::Published => {}
                 Action::Echo(frame) => self.deliver(token.slot, frame),
+                Action::Control(opcode, payload) => self.on_control(token, opcode, payload),
                 Action::Closed => {
                     if let Some(c) = conn_mut(&mut self.conns, token) {
                         c.close_after_flush = true;
@@ -443,6 +481,18 @@ impl ShardState {
                 return;
             }
         }
+    }
+
+    /// Publishes one message: framed once into `topic`'s batch for this turn, queued to
+    /// subscribers at the end of the turn. `exclude`: a publisher that must not receive it.
+    pub(super) fn publish(
+        &mut self,
+        topic: &Arc<str>,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+    ) {
+        self.batcher.append(topic, opcode, payload, exclude);
     }
 
     /// Queues this turn's batches: to local subscribers, and one bus message per batch to
@@ -480,6 +530,9 @@ impl ShardState {
         count: u32,
         excluded: &[(u32, Vec<Bytes>, u32)],
     ) {
+        if self.surface.control_subs != 0 {
+            self.fan_out_control(topic, frames, count, excluded);
+        }
         let Some(t) = self.topics.get(topic) else {
             return;
         };
@@ -650,6 +703,7 @@ impl ShardState {
             );
         }
         self.free.push(token.slot);
+        self.forget_peer(token);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .connections
@@ -668,6 +722,7 @@ impl ShardState {
         c.releasing = true;
         c.discard_queued();
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
+        self.control_release(token.slot, &phase);
         if let Phase::Ws {
             route: Route::Topic { topic, .. },
             ..
@@ -796,6 +851,8 @@ enum Action {
     /// Appended to the topic's batch for this turn.
     Published,
     Echo(Bytes),
+    /// A control-mode message: its opcode and a copy of its payload.
+    Control(OpCode, Bytes),
     Closed,
 }
 
