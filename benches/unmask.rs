@@ -40,6 +40,10 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| mask::x86::unmask_sse2(black_box(&mut buf), KEY))
             });
             if std::is_x86_feature_detected!("avx2") {
+                g.bench_with_input(BenchmarkId::new("word_avx2", size), &size, |b, _| {
+                    // SAFETY: AVX2 support was checked just above.
+                    b.iter(|| unsafe { mask::x86::unmask_word_avx2(black_box(&mut buf), KEY) })
+                });
                 g.bench_with_input(BenchmarkId::new("avx2", size), &size, |b, _| {
                     // SAFETY: AVX2 support was checked just above.
                     b.iter(|| unsafe { mask::x86::unmask_avx2(black_box(&mut buf), KEY) })
