@@ -81,48 +81,52 @@ pub fn write_time(buf: &mut [u8], sent_ns: u64) {
 }
 
 const LANES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = LANES * 0x80;
 
-/// Eight lowercase hex digits (big-endian: first char most significant) to a u32.
-/// Returns None unless every byte is in '0'..='f' (a cheap range check; the
-/// marker check catches foreign payloads first).
-#[inline]
-fn hex8(b: &[u8]) -> Option<u32> {
-    let arr: [u8; 8] = b.try_into().ok()?;
-    let v = u64::from_be_bytes(arr);
-    // Every byte below 0x80, at least '0' (0x30) and at most 'f' (0x66).
-    let high = LANES * 0x80;
-    let ge = (v | high).wrapping_sub(LANES * 0x30) & high;
-    let le = (LANES * 0xe6).wrapping_sub(v) & high;
-    if v & high != 0 || ge != high || le != high {
-        return None;
-    }
+/// Eight ASCII hex digits (big-endian word: first char most significant) to a
+/// u32, plus a validity mask that is `HIGH` for every byte in '0'..='f' (a
+/// cheap range check; the marker check catches foreign payloads first).
+/// Masks of several words are ANDed so decode branches once.
+#[inline(always)]
+fn hex8(v: u64) -> (u32, u64) {
+    let ge = (v | HIGH).wrapping_sub(LANES * 0x30) & HIGH;
+    let le = (LANES * 0xe6).wrapping_sub(v) & HIGH;
+    let ascii = !v & HIGH;
     // '0'..'9' -> 0..9, 'a'..'f' -> 10..15 (bit 6 marks letters).
     let n = (v & (LANES * 0x0f)) + ((v >> 6) & LANES) * 9;
     let n = (n | (n >> 4)) & 0x00ff_00ff_00ff_00ff;
     let n = (n | (n >> 8)) & 0x0000_ffff_0000_ffff;
     let n = (n | (n >> 16)) & 0x0000_0000_ffff_ffff;
-    Some(n as u32)
+    (n as u32, ge & le & ascii)
 }
 
-#[inline]
-fn hex16(b: &[u8]) -> Option<u64> {
-    let hi = hex8(b.get(..8)?)?;
-    let lo = hex8(b.get(8..16)?)?;
-    Some((u64::from(hi) << 32) | u64::from(lo))
+#[inline(always)]
+fn word(b: &[u8; STAMP_LEN], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(w)
 }
 
 /// Decodes the stamp at the start of a payload; None for anything that is not
 /// a generator payload (too short, no marker, bad digits).
 #[inline]
 pub fn decode(payload: &[u8]) -> Option<Stamp> {
-    let head = payload.get(..STAMP_LEN)?;
+    let head: &[u8; STAMP_LEN] = payload.get(..STAMP_LEN)?.try_into().ok()?;
     if head[..2] != MARKER {
         return None;
     }
+    let (p, m0) = hex8(word(head, 2));
+    let (s1, m1) = hex8(word(head, 10));
+    let (s0, m2) = hex8(word(head, 18));
+    let (t1, m3) = hex8(word(head, 26));
+    let (t0, m4) = hex8(word(head, 34));
+    if m0 & m1 & m2 & m3 & m4 != HIGH {
+        return None;
+    }
     Some(Stamp {
-        publisher: hex8(&head[2..10])?,
-        seq: hex16(&head[10..26])?,
-        sent_ns: hex16(&head[26..42])?,
+        publisher: p,
+        seq: (u64::from(s1) << 32) | u64::from(s0),
+        sent_ns: (u64::from(t1) << 32) | u64::from(t0),
     })
 }
 
