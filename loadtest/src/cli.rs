@@ -216,6 +216,9 @@ pub struct BlastArgs {
     /// Allow listening on a non-loopback address.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Accept and upgrade, but send nothing (a reference for idle-connection tests).
+    #[arg(long)]
+    pub idle: bool,
 }
 
 /// `10s`, `500ms`, `2m`, `1.5s`, `250us`; a bare number is seconds.

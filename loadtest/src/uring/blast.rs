@@ -92,6 +92,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
     stats: Arc<BlastStats>,
     until: Instant,
+    idle: bool,
 ) -> io::Result<()> {
     let mut ring = new_ring(4096, 16384)?;
     let mut br = BufRing::new(&ring, 0, 64, 4096)?;
@@ -142,7 +143,9 @@ pub fn run(
                     }
                 };
                 stats.conns.fetch_add(1, Ordering::Relaxed);
-                to_send.push(i);
+                if !idle {
+                    to_send.push(i);
+                }
                 to_recv.push(i);
             }
         }
