@@ -129,7 +129,7 @@ pub struct RunArgs {
     /// Bytes per second a `--slow-mode slow` subscriber reads.
     #[arg(long, default_value = "4KiB", value_parser = parse_size)]
     pub slow_read_rate: usize,
-    /// Server process to measure (CPU from /proc/PID/stat, RSS from /proc/PID/status).
+    /// Server process to measure (CPU from /proc/PID/stat, RSS from /proc/PID/status); 0 = none.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Write the result as one JSON object to this file.
@@ -161,7 +161,7 @@ pub struct IdleArgs {
     /// How long to hold them open once all are connected.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub hold: Duration,
-    /// Server process to measure.
+    /// Server process to measure; 0 = none.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Write the result as JSON to this file.
@@ -181,7 +181,7 @@ pub struct StormArgs {
     /// Number of connections.
     #[arg(long)]
     pub connections: usize,
-    /// Server process to measure.
+    /// Server process to measure; 0 = none.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Write the result as JSON to this file.

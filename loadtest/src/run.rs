@@ -93,6 +93,8 @@ impl Ctx<'_> {
 /// Runs `run` and returns the report (also written to --json, summary printed by the caller).
 pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     args.validate()?;
+    // `--server-pid 0` means none (scripts pass it when they have no pid).
+    let args = &RunArgs { server_pid: args.server_pid.filter(|&p| p != 0), ..args.clone() };
     let allow_remote = args.connect.allow_remote;
     let sub_t = Target::parse(&args.sub_url, allow_remote)?;
     if sub_t.scheme != Scheme::Ws {
