@@ -86,6 +86,10 @@ pub struct SlowReport {
     pub close_codes: BTreeMap<String, u64>,
     /// Disconnected without a close frame (TCP close or reset).
     pub without_close_frame: u64,
+    /// Of those: ended by the server's FIN.
+    pub eof: u64,
+    /// Of those: ended by an error such as a reset (first error text -> count).
+    pub io_errors: BTreeMap<String, u64>,
     /// Messages slow subscribers received.
     pub delivered: u64,
     /// Messages they missed (gaps inside what they received).

@@ -94,7 +94,10 @@ impl Ctx<'_> {
 pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     args.validate()?;
     // `--server-pid 0` means none (scripts pass it when they have no pid).
-    let args = &RunArgs { server_pid: args.server_pid.filter(|&p| p != 0), ..args.clone() };
+    let args = &RunArgs {
+        server_pid: args.server_pid.filter(|&p| p != 0),
+        ..args.clone()
+    };
     let allow_remote = args.connect.allow_remote;
     let sub_t = Target::parse(&args.sub_url, allow_remote)?;
     if sub_t.scheme != Scheme::Ws {
@@ -417,9 +420,15 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
                             slow_r.still_connected += 1;
                         }
                     }
-                    End::Eof | End::Io(_) | End::Protocol(_) => {
+                    End::Eof => {
                         slow_r.disconnected += 1;
                         slow_r.without_close_frame += 1;
+                        slow_r.eof += 1;
+                    }
+                    End::Io(e) | End::Protocol(e) => {
+                        slow_r.disconnected += 1;
+                        slow_r.without_close_frame += 1;
+                        *slow_r.io_errors.entry(e.clone()).or_insert(0) += 1;
                     }
                 }
                 continue;

@@ -386,8 +386,12 @@ impl Core {
         let phase = self.shared.phase();
         if phase >= CLOSE && !self.closing {
             self.closing = true;
+            // Slow subscribers first read what is queued for them (a close frame
+            // from the server may be in there); they get our close once drained.
             for i in 0..self.conns.len() {
-                self.send_close(i);
+                if self.conns[i].slow.is_none() {
+                    self.send_close(i);
+                }
             }
         }
         let slow_due = now.saturating_sub(self.last_slow_ns) >= 100_000_000;
@@ -434,7 +438,13 @@ impl Core {
                             break;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.closing {
+                            // Drained and still open: now the close handshake.
+                            self.send_close(idx);
+                        }
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         self.on_error(idx, &e);
