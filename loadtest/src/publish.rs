@@ -90,6 +90,8 @@ pub struct PubStats {
     pub tid: AtomicU64,
     /// Publishing stops when set.
     pub stop: AtomicBool,
+    /// Set once stopped with nothing queued and no HTTP response outstanding.
+    pub flushed: AtomicBool,
 }
 
 impl PubStats {
@@ -104,6 +106,7 @@ impl PubStats {
             cpu_ns: AtomicU64::new(0),
             tid: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
         }
     }
 }
@@ -246,6 +249,13 @@ pub fn run(
         // Write what is queued.
         for p in pubs.iter_mut() {
             flush(p, &stats);
+        }
+        if stopping
+            && pubs
+                .iter()
+                .all(|p| p.dead || (p.queued() == 0 && p.outstanding == 0))
+        {
+            stats.flushed.store(true, Ordering::Relaxed);
         }
         if stopping
             && pubs

@@ -370,7 +370,8 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     while Instant::now() < drain_deadline {
         thread::sleep(Duration::from_millis(20));
         let d = recv.sum(|s| s.delivered.load(Ordering::Relaxed));
-        if d != last {
+        let flushed = publishers == 0 || pstats.flushed.load(Ordering::Relaxed);
+        if d != last || !flushed {
             last = d;
             still = Instant::now();
         } else if still.elapsed() >= Duration::from_millis(200) {

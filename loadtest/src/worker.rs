@@ -411,8 +411,11 @@ impl Core {
             if c.end.is_some() {
                 continue;
             }
-            let mut left = if self.closing {
-                usize::MAX
+            // While closing: drain up to 4 MiB per turn (a server may never stop
+            // sending), then start the close handshake either way.
+            let closing = self.closing;
+            let mut left = if closing {
+                4 << 20
             } else if mode == SlowMode::Slow {
                 budget
             } else {
@@ -437,9 +440,12 @@ impl Core {
                         if self.conns[idx].end.is_some() {
                             break;
                         }
+                        if left == 0 && closing {
+                            self.send_close(idx);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if self.closing {
+                        if closing {
                             // Drained and still open: now the close handshake.
                             self.send_close(idx);
                         }
