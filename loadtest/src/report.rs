@@ -141,6 +141,8 @@ pub struct RunReport {
     pub subscribers: u64,
     /// Publishers connected.
     pub publishers: u64,
+    /// How healthy subscribers ended ("closed 1000", "eof", "protocol: ...") -> count.
+    pub subscriber_ends: BTreeMap<String, u64>,
     /// Things worth knowing about this run.
     pub notes: Vec<String>,
     /// The command line.
@@ -248,6 +250,9 @@ impl RunReport {
                 self.slow.close_codes,
                 self.slow.without_close_frame
             );
+        }
+        if self.subscriber_ends.keys().any(|k| k != "closed 1000") {
+            s += &format!("healthy subscribers ended: {:?}\n", self.subscriber_ends);
         }
         for n in &self.notes {
             s += &format!("note: {n}\n");

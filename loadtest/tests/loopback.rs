@@ -350,3 +350,90 @@ fn setup_failures_are_errors() {
     .unwrap_err();
     assert!(e.contains("--allow-remote"), "{e}");
 }
+
+/// A server that answers every request with `reply` after a valid 101 (or instead of it).
+fn misbehaving_server(reply_101: bool, then: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let req = loop {
+                    if let Ok(Some(r)) = parse_request(&buf, &HandshakeLimits::default()) {
+                        break r;
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                if reply_101 {
+                    let mut out = Vec::new();
+                    write_101(&req.websocket().unwrap(), None, &mut out);
+                    let _ = s.write_all(&out);
+                }
+                let _ = s.write_all(then);
+                thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn misbehaving_servers_give_errors_not_panics() {
+    // Refuses the upgrade: a setup error naming the status.
+    let addr = misbehaving_server(
+        false,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let url = format!("ws://{addr}/");
+    let e = ringcast_loadtest::run::run(
+        &run_args(&[
+            "run",
+            "--sub-url",
+            &url,
+            "--subscribers",
+            "3",
+            "--publishers",
+            "0",
+            "--size",
+            "64",
+            "--duration",
+            "100ms",
+            "--quiet",
+        ]),
+        vec![],
+    )
+    .unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    // Upgrades, then sends a masked frame (forbidden from a server) and junk:
+    // the run completes and counts the broken connections as errors.
+    for io in io_modes() {
+        let addr = misbehaving_server(true, &[0x81, 0x82, 1, 2, 3, 4, 0x60, 0x6b, 0xff, 0xff]);
+        let url = format!("ws://{addr}/");
+        let r = run(&[
+            "run",
+            "--sub-url",
+            &url,
+            "--subscribers",
+            "3",
+            "--publishers",
+            "0",
+            "--size",
+            "64",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--io",
+            io,
+            "--quiet",
+        ]);
+        assert_eq!(r.errors, 3, "{io}: {}", r.summary());
+        assert_eq!(r.delivered, 0);
+    }
+}
