@@ -401,6 +401,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     let mut slow_r = SlowReport::default();
     let mut backend_name = String::new();
     let mut unclean = 0u64;
+    let mut subscriber_ends: BTreeMap<String, u64> = BTreeMap::new();
     for w in &results {
         let _ = hist.add(&w.hist);
         backend_name = w.backend.to_string();
@@ -457,6 +458,18 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             ) {
                 unclean += 1;
             }
+            let key = match &s.end {
+                End::Open => "open at the end".to_string(),
+                End::Closed { code, server_first } => format!(
+                    "closed {}{}",
+                    code.map_or("(no code)".to_string(), |c| c.to_string()),
+                    if *server_first { " by the server" } else { "" }
+                ),
+                End::Eof => "eof".to_string(),
+                End::Io(e) => format!("io: {e}"),
+                End::Protocol(e) => format!("protocol: {e}"),
+            };
+            *subscriber_ends.entry(key).or_insert(0) += 1;
         }
     }
     if unclean > 0 {
@@ -546,6 +559,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         duration_s: window_s,
         subscribers: cstats.ok,
         publishers: publishers as u64,
+        subscriber_ends,
         notes,
         command,
     };
