@@ -437,3 +437,80 @@ fn misbehaving_servers_give_errors_not_panics() {
         assert_eq!(r.delivered, 0);
     }
 }
+
+/// Stopping receive threads abruptly, with multishot receives armed and data
+/// flowing, must wait for every receive to finish before the buffer ring is
+/// freed (or leak it on purpose): no crash, no "leaked" note in the normal case.
+#[test]
+fn abrupt_stop_with_receives_in_flight() {
+    use ringcast_loadtest::connect::{ConnectOpts, connect_many};
+    use ringcast_loadtest::receivers::{Backend, BufConfig, Receivers};
+    use ringcast_loadtest::target::Target;
+    use ringcast_loadtest::worker::{NewSub, RunShared};
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    if ringcast_loadtest::uring::probe().is_err() {
+        return;
+    }
+    let blast = Blast::start(&blast_args("64")).unwrap();
+    let target = Target::parse(&format!("ws://{}/", blast.addr), false).unwrap();
+    for round in 0..5 {
+        let shared = Arc::new(RunShared::new(0, None));
+        let mut recv = Receivers::spawn(
+            2,
+            Backend::Uring,
+            BufConfig {
+                size: 4096,
+                count: 16,
+            },
+            Arc::clone(&shared),
+            1,
+            0,
+            1,
+        )
+        .unwrap();
+        let opts = ConnectOpts {
+            rate: 0,
+            concurrency: 16,
+            timeout: Duration::from_secs(5),
+            sources: vec![],
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+        };
+        let stats = connect_many(
+            &target,
+            16,
+            &|_| "/".to_string(),
+            &opts,
+            &mut |e| {
+                recv.dispatch(NewSub {
+                    id: e.idx,
+                    topic: 0,
+                    stream: e.stream,
+                    leftover: e.leftover,
+                    slow: None,
+                    probe: false,
+                })
+                .unwrap()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(stats.ok, 16);
+        thread::sleep(Duration::from_millis(50 + round * 20));
+        assert!(recv.sum(|s| s.delivered.load(Ordering::Relaxed)) > 0);
+        // Straight to STOP: no close handshake, receives still armed.
+        shared
+            .phase
+            .store(ringcast_loadtest::worker::STOP, Ordering::Release);
+        let results = recv.close_and_join(Duration::ZERO).unwrap();
+        for w in &results {
+            assert!(
+                !w.notes.iter().any(|n| n.contains("leaked")),
+                "{:?}",
+                w.notes
+            );
+        }
+    }
+    blast.stop().unwrap();
+}
