@@ -272,7 +272,7 @@ impl Connection {
         {
             return Err(ProtocolError::InvalidSend);
         }
-        frame::encode_frame(out, fin, opcode, self.new_mask(), payload);
+        frame::encode_frame_bytes(out, fin, opcode, self.new_mask(), payload);
         Ok(())
     }
 
@@ -300,7 +300,7 @@ impl Connection {
     fn write_close(&self, code: Option<u16>, reason: &str, out: &mut BytesMut) {
         match code {
             Some(code) => frame::encode_close(out, self.new_mask(), code, reason),
-            None => frame::encode_frame(out, true, OpCode::Close, self.new_mask(), &[]),
+            None => frame::encode_frame_bytes(out, true, OpCode::Close, self.new_mask(), &[]),
         }
     }
 
@@ -556,7 +556,7 @@ impl Connection {
         match opcode {
             OpCode::Ping => {
                 if self.state == State::Open {
-                    frame::encode_frame(out, true, OpCode::Pong, self.new_mask(), payload);
+                    frame::encode_frame_bytes(out, true, OpCode::Pong, self.new_mask(), payload);
                 }
                 Ok(Pending::Ping(src))
             }

@@ -23,6 +23,11 @@ pub mod handshake;
 pub mod mask;
 pub mod utf8;
 
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(test)]
+mod tests;
+
 pub use close::{close_code, is_valid_close_code};
 pub use conn::{Connection, Event, Limits, Progress, Role, State};
 pub use error::ProtocolError;
