@@ -347,7 +347,10 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
                 s.take_live(&mut live);
             }
             if !quiet {
-                eprintln!("{}", live_line(&cur, &prev, t0, &recv, &pstats, &live));
+                eprintln!(
+                    "{}",
+                    live_line(&cur, &prev, t0, (win_start, win_end), &recv, &pstats, &live)
+                );
             }
             live.reset();
             prev = cur;
@@ -573,6 +576,7 @@ fn live_line(
     cur: &Snap,
     prev: &Snap,
     t0: u64,
+    window: (u64, u64),
     recv: &Receivers,
     pstats: &PubStats,
     live: &hdrhistogram::Histogram<u64>,
@@ -595,16 +599,29 @@ fn live_line(
     };
     let _ = std::io::stderr().flush();
     format!(
-        "[{:>4.0}s] conns {}  sent {}/s  delivered {}/s  p50 {}  p99 {}  errors {}  cpu gen {:.0}%{}",
+        "[{:>4.0}s] conns {}  sent {}/s  delivered {}/s  p50 {}  p99 {}  errors {}  cpu gen {:.0}%{}{}",
         cur.t_ns.saturating_sub(t0) as f64 / 1e9,
         recv.sum(|s| s.open.load(Ordering::Relaxed)),
         si(sent as f64 / dt),
         si(cur.delivered.saturating_sub(prev.delivered) as f64 / dt),
-        us(p.p50),
-        us(p.p99),
+        if live.is_empty() {
+            "-".to_string()
+        } else {
+            us(p.p50)
+        },
+        if live.is_empty() {
+            "-".to_string()
+        } else {
+            us(p.p99)
+        },
         recv.sum(|s| s.errors.load(Ordering::Relaxed)) + pstats.errors.load(Ordering::Relaxed),
         gen_cpu,
-        srv
+        srv,
+        if cur.t_ns < window.0 {
+            "  (warmup)"
+        } else {
+            ""
+        }
     )
 }
 
