@@ -107,9 +107,12 @@ pub fn run(
     let mut to_recv: Vec<usize> = Vec::new();
     let len = template.bytes.len();
     let mut stopping = false;
+    // Once stopping, clients get 2 s to finish the close handshake.
+    let mut stop_deadline = until + Duration::from_secs(2);
     loop {
         if !stopping && (stop.load(Ordering::Relaxed) || Instant::now() >= until) {
             stopping = true;
+            stop_deadline = Instant::now() + Duration::from_secs(2);
             for (i, c) in conns.iter_mut().enumerate() {
                 if let Some(c) = c
                     && c.closing == Closing::No
@@ -296,11 +299,7 @@ pub fn run(
         if recycled {
             br.commit();
         }
-        let busy = conns.iter().any(Option::is_some);
-        if stopping && !busy {
-            break;
-        }
-        if stopping && Instant::now() >= until + Duration::from_secs(2) {
+        if stopping && (Instant::now() >= stop_deadline || !conns.iter().any(Option::is_some)) {
             break;
         }
     }
