@@ -256,11 +256,19 @@ pub fn run(
         {
             stats.flushed.store(true, Ordering::Relaxed);
         }
-        if stopping
-            && pubs
-                .iter()
-                .all(|p| p.dead || (p.queued() == 0 && (!is_ws || p.rx.close_received.is_some())))
-        {
+        // Done when every publisher is flushed and finished: WebSocket ones got the
+        // server's close reply, HTTP ones every response (closing earlier could make
+        // the server drop pipelined requests it has not handled yet).
+        let finished = |p: &Publisher| {
+            p.dead
+                || (p.queued() == 0
+                    && if is_ws {
+                        p.rx.close_received.is_some()
+                    } else {
+                        p.outstanding == 0
+                    })
+        };
+        if stopping && pubs.iter().all(finished) {
             break;
         }
         let timeout = match (cfg.rate, stopping) {

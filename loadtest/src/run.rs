@@ -21,12 +21,12 @@ use crate::connect::{ConnectOpts, Established, connect_many};
 use crate::procstat::{self, pct};
 use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats};
 use crate::receivers::{Backend, BufConfig, Receivers, choose_backend};
-use crate::report::{ConnectReport, CpuReport, RunReport, SlowReport, si, us, write_json};
-use crate::seq::SeqCounts;
+use crate::report::{ConnectReport, CpuReport, RunReport, si, us, write_json};
 use crate::stats::{Percentiles, new_hist};
 use crate::sys::now_ns;
+use crate::tally::Tally;
 use crate::target::{Scheme, Target};
-use crate::worker::{End, NewSub, RunShared};
+use crate::worker::{NewSub, RunShared};
 
 /// Whether subscriber i is slow: evenly spread, `fraction` of them.
 pub fn is_slow(i: usize, fraction: f64) -> bool {
@@ -360,6 +360,14 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         }
     };
     let start_snap = start_snap.unwrap_or_else(|| end_snap.clone());
+    let measured = end_snap.t_ns.saturating_sub(start_snap.t_ns);
+    if (measured as f64) < args.duration.as_nanos() as f64 * 0.9 {
+        notes.push(format!(
+            "the measured window lasted {:.3}s instead of {:.3}s (this process was not scheduled in time, or a receive thread stopped)",
+            measured as f64 / 1e9,
+            args.duration.as_secs_f64()
+        ));
+    }
     let server_rss_after = args
         .server_pid
         .and_then(|p| procstat::sample(&p.to_string()).ok())
@@ -397,84 +405,18 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         .iter()
         .map(|p| p.load(Ordering::Relaxed))
         .collect();
-    let mut hist = new_hist();
-    let mut counts = SeqCounts::default();
-    let mut lost = 0u64;
-    let mut foreign = 0u64;
-    let mut slow_r = SlowReport::default();
-    let mut backend_name = String::new();
-    let mut unclean = 0u64;
-    let mut subscriber_ends: BTreeMap<String, u64> = BTreeMap::new();
-    for w in &results {
-        let _ = hist.add(&w.hist);
-        backend_name = w.backend.to_string();
-        notes.extend(w.notes.iter().cloned());
-        for s in &w.subs {
-            if s.slow.is_some() {
-                slow_r.count += 1;
-                slow_r.delivered += s.counts.received;
-                slow_r.gaps += s.counts.missing();
-                match &s.end {
-                    End::Open => slow_r.still_connected += 1,
-                    End::Closed { code, server_first } => {
-                        if *server_first || *code != Some(1000) {
-                            slow_r.disconnected += 1;
-                            let key = code.map_or("none".to_string(), |c| c.to_string());
-                            *slow_r.close_codes.entry(key).or_insert(0) += 1;
-                        } else {
-                            slow_r.still_connected += 1;
-                        }
-                    }
-                    End::Eof => {
-                        slow_r.disconnected += 1;
-                        slow_r.without_close_frame += 1;
-                        slow_r.eof += 1;
-                    }
-                    End::Io(e) | End::Protocol(e) => {
-                        slow_r.disconnected += 1;
-                        slow_r.without_close_frame += 1;
-                        *slow_r.io_errors.entry(e.clone()).or_insert(0) += 1;
-                    }
-                }
-                continue;
-            }
-            counts.merge(&s.counts);
-            foreign += s.foreign;
-            let tail: u64 = s
-                .progress
-                .iter()
-                .map(|&(pid, next)| {
-                    published_final
-                        .get(pid)
-                        .copied()
-                        .unwrap_or(0)
-                        .saturating_sub(next)
-                })
-                .sum();
-            lost += s.counts.missing() + tail;
-            if !matches!(
-                s.end,
-                End::Closed {
-                    server_first: false,
-                    ..
-                }
-            ) {
-                unclean += 1;
-            }
-            let key = match &s.end {
-                End::Open => "open at the end".to_string(),
-                End::Closed { code, server_first } => format!(
-                    "closed {}{}",
-                    code.map_or("(no code)".to_string(), |c| c.to_string()),
-                    if *server_first { " by the server" } else { "" }
-                ),
-                End::Eof => "eof".to_string(),
-                End::Io(e) => format!("io: {e}"),
-                End::Protocol(e) => format!("protocol: {e}"),
-            };
-            *subscriber_ends.entry(key).or_insert(0) += 1;
-        }
-    }
+    let t = Tally::of(&results, &published_final);
+    notes.extend(t.notes.iter().cloned());
+    let (hist, counts, lost, foreign, slow_r, backend_name, unclean, subscriber_ends) = (
+        t.hist,
+        t.counts,
+        t.lost,
+        t.foreign,
+        t.slow,
+        t.backend,
+        t.unclean,
+        t.subscriber_ends,
+    );
     if unclean > 0 {
         notes.push(format!(
             "{unclean} healthy subscribers did not finish with a clean close handshake"

@@ -90,8 +90,9 @@ fn run_against_blast() {
             "--quiet",
         ]);
         eprintln!("{io}: {}", r.summary());
-        assert!(r.delivered > 0, "{io}: nothing delivered");
-        assert!(r.delivered_per_s > 0.0);
+        assert!(r.delivered > 0, "{io}: nothing delivered: {}", r.summary());
+        // (No assertion on the rate: on a starved machine the measured window can
+        // be all but empty; totals are what this test is about.)
         assert_eq!(r.lost, 0, "{io}");
         assert_eq!(r.duplicated, 0, "{io}");
         assert_eq!(r.out_of_order, 0, "{io}");
