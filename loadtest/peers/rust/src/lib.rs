@@ -17,10 +17,11 @@
 //! and upgrades any path.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
 
 /// Counters of one peer process. Updated with `Relaxed` atomics: the runtime is
 /// single-threaded, so they are uncontended; deliveries are added once per
@@ -90,7 +91,7 @@ impl Stats {
 /// publishes/s, i.e. 80 M deliveries/s with 1,000 subscribers: far more than one
 /// core can write, so at the rates the suite reaches, only a subscriber that
 /// really stopped reading should lag.
-pub fn broadcast_capacity() -> Result<usize, String> {
+fn broadcast_capacity() -> Result<usize, String> {
     match std::env::var("BROADCAST_CAPACITY") {
         Err(_) => Ok(4096),
         Ok(v) => match v.parse::<usize>() {
@@ -99,6 +100,49 @@ pub fn broadcast_capacity() -> Result<usize, String> {
                 "BROADCAST_CAPACITY={v:?}: expected a positive integer"
             )),
         },
+    }
+}
+
+/// The capacity the channel was created with (read by [`Subscription`]'s `Drop`).
+static CAPACITY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Creates the one broadcast channel of the server, sized from `BROADCAST_CAPACITY`.
+pub fn channel<T: Clone>() -> Result<(broadcast::Sender<T>, usize), String> {
+    let capacity = broadcast_capacity()?;
+    CAPACITY.store(capacity, Relaxed);
+    let (tx, _) = broadcast::channel(capacity);
+    Ok((tx, capacity))
+}
+
+/// A connection's receiver on the broadcast channel.
+///
+/// A subscriber that stops reading blocks its writer in `flush`, so it never
+/// calls `recv` again and never sees `RecvError::Lagged`: the channel drops its
+/// messages without anyone noticing. On drop (connection closed, writer
+/// aborted) this counts how far behind the channel's window the receiver was,
+/// so that those drops show up in the totals too.
+#[derive(Debug)]
+pub struct Subscription<T: Clone> {
+    /// The receiver itself; the writer task reads from it.
+    pub rx: broadcast::Receiver<T>,
+}
+
+impl<T: Clone> Subscription<T> {
+    /// Wraps a receiver from [`channel`]'s sender.
+    pub fn new(rx: broadcast::Receiver<T>) -> Self {
+        Self { rx }
+    }
+}
+
+impl<T: Clone> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        // `len` counts every message sent since this receiver's position,
+        // including those already overwritten; beyond `capacity` they are lost.
+        let behind = self.rx.len();
+        let capacity = CAPACITY.load(Relaxed);
+        if behind > capacity {
+            STATS.record_lag((behind - capacity) as u64);
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use ringcast_peers::{MAX_BATCH, STATS};
+use ringcast_peers::{MAX_BATCH, STATS, Subscription};
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -69,14 +69,13 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = ringcast_peers::listen_addr()?;
-    let capacity = ringcast_peers::broadcast_capacity()?;
     // One thread: the benchmark pins each server to one core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        let (tx, _) = broadcast::channel::<Msg>(capacity);
+        let (tx, capacity) = ringcast_peers::channel::<Msg>()?;
         println!("{PEER} listening on {addr} (broadcast capacity {capacity})");
         let accept_loop = async {
             loop {
@@ -108,10 +107,10 @@ async fn server_upgrade(
 ) -> Result<Response<Empty<Bytes>>, WebSocketError> {
     let (response, fut) = upgrade::upgrade(&mut req)?;
     // Subscribe now, so that the client gets everything sent after its 101.
-    let rx = tx.subscribe();
+    let sub = Subscription::new(tx.subscribe());
     tokio::spawn(async move {
         match fut.await {
-            Ok(ws) => handle_client(ws, tx, rx).await,
+            Ok(ws) => handle_client(ws, tx, sub).await,
             Err(_) => {
                 STATS.errors.fetch_add(1, Relaxed);
             }
@@ -123,7 +122,7 @@ async fn server_upgrade(
 async fn handle_client(
     ws: fastwebsockets::WebSocket<Io>,
     tx: broadcast::Sender<Msg>,
-    rx: broadcast::Receiver<Msg>,
+    sub: Subscription<Msg>,
 ) {
     STATS.connections.fetch_add(1, Relaxed);
     let id = ringcast_peers::next_conn_id();
@@ -134,7 +133,7 @@ async fn handle_client(
     });
     let reader = FragmentCollectorRead::new(read);
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(write, id, rx, ctrl_rx));
+    let writer = tokio::spawn(write_loop(write, id, sub, ctrl_rx));
     read_loop(reader, id, tx, ctrl_tx).await;
     // The reader ends on close or error; the writer ends when the control
     // channel closes (after sending any close reply) or when its socket fails.
@@ -182,9 +181,10 @@ async fn read_loop(
 async fn write_loop(
     mut ws: Writer,
     id: u64,
-    mut rx: broadcast::Receiver<Msg>,
+    mut sub: Subscription<Msg>,
     mut ctrl: mpsc::UnboundedReceiver<Control>,
 ) {
+    let rx = &mut sub.rx;
     loop {
         tokio::select! {
             // Control frames first: a close reply must not wait behind data.
@@ -206,7 +206,7 @@ async fn write_loop(
                     }
                     Err(RecvError::Closed) => return,
                 };
-                if write_batch(&mut ws, id, first, &mut rx).await.is_err() {
+                if write_batch(&mut ws, id, first, rx).await.is_err() {
                     return;
                 }
             }

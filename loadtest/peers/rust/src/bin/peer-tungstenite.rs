@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use ringcast_peers::{MAX_BATCH, STATS};
+use ringcast_peers::{MAX_BATCH, STATS, Subscription};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_tungstenite::WebSocketStream;
@@ -52,14 +52,13 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = ringcast_peers::listen_addr()?;
-    let capacity = ringcast_peers::broadcast_capacity()?;
     // One thread: the benchmark pins each server to one core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        let (tx, _) = broadcast::channel::<Msg>(capacity);
+        let (tx, capacity) = ringcast_peers::channel::<Msg>()?;
         println!("{PEER} listening on {addr} (broadcast capacity {capacity})");
         let accept_loop = async {
             loop {
@@ -87,12 +86,11 @@ async fn handle_client(stream: TcpStream, tx: broadcast::Sender<Msg>) {
     };
     STATS.connections.fetch_add(1, Relaxed);
     let id = ringcast_peers::next_conn_id();
-    let rx = tx.subscribe();
+    let sub = Subscription::new(tx.subscribe());
     let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, id, rx));
+    let writer = tokio::spawn(write_loop(sink, id, sub));
     read_loop(stream, id, &tx).await;
-    // tungstenite answers pings and close frames itself; those replies are
-    // queued in the shared connection and go out with the writer's next flush.
+    // tungstenite answers pings and close frames itself from the read side.
     // Once the client is gone there is nothing left to write.
     writer.abort();
     STATS.closed.fetch_add(1, Relaxed);
@@ -103,15 +101,13 @@ async fn read_loop(
     id: u64,
     tx: &broadcast::Sender<Msg>,
 ) {
+    // On a close frame tungstenite queues the reply; reading on until the
+    // stream ends is what sends it (and completes the close handshake).
     while let Some(Ok(msg)) = stream.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                STATS.received.fetch_add(1, Relaxed);
-                // No receivers is not an error for a broadcast.
-                let _ = tx.send((id, msg));
-            }
-            Message::Close(_) => break,
-            _ => {}
+        if let Message::Text(_) | Message::Binary(_) = msg {
+            STATS.received.fetch_add(1, Relaxed);
+            // No receivers is not an error for a broadcast.
+            let _ = tx.send((id, msg));
         }
     }
 }
@@ -119,8 +115,9 @@ async fn read_loop(
 async fn write_loop(
     mut sink: SplitSink<WebSocketStream<TcpStream>, Message>,
     id: u64,
-    mut rx: broadcast::Receiver<Msg>,
+    mut sub: Subscription<Msg>,
 ) {
+    let rx = &mut sub.rx;
     loop {
         let first = match rx.recv().await {
             Ok(m) => m,
@@ -130,7 +127,7 @@ async fn write_loop(
             }
             Err(RecvError::Closed) => return,
         };
-        if write_batch(&mut sink, id, first, &mut rx).await.is_err() {
+        if write_batch(&mut sink, id, first, rx).await.is_err() {
             return;
         }
     }
