@@ -181,6 +181,8 @@ def read_record(rec: Path) -> tuple[dict, list[Run]]:
             entry = json.loads(line)
         except ValueError:
             continue
+        # Labels such as "1" arrive as numbers from runs.jsonl; "4a" as strings.
+        entry["scenario"] = str(entry.get("scenario", "?"))
         data = load_json(rec / entry["json"]) if entry.get("json") else None
         runs.append(Run(entry, data))
     return meta, runs
@@ -217,9 +219,24 @@ def best_sustained(runs: list[Run]) -> tuple[Run | None, Run | None]:
     return best, behind
 
 
+def group_label(scen: str, e: dict) -> str:
+    """Short x-axis label of a scenario in the chart."""
+    subs = e.get("subscribers")
+    size = e.get("size")
+    parts = [f"S{scen}"]
+    if isinstance(subs, (int, float)):
+        parts.append(f"{subs / 1000:g}k subs")
+    if isinstance(e.get("topics"), (int, float)) and e["topics"] > 1:
+        parts.append(f"{e['topics']:,} topics")
+    if isinstance(size, (int, float)):
+        parts.append(f"{size / 1024:g} KiB" if size >= 1024 else f"{size} B")
+    return " · ".join(parts)
+
+
 def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
     servers = ordered_servers(runs)
     first = runs[0].entry
+    label = group_label(scen, first)
     p99_limit = first.get("p99_limit_ms")
     out.append(f"## {scen}: {title}\n")
     out.append(
@@ -256,9 +273,9 @@ def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
                 f"{fmt_pct(fr.server_pct if fr else None)} | | | {'; '.join(notes)} |"
             )
             if floor:
-                chart.setdefault("rate", {}).setdefault(scen, {})[s] = floor
+                chart.setdefault("rate", {}).setdefault(label, {})[s] = floor
                 if fr and fr.p99_ms is not None:
-                    chart.setdefault("p99", {}).setdefault(scen, {})[s] = fr.p99_ms
+                    chart.setdefault("p99", {}).setdefault(label, {})[s] = fr.p99_ms
             continue
         b, fb = best.get(s), behind.get(s)
         if all(r.entry.get("status") in ("n/a", "skipped") for r in srv_runs):
@@ -276,23 +293,23 @@ def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
             extra.append("generator-limited at the max")
         if any(r.entry.get("status") == "failed" for r in srv_runs):
             extra.append("a run failed (see logs/)")
-        label = f"**{s}**" if s == best_peer else s
+        name = f"**{s}**" if s == best_peer else s
         fell = (
             f"{fmt_rate(fb.entry.get('target_deliveries_per_s'))}/s target: "
             f"{(fb.delivered_ratio or 0) * 100:.1f}% delivered, p99 {fmt_ms(fb.p99_ms)}"
             if fb
-            else ("not reached" if b else "?")
+            else ("still sustained at the highest step" if b else "?")
         )
         out.append(
-            f"| {label} | {fmt_rate(value) if b else 'none sustained'} | "
+            f"| {name} | {fmt_rate(value) if b else 'none sustained'} | "
             f"{fmt_ratio(vs_peer) if s not in PEERS or s != best_peer else '1.00× (best)'} | {fmt_ratio(vs_floor)} | "
             f"{fmt_ms(b.p50_ms if b else None)} / {fmt_ms(b.p99_ms if b else None)} | "
             f"{fmt_pct(b.server_pct if b else None)} | {cpu_at[0]} / {cpu_at[1]} | {fell} | {'; '.join(extra)} |"
         )
         if value:
-            chart.setdefault("rate", {}).setdefault(scen, {})[s] = value
+            chart.setdefault("rate", {}).setdefault(label, {})[s] = value
             if b.p99_ms is not None:
-                chart.setdefault("p99", {}).setdefault(scen, {})[s] = b.p99_ms
+                chart.setdefault("p99", {}).setdefault(label, {})[s] = b.p99_ms
     if best_peer:
         out.append(f"\nBest peer: **{best_peer}**.")
     u, e = best.get("ringcast-uring"), best.get("ringcast-epoll")
@@ -337,7 +354,7 @@ def idle_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
             f"{fmt_num(per, ' B')} | {fmt_ratio(ratio)} | {note} |"
         )
         if per and status == "ok":
-            chart.setdefault("idle", {}).setdefault(f"{scen} {n}", {})[server] = per / 1024
+            chart.setdefault("idle", {}).setdefault(f"S{scen} · {n:,} idle connections", {})[server] = per / 1024
     out.append("\nLower is better; the ratio is to the peer with the fewest bytes per connection.\n")
 
 
@@ -370,7 +387,7 @@ def storm_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
             f"{fmt_ratio(rate / peer_best if rate and peer_best else None)} | {e.get('note', '')} |"
         )
         if rate and e.get("status") == "ok":
-            chart.setdefault("storm", {}).setdefault(scen, {})[e.get("server")] = rate
+            chart.setdefault("storm", {}).setdefault(f"S{scen} · {e.get('connections', 0):,} connections", {})[e.get("server")] = rate
     out.append("")
 
 
@@ -394,7 +411,8 @@ def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
             out.append(f"| {e.get('server')} | {e.get('status')} | | | | {e.get('note', '')} |")
             continue
         slow = get(r.data, "slow") or {}
-        before = num(get(r.data, "server_rss_kib", "before")) or num(e.get("rss_before_kib"))
+        # Both from the script's own sampling when it has them (one source, one method).
+        before = num(e.get("rss_before_kib")) or num(get(r.data, "server_rss_kib", "before"))
         peak = num(e.get("rss_peak_kib")) or num(get(r.data, "server_rss_kib", "after"))
         ratio = r.delivered_ratio
         out.append(
@@ -403,7 +421,7 @@ def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
             f"{fmt_num(before, ' KiB')} → {fmt_num(peak, ' KiB')} | {e.get('note', '')} |"
         )
         if r.p99_ms is not None and e.get("status") == "ok":
-            chart.setdefault("slow_p99", {}).setdefault(scen, {})[e.get("server")] = r.p99_ms
+            chart.setdefault("slow_p99", {}).setdefault(f"S{scen} · 10% stop reading", {})[e.get("server")] = r.p99_ms
     out.append("")
 
 
@@ -416,6 +434,8 @@ def all_runs_section(runs: list[Run], out: list[str]) -> None:
     out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in runs:
         e = r.entry
+        if e.get("kind") in ("idle", "storm"):
+            continue  # their tables above already show every run
         ratio = r.delivered_ratio
         raw = f"[json]({e['json']})" if e.get("json") and r.data is not None else ""
         verdict = e.get("verdict") or e.get("status", "")
