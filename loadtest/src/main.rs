@@ -1,1 +1,44 @@
-fn main() {}
+//! `ringcast-loadtest`: thin entry point; see the library crate for everything.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringcast_loadtest::cli::{Cli, Command};
+use ringcast_loadtest::{blast, idle_storm, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(a) => run::run(a, std::env::args().collect()).map(|r| {
+            if !a.quiet {
+                eprintln!();
+            }
+            print!("{}", r.summary());
+        }),
+        Command::Idle(a) => idle_storm::idle(a).map(|r| {
+            println!(
+                "idle: {} connections held {:.1}s  server rss before {:?} KiB after {:?} KiB  per connection {} bytes  server cpu {}",
+                r.connections,
+                r.hold_s,
+                r.server_rss_kib.before,
+                r.server_rss_kib.after,
+                r.rss_per_connection_bytes.map_or("n/a".into(), |v| format!("{v:.0}")),
+                r.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%")),
+            )
+        }),
+        Command::Storm(a) => idle_storm::storm(a).map(|r| {
+            println!(
+                "storm: {} of {} connections in {:.2}s: {:.0} handshakes/s  p50 {:.0}us  p99 {:.0}us  failed {}",
+                r.connect.ok, r.connections, r.duration_s, r.handshakes_per_s, r.connect.p50_us, r.connect.p99_us, r.connect.failed
+            )
+        }),
+        Command::Blast(a) => blast::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringcast-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The command line (clap): `run`, `idle`, `storm`, `blast`, with the flag
+//! names fixed by CONTRACT section 2 (flags may be added, never renamed), plus
+//! the duration/size parsers and the cross-flag validation clap cannot express.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load generator for WebSocket broadcast servers (ringcast or any other).
+#[derive(Debug, Parser)]
+#[command(name = "ringcast-loadtest", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Subscribers + publishers: deliveries/s, latency, loss, order, CPU.
+    Run(RunArgs),
+    /// Open N idle connections and hold them: server RSS per connection.
+    Idle(IdleArgs),
+    /// Open N connections as fast as the server completes handshakes.
+    Storm(StormArgs),
+    /// The floor server: writes pre-built frames to every subscriber on io_uring.
+    Blast(BlastArgs),
+}
+
+/// I/O backend of the receive threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoMode {
+    /// io_uring when it works, else epoll.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll (mio).
+    Epoll,
+}
+
+/// How slow subscribers misbehave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SlowMode {
+    /// Never read.
+    Stop,
+    /// Read `--slow-read-rate` bytes per second.
+    Slow,
+}
+
+/// Connection-opening flags shared by all client subcommands.
+#[derive(Clone, Debug, Args)]
+pub struct ConnectArgs {
+    /// New connections per second, 0 = unlimited (default: 20000 for run/idle, unlimited for storm).
+    #[arg(long)]
+    pub connect_rate: Option<u32>,
+    /// Source addresses to spread connections over (bind before connect), e.g.
+    /// 127.0.0.1,127.0.0.2. Without it, 127.0.0.2, .3, ... are taken on when
+    /// 127.0.0.1 runs out of ports (loopback targets only).
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<Ipv4Addr>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Give up on one handshake after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Allow non-loopback targets (the generator refuses them otherwise).
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+/// `run` flags.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Subscriber URL (ws://), may contain {topic}.
+    #[arg(long)]
+    pub sub_url: String,
+    /// Number of topics: subscriber i uses t{i % N}, publisher j t{j % N}.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Number of subscriber connections.
+    #[arg(long)]
+    pub subscribers: usize,
+    /// Publish over WebSocket to this URL (may contain {topic}).
+    #[arg(long, conflicts_with = "pub_http")]
+    pub pub_url: Option<String>,
+    /// Publish by HTTP POST to this URL (may contain {topic}).
+    #[arg(long)]
+    pub pub_http: Option<String>,
+    /// Number of publishers (0: receive only, e.g. against `blast`).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// TOTAL publish rate over all publishers, messages/s.
+    #[arg(long, conflicts_with = "in_flight")]
+    pub rate: Option<f64>,
+    /// Closed loop: each publisher keeps N messages not yet seen by its probe subscriber.
+    #[arg(long)]
+    pub in_flight: Option<u32>,
+    /// Message size in bytes (>= 42: the payload stamp), e.g. 64, 1KiB.
+    #[arg(long, value_parser = parse_size)]
+    pub size: usize,
+    /// Send binary frames (default: text).
+    #[arg(long)]
+    pub binary: bool,
+    /// Measured duration.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Publishing before the measured window (not counted in rates or latency).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Time allowed after publishing stops for the last messages to arrive.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Receive threads the subscribers are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// I/O backend of the receive threads.
+    #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+    /// Fraction of subscribers that are slow (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_fraction: f64,
+    /// What slow subscribers do.
+    #[arg(long, value_enum, default_value_t = SlowMode::Stop)]
+    pub slow_mode: SlowMode,
+    /// Bytes per second a `--slow-mode slow` subscriber reads.
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    pub slow_read_rate: usize,
+    /// Server process to measure (CPU from /proc/PID/stat, RSS from /proc/PID/status).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the result as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No live line, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Size of each provided receive buffer (io_uring) / the read buffer (epoll).
+    #[arg(long, default_value = "32KiB", value_parser = parse_size)]
+    pub recv_buf: usize,
+    /// Number of provided receive buffers per io_uring thread (power of two).
+    #[arg(long, default_value_t = 512)]
+    pub recv_bufs: u16,
+    /// Connection flags.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `idle` flags.
+#[derive(Clone, Debug, Args)]
+pub struct IdleArgs {
+    /// URL to open (ws://), may contain {topic} (t0 is used).
+    #[arg(long)]
+    pub url: String,
+    /// Number of connections.
+    #[arg(long)]
+    pub connections: usize,
+    /// How long to hold them open once all are connected.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Server process to measure.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Connection flags.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `storm` flags.
+#[derive(Clone, Debug, Args)]
+pub struct StormArgs {
+    /// URL to open (ws://), may contain {topic} (t0 is used).
+    #[arg(long)]
+    pub url: String,
+    /// Number of connections.
+    #[arg(long)]
+    pub connections: usize,
+    /// Server process to measure.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Connection flags (`--concurrency` = handshakes in flight; the rate is unlimited unless given).
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `blast` flags.
+#[derive(Clone, Debug, Args)]
+pub struct BlastArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9002")]
+    pub listen: std::net::SocketAddr,
+    /// Payload size of every frame (>= 42).
+    #[arg(long, value_parser = parse_size)]
+    pub size: usize,
+    /// Binary frames (default: text).
+    #[arg(long)]
+    pub binary: bool,
+    /// Bytes per send: how many frames one pre-built batch holds.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub batch_bytes: usize,
+    /// Stop by itself after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// Refuse connections beyond this many.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Allow listening on a non-loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`, `250us`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 10s or 500ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        u => return Err(format!("{s:?}: unknown duration unit {u:?}")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?}: duration out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `64`, `1KiB`, `16KiB`, `1MiB`, `1k`, `2K`, `1M` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 64 or 16KiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => return Err(format!("{s:?}: unknown size unit {u:?}")),
+    };
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: size too large"))
+}
+
+/// Largest message the generator will build (the server's default limit is 64 KiB).
+pub const MAX_SIZE: usize = 16 << 20;
+
+impl RunArgs {
+    /// Cross-flag checks clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.subscribers == 0 || self.subscribers > 1_000_000 {
+            return Err("--subscribers must be in 1..=1000000".into());
+        }
+        if self.topics == 0 {
+            return Err("--topics must be at least 1".into());
+        }
+        if !(crate::payload::STAMP_LEN..=MAX_SIZE).contains(&self.size) {
+            return Err(format!(
+                "--size must be in {}..={MAX_SIZE} bytes (the payload stamp takes {})",
+                crate::payload::STAMP_LEN,
+                crate::payload::STAMP_LEN
+            ));
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err("--threads must be in 1..=256".into());
+        }
+        if !(0.0..1.0).contains(&self.slow_fraction) {
+            return Err("--slow-fraction must be in [0, 1)".into());
+        }
+        if !self.recv_bufs.is_power_of_two() || self.recv_bufs > 32768 {
+            return Err("--recv-bufs must be a power of two up to 32768".into());
+        }
+        if !(4096..=(1 << 24)).contains(&self.recv_buf) {
+            return Err("--recv-buf must be between 4KiB and 16MiB".into());
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        if self.publishers > 0 {
+            if self.pub_url.is_none() && self.pub_http.is_none() {
+                return Err("publishing needs --pub-url or --pub-http (or --publishers 0)".into());
+            }
+            match (self.rate, self.in_flight) {
+                (None, None) => return Err("publishing needs --rate or --in-flight".into()),
+                (Some(r), _) if !(r > 0.0 && r.is_finite() && r <= 1e9) => {
+                    return Err("--rate must be in (0, 1e9]".into());
+                }
+                (_, Some(0)) => return Err("--in-flight must be at least 1".into()),
+                _ => {}
+            }
+            if self.publishers > 100_000 {
+                return Err("--publishers must be at most 100000".into());
+            }
+            if self.in_flight.is_some() && self.subscribers < self.topics.min(self.publishers) {
+                return Err(
+                    "--in-flight needs a subscriber on every published topic (subscribers >= topics)"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ringcast-loadtest").chain(args.iter().copied()))
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        match parse(args).unwrap().command {
+            Command::Run(r) => r,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("1KiB").unwrap(), 1024);
+        assert_eq!(parse_size("16KiB").unwrap(), 16384);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2k").unwrap(), 2048);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("1TiB").is_err());
+    }
+
+    #[test]
+    fn contract_run_line() {
+        let r = run_args(&[
+            "run",
+            "--sub-url",
+            "ws://127.0.0.1:9001/ws/{topic}",
+            "--topics",
+            "10",
+            "--subscribers",
+            "1000",
+            "--connect-rate",
+            "5000",
+            "--sources",
+            "127.0.0.1,127.0.0.2",
+            "--pub-url",
+            "ws://127.0.0.1:9001/ws/{topic}",
+            "--publishers",
+            "2",
+            "--rate",
+            "1000",
+            "--size",
+            "64",
+            "--binary",
+            "--duration",
+            "10s",
+            "--warmup",
+            "2s",
+            "--threads",
+            "2",
+            "--io",
+            "uring",
+            "--slow-fraction",
+            "0.1",
+            "--slow-mode",
+            "slow",
+            "--server-pid",
+            "42",
+            "--json",
+            "/tmp/x.json",
+            "--quiet",
+        ]);
+        assert_eq!(r.topics, 10);
+        assert_eq!(r.subscribers, 1000);
+        assert_eq!(r.connect.connect_rate, Some(5000));
+        assert_eq!(r.connect.sources.len(), 2);
+        assert_eq!(r.rate, Some(1000.0));
+        assert!(r.binary && r.quiet);
+        assert_eq!(r.io, IoMode::Uring);
+        assert_eq!(r.slow_mode, SlowMode::Slow);
+        assert_eq!(r.server_pid, Some(42));
+        assert_eq!(r.warmup, Duration::from_secs(2));
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn run_validation() {
+        let base = [
+            "run",
+            "--sub-url",
+            "ws://127.0.0.1:1/",
+            "--subscribers",
+            "10",
+            "--size",
+            "64",
+        ];
+        // No publish target.
+        let r = run_args(&[&base[..], &["--rate", "10"]].concat());
+        assert!(r.validate().is_err());
+        // No rate / in-flight.
+        let r = run_args(&[&base[..], &["--pub-url", "ws://127.0.0.1:1/"]].concat());
+        assert!(r.validate().is_err());
+        // Receive-only is fine.
+        let r = run_args(&[&base[..], &["--publishers", "0"]].concat());
+        r.validate().unwrap();
+        // Too small a message.
+        let r = run_args(&[
+            "run",
+            "--sub-url",
+            "u",
+            "--subscribers",
+            "1",
+            "--size",
+            "10",
+            "--publishers",
+            "0",
+        ]);
+        assert!(r.validate().is_err());
+        // Closed loop.
+        let r = run_args(
+            &[
+                &base[..],
+                &["--pub-http", "http://127.0.0.1:1/p", "--in-flight", "32"],
+            ]
+            .concat(),
+        );
+        r.validate().unwrap();
+        // Rate and in-flight together are refused by clap.
+        assert!(
+            parse(
+                &[
+                    &base[..],
+                    &["--pub-url", "x", "--rate", "1", "--in-flight", "2"]
+                ]
+                .concat()
+            )
+            .is_err()
+        );
+        // Both publish targets are refused by clap.
+        assert!(
+            parse(
+                &[
+                    &base[..],
+                    &["--pub-url", "x", "--pub-http", "y", "--rate", "1"]
+                ]
+                .concat()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn other_subcommands() {
+        let c = parse(&[
+            "idle",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--connections",
+            "5",
+            "--hold",
+            "1s",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::Idle(ref i) if i.connections == 5));
+        let c = parse(&[
+            "storm",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--connections",
+            "5",
+            "--concurrency",
+            "8",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::Storm(ref s) if s.connect.concurrency == 8));
+        let c = parse(&[
+            "blast",
+            "--listen",
+            "127.0.0.1:0",
+            "--size",
+            "64",
+            "--binary",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::Blast(ref b) if b.size == 64 && b.binary));
+        assert!(parse(&["blast", "--listen", "nope", "--size", "64"]).is_err());
+    }
+}

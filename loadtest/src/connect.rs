@@ -1,0 +1,438 @@
+//! Opening connections: non-blocking connects (bind-before-connect over
+//! several 127.0.0.x source addresses when one runs out of ports), the
+//! WebSocket upgrade through `ringcast::proto::handshake`, a connect rate and
+//! a cap on handshakes in flight, with per-connection latency and failure
+//! reasons. Driven by one mio poll on the calling thread; each finished
+//! connection is handed to a callback as a non-blocking std socket together
+//! with any bytes that followed the 101 response.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use ringcast::proto::handshake::{generate_key, parse_response, write_client_request};
+
+use crate::stats::new_hist;
+use crate::target::{Scheme, Target};
+
+/// How to open connections.
+#[derive(Clone, Debug)]
+pub struct ConnectOpts {
+    /// New connections per second (0 = unlimited).
+    pub rate: u32,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    /// Per-connection deadline.
+    pub timeout: Duration,
+    /// Explicit source addresses (round-robin); empty = automatic.
+    pub sources: Vec<Ipv4Addr>,
+    /// Overall deadline for the whole batch.
+    pub deadline: Option<Instant>,
+}
+
+/// One connection ready for use.
+#[derive(Debug)]
+pub struct Established {
+    /// Index of the connection in the batch.
+    pub idx: usize,
+    /// Connected (and upgraded, for ws://) non-blocking socket.
+    pub stream: TcpStream,
+    /// Bytes received after the 101 head.
+    pub leftover: Vec<u8>,
+    /// Connect start to upgrade done.
+    pub latency_ns: u64,
+}
+
+/// Totals for a batch of connections.
+#[derive(Debug)]
+pub struct ConnectStats {
+    /// Established.
+    pub ok: u64,
+    /// Failed (each with a reason below).
+    pub failed: u64,
+    /// Failure reason -> count.
+    pub reasons: BTreeMap<String, u64>,
+    /// Connect latency (ns).
+    pub latency: Histogram<u64>,
+    /// Wall time of the batch.
+    pub elapsed: Duration,
+    /// Source addresses used (after automatic spreading).
+    pub sources_used: Vec<Ipv4Addr>,
+}
+
+impl ConnectStats {
+    fn new() -> Self {
+        ConnectStats {
+            ok: 0,
+            failed: 0,
+            reasons: BTreeMap::new(),
+            latency: new_hist(),
+            elapsed: Duration::ZERO,
+            sources_used: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed += 1;
+        *self.reasons.entry(reason).or_insert(0) += 1;
+    }
+
+    /// The most frequent failure reason, for error messages.
+    pub fn top_reason(&self) -> Option<&str> {
+        self.reasons
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(r, _)| r.as_str())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Connecting,
+    Writing,
+    Reading,
+}
+
+#[derive(Debug)]
+struct Pending {
+    idx: usize,
+    stream: TcpStream,
+    step: Step,
+    key: String,
+    out: Vec<u8>,
+    written: usize,
+    inbuf: Vec<u8>,
+    started: Instant,
+}
+
+/// Picks source addresses: explicit round-robin, or none until 127.0.0.1
+/// runs out of ports, then 127.0.0.2, .3, ...
+#[derive(Debug)]
+struct Sources {
+    explicit: Vec<Ipv4Addr>,
+    next: usize,
+    auto: Option<Ipv4Addr>,
+    auto_allowed: bool,
+    used: Vec<Ipv4Addr>,
+}
+
+impl Sources {
+    fn pick(&mut self) -> Option<Ipv4Addr> {
+        if self.explicit.is_empty() {
+            return self.auto;
+        }
+        let s = self.explicit[self.next % self.explicit.len()];
+        self.next += 1;
+        Some(s)
+    }
+
+    /// The current source ran out of ports; Err when there is no other to take.
+    fn exhausted(&mut self, src: Option<Ipv4Addr>) -> Result<(), ()> {
+        if !self.explicit.is_empty() {
+            self.explicit.retain(|&s| Some(s) != src);
+            return if self.explicit.is_empty() {
+                Err(())
+            } else {
+                Ok(())
+            };
+        }
+        if !self.auto_allowed {
+            return Err(());
+        }
+        let cur = u32::from(self.auto.unwrap_or(Ipv4Addr::new(127, 0, 0, 1)));
+        if cur & 0xff >= 254 {
+            return Err(());
+        }
+        let next = Ipv4Addr::from(cur + 1);
+        self.auto = Some(next);
+        self.used.push(next);
+        Ok(())
+    }
+}
+
+/// Opens `n` connections to `target` (path for connection i from `path_for`),
+/// calling `on_ok` for each one established. Returns the totals.
+pub fn connect_many(
+    target: &Target,
+    n: usize,
+    path_for: &dyn Fn(usize) -> String,
+    opts: &ConnectOpts,
+    on_ok: &mut dyn FnMut(Established),
+    mut progress: Option<&mut dyn FnMut(&ConnectStats)>,
+) -> io::Result<ConnectStats> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut slots: Vec<Option<Pending>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut stats = ConnectStats::new();
+    let mut sources = Sources {
+        explicit: opts.sources.clone(),
+        next: 0,
+        auto: None,
+        auto_allowed: matches!(target.addr.ip(), IpAddr::V4(v4) if v4.is_loopback()),
+        used: opts.sources.clone(),
+    };
+    let start = Instant::now();
+    let mut launched = 0usize;
+    let mut in_flight = 0usize;
+    let concurrency = opts.concurrency.max(1);
+    let mut last_progress = Instant::now();
+    while launched < n || in_flight > 0 {
+        let now = Instant::now();
+        if opts.deadline.is_some_and(|d| now >= d) {
+            for p in slots.iter_mut().filter_map(Option::take) {
+                drop(p);
+                stats.fail("overall connect deadline".into());
+            }
+            stats.fail_many(n - launched, "overall connect deadline");
+            break;
+        }
+        // Launch as many as the rate and the concurrency allow.
+        let allowed = if opts.rate == 0 {
+            n
+        } else {
+            ((now - start).as_secs_f64() * f64::from(opts.rate)) as usize + 1
+        };
+        while launched < n && launched < allowed && in_flight < concurrency {
+            let idx = launched;
+            launched += 1;
+            let src = sources.pick();
+            match crate::sys::start_connect(src, target.addr) {
+                Ok(stream) => {
+                    let mut out = Vec::with_capacity(256);
+                    let key = generate_key();
+                    if target.scheme == Scheme::Ws {
+                        write_client_request(
+                            &target.host_header,
+                            &path_for(idx),
+                            &key,
+                            &[],
+                            &mut out,
+                        );
+                    }
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(None);
+                        slots.len() - 1
+                    });
+                    let fd = stream.as_raw_fd();
+                    poll.registry().register(
+                        &mut SourceFd(&fd),
+                        Token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    slots[slot] = Some(Pending {
+                        idx,
+                        stream,
+                        step: Step::Connecting,
+                        key,
+                        out,
+                        written: 0,
+                        inbuf: Vec::new(),
+                        started: now,
+                    });
+                    in_flight += 1;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                    if sources.exhausted(src).is_ok() {
+                        launched -= 1; // retry this index from the next source
+                    } else {
+                        stats.fail(format!("connect: {e} (out of source addresses/ports)"));
+                    }
+                }
+                Err(e) => stats.fail(format!("connect: {e}")),
+            }
+        }
+        let wait = if launched < n && in_flight < concurrency && opts.rate > 0 {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        match poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for ev in events.iter() {
+            let slot = ev.token().0;
+            let Some(p) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            match advance(p, target.scheme) {
+                Ok(None) => {}
+                Ok(Some(head_len)) => {
+                    let Some(p) = slots[slot].take() else {
+                        continue;
+                    };
+                    free.push(slot);
+                    in_flight -= 1;
+                    let fd = p.stream.as_raw_fd();
+                    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                    let latency_ns = p.started.elapsed().as_nanos() as u64;
+                    stats.ok += 1;
+                    stats.latency.saturating_record(latency_ns.max(1));
+                    on_ok(Established {
+                        idx: p.idx,
+                        stream: p.stream,
+                        leftover: p.inbuf[head_len..].to_vec(),
+                        latency_ns,
+                    });
+                }
+                Err(reason) => {
+                    let Some(p) = slots[slot].take() else {
+                        continue;
+                    };
+                    if reason.contains("Cannot assign requested address") {
+                        // Port exhaustion shows up at connect completion on some kernels.
+                        let _ = sources.exhausted(None);
+                    }
+                    let fd = p.stream.as_raw_fd();
+                    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                    free.push(slot);
+                    in_flight -= 1;
+                    stats.fail(reason);
+                }
+            }
+        }
+        // Per-connection timeouts.
+        let now = Instant::now();
+        for (slot, entry) in slots.iter_mut().enumerate() {
+            if entry
+                .as_ref()
+                .is_none_or(|p| now - p.started <= opts.timeout)
+            {
+                continue;
+            }
+            if let Some(p) = entry.take() {
+                let fd = p.stream.as_raw_fd();
+                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                let what = match p.step {
+                    Step::Connecting => "connect",
+                    Step::Writing | Step::Reading => "handshake",
+                };
+                stats.fail(format!("{what} timed out after {:?}", opts.timeout));
+                free.push(slot);
+                in_flight -= 1;
+            }
+        }
+        if let Some(cb) = progress.as_mut()
+            && last_progress.elapsed() >= Duration::from_secs(1)
+        {
+            last_progress = Instant::now();
+            stats.elapsed = start.elapsed();
+            cb(&stats);
+        }
+    }
+    stats.elapsed = start.elapsed();
+    stats.sources_used = sources.used;
+    Ok(stats)
+}
+
+impl ConnectStats {
+    fn fail_many(&mut self, n: usize, reason: &str) {
+        if n > 0 {
+            self.failed += n as u64;
+            *self.reasons.entry(reason.to_string()).or_insert(0) += n as u64;
+        }
+    }
+}
+
+/// Moves one pending connection on; Ok(Some(head_len)) when ready.
+fn advance(p: &mut Pending, scheme: Scheme) -> Result<Option<usize>, String> {
+    if p.step == Step::Connecting {
+        match p.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return Err(format!("connect: {e}")),
+        }
+        match p.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
+            Err(e) => return Err(format!("connect: {e}")),
+        }
+        let _ = p.stream.set_nodelay(true);
+        if scheme == Scheme::Http {
+            return Ok(Some(0));
+        }
+        p.step = Step::Writing;
+    }
+    if p.step == Step::Writing {
+        while p.written < p.out.len() {
+            match (&p.stream).write(&p.out[p.written..]) {
+                Ok(0) => return Err("handshake: connection closed while writing".into()),
+                Ok(k) => p.written += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("handshake: {e}")),
+            }
+        }
+        p.step = Step::Reading;
+    }
+    let mut chunk = [0u8; 4096];
+    loop {
+        match (&p.stream).read(&mut chunk) {
+            Ok(0) => return Err("handshake: server closed the connection".into()),
+            Ok(k) => {
+                p.inbuf.extend_from_slice(&chunk[..k]);
+                match parse_response(&p.inbuf, &p.key) {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("handshake refused: {} ({e:?})", e.status())),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("handshake: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_spread_automatically() {
+        let mut s = Sources {
+            explicit: vec![],
+            next: 0,
+            auto: None,
+            auto_allowed: true,
+            used: vec![],
+        };
+        assert_eq!(s.pick(), None);
+        s.exhausted(None).unwrap();
+        assert_eq!(s.pick(), Some(Ipv4Addr::new(127, 0, 0, 2)));
+        s.exhausted(Some(Ipv4Addr::new(127, 0, 0, 2))).unwrap();
+        assert_eq!(s.pick(), Some(Ipv4Addr::new(127, 0, 0, 3)));
+        let mut s = Sources {
+            explicit: vec![],
+            next: 0,
+            auto: None,
+            auto_allowed: false,
+            used: vec![],
+        };
+        assert!(s.exhausted(None).is_err());
+    }
+
+    #[test]
+    fn explicit_sources_round_robin() {
+        let a = Ipv4Addr::new(127, 0, 0, 1);
+        let b = Ipv4Addr::new(127, 0, 0, 5);
+        let mut s = Sources {
+            explicit: vec![a, b],
+            next: 0,
+            auto: None,
+            auto_allowed: true,
+            used: vec![],
+        };
+        assert_eq!([s.pick(), s.pick(), s.pick()], [Some(a), Some(b), Some(a)]);
+        s.exhausted(Some(a)).unwrap();
+        assert_eq!(s.pick(), Some(b));
+        assert!(s.exhausted(Some(b)).is_err());
+    }
+}

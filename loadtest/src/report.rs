@@ -1,0 +1,306 @@
+//! What a run reports: the JSON object of CONTRACT section 2 (`--json`), the
+//! human summary, the live line, and number formatting.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::connect::ConnectStats;
+use crate::stats::Percentiles;
+
+/// Connection statistics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectReport {
+    /// Established.
+    pub ok: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Median connect+handshake latency (µs).
+    pub p50_us: f64,
+    /// 99th percentile (µs).
+    pub p99_us: f64,
+    /// Maximum (µs).
+    pub max_us: f64,
+    /// Established per second of the connect phase.
+    pub per_s: f64,
+    /// Failure reason -> count.
+    pub failures: BTreeMap<String, u64>,
+    /// Source addresses used (bind before connect), empty when none was needed.
+    pub sources: Vec<String>,
+}
+
+impl ConnectReport {
+    /// From connector totals.
+    pub fn of(s: &ConnectStats) -> Self {
+        let p = Percentiles::of(&s.latency);
+        ConnectReport {
+            ok: s.ok,
+            failed: s.failed,
+            p50_us: p.p50,
+            p99_us: p.p99,
+            max_us: p.max,
+            per_s: if s.elapsed.is_zero() {
+                0.0
+            } else {
+                s.ok as f64 / s.elapsed.as_secs_f64()
+            },
+            failures: s.reasons.clone(),
+            sources: s.sources_used.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// CPU use over the measured window, in percent of one core.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuReport {
+    /// The whole generator process.
+    pub generator_pct: f64,
+    /// The server (`--server-pid`), null without it.
+    pub server_pct: Option<f64>,
+    /// The busiest generator thread.
+    pub generator_max_thread_pct: f64,
+    /// Each generator thread by name.
+    pub threads: BTreeMap<String, f64>,
+}
+
+/// Server resident memory.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RssReport {
+    /// Before the generator connected anything (KiB).
+    pub before: Option<u64>,
+    /// At the end of the measured window / hold, connections still open (KiB).
+    pub after: Option<u64>,
+}
+
+/// How slow subscribers were treated.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SlowReport {
+    /// Slow subscribers.
+    pub count: u64,
+    /// Closed or dropped by the server before the end of the run.
+    pub disconnected: u64,
+    /// Still connected at the end (the server answered our close, or stayed open).
+    pub still_connected: u64,
+    /// Close codes the server sent to slow subscribers it disconnected.
+    pub close_codes: BTreeMap<String, u64>,
+    /// Disconnected without a close frame (TCP close or reset).
+    pub without_close_frame: u64,
+    /// Messages slow subscribers received.
+    pub delivered: u64,
+    /// Messages they missed (gaps inside what they received).
+    pub gaps: u64,
+}
+
+/// The result of `run`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunReport {
+    /// Delivered messages per second in the measured window (all subscribers).
+    pub delivered_per_s: f64,
+    /// Deliveries per second the published messages called for (healthy subscribers).
+    pub expected_per_s: f64,
+    /// Messages published per second in the window.
+    pub published_per_s: f64,
+    /// Messages published over the whole run.
+    pub published: u64,
+    /// Messages delivered over the whole run.
+    pub delivered: u64,
+    /// Messages healthy subscribers never received (gaps and tail, whole run).
+    pub lost: u64,
+    /// Duplicates.
+    pub duplicated: u64,
+    /// Arrivals below the expected sequence number that were not duplicates.
+    pub out_of_order: u64,
+    /// Messages that were not generator payloads or came from unexpected publishers.
+    pub foreign: u64,
+    /// Connections that ended in an error, publisher errors, non-2xx HTTP responses.
+    pub errors: u64,
+    /// Messages due by --rate that the publishers could not queue (server not reading).
+    pub publish_skipped: u64,
+    /// Latency of healthy subscribers for messages sent in the window.
+    pub latency_us: Percentiles,
+    /// Subscriber connections.
+    pub connect: ConnectReport,
+    /// CPU.
+    pub cpu: CpuReport,
+    /// Server memory.
+    pub server_rss_kib: RssReport,
+    /// A generator thread was above 90% of its core: the numbers may be the generator's limit.
+    pub generator_limited: bool,
+    /// Slow subscribers.
+    pub slow: SlowReport,
+    /// Receive backend.
+    pub io: String,
+    /// Measured window length (s).
+    pub duration_s: f64,
+    /// Subscribers connected.
+    pub subscribers: u64,
+    /// Publishers connected.
+    pub publishers: u64,
+    /// Things worth knowing about this run.
+    pub notes: Vec<String>,
+    /// The command line.
+    pub command: Vec<String>,
+}
+
+/// Writes a report as one JSON object.
+pub fn write_json<T: Serialize>(path: &Path, report: &T) -> Result<(), String> {
+    let s = serde_json::to_string_pretty(report).map_err(|e| format!("JSON: {e}"))?;
+    std::fs::write(path, s + "\n").map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// 1234567.0 -> "1.23M".
+pub fn si(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Microseconds with a unit that fits.
+pub fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2}ms", v / 1e3)
+    } else {
+        format!("{v:.0}us")
+    }
+}
+
+impl RunReport {
+    /// The human summary (stdout).
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let l = &self.latency_us;
+        s += &format!(
+            "delivered {}/s (expected {}/s, published {}/s) over {:.1}s with {} subscribers, {} publishers, io {}\n",
+            si(self.delivered_per_s),
+            si(self.expected_per_s),
+            si(self.published_per_s),
+            self.duration_s,
+            self.subscribers,
+            self.publishers,
+            self.io
+        );
+        s += &format!(
+            "totals: published {}  delivered {}  lost {}  duplicated {}  out-of-order {}  foreign {}  errors {}  publish-skipped {}\n",
+            self.published,
+            self.delivered,
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.foreign,
+            self.errors,
+            self.publish_skipped
+        );
+        s += &format!(
+            "latency: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            us(l.p50),
+            us(l.p90),
+            us(l.p99),
+            us(l.p999),
+            us(l.max)
+        );
+        s += &format!(
+            "connect: ok {}  failed {}  p50 {}  p99 {}  ({}/s)\n",
+            self.connect.ok,
+            self.connect.failed,
+            us(self.connect.p50_us),
+            us(self.connect.p99_us),
+            si(self.connect.per_s)
+        );
+        for (r, n) in &self.connect.failures {
+            s += &format!("  {n} x {r}\n");
+        }
+        s += &format!(
+            "cpu: generator {:.0}% (busiest thread {:.0}%)  server {}  {}\n",
+            self.cpu.generator_pct,
+            self.cpu.generator_max_thread_pct,
+            self.cpu
+                .server_pct
+                .map_or("n/a".into(), |p| format!("{p:.0}%")),
+            if self.generator_limited {
+                "GENERATOR-LIMITED (a generator thread was above 90%)"
+            } else {
+                ""
+            }
+        );
+        if let (Some(b), Some(a)) = (self.server_rss_kib.before, self.server_rss_kib.after) {
+            s += &format!("server rss: before {b} KiB  after {a} KiB\n");
+        }
+        if self.slow.count > 0 {
+            s += &format!(
+                "slow subscribers: {}  disconnected {}  still connected {}  close codes {:?}  without close frame {}\n",
+                self.slow.count,
+                self.slow.disconnected,
+                self.slow.still_connected,
+                self.slow.close_codes,
+                self.slow.without_close_frame
+            );
+        }
+        for n in &self.notes {
+            s += &format!("note: {n}\n");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_contract_keys() {
+        let r = RunReport::default();
+        let v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "delivered_per_s",
+            "expected_per_s",
+            "published",
+            "delivered",
+            "lost",
+            "duplicated",
+            "out_of_order",
+            "latency_us",
+            "connect",
+            "cpu",
+            "server_rss_kib",
+            "generator_limited",
+            "slow",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(v["latency_us"].get(k).is_some(), "latency {k}");
+        }
+        for k in ["ok", "failed", "p50_us", "p99_us"] {
+            assert!(v["connect"].get(k).is_some(), "connect {k}");
+        }
+        for k in ["generator_pct", "server_pct"] {
+            assert!(v["cpu"].get(k).is_some(), "cpu {k}");
+        }
+        for k in ["before", "after"] {
+            assert!(v["server_rss_kib"].get(k).is_some(), "rss {k}");
+        }
+        for k in ["count", "disconnected", "still_connected"] {
+            assert!(v["slow"].get(k).is_some(), "slow {k}");
+        }
+        assert!(!r.summary().is_empty());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(si(1_234_567.0), "1.23M");
+        assert_eq!(si(999.0), "999");
+        assert_eq!(us(1500.0), "1.50ms");
+        assert_eq!(us(12.0), "12us");
+    }
+}

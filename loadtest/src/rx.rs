@@ -1,0 +1,376 @@
+//! The client-side receive state machine of one connection: scans server
+//! frames in place (headers via `ringcast::proto::frame::FrameHeader::parse`),
+//! captures the payload stamp of each data message, keeps ping and close
+//! payloads, and hands stamps to the connection's [`Checker`].
+//!
+//! Input arrives in arbitrary chunks (one provided buffer, one read()); the
+//! state carries partial headers (at most 14 bytes), a partial stamp (42
+//! bytes) and a control payload (125 bytes) across chunks. Payload bytes past
+//! the stamp are skipped, never copied. No allocation per message.
+//!
+//! Not checked, on purpose (cost on the hot path): UTF-8 validity of text
+//! messages. Everything else a client must refuse (masked server frames, RSV
+//! bits without an extension, continuation misuse, bad headers) is an error.
+
+use std::fmt;
+
+use ringcast::proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode};
+
+use crate::checker::{CheckCtx, Checker};
+use crate::payload::{self, STAMP_LEN};
+
+/// Why a connection's input was refused.
+#[derive(Debug)]
+pub enum RxError {
+    /// The frame header itself is invalid (the protocol core's verdict).
+    Header(ringcast::proto::error::ProtocolError),
+    /// A server frame arrived masked.
+    MaskedFrame,
+    /// RSV bits set without a negotiated extension.
+    ReservedBits(u8),
+    /// A continuation frame without a message in progress.
+    UnexpectedContinuation,
+    /// A new data frame while a fragmented message was in progress.
+    ExpectedContinuation,
+}
+
+impl fmt::Display for RxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RxError::Header(e) => write!(f, "invalid frame header: {e}"),
+            RxError::MaskedFrame => f.write_str("server sent a masked frame"),
+            RxError::ReservedBits(r) => write!(f, "RSV bits {r:#05b} set without an extension"),
+            RxError::UnexpectedContinuation => f.write_str("continuation frame without a message"),
+            RxError::ExpectedContinuation => {
+                f.write_str("new data frame inside a fragmented message")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RxError {}
+
+/// What kind of payload the current frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cur {
+    /// Between frames.
+    None,
+    /// A data frame (first or continuation); `fin` ends the message.
+    Data { fin: bool },
+    /// A control frame being captured.
+    Control(OpCode),
+}
+
+/// Receive state of one connection.
+#[derive(Debug)]
+pub struct RxConn {
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: usize,
+    cur: Cur,
+    /// Payload bytes left in the current frame.
+    remaining: u64,
+    /// Inside a fragmented data message (a non-FIN data frame was seen).
+    fragmented: bool,
+    /// Bytes of the current data message seen so far (saturating at STAMP_LEN).
+    msg_seen: usize,
+    stamp: [u8; STAMP_LEN],
+    ctrl: [u8; 125],
+    ctrl_len: usize,
+    /// A ping arrived; its payload is in `ctrl` until [`RxConn::take_ping`].
+    ping_pending: bool,
+    ping: [u8; 125],
+    ping_len: usize,
+    /// The server's close frame: Some(code) (None inside = no status code).
+    pub close_received: Option<Option<u16>>,
+    /// Whole messages received.
+    pub messages: u64,
+    /// Per-publisher sequence checks.
+    pub checker: Checker,
+}
+
+impl RxConn {
+    /// A fresh connection state with its checker.
+    pub fn new(checker: Checker) -> Self {
+        RxConn {
+            hdr: [0; MAX_HEADER_LEN],
+            hdr_len: 0,
+            cur: Cur::None,
+            remaining: 0,
+            fragmented: false,
+            msg_seen: 0,
+            stamp: [0; STAMP_LEN],
+            ctrl: [0; 125],
+            ctrl_len: 0,
+            ping_pending: false,
+            ping: [0; 125],
+            ping_len: 0,
+            close_received: None,
+            messages: 0,
+            checker,
+        }
+    }
+
+    /// The payload of the last unanswered ping, if any (answer with a pong).
+    pub fn take_ping(&mut self) -> Option<&[u8]> {
+        if std::mem::take(&mut self.ping_pending) {
+            Some(&self.ping[..self.ping_len])
+        } else {
+            None
+        }
+    }
+
+    /// Feeds received bytes. After the server's close frame the rest is ignored.
+    pub fn feed(&mut self, mut data: &[u8], ctx: &mut CheckCtx<'_>) -> Result<(), RxError> {
+        while !data.is_empty() && self.close_received.is_none() {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.payload(&data[..n]);
+                self.remaining -= n as u64;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    self.end_frame(ctx);
+                }
+                continue;
+            }
+            // A header is due.
+            let (h, used) = if self.hdr_len > 0 {
+                let old = self.hdr_len;
+                let take = (MAX_HEADER_LEN - old).min(data.len());
+                self.hdr[old..old + take].copy_from_slice(&data[..take]);
+                match FrameHeader::parse(&self.hdr[..old + take]).map_err(RxError::Header)? {
+                    None => {
+                        self.hdr_len = old + take;
+                        data = &data[take..];
+                        continue;
+                    }
+                    Some((h, hl)) => {
+                        self.hdr_len = 0;
+                        (h, hl - old)
+                    }
+                }
+            } else {
+                match FrameHeader::parse(data).map_err(RxError::Header)? {
+                    None => {
+                        let n = data.len().min(MAX_HEADER_LEN);
+                        self.hdr[..n].copy_from_slice(&data[..n]);
+                        self.hdr_len = n;
+                        return Ok(());
+                    }
+                    Some(x) => x,
+                }
+            };
+            data = &data[used..];
+            self.begin_frame(&h)?;
+            // Fast path: a whole single-frame message inside this chunk.
+            if h.fin
+                && matches!(h.opcode, OpCode::Text | OpCode::Binary)
+                && h.payload_len <= data.len() as u64
+            {
+                let len = h.payload_len as usize;
+                self.whole_message(&data[..len], ctx);
+                data = &data[len..];
+                self.cur = Cur::None;
+                continue;
+            }
+            self.remaining = h.payload_len;
+            if self.remaining == 0 {
+                self.end_frame(ctx);
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_frame(&mut self, h: &FrameHeader) -> Result<(), RxError> {
+        if h.mask.is_some() {
+            return Err(RxError::MaskedFrame);
+        }
+        if h.rsv != 0 {
+            return Err(RxError::ReservedBits(h.rsv));
+        }
+        self.cur = match h.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.fragmented {
+                    return Err(RxError::ExpectedContinuation);
+                }
+                self.msg_seen = 0;
+                self.fragmented = !h.fin;
+                Cur::Data { fin: h.fin }
+            }
+            OpCode::Continuation => {
+                if !self.fragmented {
+                    return Err(RxError::UnexpectedContinuation);
+                }
+                self.fragmented = !h.fin;
+                Cur::Data { fin: h.fin }
+            }
+            op => {
+                self.ctrl_len = 0;
+                Cur::Control(op)
+            }
+        };
+        Ok(())
+    }
+
+    #[inline]
+    fn whole_message(&mut self, payload: &[u8], ctx: &mut CheckCtx<'_>) {
+        self.messages += 1;
+        match payload::decode(payload) {
+            Some(st) => self.checker.check(st, ctx),
+            None => self.checker.foreign_message(),
+        }
+    }
+
+    fn payload(&mut self, bytes: &[u8]) {
+        match self.cur {
+            Cur::Data { .. } => {
+                if self.msg_seen < STAMP_LEN {
+                    let n = (STAMP_LEN - self.msg_seen).min(bytes.len());
+                    self.stamp[self.msg_seen..self.msg_seen + n].copy_from_slice(&bytes[..n]);
+                    self.msg_seen += n;
+                }
+            }
+            Cur::Control(_) => {
+                let n = (self.ctrl.len() - self.ctrl_len).min(bytes.len());
+                self.ctrl[self.ctrl_len..self.ctrl_len + n].copy_from_slice(&bytes[..n]);
+                self.ctrl_len += n;
+            }
+            Cur::None => {}
+        }
+    }
+
+    fn end_frame(&mut self, ctx: &mut CheckCtx<'_>) {
+        match self.cur {
+            Cur::Data { fin: true } => {
+                self.messages += 1;
+                match (self.msg_seen == STAMP_LEN)
+                    .then(|| payload::decode(&self.stamp))
+                    .flatten()
+                {
+                    Some(st) => self.checker.check(st, ctx),
+                    None => self.checker.foreign_message(),
+                }
+                self.msg_seen = 0;
+            }
+            Cur::Data { fin: false } | Cur::None => {}
+            Cur::Control(OpCode::Ping) => {
+                self.ping[..self.ctrl_len].copy_from_slice(&self.ctrl[..self.ctrl_len]);
+                self.ping_len = self.ctrl_len;
+                self.ping_pending = true;
+            }
+            Cur::Control(OpCode::Close) => {
+                let code =
+                    (self.ctrl_len >= 2).then(|| u16::from_be_bytes([self.ctrl[0], self.ctrl[1]]));
+                self.close_received = Some(code);
+            }
+            Cur::Control(_) => {} // pong or anything else: ignored
+        }
+        self.cur = Cur::None;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::payload::{Stamp, fill_template, write_stamp};
+    use bytes::BytesMut;
+    use hdrhistogram::Histogram;
+    use ringcast::proto::frame::{encode_close, encode_frame};
+
+    fn msg(pid: u32, seq: u64, size: usize) -> Vec<u8> {
+        let mut b = vec![0u8; size];
+        fill_template(&mut b).unwrap();
+        write_stamp(
+            &mut b,
+            Stamp {
+                publisher: pid,
+                seq,
+                sent_ns: 5,
+            },
+        );
+        b
+    }
+
+    fn stream() -> BytesMut {
+        let mut out = BytesMut::new();
+        for seq in 0..20 {
+            encode_frame(
+                &mut out,
+                true,
+                OpCode::Text,
+                None,
+                &msg(0, seq, 64 + seq as usize * 37),
+            );
+        }
+        // A fragmented message, a ping in between, then a close.
+        let m = msg(0, 20, 300);
+        encode_frame(&mut out, false, OpCode::Binary, None, &m[..10]);
+        encode_frame(&mut out, false, OpCode::Continuation, None, &m[10..50]);
+        encode_frame(&mut out, true, OpCode::Ping, None, b"hi");
+        encode_frame(&mut out, true, OpCode::Continuation, None, &m[50..]);
+        encode_frame(&mut out, true, OpCode::Text, None, b"not ours");
+        encode_close(&mut out, None, 1008, "too slow");
+        encode_frame(&mut out, true, OpCode::Text, None, &msg(0, 99, 64));
+        out
+    }
+
+    fn feed_in_chunks(bytes: &[u8], chunk: usize) -> RxConn {
+        let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true));
+        let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let mut ctx = CheckCtx {
+            now_ns: 10,
+            window: (0, u64::MAX),
+            hist: &mut h,
+            acks: &[],
+            acked: false,
+        };
+        for c in bytes.chunks(chunk) {
+            rx.feed(c, &mut ctx).unwrap();
+        }
+        rx
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_result() {
+        let s = stream();
+        for chunk in [1, 2, 3, 7, 13, 64, 100, 4096] {
+            let mut rx = feed_in_chunks(&s, chunk);
+            assert_eq!(rx.messages, 22, "chunk {chunk}");
+            assert_eq!(rx.checker.counts.received, 21);
+            assert_eq!(rx.checker.counts.missing(), 0);
+            assert_eq!(rx.checker.foreign, 1);
+            assert_eq!(rx.close_received, Some(Some(1008)));
+            assert_eq!(rx.take_ping(), Some(&b"hi"[..]));
+            assert_eq!(rx.take_ping(), None);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_server_frames() {
+        let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let mut ctx = CheckCtx {
+            now_ns: 10,
+            window: (0, u64::MAX),
+            hist: &mut h,
+            acks: &[],
+            acked: false,
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            {
+                let mut o = BytesMut::new();
+                encode_frame(&mut o, true, OpCode::Text, Some([1, 2, 3, 4]), b"x");
+                o.to_vec()
+            },
+            vec![0x80 | 0x40 | 0x1, 0], // RSV1
+            vec![0x80, 0],              // continuation out of nowhere
+            vec![0x01, 0, 0x81, 0],     // new text inside a fragmented one
+            vec![0x83, 0],              // reserved opcode
+        ];
+        for c in cases {
+            let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true));
+            assert!(rx.feed(&c, &mut ctx).is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,1388 @@
+//! Start-up configuration: command-line flags, a TOML file and `RINGCAST_*`
+//! environment variables, merged into one validated [`Config`].
+//!
+//! # Precedence
+//!
+//! For every key, the first layer that sets it wins:
+//!
+//! 1. command-line flags (`--max-message-size 1MiB`);
+//! 2. the TOML file named by `--config PATH` (or, when that flag is absent,
+//!    by `RINGCAST_CONFIG`), with snake_case keys (`max_message_size = "1MiB"`);
+//! 3. environment variables (`RINGCAST_MAX_MESSAGE_SIZE=1MiB`);
+//! 4. the built-in defaults ([`Config::default`]).
+//!
+//! # Validation
+//!
+//! Loading happens in two steps, and both fail with a [`ConfigError`] that
+//! names the key, the offending value, the layer it came from and the problem:
+//!
+//! * **Parsing** is strict in *every* layer: a malformed value (`"64 KB?"`) is
+//!   an error even when a higher layer overrides it, so that a typo is never
+//!   silently ignored. The TOML file refuses unknown keys. An environment
+//!   variable set to the empty string counts as unset.
+//! * **Range and cross-key checks** ([`Config::validate`]) apply to the merged
+//!   result only: `max_frame_size <= max_message_size`,
+//!   `send_queue_limit >= max_message_size`, `idle_timeout > ping_interval`
+//!   when both are enabled, powers of two where the kernel needs them.
+//!
+//! # Value syntax (the same parser for flags, environment and file)
+//!
+//! * **Sizes**: a whole number of bytes (`65536`, `64_000`), optionally with a
+//!   binary unit `B`, `KiB`, `MiB` or `GiB` (case-insensitive, space allowed:
+//!   `64KiB`, `1 mib`). Decimal and ambiguous units (`KB`, `MB`, `GB`, `K`,
+//!   `M`, `G`) and fractions are refused rather than guessed. In the TOML file
+//!   a plain integer is a number of bytes.
+//! * **Durations**: [`humantime`] syntax (`500ms`, `30s`, `2m`, `1h 30m`); `0`
+//!   means "disabled" where a key allows it. A bare number other than `0` is
+//!   refused (its unit would be a guess), also as a TOML integer.
+//! * **Counts**: a whole number (`4096`, `100_000`); a TOML integer is fine.
+//! * **Booleans** (`pin_cores`): `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`.
+//! * **Addresses** (`listen`): `IP:port` literals such as `0.0.0.0:8080` or
+//!   `[::1]:8080`, no host names. The flag repeats; the environment variable
+//!   takes a comma-separated list; the file takes a string or an array.
+//!
+//! # Use
+//!
+//! ```no_run
+//! let cfg = match ringcast::config::load() {
+//!     Ok(cfg) => cfg,
+//!     Err(e) => e.exit(), // prints; exit code 2, or 0 for --help/--version
+//! };
+//! # let _ = cfg;
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests;
+
+// ---------------------------------------------------------------------------
+// The configuration the engine uses
+// ---------------------------------------------------------------------------
+
+/// The validated server configuration.
+///
+/// Build it with [`load`] (process arguments and environment) or [`load_from`]
+/// (injected, for tests). A `Config` built or modified in code can be checked
+/// with [`Config::validate`]. Field docs give the flag, environment variable and
+/// TOML key; `docs/configuration.md` has the same table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept connections on (`--listen`, repeatable;
+    /// `RINGCAST_LISTEN`, comma-separated; `listen`). Every shard listens on
+    /// each of them. Port 0 asks the kernel for a free port. Default
+    /// `127.0.0.1:8080`; never empty; no duplicates.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards, i.e. event-loop threads, each with its own ring and
+    /// connections (`--shards`, `RINGCAST_SHARDS`, `shards`). Default: the
+    /// number of CPUs this process may run on (its affinity mask, as reported
+    /// by [`std::thread::available_parallelism`]). 1..=1024.
+    pub shards: usize,
+    /// Which I/O backend the shards use (`--io`, `RINGCAST_IO`, `io`).
+    /// Default [`IoBackend::Auto`].
+    pub io: IoBackend,
+    /// Submission-queue entries per io_uring ring; the completion queue is
+    /// sized from it by the engine (`--ring-entries`, `RINGCAST_RING_ENTRIES`,
+    /// `ring_entries`). Default 4096; a power of two in 8..=32768.
+    pub ring_entries: u32,
+    /// Size of each provided receive buffer, i.e. the most bytes one receive
+    /// completion can carry (`--recv-buffer-size`, `RINGCAST_RECV_BUFFER_SIZE`,
+    /// `recv_buffer_size`). Default 16 KiB; 512 B..=1 MiB.
+    pub recv_buffer_size: usize,
+    /// Number of receive buffers in each shard's provided-buffer ring; shared
+    /// by all of the shard's connections, so an idle connection pins none
+    /// (`--recv-buffers`, `RINGCAST_RECV_BUFFERS`, `recv_buffers`). Default
+    /// 1024; a power of two in 1..=32768 (the kernel's buffer-ring limit).
+    pub recv_buffers: u32,
+    /// Most connections the whole server holds at once, counting those still
+    /// in the handshake; excess upgrades get 503 (`--max-connections`,
+    /// `RINGCAST_MAX_CONNECTIONS`, `max_connections`). Default 100_000;
+    /// 1..=16_777_216.
+    pub max_connections: usize,
+    /// Largest WebSocket message payload accepted from a client, after
+    /// reassembling fragments: exactly this many bytes is accepted, one more
+    /// is refused with close code 1009 (`--max-message-size`,
+    /// `RINGCAST_MAX_MESSAGE_SIZE`, `max_message_size`). Default 64 KiB;
+    /// 125 B..=1 GiB.
+    pub max_message_size: usize,
+    /// Largest payload of one incoming frame; a longer frame header is refused
+    /// (1009) before its payload is read (`--max-frame-size`,
+    /// `RINGCAST_MAX_FRAME_SIZE`, `max_frame_size`). Default: equal to
+    /// `max_message_size`. Must be at least 125 (the largest control frame)
+    /// and at most `max_message_size`, since a bigger frame could only carry
+    /// a message that is refused anyway.
+    pub max_frame_size: usize,
+    /// Most bytes of HTTP request line plus headers read before a handshake
+    /// is refused with 431 (`--max-header-bytes`, `RINGCAST_MAX_HEADER_BYTES`,
+    /// `max_header_bytes`). Default 8 KiB; 256 B..=1 MiB.
+    pub max_header_bytes: usize,
+    /// Most bytes of framed, not yet sent data queued for one connection;
+    /// beyond it the slow-consumer policy applies (`--send-queue-limit`,
+    /// `RINGCAST_SEND_QUEUE_LIMIT`, `send_queue_limit`). Default 1 MiB, or
+    /// `max_message_size` when that is larger; at least `max_message_size`
+    /// (so one largest message always fits) and at most 1 GiB.
+    pub send_queue_limit: usize,
+    /// What to do when a connection's send queue is full
+    /// (`--slow-consumer`, `RINGCAST_SLOW_CONSUMER`, `slow_consumer`).
+    /// Default [`SlowConsumerPolicy::Disconnect`].
+    pub slow_consumer: SlowConsumerPolicy,
+    /// How often the server pings an otherwise quiet connection
+    /// (`--ping-interval`, `RINGCAST_PING_INTERVAL`, `ping_interval`).
+    /// Default 30s; zero disables pings; otherwise 10ms..=24h.
+    pub ping_interval: Duration,
+    /// How long a connection may stay silent (nothing received, not even a
+    /// pong) before it is closed with 1001 (`--idle-timeout`,
+    /// `RINGCAST_IDLE_TIMEOUT`, `idle_timeout`). Default 90s; zero disables;
+    /// otherwise 10ms..=24h and, when pings are enabled, longer than
+    /// `ping_interval` (so a healthy client has a chance to answer).
+    pub idle_timeout: Duration,
+    /// How long a new connection has to complete its HTTP upgrade before it
+    /// is dropped (`--handshake-timeout`, `RINGCAST_HANDSHAKE_TIMEOUT`,
+    /// `handshake_timeout`). Default 10s; 10ms..=24h; cannot be disabled
+    /// (it is the slowloris defence).
+    pub handshake_timeout: Duration,
+    /// Whether each shard thread is pinned to one CPU of the affinity mask
+    /// (`--pin-cores` / `--no-pin-cores`, `RINGCAST_PIN_CORES`, `pin_cores`).
+    /// Default true.
+    pub pin_cores: bool,
+    /// The log filter, as a `tracing_subscriber::EnvFilter` directive string
+    /// such as `info` or `ringcast=debug,info` (`--log-level`,
+    /// `RINGCAST_LOG_LEVEL`, `log_level`). Default `info`.
+    pub log_level: String,
+    /// Log line format (`--log-format`, `RINGCAST_LOG_FORMAT`, `log_format`).
+    /// Default [`LogFormat::Text`].
+    pub log_format: LogFormat,
+}
+
+/// The I/O backend shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoBackend {
+    /// Probe io_uring at start-up; use it if it works, else log why and use
+    /// epoll. (`auto`)
+    Auto,
+    /// io_uring or fail at start-up. (`uring`)
+    Uring,
+    /// epoll, never touching io_uring. (`epoll`)
+    Epoll,
+}
+
+/// What happens to a subscriber whose send queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlowConsumerPolicy {
+    /// Close it with code 1008 and a reason saying it was too slow, so that
+    /// it can reconnect. (`disconnect`)
+    Disconnect,
+    /// Drop the new message for that subscriber only, and count it. (`drop`)
+    Drop,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// Human-readable lines. (`text`)
+    Text,
+    /// One JSON object per line. (`json`)
+    Json,
+}
+
+impl IoBackend {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("auto", Self::Auto),
+        ("uring", Self::Uring),
+        ("epoll", Self::Epoll),
+    ];
+}
+impl SlowConsumerPolicy {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("disconnect", Self::Disconnect), ("drop", Self::Drop)];
+}
+impl LogFormat {
+    const CHOICES: &'static [(&'static str, Self)] = &[("text", Self::Text), ("json", Self::Json)];
+}
+
+macro_rules! display_choice {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let name = Self::CHOICES
+                    .iter()
+                    .find(|(_, v)| v == self)
+                    .map_or("?", |(n, _)| n);
+                f.write_str(name)
+            }
+        }
+    )*};
+}
+display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
+
+// ---------------------------------------------------------------------------
+// Keys, defaults and limits
+// ---------------------------------------------------------------------------
+
+/// Every configuration key, by its TOML name. The flag is `--` plus the key
+/// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
+/// upper case (see [`flag_name`] and [`env_name`]).
+pub const KEYS: [&str; 18] = [
+    "listen",
+    "shards",
+    "io",
+    "ring_entries",
+    "recv_buffer_size",
+    "recv_buffers",
+    "max_connections",
+    "max_message_size",
+    "max_frame_size",
+    "max_header_bytes",
+    "send_queue_limit",
+    "slow_consumer",
+    "ping_interval",
+    "idle_timeout",
+    "handshake_timeout",
+    "pin_cores",
+    "log_level",
+    "log_format",
+];
+
+/// The environment variable that names a config file when `--config` is absent.
+pub const CONFIG_FILE_ENV: &str = "RINGCAST_CONFIG";
+
+/// The command-line flag for a key: `max_message_size` → `--max-message-size`.
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// The environment variable for a key: `max_message_size` →
+/// `RINGCAST_MAX_MESSAGE_SIZE`.
+pub fn env_name(key: &str) -> String {
+    format!("RINGCAST_{}", key.to_ascii_uppercase())
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+const MAX_SHARDS: u64 = 1024;
+const MIN_TIMER: Duration = Duration::from_millis(10);
+const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+/// Largest payload of a control frame (RFC 6455 §5.5).
+const CONTROL_FRAME_MAX: u64 = 125;
+
+/// File descriptors kept in reserve beyond `max_connections`: listeners,
+/// rings, eventfds, log files, the odd accept that races the limit.
+pub const NOFILE_SLACK: u64 = 256;
+
+/// The open-file limit `max_connections` needs: connections plus
+/// [`NOFILE_SLACK`]. Compare it with the hard limit [`raise_nofile_limit`]
+/// reports and warn when that is lower.
+pub fn nofile_needed(max_connections: usize) -> u64 {
+    (max_connections as u64).saturating_add(NOFILE_SLACK)
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for Config {
+    /// The built-in defaults (see each field).
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            shards: default_shards(),
+            io: IoBackend::Auto,
+            ring_entries: 4096,
+            recv_buffer_size: 16 * KIB as usize,
+            recv_buffers: 1024,
+            max_connections: 100_000,
+            max_message_size: 64 * KIB as usize,
+            max_frame_size: 64 * KIB as usize,
+            max_header_bytes: 8 * KIB as usize,
+            send_queue_limit: MIB as usize,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            handshake_timeout: Duration::from_secs(10),
+            pin_cores: true,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// The TOML file at this path.
+    File(PathBuf),
+    /// A `RINGCAST_*` environment variable.
+    Env,
+    /// The built-in default.
+    Default,
+    /// Set in code on a [`Config`] checked with [`Config::validate`].
+    Code,
+}
+
+/// A [`Source`] shown together with its key: `from --shards`,
+/// `from RINGCAST_SHARDS`, `from ringcast.toml`, `default`.
+struct Origin<'a>(&'a str, &'a Source);
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Source::Flag => write!(f, "from {}", flag_name(self.0)),
+            Source::Env => write!(f, "from {}", env_name(self.0)),
+            Source::File(p) => write!(f, "from {}", p.display()),
+            Source::Default => f.write_str("default"),
+            Source::Code => f.write_str("set in code"),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. [`ConfigError::exit`] prints it and
+/// exits with [`exit_code`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The command line did not parse (clap's usage error, exit code 2), or it
+    /// asked for `--help` or `--version` (exit code 0; the "error" carries the
+    /// text to print).
+    Cli(clap::Error),
+    /// One value is malformed or out of range.
+    Invalid {
+        /// The TOML-style key, e.g. `max_message_size`.
+        key: &'static str,
+        /// The value as given (quoted if it was text).
+        value: String,
+        /// The layer it came from.
+        source: Source,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+    /// A value conflicts with another key's value.
+    Conflict {
+        /// The key reported as wrong.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Where it came from.
+        source: Source,
+        /// The key it conflicts with.
+        other: &'static str,
+        /// The rule, including the other key's value and origin.
+        problem: String,
+    },
+    /// The config file could not be read.
+    ReadFile {
+        /// The path given to `--config` or `RINGCAST_CONFIG`.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The config file is not valid TOML, has an unknown key or a value of
+    /// the wrong type.
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Cli(e) => write!(f, "{}", e.render()),
+            ConfigError::Invalid {
+                key,
+                value,
+                source,
+                problem,
+            } => write!(
+                f,
+                "invalid configuration: {key} = {value} ({}): {problem}",
+                Origin(key, source)
+            ),
+            ConfigError::Conflict {
+                key,
+                value,
+                source,
+                problem,
+                ..
+            } => write!(
+                f,
+                "invalid configuration: {key} = {value} ({}): {problem}",
+                Origin(key, source)
+            ),
+            ConfigError::ReadFile { path, error } => write!(
+                f,
+                "invalid configuration: cannot read config file {}: {error}",
+                path.display()
+            ),
+            ConfigError::ParseFile { path, message } => write!(
+                f,
+                "invalid configuration: config file {}: {}",
+                path.display(),
+                message.trim_end()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Cli(e) => Some(e),
+            ConfigError::ReadFile { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl ConfigError {
+    /// The TOML-style key this error is about, if it is about one key.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::Conflict { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Print the error (help and version text to stdout, everything else to
+    /// stderr) and exit the process with [`exit_code`].
+    pub fn exit(&self) -> ! {
+        match self {
+            ConfigError::Cli(e) => e.exit(),
+            _ => {
+                eprintln!("error: {self}");
+                std::process::exit(exit_code(self))
+            }
+        }
+    }
+}
+
+/// The process exit code for a configuration error: 2 for every invalid
+/// configuration and command-line usage error, 0 for `--help` and `--version`.
+pub fn exit_code(err: &ConfigError) -> i32 {
+    match err {
+        ConfigError::Cli(e) => e.exit_code(),
+        _ => 2,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+/// Command-line flags. Every knob is optional and has no clap default, so that
+/// "given on the command line" is detectable and lower layers can fill in.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.",
+    long_about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.\n\n\
+        Configuration comes from these flags, a TOML file (--config), and RINGCAST_* \
+        environment variables, in that order of precedence, then the built-in defaults. \
+        Each flag below names its environment variable and TOML key. Sizes are bytes or \
+        take KiB/MiB/GiB (64KiB); decimal units such as KB are refused. Durations look \
+        like 500ms, 30s or 2m. See docs/configuration.md.",
+    after_help = "Invalid configuration exits with code 2 and names the key at fault."
+)]
+struct Cli {
+    /// Read settings from this TOML file (snake_case keys, e.g. `max_message_size = "1MiB"`); unknown keys are errors. [env: RINGCAST_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on, IP:port (repeat the flag for more). [default: 127.0.0.1:8080] [env: RINGCAST_LISTEN, comma-separated] [toml: listen]
+    #[arg(long, value_name = "ADDR", action = ArgAction::Append)]
+    listen: Vec<String>,
+
+    /// Number of shards (event-loop threads). [default: the CPUs this process may run on] [env: RINGCAST_SHARDS] [toml: shards]
+    #[arg(long, value_name = "N")]
+    shards: Option<String>,
+
+    /// I/O backend: auto (io_uring, else epoll), uring (io_uring or fail), epoll. [default: auto] [env: RINGCAST_IO] [toml: io]
+    #[arg(long, value_name = "auto|uring|epoll")]
+    io: Option<String>,
+
+    /// Submission-queue entries per io_uring ring, a power of two in 8..=32768. [default: 4096] [env: RINGCAST_RING_ENTRIES] [toml: ring_entries]
+    #[arg(long, value_name = "N")]
+    ring_entries: Option<String>,
+
+    /// Size of each provided receive buffer, 512B..=1MiB. [default: 16KiB] [env: RINGCAST_RECV_BUFFER_SIZE] [toml: recv_buffer_size]
+    #[arg(long, value_name = "SIZE")]
+    recv_buffer_size: Option<String>,
+
+    /// Receive buffers per shard (shared by its connections), a power of two in 1..=32768. [default: 1024] [env: RINGCAST_RECV_BUFFERS] [toml: recv_buffers]
+    #[arg(long, value_name = "N")]
+    recv_buffers: Option<String>,
+
+    /// Most connections for the whole server; excess upgrades get 503. [default: 100000] [env: RINGCAST_MAX_CONNECTIONS] [toml: max_connections]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+
+    /// Largest message accepted from a client; one byte more is closed with 1009. [default: 64KiB] [env: RINGCAST_MAX_MESSAGE_SIZE] [toml: max_message_size]
+    #[arg(long, value_name = "SIZE")]
+    max_message_size: Option<String>,
+
+    /// Largest payload of one incoming frame, 125B..=max-message-size. [default: the max-message-size] [env: RINGCAST_MAX_FRAME_SIZE] [toml: max_frame_size]
+    #[arg(long, value_name = "SIZE")]
+    max_frame_size: Option<String>,
+
+    /// Most bytes of HTTP request line and headers in a handshake (431 beyond). [default: 8KiB] [env: RINGCAST_MAX_HEADER_BYTES] [toml: max_header_bytes]
+    #[arg(long, value_name = "SIZE")]
+    max_header_bytes: Option<String>,
+
+    /// Most bytes queued for sending to one connection, at least max-message-size. [default: 1MiB, or max-message-size if larger] [env: RINGCAST_SEND_QUEUE_LIMIT] [toml: send_queue_limit]
+    #[arg(long, value_name = "SIZE")]
+    send_queue_limit: Option<String>,
+
+    /// When a send queue is full: disconnect (close 1008) or drop (skip the message, counted). [default: disconnect] [env: RINGCAST_SLOW_CONSUMER] [toml: slow_consumer]
+    #[arg(long, value_name = "disconnect|drop")]
+    slow_consumer: Option<String>,
+
+    /// How often to ping a connection; 0 disables. [default: 30s] [env: RINGCAST_PING_INTERVAL] [toml: ping_interval]
+    #[arg(long, value_name = "DURATION")]
+    ping_interval: Option<String>,
+
+    /// Close a connection silent this long (1001); 0 disables; must exceed ping-interval. [default: 90s] [env: RINGCAST_IDLE_TIMEOUT] [toml: idle_timeout]
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+
+    /// Drop a connection whose HTTP upgrade takes longer than this. [default: 10s] [env: RINGCAST_HANDSHAKE_TIMEOUT] [toml: handshake_timeout]
+    #[arg(long, value_name = "DURATION")]
+    handshake_timeout: Option<String>,
+
+    /// Pin each shard thread to its own CPU. [default: on] [env: RINGCAST_PIN_CORES=true|false] [toml: pin_cores]
+    #[arg(long, overrides_with = "no_pin_cores")]
+    pin_cores: bool,
+
+    /// Do not pin shard threads to CPUs (see --pin-cores).
+    #[arg(long, overrides_with = "pin_cores")]
+    no_pin_cores: bool,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as `ringcast=debug,info`. [default: info] [env: RINGCAST_LOG_LEVEL] [toml: log_level]
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    /// Log format: text or json. [default: text] [env: RINGCAST_LOG_FORMAT] [toml: log_format]
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+}
+
+/// The full `--help` text (for tests and docs).
+pub fn help_text() -> String {
+    Cli::command().render_long_help().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Raw values and their parsers (shared by every layer)
+// ---------------------------------------------------------------------------
+
+/// A value as one layer gave it, before parsing.
+#[derive(Debug, Clone)]
+enum Raw {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    List(Vec<String>),
+}
+
+impl fmt::Display for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Raw::Str(s) => write!(f, "{s:?}"),
+            Raw::Int(i) => write!(f, "{i}"),
+            Raw::Bool(b) => write!(f, "{b}"),
+            Raw::List(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+const SIZE_EXPECTED: &str = "expected a size such as 65536, 64KiB or 1MiB";
+const COUNT_EXPECTED: &str = "expected a whole number such as 4096";
+const DURATION_EXPECTED: &str = "expected a duration such as 500ms, 30s or 2m (0 disables)";
+const BOOL_EXPECTED: &str = "expected true or false";
+const LISTEN_EXPECTED: &str =
+    "expected IP:port addresses such as 127.0.0.1:8080 or [::1]:8080 (host names are not resolved)";
+
+/// Parse a size: bytes, optionally with a binary unit. See the module doc.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let digits: String = num.chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || num.starts_with('_') {
+        return Err(SIZE_EXPECTED.to_owned());
+    }
+    let unit = unit.trim_start();
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => KIB,
+        "mib" => MIB,
+        "gib" => GIB,
+        "k" | "kb" | "m" | "mb" | "g" | "gb" | "t" | "tb" | "tib" => {
+            return Err(format!(
+                "unit {unit:?} is not accepted: use KiB, MiB or GiB (powers of 1024) or a plain number of bytes"
+            ));
+        }
+        _ => return Err(SIZE_EXPECTED.to_owned()),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| "is too large".to_owned())
+}
+
+/// Parse a duration with humantime syntax (`500ms`, `30s`, `2m`); `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    humantime::parse_duration(t).map_err(|_| DURATION_EXPECTED.to_owned())
+}
+
+fn parse_count_str(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() || t.starts_with('_') || !t.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return Err(COUNT_EXPECTED.to_owned());
+    }
+    t.replace('_', "")
+        .parse::<u64>()
+        .map_err(|_| "is too large".to_owned())
+}
+
+fn raw_size(raw: &Raw) -> Result<u64, String> {
+    match raw {
+        Raw::Str(s) => parse_size(s),
+        Raw::Int(i) => u64::try_from(*i).map_err(|_| format!("is negative; {SIZE_EXPECTED}")),
+        _ => Err(SIZE_EXPECTED.to_owned()),
+    }
+}
+
+fn raw_count(raw: &Raw) -> Result<u64, String> {
+    match raw {
+        Raw::Str(s) => parse_count_str(s),
+        Raw::Int(i) => u64::try_from(*i).map_err(|_| format!("is negative; {COUNT_EXPECTED}")),
+        _ => Err(COUNT_EXPECTED.to_owned()),
+    }
+}
+
+fn raw_duration(raw: &Raw) -> Result<Duration, String> {
+    match raw {
+        Raw::Str(s) => parse_duration(s),
+        Raw::Int(0) => Ok(Duration::ZERO),
+        Raw::Int(_) => Err(format!(
+            "a bare number has no unit; {DURATION_EXPECTED}, written as a string"
+        )),
+        _ => Err(DURATION_EXPECTED.to_owned()),
+    }
+}
+
+fn raw_bool(raw: &Raw) -> Result<bool, String> {
+    match raw {
+        Raw::Bool(b) => Ok(*b),
+        Raw::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(BOOL_EXPECTED.to_owned()),
+        },
+        _ => Err(BOOL_EXPECTED.to_owned()),
+    }
+}
+
+fn raw_string(raw: &Raw) -> Result<String, String> {
+    match raw {
+        Raw::Str(s) => Ok(s.trim().to_owned()),
+        _ => Err("expected a string".to_owned()),
+    }
+}
+
+fn raw_choice<T: Copy>(raw: &Raw, choices: &[(&str, T)]) -> Result<T, String> {
+    let expected = || format!("expected one of: {}", choice_list(choices));
+    let Raw::Str(s) = raw else {
+        return Err(expected());
+    };
+    let s = s.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(expected)
+}
+
+fn raw_listen(raw: &Raw) -> Result<Vec<SocketAddr>, String> {
+    let items: Vec<&str> = match raw {
+        Raw::Str(s) => s.split(',').collect(),
+        Raw::List(v) => v.iter().flat_map(|s| s.split(',')).collect(),
+        _ => return Err(LISTEN_EXPECTED.to_owned()),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let item = item.trim();
+        let addr: SocketAddr = item
+            .parse()
+            .map_err(|_| format!("{item:?} is not an address; {LISTEN_EXPECTED}"))?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------
+
+/// The values one layer sets, by key.
+#[derive(Debug)]
+struct Layer {
+    source: Source,
+    values: BTreeMap<&'static str, Raw>,
+}
+
+impl Layer {
+    /// A layer that sets nothing (no config file).
+    fn empty(source: Source) -> Self {
+        Layer {
+            source,
+            values: BTreeMap::new(),
+        }
+    }
+}
+
+fn flag_layer(cli: &Cli) -> Layer {
+    let mut values = BTreeMap::new();
+    let strings: [(&'static str, &Option<String>); 16] = [
+        ("shards", &cli.shards),
+        ("io", &cli.io),
+        ("ring_entries", &cli.ring_entries),
+        ("recv_buffer_size", &cli.recv_buffer_size),
+        ("recv_buffers", &cli.recv_buffers),
+        ("max_connections", &cli.max_connections),
+        ("max_message_size", &cli.max_message_size),
+        ("max_frame_size", &cli.max_frame_size),
+        ("max_header_bytes", &cli.max_header_bytes),
+        ("send_queue_limit", &cli.send_queue_limit),
+        ("slow_consumer", &cli.slow_consumer),
+        ("ping_interval", &cli.ping_interval),
+        ("idle_timeout", &cli.idle_timeout),
+        ("handshake_timeout", &cli.handshake_timeout),
+        ("log_level", &cli.log_level),
+        ("log_format", &cli.log_format),
+    ];
+    for (key, v) in strings {
+        if let Some(v) = v {
+            values.insert(key, Raw::Str(v.clone()));
+        }
+    }
+    if !cli.listen.is_empty() {
+        values.insert("listen", Raw::List(cli.listen.clone()));
+    }
+    if cli.pin_cores {
+        values.insert("pin_cores", Raw::Bool(true));
+    } else if cli.no_pin_cores {
+        values.insert("pin_cores", Raw::Bool(false));
+    }
+    Layer {
+        source: Source::Flag,
+        values,
+    }
+}
+
+fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Layer {
+    let mut values = BTreeMap::new();
+    for key in KEYS {
+        if let Some(v) = env(&env_name(key)).filter(|v| !v.trim().is_empty()) {
+            values.insert(key, Raw::Str(v));
+        }
+    }
+    Layer {
+        source: Source::Env,
+        values,
+    }
+}
+
+/// The TOML file's shape. Values stay `toml::Value` so that the same parsers
+/// as for flags and environment apply, with messages naming the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayer {
+    listen: Option<toml::Value>,
+    shards: Option<toml::Value>,
+    io: Option<toml::Value>,
+    ring_entries: Option<toml::Value>,
+    recv_buffer_size: Option<toml::Value>,
+    recv_buffers: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
+    max_message_size: Option<toml::Value>,
+    max_frame_size: Option<toml::Value>,
+    max_header_bytes: Option<toml::Value>,
+    send_queue_limit: Option<toml::Value>,
+    slow_consumer: Option<toml::Value>,
+    ping_interval: Option<toml::Value>,
+    idle_timeout: Option<toml::Value>,
+    handshake_timeout: Option<toml::Value>,
+    pin_cores: Option<toml::Value>,
+    log_level: Option<toml::Value>,
+    log_format: Option<toml::Value>,
+}
+
+fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
+    let source = Source::File(path.to_owned());
+    let file: FileLayer = toml::from_str(text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let FileLayer {
+        listen,
+        shards,
+        io,
+        ring_entries,
+        recv_buffer_size,
+        recv_buffers,
+        max_connections,
+        max_message_size,
+        max_frame_size,
+        max_header_bytes,
+        send_queue_limit,
+        slow_consumer,
+        ping_interval,
+        idle_timeout,
+        handshake_timeout,
+        pin_cores,
+        log_level,
+        log_format,
+    } = file;
+    let fields = [
+        ("listen", listen),
+        ("shards", shards),
+        ("io", io),
+        ("ring_entries", ring_entries),
+        ("recv_buffer_size", recv_buffer_size),
+        ("recv_buffers", recv_buffers),
+        ("max_connections", max_connections),
+        ("max_message_size", max_message_size),
+        ("max_frame_size", max_frame_size),
+        ("max_header_bytes", max_header_bytes),
+        ("send_queue_limit", send_queue_limit),
+        ("slow_consumer", slow_consumer),
+        ("ping_interval", ping_interval),
+        ("idle_timeout", idle_timeout),
+        ("handshake_timeout", handshake_timeout),
+        ("pin_cores", pin_cores),
+        ("log_level", log_level),
+        ("log_format", log_format),
+    ];
+    let mut values = BTreeMap::new();
+    for (key, value) in fields {
+        let Some(value) = value else { continue };
+        let raw = match value {
+            toml::Value::String(s) => Raw::Str(s),
+            toml::Value::Integer(i) => Raw::Int(i),
+            toml::Value::Boolean(b) => Raw::Bool(b),
+            toml::Value::Array(items) => {
+                let mut list = Vec::with_capacity(items.len());
+                for item in &items {
+                    match item {
+                        toml::Value::String(s) => list.push(s.clone()),
+                        _ => return Err(wrong_type(key, &toml::Value::Array(items), &source)),
+                    }
+                }
+                Raw::List(list)
+            }
+            other => return Err(wrong_type(key, &other, &source)),
+        };
+        values.insert(key, raw);
+    }
+    Ok(Layer { source, values })
+}
+
+/// What a key's value should look like, for messages about wrong TOML types.
+fn expected_for(key: &str) -> String {
+    match key {
+        "listen" => LISTEN_EXPECTED.to_owned(),
+        "io" => format!("expected a string: {}", choice_list(IoBackend::CHOICES)),
+        "slow_consumer" => format!(
+            "expected a string: {}",
+            choice_list(SlowConsumerPolicy::CHOICES)
+        ),
+        "log_format" => format!("expected a string: {}", choice_list(LogFormat::CHOICES)),
+        "log_level" => "expected a string such as \"info\"".to_owned(),
+        "pin_cores" => BOOL_EXPECTED.to_owned(),
+        "shards" | "ring_entries" | "recv_buffers" | "max_connections" => COUNT_EXPECTED.to_owned(),
+        "ping_interval" | "idle_timeout" | "handshake_timeout" => DURATION_EXPECTED.to_owned(),
+        _ => SIZE_EXPECTED.to_owned(),
+    }
+}
+
+fn choice_list<T>(choices: &[(&str, T)]) -> String {
+    choices
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn wrong_type(key: &'static str, value: &toml::Value, source: &Source) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        source: source.clone(),
+        problem: format!(
+            "a TOML {} is not accepted here; {}",
+            value.type_str(),
+            expected_for(key)
+        ),
+    }
+}
+
+fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::ReadFile {
+        path: path.to_owned(),
+        error,
+    })?;
+    file_layer_from_str(&text, path)
+}
+
+// ---------------------------------------------------------------------------
+// Merging
+// ---------------------------------------------------------------------------
+
+/// For each key: where its value came from and how it was written.
+type Provenance = BTreeMap<&'static str, (Source, String)>;
+
+/// Layers in order of precedence, highest first.
+struct Merge<'a> {
+    layers: [&'a Layer; 3],
+    provenance: Provenance,
+}
+
+impl Merge<'_> {
+    /// Parse `key` in every layer that sets it (strictly: a malformed value is
+    /// an error even when overridden) and keep the highest layer's value.
+    fn take<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl Fn(&Raw) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let mut winner: Option<T> = None;
+        for layer in self.layers {
+            let Some(raw) = layer.values.get(key) else {
+                continue;
+            };
+            let source = layer.source.clone();
+            match parse(raw) {
+                Ok(v) => {
+                    if winner.is_none() {
+                        self.provenance.insert(key, (source, raw.to_string()));
+                        winner = Some(v);
+                    }
+                }
+                Err(problem) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        value: raw.to_string(),
+                        source,
+                        problem,
+                    });
+                }
+            }
+        }
+        Ok(winner)
+    }
+
+    /// [`Merge::take`], narrowed to an integer type, or `default`.
+    fn int<T: TryFrom<u64>>(
+        &mut self,
+        key: &'static str,
+        parse: fn(&Raw) -> Result<u64, String>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let narrow = |raw: &Raw| {
+            parse(raw).and_then(|v| T::try_from(v).map_err(|_| "is too large".to_owned()))
+        };
+        Ok(self.take(key, narrow)?.unwrap_or(default))
+    }
+}
+
+fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance), ConfigError> {
+    let d = Config::default();
+    let mut m = Merge {
+        layers: [flags, file, env],
+        provenance: Provenance::new(),
+    };
+    let max_message_size = m.int("max_message_size", raw_size, d.max_message_size)?;
+    let cfg = Config {
+        listen: m.take("listen", raw_listen)?.unwrap_or(d.listen),
+        shards: m.int("shards", raw_count, d.shards)?,
+        io: m
+            .take("io", |r| raw_choice(r, IoBackend::CHOICES))?
+            .unwrap_or(d.io),
+        ring_entries: m.int("ring_entries", raw_count, d.ring_entries)?,
+        recv_buffer_size: m.int("recv_buffer_size", raw_size, d.recv_buffer_size)?,
+        recv_buffers: m.int("recv_buffers", raw_count, d.recv_buffers)?,
+        max_connections: m.int("max_connections", raw_count, d.max_connections)?,
+        max_message_size,
+        // Default: follows max_message_size, wherever that came from.
+        max_frame_size: m.int("max_frame_size", raw_size, max_message_size)?,
+        max_header_bytes: m.int("max_header_bytes", raw_size, d.max_header_bytes)?,
+        // Default: 1 MiB, or max_message_size if that is larger.
+        send_queue_limit: m.int(
+            "send_queue_limit",
+            raw_size,
+            d.send_queue_limit.max(max_message_size),
+        )?,
+        slow_consumer: m
+            .take("slow_consumer", |r| {
+                raw_choice(r, SlowConsumerPolicy::CHOICES)
+            })?
+            .unwrap_or(d.slow_consumer),
+        ping_interval: m
+            .take("ping_interval", raw_duration)?
+            .unwrap_or(d.ping_interval),
+        idle_timeout: m
+            .take("idle_timeout", raw_duration)?
+            .unwrap_or(d.idle_timeout),
+        handshake_timeout: m
+            .take("handshake_timeout", raw_duration)?
+            .unwrap_or(d.handshake_timeout),
+        pin_cores: m.take("pin_cores", raw_bool)?.unwrap_or(d.pin_cores),
+        log_level: m.take("log_level", raw_string)?.unwrap_or(d.log_level),
+        log_format: m
+            .take("log_format", |r| raw_choice(r, LogFormat::CHOICES))?
+            .unwrap_or(d.log_format),
+    };
+    Ok((cfg, m.provenance))
+}
+
+/// Load the configuration from the process's arguments and environment.
+///
+/// Equivalent to `load_from(std::env::args_os(), &|k| std::env::var(k).ok())`.
+pub fn load() -> Result<Config, ConfigError> {
+    load_from(std::env::args_os(), &|k| std::env::var(k).ok())
+}
+
+/// Load the configuration from `args` (including the program name first, as
+/// [`std::env::args_os`] yields it) and the environment lookup `env`, which is
+/// asked for `RINGCAST_*` names only and never touches the process
+/// environment itself.
+pub fn load_from<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = parse_cli(args)?;
+    let file_path = cli.config.clone().or_else(|| {
+        env(CONFIG_FILE_ENV)
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from)
+    });
+    let file = match &file_path {
+        Some(path) => file_layer(path)?,
+        None => Layer::empty(Source::Default),
+    };
+    finish(&cli, &file, env)
+}
+
+fn parse_cli<I, T>(args: I) -> Result<Cli, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(ConfigError::Cli)?;
+    Cli::from_arg_matches(&matches).map_err(ConfigError::Cli)
+}
+
+/// Merge the three layers and validate the result.
+fn finish(
+    cli: &Cli,
+    file: &Layer,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let (cfg, provenance) = merge(&flag_layer(cli), file, &env_layer(env))?;
+    cfg.check(&provenance, Source::Default)?;
+    Ok(cfg)
+}
+
+/// Load from arguments, TOML text and environment, as if the text were the
+/// file at `path` (tests and examples).
+#[cfg(test)]
+fn load_with_file_text<I, T>(
+    args: I,
+    path: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = parse_cli(args)?;
+    finish(&cli, &file_layer_from_str(text, Path::new(path))?, env)
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+/// Show a size the way a person would write it: `64KiB`, `1MiB`, `1000`.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, mult) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
+        if bytes >= mult && bytes % mult == 0 {
+            return format!("{}{unit}", bytes / mult);
+        }
+    }
+    bytes.to_string()
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+impl Config {
+    /// Check ranges and cross-key rules on a `Config` built or changed in code
+    /// (errors say "set in code"). [`load_from`] runs the same checks and
+    /// names the flag, file or environment variable instead.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(&Provenance::new(), Source::Code)
+    }
+
+    /// The checks; a key absent from `prov` is reported as coming from `fallback`.
+    fn check(&self, prov: &Provenance, fallback: Source) -> Result<(), ConfigError> {
+        let origin = |key: &'static str, shown: String| -> (Source, String) {
+            prov.get(key).cloned().unwrap_or((fallback.clone(), shown))
+        };
+        let invalid = |key: &'static str, shown: String, problem: String| {
+            let (source, value) = origin(key, shown);
+            ConfigError::Invalid {
+                key,
+                value,
+                source,
+                problem,
+            }
+        };
+        let conflict = |key: &'static str,
+                        shown: String,
+                        rule: &str,
+                        other: &'static str,
+                        other_shown: String| {
+            let (source, value) = origin(key, shown);
+            let (osource, ovalue) = origin(other, other_shown);
+            ConfigError::Conflict {
+                key,
+                value,
+                source,
+                other,
+                problem: format!("{rule} {other} = {ovalue} ({})", Origin(other, &osource)),
+            }
+        };
+        let size_range = |key: &'static str, v: usize, lo: u64, hi: u64| {
+            let v = v as u64;
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format_size(v),
+                    format!(
+                        "must be between {} and {}",
+                        format_size(lo),
+                        format_size(hi)
+                    ),
+                ))
+            }
+        };
+        let pow2_range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if v.is_power_of_two() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    v.to_string(),
+                    format!("must be a power of two from {lo} to {hi}"),
+                ))
+            }
+        };
+        let timer = |key: &'static str, d: Duration, zero_ok: bool| {
+            if d.is_zero() && zero_ok || (MIN_TIMER..=MAX_TIMER).contains(&d) {
+                Ok(())
+            } else {
+                let also = if zero_ok { " (or 0 to disable)" } else { "" };
+                Err(invalid(
+                    key,
+                    format_duration(d),
+                    format!(
+                        "must be between {} and {}{also}",
+                        format_duration(MIN_TIMER),
+                        format_duration(MAX_TIMER)
+                    ),
+                ))
+            }
+        };
+
+        let shown_listen = || {
+            format!(
+                "{:?}",
+                self.listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+            )
+        };
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "listen",
+                shown_listen(),
+                "needs at least one address".to_owned(),
+            ));
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                return Err(invalid(
+                    "listen",
+                    shown_listen(),
+                    format!("lists {a} twice"),
+                ));
+            }
+        }
+        if !(1..=MAX_SHARDS).contains(&(self.shards as u64)) {
+            return Err(invalid(
+                "shards",
+                self.shards.to_string(),
+                format!("must be between 1 and {MAX_SHARDS}"),
+            ));
+        }
+        pow2_range("ring_entries", self.ring_entries.into(), 8, 32768)?;
+        size_range("recv_buffer_size", self.recv_buffer_size, 512, MIB)?;
+        pow2_range("recv_buffers", self.recv_buffers.into(), 1, 32768)?;
+        if !(1..=1 << 24).contains(&self.max_connections) {
+            return Err(invalid(
+                "max_connections",
+                self.max_connections.to_string(),
+                format!("must be between 1 and {}", 1 << 24),
+            ));
+        }
+        size_range(
+            "max_message_size",
+            self.max_message_size,
+            CONTROL_FRAME_MAX,
+            GIB,
+        )?;
+        size_range(
+            "max_frame_size",
+            self.max_frame_size,
+            CONTROL_FRAME_MAX,
+            GIB,
+        )?;
+        if self.max_frame_size > self.max_message_size {
+            return Err(conflict(
+                "max_frame_size",
+                format_size(self.max_frame_size as u64),
+                "must not exceed",
+                "max_message_size",
+                format_size(self.max_message_size as u64),
+            ));
+        }
+        size_range("max_header_bytes", self.max_header_bytes, 256, MIB)?;
+        size_range(
+            "send_queue_limit",
+            self.send_queue_limit,
+            CONTROL_FRAME_MAX,
+            GIB,
+        )?;
+        if self.send_queue_limit < self.max_message_size {
+            return Err(conflict(
+                "send_queue_limit",
+                format_size(self.send_queue_limit as u64),
+                "must hold at least one message of the largest size:",
+                "max_message_size",
+                format_size(self.max_message_size as u64),
+            ));
+        }
+        timer("ping_interval", self.ping_interval, true)?;
+        timer("idle_timeout", self.idle_timeout, true)?;
+        timer("handshake_timeout", self.handshake_timeout, false)?;
+        if !self.ping_interval.is_zero()
+            && !self.idle_timeout.is_zero()
+            && self.idle_timeout <= self.ping_interval
+        {
+            return Err(conflict(
+                "idle_timeout",
+                format_duration(self.idle_timeout),
+                "must be longer than",
+                "ping_interval",
+                format_duration(self.ping_interval),
+            ));
+        }
+        if self.log_level.trim().is_empty() {
+            return Err(invalid(
+                "log_level",
+                String::new(),
+                "must not be empty".to_owned(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(invalid(
+                "log_level",
+                format!("{:?}", self.log_level),
+                format!(
+                    "is not a log filter ({e}); expected a level such as info, or directives such as ringcast=debug,info"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Open-file limit
+// ---------------------------------------------------------------------------
+
+/// Raise this process's open-file soft limit (`RLIMIT_NOFILE`) to its hard
+/// limit, and return `(soft, hard)` as they are afterwards.
+///
+/// If the hard limit is unlimited (not possible for `RLIMIT_NOFILE` on Linux,
+/// whose hard limit is capped by `fs.nr_open`, but handled), the soft limit is
+/// raised to [`nofile_needed`]`(max_connections)` instead, and `u64::MAX`
+/// stands for "unlimited" in the result. The caller should warn when `hard`
+/// is below [`nofile_needed`]`(max_connections)`.
+pub fn raise_nofile_limit(max_connections: usize) -> Result<(u64, u64), std::io::Error> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let old = getrlimit(Resource::Nofile);
+    let soft = old.current.unwrap_or(u64::MAX);
+    let hard = old.maximum.unwrap_or(u64::MAX);
+    let target = match old.maximum {
+        Some(h) => h,
+        None => soft.max(nofile_needed(max_connections)),
+    };
+    if soft < target {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: old.maximum,
+            },
+        )?;
+    }
+    let now = getrlimit(Resource::Nofile);
+    Ok((now.current.unwrap_or(u64::MAX), now.maximum.unwrap_or(hard)))
+}

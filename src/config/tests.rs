@@ -1,0 +1,732 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use std::collections::HashMap;
+
+const EXAMPLE_TOML: &str = include_str!("../../docs/ringcast.example.toml");
+const CONFIG_DOC: &str = include_str!("../../docs/configuration.md");
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    std::iter::once("ringcast")
+        .chain(list.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn load_args(list: &[&str]) -> Result<Config, ConfigError> {
+    load_from(args(list), &no_env)
+}
+
+fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_from(args(&[]), &env_of(pairs))
+}
+
+fn load_file(text: &str) -> Result<Config, ConfigError> {
+    load_with_file_text(args(&[]), "test.toml", text, &no_env)
+}
+
+/// The error's text and its key; panics if loading succeeded.
+fn err_of(r: Result<Config, ConfigError>) -> (String, Option<&'static str>) {
+    let e = r.expect_err("expected a configuration error");
+    assert_eq!(exit_code(&e), 2, "{e}");
+    (e.to_string(), e.key())
+}
+
+// --- defaults ---------------------------------------------------------------
+
+#[test]
+fn defaults_with_no_input() {
+    let cfg = load_args(&[]).unwrap();
+    assert_eq!(cfg, Config::default());
+    assert_eq!(
+        cfg.listen,
+        vec!["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        cfg.shards,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert_eq!(cfg.io, IoBackend::Auto);
+    assert_eq!(cfg.ring_entries, 4096);
+    assert_eq!(cfg.recv_buffer_size, 16 * 1024);
+    assert_eq!(cfg.recv_buffers, 1024);
+    assert_eq!(cfg.max_connections, 100_000);
+    assert_eq!(cfg.max_message_size, 64 * 1024);
+    assert_eq!(cfg.max_frame_size, 64 * 1024);
+    assert_eq!(cfg.max_header_bytes, 8 * 1024);
+    assert_eq!(cfg.send_queue_limit, 1 << 20);
+    assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Disconnect);
+    assert_eq!(cfg.ping_interval, Duration::from_secs(30));
+    assert_eq!(cfg.idle_timeout, Duration::from_secs(90));
+    assert_eq!(cfg.handshake_timeout, Duration::from_secs(10));
+    assert!(cfg.pin_cores);
+    assert_eq!(cfg.log_level, "info");
+    assert_eq!(cfg.log_format, LogFormat::Text);
+    Config::default().validate().unwrap();
+}
+
+// --- each layer -----------------------------------------------------------
+
+#[test]
+fn every_key_from_flags() {
+    let cfg = load_args(&[
+        "--listen",
+        "0.0.0.0:9000",
+        "--listen",
+        "[::1]:9001",
+        "--shards",
+        "3",
+        "--io",
+        "epoll",
+        "--ring-entries",
+        "256",
+        "--recv-buffer-size",
+        "4KiB",
+        "--recv-buffers",
+        "64",
+        "--max-connections",
+        "500",
+        "--max-message-size",
+        "1MiB",
+        "--max-frame-size",
+        "16KiB",
+        "--max-header-bytes",
+        "4096",
+        "--send-queue-limit",
+        "2MiB",
+        "--slow-consumer",
+        "drop",
+        "--ping-interval",
+        "500ms",
+        "--idle-timeout",
+        "2m",
+        "--handshake-timeout",
+        "3s",
+        "--no-pin-cores",
+        "--log-level",
+        "ringcast=debug,info",
+        "--log-format",
+        "json",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.listen,
+        vec![
+            "0.0.0.0:9000".parse::<SocketAddr>().unwrap(),
+            "[::1]:9001".parse().unwrap()
+        ]
+    );
+    assert_eq!(cfg.shards, 3);
+    assert_eq!(cfg.io, IoBackend::Epoll);
+    assert_eq!(cfg.ring_entries, 256);
+    assert_eq!(cfg.recv_buffer_size, 4096);
+    assert_eq!(cfg.recv_buffers, 64);
+    assert_eq!(cfg.max_connections, 500);
+    assert_eq!(cfg.max_message_size, 1 << 20);
+    assert_eq!(cfg.max_frame_size, 16 << 10);
+    assert_eq!(cfg.max_header_bytes, 4096);
+    assert_eq!(cfg.send_queue_limit, 2 << 20);
+    assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Drop);
+    assert_eq!(cfg.ping_interval, Duration::from_millis(500));
+    assert_eq!(cfg.idle_timeout, Duration::from_secs(120));
+    assert_eq!(cfg.handshake_timeout, Duration::from_secs(3));
+    assert!(!cfg.pin_cores);
+    assert_eq!(cfg.log_level, "ringcast=debug,info");
+    assert_eq!(cfg.log_format, LogFormat::Json);
+}
+
+#[test]
+fn every_key_from_env() {
+    let pairs: Vec<(String, String)> = [
+        ("listen", "127.0.0.1:1, 127.0.0.1:2"),
+        ("shards", "2"),
+        ("io", "uring"),
+        ("ring_entries", "8"),
+        ("recv_buffer_size", "512"),
+        ("recv_buffers", "1"),
+        ("max_connections", "100_000"),
+        ("max_message_size", "128KiB"),
+        ("max_frame_size", "128 KiB"),
+        ("max_header_bytes", "1KiB"),
+        ("send_queue_limit", "128KiB"),
+        ("slow_consumer", "DROP"),
+        ("ping_interval", "0"),
+        ("idle_timeout", "0"),
+        ("handshake_timeout", "1m"),
+        ("pin_cores", "off"),
+        ("log_level", "warn"),
+        ("log_format", "json"),
+    ]
+    .iter()
+    .map(|(k, v)| (env_name(k), (*v).to_owned()))
+    .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(refs.len(), KEYS.len());
+    let cfg = load_env(&refs).unwrap();
+    assert_eq!(cfg.listen.len(), 2);
+    assert_eq!(cfg.shards, 2);
+    assert_eq!(cfg.io, IoBackend::Uring);
+    assert_eq!(cfg.ring_entries, 8);
+    assert_eq!(cfg.recv_buffer_size, 512);
+    assert_eq!(cfg.recv_buffers, 1);
+    assert_eq!(cfg.max_connections, 100_000);
+    assert_eq!(cfg.max_message_size, 128 << 10);
+    assert_eq!(cfg.max_frame_size, 128 << 10);
+    assert_eq!(cfg.max_header_bytes, 1024);
+    assert_eq!(cfg.send_queue_limit, 128 << 10);
+    assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Drop);
+    assert_eq!(cfg.ping_interval, Duration::ZERO);
+    assert_eq!(cfg.idle_timeout, Duration::ZERO);
+    assert_eq!(cfg.handshake_timeout, Duration::from_secs(60));
+    assert!(!cfg.pin_cores);
+    assert_eq!(cfg.log_level, "warn");
+    assert_eq!(cfg.log_format, LogFormat::Json);
+}
+
+#[test]
+fn every_key_from_file() {
+    let cfg = load_file(
+        r#"
+        listen = ["127.0.0.1:7000", "127.0.0.1:7001"]
+        shards = 4
+        io = "epoll"
+        ring_entries = 1024
+        recv_buffer_size = 8192
+        recv_buffers = "2048"
+        max_connections = 1_000
+        max_message_size = "256KiB"
+        max_frame_size = 65536
+        max_header_bytes = "16KiB"
+        send_queue_limit = "4MiB"
+        slow_consumer = "drop"
+        ping_interval = "10s"
+        idle_timeout = "25s"
+        handshake_timeout = "2s"
+        pin_cores = false
+        log_level = "debug"
+        log_format = "json"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.listen.len(), 2);
+    assert_eq!(cfg.shards, 4);
+    assert_eq!(cfg.io, IoBackend::Epoll);
+    assert_eq!(cfg.ring_entries, 1024);
+    assert_eq!(cfg.recv_buffer_size, 8192);
+    assert_eq!(cfg.recv_buffers, 2048);
+    assert_eq!(cfg.max_connections, 1000);
+    assert_eq!(cfg.max_message_size, 256 << 10);
+    assert_eq!(cfg.max_frame_size, 64 << 10);
+    assert_eq!(cfg.max_header_bytes, 16 << 10);
+    assert_eq!(cfg.send_queue_limit, 4 << 20);
+    assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Drop);
+    assert_eq!(cfg.ping_interval, Duration::from_secs(10));
+    assert_eq!(cfg.idle_timeout, Duration::from_secs(25));
+    assert_eq!(cfg.handshake_timeout, Duration::from_secs(2));
+    assert!(!cfg.pin_cores);
+    assert_eq!(cfg.log_level, "debug");
+    assert_eq!(cfg.log_format, LogFormat::Json);
+}
+
+#[test]
+fn file_listen_may_be_a_single_string() {
+    let cfg = load_file(r#"listen = "[::]:80""#).unwrap();
+    assert_eq!(cfg.listen, vec!["[::]:80".parse::<SocketAddr>().unwrap()]);
+}
+
+#[test]
+fn real_file_via_flag_and_via_env() {
+    let dir = std::env::temp_dir().join(format!("ringcast-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ringcast.toml");
+    std::fs::write(&path, "shards = 5\n").unwrap();
+    let p = path.to_str().unwrap();
+    assert_eq!(load_args(&["--config", p]).unwrap().shards, 5);
+    assert_eq!(load_env(&[("RINGCAST_CONFIG", p)]).unwrap().shards, 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let e = load_args(&["--config", p]).unwrap_err();
+    assert!(matches!(e, ConfigError::ReadFile { .. }), "{e}");
+    assert!(e.to_string().contains(p), "{e}");
+    assert_eq!(exit_code(&e), 2);
+}
+
+// --- precedence -------------------------------------------------------------
+
+#[test]
+fn precedence_flag_over_file_over_env_over_default() {
+    let toml = "max_message_size = \"256KiB\"\nshards = 6\n";
+    let env = env_of(&[
+        ("RINGCAST_MAX_MESSAGE_SIZE", "512KiB"),
+        ("RINGCAST_SHARDS", "7"),
+        ("RINGCAST_RING_ENTRIES", "512"),
+    ]);
+    // All four layers for max_message_size: the flag wins.
+    let cfg = load_with_file_text(
+        args(&["--max-message-size", "128KiB"]),
+        "f.toml",
+        toml,
+        &env,
+    )
+    .unwrap();
+    assert_eq!(cfg.max_message_size, 128 << 10);
+    // No flag: the file wins over the environment.
+    assert_eq!(cfg.shards, 6);
+    // Only the environment: it wins over the default.
+    assert_eq!(cfg.ring_entries, 512);
+    // Nothing: the default.
+    assert_eq!(cfg.recv_buffers, 1024);
+
+    let cfg = load_with_file_text(args(&[]), "f.toml", toml, &env).unwrap();
+    assert_eq!(cfg.max_message_size, 256 << 10);
+    assert_eq!(cfg.shards, 6);
+    let cfg = load_with_file_text(args(&[]), "f.toml", "", &env).unwrap();
+    assert_eq!(cfg.max_message_size, 512 << 10);
+    assert_eq!(cfg.shards, 7);
+}
+
+#[test]
+fn pin_cores_flags_and_last_one_wins() {
+    let env = env_of(&[("RINGCAST_PIN_CORES", "false")]);
+    assert!(!load_from(args(&[]), &env).unwrap().pin_cores);
+    assert!(load_from(args(&["--pin-cores"]), &env).unwrap().pin_cores);
+    assert!(!load_args(&["--no-pin-cores"]).unwrap().pin_cores);
+    assert!(
+        !load_args(&["--pin-cores", "--no-pin-cores"])
+            .unwrap()
+            .pin_cores
+    );
+    assert!(
+        load_args(&["--no-pin-cores", "--pin-cores"])
+            .unwrap()
+            .pin_cores
+    );
+}
+
+#[test]
+fn frame_size_defaults_to_message_size_from_any_layer() {
+    let cfg = load_env(&[("RINGCAST_MAX_MESSAGE_SIZE", "512KiB")]).unwrap();
+    assert_eq!(cfg.max_frame_size, 512 << 10);
+    let cfg = load_args(&["--max-message-size", "1000"]).unwrap();
+    assert_eq!(cfg.max_frame_size, 1000);
+}
+
+#[test]
+fn malformed_value_in_overridden_layer_is_still_an_error() {
+    let env = env_of(&[("RINGCAST_SHARDS", "four")]);
+    let (msg, key) = err_of(load_from(args(&["--shards", "4"]), &env));
+    assert_eq!(key, Some("shards"));
+    assert!(msg.contains("from RINGCAST_SHARDS"), "{msg}");
+}
+
+#[test]
+fn empty_env_var_counts_as_unset() {
+    let cfg = load_env(&[("RINGCAST_SHARDS", ""), ("RINGCAST_CONFIG", " ")]).unwrap();
+    assert_eq!(cfg.shards, Config::default().shards);
+}
+
+// --- value syntax -----------------------------------------------------------
+
+#[test]
+fn size_parsing() {
+    assert_eq!(parse_size("0"), Ok(0));
+    assert_eq!(parse_size("65536"), Ok(65536));
+    assert_eq!(parse_size("64_000"), Ok(64_000));
+    assert_eq!(parse_size("512B"), Ok(512));
+    assert_eq!(parse_size("64KiB"), Ok(65536));
+    assert_eq!(parse_size("64 kib"), Ok(65536));
+    assert_eq!(parse_size(" 1MiB "), Ok(1 << 20));
+    assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+    for bad in [
+        "", "KiB", "-1", "1.5MiB", "64 KB?", "0x10", "_1", "1 KiB B", "one",
+    ] {
+        assert!(parse_size(bad).is_err(), "{bad:?} parsed");
+    }
+    for ambiguous in ["64KB", "1MB", "1GB", "10k", "1M"] {
+        let e = parse_size(ambiguous).unwrap_err();
+        assert!(e.contains("KiB, MiB or GiB"), "{ambiguous}: {e}");
+    }
+    assert!(parse_size("99999999999999999999").is_err());
+    assert_eq!(parse_size("17179869184GiB"), Err("is too large".to_owned()));
+}
+
+#[test]
+fn duration_parsing() {
+    assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    for bad in ["", "30", "-1s", "soon", "1 fortnight"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+    }
+    // TOML integers: 0 is fine, any other bare number is refused.
+    assert_eq!(
+        load_file("ping_interval = 0").unwrap().ping_interval,
+        Duration::ZERO
+    );
+    let (msg, key) = err_of(load_file("ping_interval = 30"));
+    assert_eq!(key, Some("ping_interval"));
+    assert!(msg.contains("no unit"), "{msg}");
+}
+
+#[test]
+fn the_error_message_from_the_brief() {
+    let (msg, key) = err_of(load_env(&[("RINGCAST_MAX_MESSAGE_SIZE", "64 KB?")]));
+    assert_eq!(key, Some("max_message_size"));
+    assert_eq!(
+        msg,
+        "invalid configuration: max_message_size = \"64 KB?\" (from RINGCAST_MAX_MESSAGE_SIZE): \
+         expected a size such as 65536, 64KiB or 1MiB"
+    );
+}
+
+#[test]
+fn parse_errors_name_key_and_source_in_every_layer() {
+    // key, a malformed value
+    let cases: [(&str, &str); 18] = [
+        ("listen", "localhost:8080"),
+        ("shards", "many"),
+        ("io", "kqueue"),
+        ("ring_entries", "4k"),
+        ("recv_buffer_size", "16 KB"),
+        ("recv_buffers", "1.5"),
+        ("max_connections", "1,000"),
+        ("max_message_size", "lots"),
+        ("max_frame_size", "1e6"),
+        ("max_header_bytes", "8 kilobytes"),
+        ("send_queue_limit", "1 MB"),
+        ("slow_consumer", "block"),
+        ("ping_interval", "30"),
+        ("idle_timeout", "forever"),
+        ("handshake_timeout", "10 parsecs"),
+        ("pin_cores", "maybe"),
+        ("log_level", ""), // empty flag value: refused by validation
+        ("log_format", "xml"),
+    ];
+    assert_eq!(cases.len(), KEYS.len());
+    for (key, bad) in cases {
+        // flag
+        let flag = flag_name(key);
+        let flag_args = if key == "pin_cores" {
+            None // a switch without a value; covered by env and file
+        } else {
+            Some(vec![flag.clone(), bad.to_owned()])
+        };
+        if let Some(a) = flag_args {
+            let mut full = vec!["ringcast".to_owned()];
+            full.extend(a);
+            let (msg, k) = err_of(load_from(full, &no_env));
+            assert_eq!(k, Some(key), "{msg}");
+            assert!(msg.contains(&format!("from {flag}")), "{key}: {msg}");
+            assert!(
+                msg.starts_with(&format!("invalid configuration: {key} = ")),
+                "{msg}"
+            );
+        }
+        if bad.is_empty() {
+            continue; // an empty env var is unset; an empty TOML string is checked below
+        }
+        // environment
+        let (msg, k) = err_of(load_env(&[(&env_name(key), bad)]));
+        assert_eq!(k, Some(key), "{msg}");
+        assert!(
+            msg.contains(&format!("from {}", env_name(key))),
+            "{key}: {msg}"
+        );
+        // file
+        let (msg, k) = err_of(load_file(&format!("{key} = {bad:?}")));
+        assert_eq!(k, Some(key), "{msg}");
+        assert!(msg.contains("from test.toml"), "{key}: {msg}");
+    }
+    let (msg, k) = err_of(load_file("log_level = \"\""));
+    assert_eq!(k, Some("log_level"), "{msg}");
+}
+
+#[test]
+fn file_values_of_the_wrong_type_name_the_key() {
+    for (text, key) in [
+        ("shards = 2.5", "shards"),
+        ("pin_cores = \"sometimes\"", "pin_cores"),
+        ("listen = [1, 2]", "listen"),
+        ("io = { kind = \"epoll\" }", "io"),
+        ("max_message_size = -1", "max_message_size"),
+        ("log_level = 3", "log_level"),
+    ] {
+        let (msg, k) = err_of(load_file(text));
+        assert_eq!(k, Some(key), "{text}: {msg}");
+        assert!(msg.contains("expected"), "{text}: {msg}");
+    }
+    let (msg, _) = err_of(load_file("shards = 2.5"));
+    assert_eq!(
+        msg,
+        "invalid configuration: shards = 2.5 (from test.toml): \
+         a TOML float is not accepted here; expected a whole number such as 4096"
+    );
+}
+
+// --- validation ---------------------------------------------------------------
+
+#[test]
+fn range_errors_name_their_key() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--shards", "0"], "shards", "between 1 and 1024"),
+        (&["--shards", "5000"], "shards", "between 1 and 1024"),
+        (&["--ring-entries", "1000"], "ring_entries", "power of two"),
+        (&["--ring-entries", "4"], "ring_entries", "power of two"),
+        (&["--ring-entries", "65536"], "ring_entries", "power of two"),
+        (
+            &["--recv-buffer-size", "256"],
+            "recv_buffer_size",
+            "between 512 and 1MiB",
+        ),
+        (
+            &["--recv-buffer-size", "2MiB"],
+            "recv_buffer_size",
+            "between",
+        ),
+        (&["--recv-buffers", "1000"], "recv_buffers", "power of two"),
+        (&["--recv-buffers", "0"], "recv_buffers", "power of two"),
+        (&["--max-connections", "0"], "max_connections", "between"),
+        (
+            &["--max-message-size", "100"],
+            "max_message_size",
+            "between 125 and 1GiB",
+        ),
+        (
+            &["--max-message-size", "2GiB"],
+            "max_message_size",
+            "between",
+        ),
+        (&["--max-frame-size", "100"], "max_frame_size", "between"),
+        (
+            &["--max-header-bytes", "100"],
+            "max_header_bytes",
+            "between 256 and 1MiB",
+        ),
+        (
+            &["--ping-interval", "1ms"],
+            "ping_interval",
+            "between 10ms and 1day",
+        ),
+        (
+            &["--idle-timeout", "2days"],
+            "idle_timeout",
+            "or 0 to disable",
+        ),
+        (
+            &["--handshake-timeout", "0"],
+            "handshake_timeout",
+            "between",
+        ),
+        (
+            &["--log-level", "info,[[["],
+            "log_level",
+            "not a log filter",
+        ),
+        (
+            &["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1"],
+            "listen",
+            "twice",
+        ),
+    ];
+    for (argv, key, problem) in cases {
+        let (msg, k) = err_of(load_args(argv));
+        assert_eq!(k, Some(*key), "{argv:?}: {msg}");
+        assert!(msg.contains(problem), "{argv:?}: {msg}");
+        assert!(
+            msg.contains(&format!("from {}", flag_name(key))),
+            "{argv:?}: {msg}"
+        );
+    }
+    // A value that is out of range only where it is overridden is fine.
+    let env = env_of(&[("RINGCAST_SHARDS", "0")]);
+    assert_eq!(load_from(args(&["--shards", "2"]), &env).unwrap().shards, 2);
+}
+
+#[test]
+fn frame_size_must_not_exceed_message_size() {
+    let (msg, k) = err_of(load_args(&["--max-frame-size", "1MiB"]));
+    assert_eq!(k, Some("max_frame_size"));
+    assert_eq!(
+        msg,
+        "invalid configuration: max_frame_size = \"1MiB\" (from --max-frame-size): \
+         must not exceed max_message_size = 64KiB (default)"
+    );
+    let e = load_args(&["--max-frame-size", "1MiB"]).unwrap_err();
+    assert!(matches!(
+        e,
+        ConfigError::Conflict {
+            other: "max_message_size",
+            ..
+        }
+    ));
+    // Equal is fine.
+    load_args(&["--max-frame-size", "64KiB"]).unwrap();
+}
+
+#[test]
+fn send_queue_must_hold_one_largest_message() {
+    let (msg, k) = err_of(load_env(&[
+        ("RINGCAST_MAX_MESSAGE_SIZE", "4MiB"),
+        ("RINGCAST_SEND_QUEUE_LIMIT", "1MiB"),
+    ]));
+    assert_eq!(k, Some("send_queue_limit"));
+    assert!(msg.contains("from RINGCAST_SEND_QUEUE_LIMIT"), "{msg}");
+    assert!(
+        msg.contains("max_message_size = \"4MiB\" (from RINGCAST_MAX_MESSAGE_SIZE)"),
+        "{msg}"
+    );
+    // Left to its default, the queue limit grows with the message size.
+    let cfg = load_args(&["--max-message-size", "4MiB"]).unwrap();
+    assert_eq!(cfg.send_queue_limit, 4 << 20);
+    assert_eq!(load_args(&[]).unwrap().send_queue_limit, 1 << 20);
+}
+
+#[test]
+fn idle_timeout_must_exceed_ping_interval_unless_disabled() {
+    let (msg, k) = err_of(load_args(&["--idle-timeout", "20s"]));
+    assert_eq!(k, Some("idle_timeout"));
+    assert!(
+        msg.contains("must be longer than ping_interval = 30s (default)"),
+        "{msg}"
+    );
+    let (_, k) = err_of(load_args(&["--idle-timeout", "30s"]));
+    assert_eq!(k, Some("idle_timeout"));
+    load_args(&["--idle-timeout", "20s", "--ping-interval", "0"]).unwrap();
+    load_args(&["--idle-timeout", "0", "--ping-interval", "1m"]).unwrap();
+    load_args(&["--idle-timeout", "31s"]).unwrap();
+}
+
+#[test]
+fn validate_a_config_built_in_code() {
+    let cfg = Config {
+        recv_buffers: 3,
+        ..Config::default()
+    };
+    let e = cfg.validate().unwrap_err();
+    assert_eq!(e.key(), Some("recv_buffers"));
+    assert!(e.to_string().contains("(set in code)"), "{e}");
+    let cfg = Config {
+        listen: vec![],
+        ..Config::default()
+    };
+    assert_eq!(cfg.validate().unwrap_err().key(), Some("listen"));
+}
+
+#[test]
+fn unknown_file_key_is_an_error_naming_it() {
+    let e = load_file("max_mesage_size = 1024").unwrap_err();
+    assert!(matches!(e, ConfigError::ParseFile { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("max_mesage_size"), "{msg}");
+    assert!(msg.contains("test.toml"), "{msg}");
+    assert_eq!(exit_code(&e), 2);
+    // Syntax errors too.
+    let e = load_file("shards = = 2").unwrap_err();
+    assert!(matches!(e, ConfigError::ParseFile { .. }), "{e}");
+}
+
+// --- command line -------------------------------------------------------------
+
+#[test]
+fn help_and_version_exit_zero_usage_errors_exit_two() {
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let e = load_args(&[flag]).unwrap_err();
+        assert!(matches!(e, ConfigError::Cli(_)));
+        assert_eq!(exit_code(&e), 0, "{flag}");
+    }
+    for bad in [&["--no-such-flag"][..], &["--shards"], &["positional"]] {
+        let e = load_args(bad).unwrap_err();
+        assert!(matches!(e, ConfigError::Cli(_)));
+        assert_eq!(exit_code(&e), 2, "{bad:?}");
+    }
+}
+
+#[test]
+fn help_mentions_every_knob_with_env_toml_and_default() {
+    // Collapse the wrapping so that phrases split across lines still match.
+    let help = help_text().split_whitespace().collect::<Vec<_>>().join(" ");
+    for key in KEYS {
+        assert!(
+            help.contains(&flag_name(key)),
+            "--help lacks {}",
+            flag_name(key)
+        );
+        assert!(
+            help.contains(&env_name(key)),
+            "--help lacks {}",
+            env_name(key)
+        );
+        assert!(
+            help.contains(&format!("toml: {key}")),
+            "--help lacks toml key {key}"
+        );
+    }
+    assert!(help.contains("--config"));
+    assert!(help.contains("--no-pin-cores"));
+    assert!(help.matches("[default: ").count() >= KEYS.len(), "{help}");
+}
+
+// --- docs -------------------------------------------------------------------
+
+#[test]
+fn example_file_parses_and_matches_the_defaults() {
+    let cfg = load_with_file_text(
+        args(&[]),
+        "docs/ringcast.example.toml",
+        EXAMPLE_TOML,
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(cfg, Config::default());
+    for key in KEYS {
+        assert!(
+            EXAMPLE_TOML.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} ="))
+            }),
+            "docs/ringcast.example.toml does not show {key}"
+        );
+    }
+}
+
+#[test]
+fn configuration_doc_lists_every_knob() {
+    for key in KEYS {
+        let row = CONFIG_DOC
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&format!("`{key}`")))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for {key}"));
+        assert!(row.contains(&format!("`{}", flag_name(key))), "{row}");
+        assert!(row.contains(&format!("`{}`", env_name(key))), "{row}");
+    }
+}
+
+// --- open-file limit -------------------------------------------------------
+
+#[test]
+fn raise_nofile_limit_sets_soft_to_hard() {
+    let (soft, hard) = raise_nofile_limit(1000).unwrap();
+    assert_eq!(soft, hard);
+    let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    assert_eq!(now.current, Some(soft));
+    assert_eq!(nofile_needed(1000), 1000 + NOFILE_SLACK);
+    // Idempotent.
+    assert_eq!(raise_nofile_limit(1000).unwrap(), (soft, hard));
+}

@@ -1,0 +1,121 @@
+//! The driver boundary: everything that touches the kernel's socket and ring interfaces.
+//!
+//! A shard's event loop is written once, against [`Driver`], and runs unchanged on either
+//! backend:
+//!
+//! - [`uring::UringDriver`]: multishot accept, multishot receive into a provided-buffer ring,
+//!   vectored sends, all submitted once per loop turn.
+//! - [`epoll::EpollDriver`]: the same contract on readiness (mio), for kernels or sandboxes
+//!   where io_uring is unavailable (Docker's default seccomp profile,
+//!   `kernel.io_uring_disabled`, old kernels).
+//!
+//! The contract is completion-shaped because that is the harder of the two to emulate badly:
+//! the shard hands over buffers and gets them back in [`Event`]s; it never touches a file
+//! descriptor after [`Driver::register`], and it frees a connection slot only when
+//! [`Event::Released`] says the driver (and the kernel) hold nothing of it any more.
+//!
+//! This module and its children are the only place besides the SIMD kernels where `unsafe`
+//! is allowed: every block carries a `// SAFETY:` line.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub mod bufring;
+pub mod epoll;
+pub mod probe;
+pub mod uring;
+
+/// Names one connection slot of a shard for the driver. `gen` distinguishes successive
+/// connections that reuse a slot, so a late completion can never be taken for the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// Index into the shard's connection table.
+    pub slot: u32,
+    /// Incremented each time the slot is reused.
+    pub generation: u32,
+}
+
+/// What a loop turn brings. Borrowed data is only valid until the next call to
+/// [`Driver::next_event`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A new TCP connection on one of this shard's listeners.
+    Accepted(OwnedFd),
+    /// Accepting failed (EMFILE, ENFILE, ENOMEM...): counted and logged by the shard; the
+    /// driver keeps accepting.
+    AcceptError(io::Error),
+    /// Bytes received on a connection. Mutable so the protocol core can unmask in place.
+    Data { token: Token, data: &'a mut [u8] },
+    /// The receive side ended: `None` is an orderly EOF from the peer.
+    RecvClosed {
+        token: Token,
+        error: Option<io::Error>,
+    },
+    /// A [`Driver::send`] finished: every byte was written (`Ok`) or the socket failed.
+    /// The frames come back (emptied) so the shard can reuse the allocation.
+    Sent {
+        token: Token,
+        result: io::Result<usize>,
+        frames: Vec<Bytes>,
+    },
+    /// Another shard asked for attention (its inbox has entries).
+    Wake,
+    /// The connection is fully closed: no operation of it is left in the kernel, and its
+    /// slot may be reused.
+    Released { token: Token },
+}
+
+/// Where to send a wake-up to another shard; made by that shard's driver.
+#[derive(Clone, Debug)]
+pub enum WakeTarget {
+    /// io_uring: an `IORING_OP_MSG_RING` to this ring fd, queued in the sender's own ring
+    /// so that it costs no extra system call.
+    Ring(std::os::fd::RawFd),
+    /// epoll: mio's eventfd-backed waker.
+    Mio(std::sync::Arc<mio::Waker>),
+}
+
+/// Counters a driver keeps about itself, read by the shard's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverStats {
+    /// Times the kernel was entered (io_uring_enter / epoll_wait).
+    pub submissions: u64,
+    /// Receive buffers currently lent out (must return to zero between events).
+    pub buffers_in_use: u32,
+    /// Times multishot receive ran out of provided buffers and was re-armed.
+    pub recv_buffer_exhausted: u64,
+}
+
+/// One backend's view of the kernel for one shard. Call order per loop turn:
+/// `wait` (submits queued work and blocks for at least one event or the timeout), then
+/// `next_event` until `None`, then `send`/`release`/`wake` for what the turn produced.
+pub trait Driver {
+    /// Which backend this is, for the start-up line and metrics.
+    fn name(&self) -> &'static str;
+    /// How other shards wake this one.
+    fn wake_target(&self) -> WakeTarget;
+    /// Takes ownership of a connected socket and starts receiving on it.
+    fn register(&mut self, token: Token, fd: OwnedFd) -> io::Result<()>;
+    /// Writes all of `frames`, in order, as one vectored send (continuing after short
+    /// writes). At most one send per token may be outstanding.
+    fn send(&mut self, token: Token, frames: Vec<Bytes>);
+    /// Closes the connection: stops receiving, abandons nothing the kernel still holds, and
+    /// emits [`Event::Released`] once no operation of it is left.
+    fn release(&mut self, token: Token);
+    /// Queues a wake-up for another shard (delivered with the next submission).
+    fn wake(&mut self, target: &WakeTarget);
+    /// Submits queued work and waits for events, at most `timeout`.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()>;
+    /// The next event of this turn, or `None` when the turn's events are exhausted.
+    fn next_event(&mut self) -> Option<Event<'_>>;
+    /// Counters for metrics.
+    fn stats(&self) -> DriverStats;
+}
+
+/// Bytes of the frames in a send, for accounting.
+pub fn frames_len(frames: &[Bytes]) -> usize {
+    frames.iter().map(Bytes::len).sum()
+}

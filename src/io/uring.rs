@@ -1,0 +1,590 @@
+//! The io_uring backend: one ring per shard, created on the shard's own thread.
+//!
+//! - Ring set-up: `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only when this thread
+//!   asks for events, so it never interrupts the loop), falling back to `COOP_TASKRUN`, then
+//!   plain, on kernels without them. The completion queue is sized generously because every
+//!   connection's multishot receive can post into it.
+//! - Multishot accept on each listener; multishot receive into the shard's
+//!   [`BufRing`](super::bufring::BufRing); re-armed when the kernel ends them (`ENOBUFS`
+//!   when the buffer ring ran dry, or no `IORING_CQE_F_MORE`).
+//! - One vectored `sendmsg` per connection per turn, continued after short writes.
+//! - Wake-ups from other shards arrive as `IORING_OP_MSG_RING` completions.
+//! - Everything is submitted by a single `io_uring_enter` per loop turn ([`Driver::wait`]).
+//!
+//! Ownership: a send's frames, iovecs and `msghdr` live in a boxed [`SendOp`] held by the
+//! connection's slot until the kernel posts the send's completion, whatever happened to the
+//! connection meanwhile. A slot's file descriptor is closed only after its receive and send
+//! have both completed; only then is [`Event::Released`] emitted.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::bufring::BufRing;
+use super::{Driver, DriverStats, Event, Token, WakeTarget};
+
+/// Buffer group id of the shard's receive buffer ring.
+const BGID: u16 = 0;
+/// The most iovecs one `sendmsg` takes (IOV_MAX on Linux).
+const MAX_IOV: usize = 1024;
+
+// user_data layout: kind (8 bits) | generation (24 bits) | slot (32 bits).
+const K_ACCEPT: u64 = 1;
+const K_RECV: u64 = 2;
+const K_SEND: u64 = 3;
+const K_WAKE: u64 = 4;
+const K_IGNORE: u64 = 5;
+const K_SHUTDOWN: u64 = 6;
+
+fn ud(kind: u64, token: Token) -> u64 {
+    (kind << 56) | ((u64::from(token.generation) & 0xff_ffff) << 32) | u64::from(token.slot)
+}
+
+fn ud_kind(ud: u64) -> u64 {
+    ud >> 56
+}
+
+fn ud_slot(ud: u64) -> u32 {
+    (ud & 0xffff_ffff) as u32
+}
+
+fn ud_gen(ud: u64) -> u32 {
+    ((ud >> 32) & 0xff_ffff) as u32
+}
+
+/// Settings the shard passes to its driver.
+#[derive(Debug, Clone, Copy)]
+pub struct UringSettings {
+    /// Submission queue entries.
+    pub ring_entries: u32,
+    /// Receive buffers in the provided-buffer ring.
+    pub recv_buffers: u16,
+    /// Size of each receive buffer.
+    pub recv_buffer_size: u32,
+}
+
+/// A send in flight: everything the kernel reads from until the completion arrives.
+struct SendOp {
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    /// Bytes of `frames` already written.
+    done: usize,
+    total: usize,
+}
+
+impl SendOp {
+    fn new() -> Box<Self> {
+        Box::new(SendOp {
+            frames: Vec::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+            msg: unsafe { std::mem::zeroed() },
+            done: 0,
+            total: 0,
+        })
+    }
+
+    /// Points the iovecs at the unsent part of `frames` (at most [`MAX_IOV`] of them).
+    fn prepare(&mut self) {
+        self.iov.clear();
+        let mut skip = self.done;
+        for f in &self.frames {
+            if self.iov.len() == MAX_IOV {
+                break;
+            }
+            if skip >= f.len() {
+                skip -= f.len();
+                continue;
+            }
+            self.iov.push(libc::iovec {
+                iov_base: f[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: f.len() - skip,
+            });
+            skip = 0;
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    fd: Option<OwnedFd>,
+    recv_active: bool,
+    recv_rearm: bool,
+    send: Option<Box<SendOp>>,
+    /// A shutdown entry names this fd by number and may run late (io-wq): the fd must stay
+    /// open until its completion.
+    shutdown_pending: bool,
+    releasing: bool,
+}
+
+/// The io_uring driver of one shard. Field order matters for drop: the ring goes before
+/// the buffer ring it points into.
+pub struct UringDriver {
+    ring: IoUring,
+    bufs: BufRing,
+    listeners: Vec<OwnedFd>,
+    accept_rearm: Vec<usize>,
+    slots: Vec<Slot>,
+    rearm_recv: Vec<u32>,
+    /// Buffer lent out by the last `Data` event, returned on the next `next_event`.
+    lent: Option<u16>,
+    ready: VecDeque<Event<'static>>,
+    // Boxed on purpose: the kernel holds pointers into a SendOp (its msghdr and iovecs)
+    // while the op is in flight, so its address must not move when the pool grows.
+    #[allow(clippy::vec_box)]
+    send_pool: Vec<Box<SendOp>>,
+    stats: DriverStats,
+}
+
+impl std::fmt::Debug for UringDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringDriver")
+            .field("ring_fd", &self.ring.as_raw_fd())
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a ring with the best set-up flags this kernel accepts.
+pub fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let cq = (entries.saturating_mul(8)).clamp(entries, 65536);
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        },
+        |b| {
+            b.setup_coop_taskrun();
+        },
+        |_| {},
+    ];
+    let mut last = None;
+    for set in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_submit_all();
+        set(&mut b);
+        match b.build(entries) {
+            Ok(r) => return Ok(r),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::Unsupported)))
+}
+
+impl UringDriver {
+    /// Creates the ring (on the calling thread, which must be the shard's), registers the
+    /// buffer ring and arms multishot accept on every listener.
+    pub fn new(settings: UringSettings, listeners: Vec<OwnedFd>) -> io::Result<Self> {
+        let ring = build_ring(settings.ring_entries)?;
+        let bufs = BufRing::new(settings.recv_buffers, settings.recv_buffer_size)?;
+        // SAFETY: the buffer ring's memory stays valid until the ring is unregistered in
+        // `Drop`, before `bufs` is freed.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufs.entries(),
+                BGID,
+                0,
+            )?;
+        }
+        let mut d = UringDriver {
+            ring,
+            bufs,
+            accept_rearm: (0..listeners.len()).collect(),
+            listeners,
+            slots: Vec::new(),
+            rearm_recv: Vec::new(),
+            lent: None,
+            ready: VecDeque::new(),
+            send_pool: Vec::new(),
+            stats: DriverStats::default(),
+        };
+        d.rearm();
+        Ok(d)
+    }
+
+    /// Pushes an entry, submitting first if the submission queue is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry pushed here points only at memory that outlives the
+            // operation: listener and connection fds owned by this driver until their
+            // operations complete, and boxed SendOps held in their slot until completion.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            self.stats.submissions += 1;
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit with a full submission queue failed");
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rearm(&mut self) {
+        for i in std::mem::take(&mut self.accept_rearm) {
+            let Some(fd) = self.listeners.get(i).map(AsRawFd::as_raw_fd) else {
+                continue;
+            };
+            let e = opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data((K_ACCEPT << 56) | i as u64);
+            self.push(e);
+        }
+        for slot in std::mem::take(&mut self.rearm_recv) {
+            self.arm_recv(slot);
+        }
+    }
+
+    fn arm_recv(&mut self, slot: u32) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        s.recv_rearm = false;
+        if s.releasing || s.recv_active {
+            return;
+        }
+        let Some(fd) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        s.recv_active = true;
+        let token = Token {
+            slot,
+            generation: s.generation,
+        };
+        let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(ud(K_RECV, token));
+        self.push(e);
+    }
+
+    /// The live slot a completion belongs to (not a later connection in the same slot).
+    fn slot_of(&self, user_data: u64) -> Option<Token> {
+        let slot = ud_slot(user_data);
+        let s = self.slots.get(slot as usize)?;
+        (s.generation & 0xff_ffff == ud_gen(user_data) && s.fd.is_some()).then_some(Token {
+            slot,
+            generation: s.generation,
+        })
+    }
+
+    /// Closes a releasing slot once nothing of it is left in the kernel.
+    fn maybe_finish(&mut self, token: Token) {
+        let Some(s) = self.slots.get_mut(token.slot as usize) else {
+            return;
+        };
+        if s.releasing && !s.recv_active && s.send.is_none() && !s.shutdown_pending {
+            s.fd = None; // close(2): no operation refers to it any more
+            s.releasing = false;
+            self.ready.push_back(Event::Released { token });
+        }
+    }
+
+    fn on_send(&mut self, user_data: u64, res: i32) -> Option<Event<'static>> {
+        let token = self.slot_of(user_data)?;
+        let s = &mut self.slots[token.slot as usize];
+        let mut op = s.send.take()?;
+        if res > 0 {
+            op.done += res as usize;
+            if op.done < op.total && !s.releasing {
+                op.prepare();
+                let fd = s.fd.as_ref().map(AsRawFd::as_raw_fd)?;
+                let e = opcode::SendMsg::new(types::Fd(fd), &op.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(ud(K_SEND, token));
+                s.send = Some(op);
+                self.push(e);
+                return None;
+            }
+        }
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else if op.done < op.total {
+            Err(io::Error::from(io::ErrorKind::WriteZero))
+        } else {
+            Ok(op.total)
+        };
+        let mut frames = std::mem::take(&mut op.frames);
+        frames.clear();
+        op.iov.clear();
+        self.send_pool.push(op);
+        self.maybe_finish(token);
+        Some(Event::Sent {
+            token,
+            result,
+            frames,
+        })
+    }
+}
+
+impl Driver for UringDriver {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    fn wake_target(&self) -> WakeTarget {
+        WakeTarget::Ring(self.ring.as_raw_fd())
+    }
+
+    fn register(&mut self, token: Token, fd: OwnedFd) -> io::Result<()> {
+        let idx = token.slot as usize;
+        if self.slots.len() <= idx {
+            self.slots.resize_with(idx + 1, Slot::default);
+        }
+        let s = &mut self.slots[idx];
+        if s.fd.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "slot still in use",
+            ));
+        }
+        *s = Slot {
+            generation: token.generation,
+            fd: Some(fd),
+            ..Slot::default()
+        };
+        self.arm_recv(token.slot);
+        Ok(())
+    }
+
+    fn send(&mut self, token: Token, frames: Vec<Bytes>) {
+        let Some(s) = self.slots.get_mut(token.slot as usize) else {
+            return;
+        };
+        let fd = match (&s.fd, s.generation == token.generation, s.send.is_some()) {
+            (Some(fd), true, false) if !s.releasing => fd.as_raw_fd(),
+            _ => {
+                let result = Err(io::Error::from(io::ErrorKind::NotConnected));
+                self.ready.push_back(Event::Sent {
+                    token,
+                    result,
+                    frames,
+                });
+                return;
+            }
+        };
+        let mut op = self.send_pool.pop().unwrap_or_else(SendOp::new);
+        op.total = super::frames_len(&frames);
+        op.frames = frames;
+        op.done = 0;
+        op.prepare();
+        let e = opcode::SendMsg::new(types::Fd(fd), &op.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(ud(K_SEND, token));
+        s.send = Some(op);
+        self.push(e);
+    }
+
+    fn release(&mut self, token: Token) {
+        let Some(s) = self.slots.get_mut(token.slot as usize) else {
+            return;
+        };
+        if s.generation != token.generation || s.fd.is_none() || s.releasing {
+            return;
+        }
+        s.releasing = true;
+        let Some(fd) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        let recv_active = s.recv_active;
+        if !recv_active && s.send.is_none() {
+            // Nothing in flight: close now. No entry naming this fd *number* may be queued
+            // after this point, or it would hit whichever socket reuses the number.
+            self.maybe_finish(token);
+            return;
+        }
+        // shutdown() ends the multishot receive with EOF and fails a pending send, so both
+        // completions arrive promptly; the cancel covers a socket shutdown cannot reach. The
+        // fd stays open until those completions arrive, which is after these entries were
+        // submitted, so they cannot reach a reused fd number.
+        s.shutdown_pending = true;
+        self.push(
+            opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+                .build()
+                .user_data(ud(K_SHUTDOWN, token)),
+        );
+        if recv_active {
+            self.push(
+                opcode::AsyncCancel::new(ud(K_RECV, token))
+                    .build()
+                    .user_data(K_IGNORE << 56),
+            );
+        }
+    }
+
+    fn wake(&mut self, target: &WakeTarget) {
+        if let WakeTarget::Ring(fd) = target {
+            let e = opcode::MsgRingData::new(types::Fd(*fd), 0, K_WAKE << 56, None)
+                .build()
+                .user_data(K_IGNORE << 56)
+                .flags(squeue::Flags::SKIP_SUCCESS);
+            self.push(e);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        if let Some(bid) = self.lent.take() {
+            self.bufs.recycle(bid);
+        }
+        self.rearm();
+        let want = if self.ready.is_empty() && self.ring.completion().is_empty() {
+            1
+        } else {
+            0
+        };
+        self.stats.submissions += 1;
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Event<'_>> {
+        if let Some(bid) = self.lent.take() {
+            self.bufs.recycle(bid);
+        }
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Some(ev);
+            }
+            let cqe = self.ring.completion().next()?;
+            let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            match ud_kind(user_data) {
+                K_ACCEPT => {
+                    let idx = (user_data & 0xffff_ffff) as usize;
+                    if !cqueue::more(flags) {
+                        self.accept_rearm.push(idx);
+                    }
+                    if res >= 0 {
+                        // SAFETY: a non-negative accept result is a new file descriptor that
+                        // nothing else owns.
+                        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) };
+                        return Some(Event::Accepted(fd));
+                    }
+                    if res != -libc::ECANCELED {
+                        return Some(Event::AcceptError(io::Error::from_raw_os_error(-res)));
+                    }
+                }
+                K_RECV => {
+                    let bid = cqueue::buffer_select(flags);
+                    let Some(token) = self.slot_of(user_data) else {
+                        if let Some(bid) = bid {
+                            self.bufs.recycle(bid);
+                        }
+                        continue;
+                    };
+                    let s = &mut self.slots[token.slot as usize];
+                    let more = cqueue::more(flags);
+                    if !more {
+                        s.recv_active = false;
+                    }
+                    let releasing = s.releasing;
+                    if res > 0 {
+                        let Some(bid) = bid else { continue };
+                        if releasing {
+                            self.bufs.recycle(bid);
+                            self.maybe_finish(token);
+                            continue;
+                        }
+                        if !more {
+                            self.rearm_recv.push(token.slot);
+                        }
+                        self.lent = Some(bid);
+                        let data = self.bufs.take(bid, res as usize)?;
+                        return Some(Event::Data { token, data });
+                    }
+                    if let Some(bid) = bid {
+                        self.bufs.recycle(bid);
+                    }
+                    if releasing {
+                        self.maybe_finish(token);
+                        continue;
+                    }
+                    if res == -libc::ENOBUFS {
+                        // The buffer ring ran dry: buffers come back as events are handled,
+                        // so re-arm on the next submission.
+                        self.stats.recv_buffer_exhausted += 1;
+                        let s = &mut self.slots[token.slot as usize];
+                        if !s.recv_rearm {
+                            s.recv_rearm = true;
+                            self.rearm_recv.push(token.slot);
+                        }
+                        continue;
+                    }
+                    if more {
+                        continue;
+                    }
+                    let error = (res < 0).then(|| io::Error::from_raw_os_error(-res));
+                    return Some(Event::RecvClosed { token, error });
+                }
+                K_SEND => {
+                    if let Some(ev) = self.on_send(user_data, res) {
+                        return Some(ev);
+                    }
+                }
+                K_WAKE => return Some(Event::Wake),
+                K_SHUTDOWN => {
+                    if let Some(token) = self.slot_of(user_data) {
+                        self.slots[token.slot as usize].shutdown_pending = false;
+                        self.maybe_finish(token);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn stats(&self) -> DriverStats {
+        DriverStats {
+            buffers_in_use: self.bufs.lent(),
+            ..self.stats
+        }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Stop the kernel from picking buffers before the buffer memory goes away; in-flight
+        // sends are cancelled when the ring itself is torn down, and their SendOps (leaked
+        // below, if any) must outlive that.
+        if let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
+            tracing::debug!(error = %e, "unregistering the buffer ring");
+        }
+        for s in &mut self.slots {
+            if let Some(op) = s.send.take() {
+                // The kernel may still read these iovecs until the ring is gone: leak rather
+                // than free memory an operation owns. Only happens at shard exit.
+                std::mem::forget(op);
+            }
+        }
+    }
+}
+
+/// The raw fd of a listener, for the shard's logs.
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}

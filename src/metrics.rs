@@ -1,0 +1,281 @@
+//! Counters and gauges, one set per shard, summed when scraped.
+//!
+//! Each shard is the only writer of its own [`ShardMetrics`], so an update is a relaxed
+//! load and store on a cache line no other core writes (no locked instruction); readers
+//! (the `/metrics` endpoint, on any shard) sum relaxed loads. Counters are bumped per
+//! publish or per event, never per subscriber.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter written by one thread only.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Single writer: a plain load and store, no read-modify-write.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Reads the value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Close codes counted individually in `ringcast_protocol_errors_total`.
+pub const CLOSE_CODES: [u16; 8] = [1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011];
+/// HTTP statuses counted individually in `ringcast_handshake_failures_total`.
+pub const HTTP_STATUSES: [u16; 9] = [400, 403, 404, 405, 413, 426, 429, 431, 503];
+
+/// Everything one shard counts.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    /// Open connections (gauge).
+    pub connections: Counter,
+    /// Connections accepted since start.
+    pub accepted: Counter,
+    /// WebSocket handshakes completed.
+    pub upgrades: Counter,
+    /// Subscriptions (gauge).
+    pub subscriptions: Counter,
+    /// Topics with a subscriber on this shard (gauge).
+    pub topics: Counter,
+    /// Messages received from clients and published.
+    pub messages_in: Counter,
+    /// Payload bytes received in published messages.
+    pub bytes_in: Counter,
+    /// Frames queued to subscribers (one per subscriber per message).
+    pub messages_out: Counter,
+    /// Bytes written to sockets.
+    pub bytes_out: Counter,
+    /// Messages dropped for a slow subscriber (policy `drop`).
+    pub dropped: Counter,
+    /// Subscribers disconnected for being slow (policy `disconnect`).
+    pub slow_disconnects: Counter,
+    /// Connections closed for a protocol violation, by close code (index in [`CLOSE_CODES`]).
+    pub protocol_errors: [Counter; CLOSE_CODES.len()],
+    /// Requests refused before or at the handshake, by status (index in [`HTTP_STATUSES`]).
+    pub handshake_failures: [Counter; HTTP_STATUSES.len()],
+    /// Connections closed by the handshake timeout.
+    pub handshake_timeouts: Counter,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: Counter,
+    /// accept(2) failures.
+    pub accept_errors: Counter,
+    /// Event-loop turns.
+    pub loop_turns: Counter,
+    /// Kernel entries (io_uring_enter or epoll_wait).
+    pub submissions: Counter,
+    /// Messages received from other shards through the bus.
+    pub bus_in: Counter,
+    /// Receive buffers lent out (gauge; zero between events).
+    pub buffers_in_use: Counter,
+}
+
+impl ShardMetrics {
+    /// Counts a connection closed with a protocol error code.
+    pub fn protocol_error(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len() - 1);
+        self.protocol_errors[i].inc();
+    }
+
+    /// Counts a refused request.
+    pub fn handshake_failure(&self, status: u16) {
+        if let Some(i) = HTTP_STATUSES.iter().position(|&s| s == status) {
+            self.handshake_failures[i].inc();
+        }
+    }
+}
+
+type Getter = fn(&ShardMetrics) -> u64;
+
+/// Renders all shards' metrics in the Prometheus text exposition format.
+pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
+    let mut out = String::with_capacity(4096);
+    let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    let simple: [(&str, &str, &str, Getter); 16] = [
+        ("ringcast_connections", "gauge", "Open connections.", |m| {
+            m.connections.get()
+        }),
+        (
+            "ringcast_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |m| m.accepted.get(),
+        ),
+        (
+            "ringcast_upgrades_total",
+            "counter",
+            "WebSocket handshakes completed.",
+            |m| m.upgrades.get(),
+        ),
+        (
+            "ringcast_subscriptions",
+            "gauge",
+            "Topic subscriptions.",
+            |m| m.subscriptions.get(),
+        ),
+        (
+            "ringcast_topics",
+            "gauge",
+            "Topics with a subscriber, summed over shards.",
+            |m| m.topics.get(),
+        ),
+        (
+            "ringcast_messages_in_total",
+            "counter",
+            "Messages published.",
+            |m| m.messages_in.get(),
+        ),
+        (
+            "ringcast_bytes_in_total",
+            "counter",
+            "Payload bytes published.",
+            |m| m.bytes_in.get(),
+        ),
+        (
+            "ringcast_messages_out_total",
+            "counter",
+            "Frames queued to subscribers.",
+            |m| m.messages_out.get(),
+        ),
+        (
+            "ringcast_bytes_out_total",
+            "counter",
+            "Bytes written to sockets.",
+            |m| m.bytes_out.get(),
+        ),
+        (
+            "ringcast_dropped_messages_total",
+            "counter",
+            "Messages dropped for slow subscribers.",
+            |m| m.dropped.get(),
+        ),
+        (
+            "ringcast_slow_consumer_disconnects_total",
+            "counter",
+            "Subscribers disconnected for being slow.",
+            |m| m.slow_disconnects.get(),
+        ),
+        (
+            "ringcast_handshake_timeouts_total",
+            "counter",
+            "Connections closed by the handshake timeout.",
+            |m| m.handshake_timeouts.get(),
+        ),
+        (
+            "ringcast_idle_timeouts_total",
+            "counter",
+            "Connections closed by the idle timeout.",
+            |m| m.idle_timeouts.get(),
+        ),
+        (
+            "ringcast_accept_errors_total",
+            "counter",
+            "accept(2) failures.",
+            |m| m.accept_errors.get(),
+        ),
+        (
+            "ringcast_bus_messages_in_total",
+            "counter",
+            "Messages received from other shards.",
+            |m| m.bus_in.get(),
+        ),
+        (
+            "ringcast_receive_buffers_in_use",
+            "gauge",
+            "Receive buffers lent out.",
+            |m| m.buffers_in_use.get(),
+        ),
+    ];
+    for (name, kind, help, f) in simple {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            sum(&f)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_protocol_errors_total Connections closed for a protocol violation.\n# TYPE ringcast_protocol_errors_total counter"
+    );
+    for (i, code) in CLOSE_CODES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringcast_protocol_errors_total{{code=\"{code}\"}} {}",
+            sum(&|m| m.protocol_errors[i].get())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_handshake_failures_total Requests refused, by HTTP status.\n# TYPE ringcast_handshake_failures_total counter"
+    );
+    for (i, status) in HTTP_STATUSES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringcast_handshake_failures_total{{status=\"{status}\"}} {}",
+            sum(&|m| m.handshake_failures[i].get())
+        );
+    }
+    for (name, help, f) in [
+        (
+            "ringcast_loop_turns_total",
+            "Event-loop turns per shard.",
+            &(|m: &ShardMetrics| m.loop_turns.get()) as &dyn Fn(&ShardMetrics) -> u64,
+        ),
+        (
+            "ringcast_ring_submissions_total",
+            "Kernel entries per shard (io_uring_enter or epoll_wait).",
+            &|m: &ShardMetrics| m.submissions.get(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",io=\"{backend}\"}} {}", f(m));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_sums_and_labels() {
+        let a = Arc::new(ShardMetrics::default());
+        let b = Arc::new(ShardMetrics::default());
+        a.messages_in.add(2);
+        b.messages_in.add(3);
+        a.protocol_error(1002);
+        b.handshake_failure(404);
+        b.loop_turns.add(7);
+        let text = render(&[a, b], "epoll");
+        assert!(text.contains("ringcast_messages_in_total 5\n"));
+        assert!(text.contains("ringcast_protocol_errors_total{code=\"1002\"} 1\n"));
+        assert!(text.contains("ringcast_handshake_failures_total{status=\"404\"} 1\n"));
+        assert!(text.contains("ringcast_loop_turns_total{shard=\"1\",io=\"epoll\"} 7\n"));
+    }
+}

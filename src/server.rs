@@ -1,0 +1,281 @@
+//! Start-up: choose the I/O backend, bind the listeners, start one shard per core.
+//!
+//! Every shard gets its own listening socket per `--listen` address, bound with
+//! `SO_REUSEPORT`, so the kernel spreads incoming connections over the shards and no
+//! accepted socket ever crosses a thread. With port 0 the first shard's bind picks the
+//! port and the others bind the same one.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, mpsc};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::bus::Bus;
+use crate::config::{Config, IoBackend};
+use crate::io::epoll::EpollDriver;
+use crate::io::uring::{UringDriver, UringSettings};
+use crate::io::{Driver, probe};
+use crate::metrics::ShardMetrics;
+use crate::shard::{Settings, Shard, Shared};
+
+/// Which backend the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring.
+    Uring,
+    /// epoll, through mio.
+    Epoll,
+}
+
+impl Backend {
+    /// The name printed in the start-up line and used as the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// `--io uring` was asked for and io_uring is unavailable.
+    UringUnavailable(probe::Unavailable),
+    /// Binding or listening failed.
+    Bind(SocketAddr, std::io::Error),
+    /// A shard failed to set up its driver.
+    Shard(usize, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::UringUnavailable(why) => {
+                write!(
+                    f,
+                    "--io uring was requested but io_uring is unavailable: {why}"
+                )
+            }
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Shard(i, e) => write!(f, "shard {i} failed to start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Picks the backend: one decision, made once, for all shards.
+pub fn choose_backend(io: IoBackend) -> Result<Backend, StartError> {
+    match io {
+        IoBackend::Epoll => Ok(Backend::Epoll),
+        IoBackend::Uring => probe::probe()
+            .map(|()| Backend::Uring)
+            .map_err(StartError::UringUnavailable),
+        IoBackend::Auto => match probe::probe() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(why) => {
+                tracing::warn!(reason = %why, "io_uring is unavailable; falling back to the epoll backend");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s)
+}
+
+/// Binds `shards` listeners per address; returns them per shard, and the bound addresses.
+pub fn bind(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), StartError> {
+    let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &addr in addrs {
+        let first = listener(addr).map_err(|e| StartError::Bind(addr, e))?;
+        let actual = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| StartError::Bind(addr, std::io::Error::other("no local address")))?;
+        bound.push(actual);
+        per_shard[0].push(OwnedFd::from(first));
+        for shard in per_shard.iter_mut().skip(1) {
+            shard.push(OwnedFd::from(
+                listener(actual).map_err(|e| StartError::Bind(actual, e))?,
+            ));
+        }
+    }
+    Ok((per_shard, bound))
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    /// The backend in use.
+    pub backend: Backend,
+    /// State every shard shares (stop flag, metrics).
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Chooses the backend, binds, starts the shards and returns once all of them run.
+    pub fn start(cfg: &Config) -> Result<Server, StartError> {
+        let backend = choose_backend(cfg.io)?;
+        let shards = cfg.shards.max(1);
+        let (listeners, addrs) = bind(&cfg.listen, shards)?;
+        let shared = Arc::new(Shared {
+            bus: Bus::new(shards),
+            metrics: (0..shards)
+                .map(|_| Arc::new(ShardMetrics::default()))
+                .collect(),
+            connections: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            backend: backend.name(),
+        });
+        let settings = Settings {
+            max_message_size: cfg.max_message_size,
+            max_frame_size: cfg.max_frame_size,
+            max_header_bytes: cfg.max_header_bytes,
+            send_queue_limit: cfg.send_queue_limit,
+            slow_consumer: cfg.slow_consumer,
+            ping_interval: (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval),
+            idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
+            handshake_timeout: cfg.handshake_timeout,
+            max_connections: cfg.max_connections,
+        };
+        let uring = UringSettings {
+            ring_entries: cfg.ring_entries,
+            recv_buffers: u16::try_from(cfg.recv_buffers.min(32768)).unwrap_or(32768),
+            recv_buffer_size: u32::try_from(cfg.recv_buffer_size).unwrap_or(u32::MAX),
+        };
+        let cores = if cfg.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        // Every shard must have published its wake target before any shard publishes.
+        let barrier = Arc::new(Barrier::new(shards));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(shards);
+        for (id, fds) in listeners.into_iter().enumerate() {
+            let (shared, settings, barrier, ready) = (
+                Arc::clone(&shared),
+                settings.clone(),
+                Arc::clone(&barrier),
+                ready_tx.clone(),
+            );
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let recv_buffer_size = cfg.recv_buffer_size;
+            let spawned = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core)
+                    {
+                        tracing::debug!(shard = id, "could not pin the shard to a core");
+                    }
+                    match backend {
+                        Backend::Uring => match UringDriver::new(uring, fds) {
+                            Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
+                            Err(e) => fail(id, e, &barrier, &ready),
+                        },
+                        Backend::Epoll => match EpollDriver::new(recv_buffer_size, fds) {
+                            Ok(d) => run_shard(id, d, settings, shared, &barrier, &ready),
+                            Err(e) => fail(id, e, &barrier, &ready),
+                        },
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => return Err(StartError::Shard(id, e)),
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((id, e))) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    return Err(StartError::Shard(id, e));
+                }
+                Err(_) => {
+                    return Err(StartError::Shard(
+                        0,
+                        std::io::Error::other("shard thread exited"),
+                    ));
+                }
+            }
+        }
+        Ok(Server {
+            addrs,
+            backend,
+            shared,
+            threads,
+        })
+    }
+
+    /// Asks every shard to stop and waits for them.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.join();
+    }
+
+    /// Waits for the shards to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "shard failed"),
+                Err(_) => tracing::error!("shard panicked"),
+            }
+        }
+    }
+}
+
+type Ready = mpsc::Sender<Result<(), (usize, std::io::Error)>>;
+
+fn run_shard<D: Driver>(
+    id: usize,
+    driver: D,
+    settings: Settings,
+    shared: Arc<Shared>,
+    barrier: &Barrier,
+    ready: &Ready,
+) -> std::io::Result<()> {
+    let shard = Shard::new(id, driver, settings, shared);
+    barrier.wait();
+    let _ = ready.send(Ok(()));
+    let result = shard.run();
+    if let Err(e) = &result {
+        tracing::error!(shard = id, error = %e, "shard event loop failed");
+    }
+    result
+}
+
+fn fail(id: usize, e: std::io::Error, barrier: &Barrier, ready: &Ready) -> std::io::Result<()> {
+    tracing::error!(shard = id, error = %e, "shard set-up failed");
+    let _ = ready.send(Err((id, std::io::Error::new(e.kind(), e.to_string()))));
+    barrier.wait();
+    Err(e)
+}

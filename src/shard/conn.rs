@@ -1,0 +1,151 @@
+//! One connection as its shard sees it: phase, send queue, timers.
+//!
+//! The send queue holds complete frames as [`Bytes`]: a broadcast frame is the same
+//! allocation for every subscriber, so queueing it costs a reference-count increment. The
+//! queue is bounded in bytes (`send_queue_limit`); data frames past the bound go through
+//! the slow-consumer policy, control frames (pong, close, HTTP responses) always pass, so a
+//! close can still be sent to a client that is being dropped for being slow.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::io::Token;
+use crate::proto::Connection;
+
+/// Where an upgraded connection's messages go.
+#[derive(Debug)]
+pub enum Route {
+    /// Simple mode: subscribed to `topic`, messages are published to it.
+    Topic {
+        /// Shared topic name (also the key in the shard's topic table).
+        topic: Arc<str>,
+        /// Whether the sender receives its own messages.
+        echo: bool,
+    },
+    /// Messages come back to the sender.
+    Echo,
+}
+
+/// What stage the connection is in.
+// Not boxed: nearly every connection spends its life in `Ws`, so boxing would add an
+// allocation per connection and save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading the HTTP request head (bounded by `max_header_bytes`).
+    Http {
+        /// Bytes of the request head received so far.
+        buf: Vec<u8>,
+    },
+    /// Upgraded: frames go through the protocol core.
+    Ws {
+        /// The RFC 6455 state machine (server role).
+        ws: Connection,
+        /// What messages do.
+        route: Route,
+    },
+    /// Answered or failed: nothing more is read, queued bytes are flushed, then closed.
+    Done,
+}
+
+/// A connection slot's state.
+#[derive(Debug)]
+pub struct Conn {
+    /// The driver's name for this connection.
+    pub token: Token,
+    /// HTTP, WebSocket or finished.
+    pub phase: Phase,
+    /// Frames waiting to be sent, in order (not including the send in flight).
+    pub queue: VecDeque<Bytes>,
+    /// Bytes in `queue` plus the send in flight: what the limit is checked against.
+    pub queued: usize,
+    /// Bytes of the send in flight; 0 when none.
+    pub inflight: usize,
+    /// A send is outstanding at the driver.
+    pub sending: bool,
+    /// Listed in the shard's dirty list for this turn.
+    pub dirty: bool,
+    /// Close once everything queued has been written.
+    pub close_after_flush: bool,
+    /// The driver was asked to release it; waiting for `Released`.
+    pub releasing: bool,
+    /// Tick of the last received byte.
+    pub last_rx: u32,
+    /// Tick of the last ping sent.
+    pub last_ping: u32,
+    /// Tick the connection was accepted.
+    pub since: u32,
+    /// Tick after which a closing connection is dropped without waiting any more (0: none).
+    pub deadline: u32,
+    /// Messages dropped for this subscriber (policy `drop`), for its closing log line.
+    pub dropped: u64,
+}
+
+impl Conn {
+    /// A freshly accepted connection, reading its request head.
+    pub fn new(token: Token, tick: u32) -> Self {
+        Conn {
+            token,
+            phase: Phase::Http { buf: Vec::new() },
+            queue: VecDeque::new(),
+            queued: 0,
+            inflight: 0,
+            sending: false,
+            dirty: false,
+            close_after_flush: false,
+            releasing: false,
+            last_rx: tick,
+            last_ping: tick,
+            since: tick,
+            deadline: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether data frames may still be queued (upgraded, open, not closing).
+    pub fn accepts_data(&self) -> bool {
+        !self.close_after_flush
+            && !self.releasing
+            && matches!(&self.phase, Phase::Ws { ws, .. } if ws.state() == crate::proto::conn::State::Open)
+    }
+
+    /// Queues a frame regardless of the limit (control frames, responses).
+    pub fn push_control(&mut self, frame: Bytes, dirty: &mut Vec<u32>) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.queue.push_back(frame);
+        self.mark_dirty(dirty);
+    }
+
+    /// Queues a data frame if it fits under `limit`; returns false when it does not.
+    #[inline]
+    pub fn push_data(&mut self, frame: Bytes, limit: usize, dirty: &mut Vec<u32>) -> bool {
+        if self.queued + frame.len() > limit {
+            return false;
+        }
+        self.queued += frame.len();
+        self.queue.push_back(frame);
+        self.mark_dirty(dirty);
+        true
+    }
+
+    /// Drops the frames not yet handed to the kernel (used when disconnecting a slow
+    /// consumer: its close frame should not wait behind data it will never read).
+    pub fn discard_queued(&mut self) {
+        self.queue.clear();
+        self.queued = self.inflight;
+    }
+
+    /// Puts the connection on this turn's flush list once.
+    #[inline]
+    pub fn mark_dirty(&mut self, dirty: &mut Vec<u32>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(self.token.slot);
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! The per-core event loop: one thread, one driver (io_uring or epoll), its own
+//! connections and topic table. Nothing here takes a lock.
+//!
+//! A loop turn, in order:
+//! 1. [`Driver::wait`]: one kernel entry submits everything the last turn queued and waits
+//!    for completions (or the next timer tick).
+//! 2. Handle every [`Event`]: accept, read requests, feed frames to the protocol core,
+//!    publish (frame once, queue to local subscribers, push to other shards' inboxes).
+//! 3. Drain this shard's bus inbox (messages other shards published).
+//! 4. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
+//! 5. Flush: register new sockets, one vectored send per connection with queued frames,
+//!    releases, and one wake-up per other shard that got messages this turn.
+
+pub mod conn;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::SlowConsumerPolicy;
+use crate::http::{Endpoint, Routed};
+use crate::io::{Driver, Event, Token};
+use crate::metrics::ShardMetrics;
+use crate::proto::conn::{Event as WsEvent, Limits, Role, State as WsState};
+use crate::proto::frame::{OpCode, encode_frame};
+use crate::proto::handshake::{self, HandshakeLimits};
+use crate::proto::{Connection, close_code};
+use crate::pubsub::Topics;
+use conn::{Conn, Phase, Route};
+
+/// Length of a timer tick. Timeouts are checked once per tick, by one pass over the
+/// connection table: O(1) per connection per tick, no timer syscalls.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a closing connection may take to flush its close frame before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Frames per vectored send (IOV_MAX).
+const MAX_FRAMES_PER_SEND: usize = 1024;
+/// Allocation unit of the frame arena: many small broadcast frames share one allocation.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+/// What a shard needs to know from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest accepted message (assembled), in bytes.
+    pub max_message_size: usize,
+    /// Largest accepted frame payload, in bytes.
+    pub max_frame_size: usize,
+    /// Largest HTTP request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Per-connection send queue bound, in bytes.
+    pub send_queue_limit: usize,
+    /// What happens to a subscriber whose queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Server ping interval; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    /// Close connections silent for this long; `None` disables.
+    pub idle_timeout: Option<Duration>,
+    /// Drop connections whose handshake takes longer.
+    pub handshake_timeout: Duration,
+    /// Upgrades past this many open connections (whole server) get 503.
+    pub max_connections: usize,
+}
+
+/// State shared by all shards (read-mostly; nothing on the per-message path locks).
+#[derive(Debug)]
+pub struct Shared {
+    /// Cross-shard inboxes.
+    pub bus: Arc<Bus>,
+    /// Every shard's metrics, for `/metrics`.
+    pub metrics: Vec<Arc<ShardMetrics>>,
+    /// Open connections in the whole server.
+    pub connections: AtomicUsize,
+    /// Set to ask every shard to stop.
+    pub stop: AtomicBool,
+    /// The backend in use, for metrics labels.
+    pub backend: &'static str,
+}
+
+/// Ticks since the shard started, from a clock read once per loop turn.
+fn ticks(d: Duration) -> u32 {
+    (d.as_millis() / TICK.as_millis()).min(u128::from(u32::MAX)) as u32
+}
+
+fn ticks_ceil(d: Duration) -> u32 {
+    ticks(d + TICK - Duration::from_nanos(1)).max(1)
+}
+
+/// Everything of a shard except its driver, so that events borrowed from the driver can be
+/// handled with the rest mutably borrowed.
+struct ShardState {
+    id: usize,
+    settings: Settings,
+    shared: Arc<Shared>,
+    metrics: Arc<ShardMetrics>,
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    topics: Topics,
+    dirty: Vec<u32>,
+    to_register: Vec<(Token, OwnedFd)>,
+    to_release: Vec<Token>,
+    wake: Vec<bool>,
+    /// Output of the protocol core (pongs, closes), split off per connection.
+    scratch: BytesMut,
+    /// Where broadcast frames are built, once each.
+    arena: BytesMut,
+    send_vecs: Vec<Vec<Bytes>>,
+    tick: u32,
+    handshake_limits: HandshakeLimits,
+    ws_limits: Limits,
+}
+
+/// A shard: its driver and its state.
+pub struct Shard<D: Driver> {
+    driver: D,
+    st: ShardState,
+    started: Instant,
+}
+
+impl<D: Driver> std::fmt::Debug for Shard<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.st.id)
+            .field("io", &self.driver.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver> Shard<D> {
+    /// A shard around a driver whose listeners are already armed.
+    pub fn new(id: usize, driver: D, settings: Settings, shared: Arc<Shared>) -> Self {
+        let metrics = Arc::clone(&shared.metrics[id]);
+        shared.bus.set_target(id, driver.wake_target());
+        let n = shared.bus.shards();
+        let ws_limits = Limits {
+            max_frame_size: settings.max_frame_size as u64,
+            max_message_size: settings.max_message_size,
+        };
+        let handshake_limits = HandshakeLimits {
+            max_header_bytes: settings.max_header_bytes,
+            ..HandshakeLimits::default()
+        };
+        Shard {
+            driver,
+            started: Instant::now(),
+            st: ShardState {
+                id,
+                settings,
+                shared,
+                metrics,
+                conns: Vec::new(),
+                generations: Vec::new(),
+                free: Vec::new(),
+                topics: Topics::default(),
+                dirty: Vec::new(),
+                to_register: Vec::new(),
+                to_release: Vec::new(),
+                wake: vec![false; n],
+                scratch: BytesMut::with_capacity(256),
+                arena: BytesMut::new(),
+                send_vecs: Vec::new(),
+                tick: 0,
+                handshake_limits,
+                ws_limits,
+            },
+        }
+    }
+
+    /// Runs until [`Shared::stop`] is set. Returns an error only if the driver fails.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut next_timer = 0u32;
+        while !self.st.shared.stop.load(Ordering::Relaxed) {
+            self.driver.wait(TICK)?;
+            self.st.tick = ticks(self.started.elapsed());
+            self.st.metrics.loop_turns.inc();
+            while let Some(ev) = self.driver.next_event() {
+                self.st.on_event(ev);
+            }
+            self.st.drain_bus();
+            if self.st.tick >= next_timer {
+                next_timer = self.st.tick + 1;
+                self.st.timers();
+            }
+            self.st.flush(&mut self.driver);
+            let stats = self.driver.stats();
+            self.st.metrics.submissions.set(stats.submissions);
+            self.st
+                .metrics
+                .buffers_in_use
+                .set(u64::from(stats.buffers_in_use));
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    fn on_event(&mut self, ev: Event<'_>) {
+        match ev {
+            Event::Accepted(fd) => self.on_accept(fd),
+            Event::AcceptError(e) => {
+                self.metrics.accept_errors.inc();
+                tracing::warn!(shard = self.id, error = %e, "accept failed");
+            }
+            Event::Data { token, data } => self.on_data(token, data),
+            Event::RecvClosed { token, error } => self.on_recv_closed(token, error),
+            Event::Sent {
+                token,
+                result,
+                frames,
+            } => self.on_sent(token, result, frames),
+            Event::Wake => {}
+            Event::Released { token } => self.on_released(token),
+        }
+    }
+
+    fn on_accept(&mut self, fd: OwnedFd) {
+        // Nagle would hold back the small frames a broadcast server writes; the loop already
+        // coalesces everything queued in a turn into one send.
+        let stream = std::net::TcpStream::from(fd);
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[slot as usize].wrapping_add(1) & 0xff_ffff;
+        self.generations[slot as usize] = generation;
+        let token = Token { slot, generation };
+        self.conns[slot as usize] = Some(Conn::new(token, self.tick));
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections.add(1);
+        self.metrics.accepted.inc();
+        self.to_register.push((token, OwnedFd::from(stream)));
+    }
+
+    fn on_data(&mut self, token: Token, data: &mut [u8]) {
+        let tick = self.tick;
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        c.last_rx = tick;
+        match &mut c.phase {
+            Phase::Http { buf } => {
+                buf.extend_from_slice(data);
+                self.on_request_bytes(token);
+            }
+            Phase::Ws { .. } => self.on_ws_data(token, data),
+            Phase::Done => {}
+        }
+    }
+
+    /// Parses what is buffered of a request head and acts on it once complete.
+    fn on_request_bytes(&mut self, token: Token) {
+        let limits = self.handshake_limits;
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        let Phase::Http { buf } = &mut c.phase else {
+            return;
+        };
+        let req = match handshake::parse_request(buf, &limits) {
+            Ok(None) => return,
+            Ok(Some(req)) => req,
+            Err(e) => {
+                let status = e.status();
+                self.respond(token, status, &format!("{e}\n"));
+                return;
+            }
+        };
+        let rest = buf.split_off(req.head_len.min(buf.len()));
+        match crate::http::route(&req.method, &req.path, req.query.as_deref()) {
+            Routed::Health => self.respond(token, 200, "ok\n"),
+            Routed::Metrics => {
+                let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
+                self.respond_with(
+                    token,
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                );
+            }
+            Routed::Respond { status, body } => self.respond(token, status, body),
+            Routed::Upgrade(endpoint) => {
+                if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
+                    self.respond(token, 503, "server at its connection limit\n");
+                    return;
+                }
+                let up = match req.websocket() {
+                    Ok(up) => up,
+                    Err(e) => {
+                        self.respond(token, e.status(), &format!("{e}\n"));
+                        return;
+                    }
+                };
+                self.upgrade(token, &up, endpoint, rest);
+            }
+        }
+    }
+
+    fn upgrade(
+        &mut self,
+        token: Token,
+        up: &handshake::Upgrade,
+        endpoint: Endpoint,
+        mut rest: Vec<u8>,
+    ) {
+        let route = match endpoint {
+            Endpoint::Echo => Route::Echo,
+            Endpoint::Topic { name, echo } => {
+                let topic = self.topics.subscribe(&name, token.slot);
+                self.metrics.subscriptions.add(1);
+                self.metrics.topics.set(self.topics.len() as u64);
+                Route::Topic { topic, echo }
+            }
+        };
+        let mut head = Vec::with_capacity(160);
+        handshake::write_101(up, None, &mut head);
+        let ws = Connection::new(Role::Server, self.ws_limits);
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        c.phase = Phase::Ws { ws, route };
+        c.push_control(Bytes::from(head), &mut self.dirty);
+        self.metrics.upgrades.inc();
+        tracing::debug!(shard = self.id, slot = token.slot, "websocket open");
+        if !rest.is_empty() {
+            self.on_ws_data(token, &mut rest);
+        }
+    }
+
+    /// Answers a plain HTTP request (or refuses a handshake) and closes after the response.
+    fn respond(&mut self, token: Token, status: u16, body: &str) {
+        if status >= 400 {
+            self.metrics.handshake_failure(status);
+            tracing::debug!(
+                shard = self.id,
+                status,
+                reason = body.trim_end(),
+                "request refused"
+            );
+        }
+        self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
+    }
+
+    fn respond_with(&mut self, token: Token, status: u16, content_type: &str, body: &[u8]) {
+        let mut out = Vec::with_capacity(128 + body.len());
+        handshake::write_response(status, content_type, &[], body, &mut out);
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        c.phase = Phase::Done;
+        c.push_control(Bytes::from(out), &mut self.dirty);
+        c.close_after_flush = true;
+    }
+
+    /// Feeds received bytes to the protocol core, one event at a time.
+    fn on_ws_data(&mut self, token: Token, data: &mut [u8]) {
+        let mut input = data;
+        loop {
+            let slot = token.slot as usize;
+            let Some(Some(c)) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let Phase::Ws { ws, route } = &mut c.phase else {
+                return;
+            };
+            let action = match ws.feed(input, &mut self.scratch) {
+                Ok(p) => {
+                    let consumed = p.consumed;
+                    let action = match p.event {
+                        None => Action::None,
+                        Some(WsEvent::Message { opcode, payload }) => {
+                            let frame = frame_once(&mut self.arena, opcode, payload);
+                            self.metrics.messages_in.inc();
+                            self.metrics.bytes_in.add(payload.len() as u64);
+                            match route {
+                                Route::Topic { topic, echo } => {
+                                    Action::Publish(Arc::clone(topic), frame, *echo)
+                                }
+                                Route::Echo => Action::Echo(frame),
+                            }
+                        }
+                        Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
+                        Some(WsEvent::Close { code, .. }) => {
+                            tracing::debug!(shard = self.id, slot, code, "close received");
+                            Action::Closed
+                        }
+                    };
+                    (consumed, action)
+                }
+                Err(e) => {
+                    let code = e.close_code();
+                    self.metrics.protocol_error(code);
+                    tracing::info!(shard = self.id, slot, code, error = %e, "protocol violation, closing");
+                    (input.len(), Action::Closed)
+                }
+            };
+            let (consumed, action) = action;
+            let had_event = !matches!(action, Action::None);
+            // The core's output (pong, close reply) goes out before anything queued later.
+            if !self.scratch.is_empty() {
+                let out = self.scratch.split().freeze();
+                c.push_control(out, &mut self.dirty);
+            }
+            match action {
+                Action::None => {}
+                Action::Publish(topic, frame, echo) => {
+                    self.publish(&topic, frame, Some(token.slot), echo)
+                }
+                Action::Echo(frame) => self.deliver(token.slot, frame),
+                Action::Closed => {
+                    if let Some(c) = conn_mut(&mut self.conns, token) {
+                        c.close_after_flush = true;
+                        c.deadline = self.tick + ticks_ceil(CLOSE_GRACE);
+                        c.mark_dirty(&mut self.dirty);
+                    }
+                    return;
+                }
+            }
+            let rest = std::mem::take(&mut input);
+            let at = consumed.min(rest.len());
+            input = &mut rest[at..];
+            if input.is_empty() || (consumed == 0 && !had_event) {
+                return;
+            }
+        }
+    }
+
+    /// Local fan-out plus one bus push per other shard.
+    fn publish(&mut self, topic: &Arc<str>, frame: Bytes, publisher: Option<u32>, echo: bool) {
+        self.fan_out_local(topic, &frame, publisher, echo);
+        let bus = Arc::clone(&self.shared.bus);
+        for shard in 0..bus.shards() {
+            if shard != self.id
+                && bus.push(
+                    shard,
+                    BusMsg {
+                        topic: Arc::clone(topic),
+                        frame: frame.clone(),
+                    },
+                )
+            {
+                self.wake[shard] = true;
+            }
+        }
+    }
+
+    fn fan_out_local(&mut self, topic: &str, frame: &Bytes, publisher: Option<u32>, echo: bool) {
+        let Some(t) = self.topics.get(topic) else {
+            return;
+        };
+        let limit = self.settings.send_queue_limit;
+        let mut queued = 0u64;
+        for &slot in &t.subscribers {
+            if Some(slot) == publisher && !echo {
+                continue;
+            }
+            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            if !c.accepts_data() {
+                continue;
+            }
+            if c.push_data(frame.clone(), limit, &mut self.dirty) {
+                queued += 1;
+                continue;
+            }
+            slow_consumer(
+                c,
+                self.settings.slow_consumer,
+                &self.metrics,
+                &mut self.scratch,
+                &mut self.dirty,
+                self.tick,
+                self.id,
+            );
+        }
+        self.metrics.messages_out.add(queued);
+    }
+
+    /// Queues a frame to one connection (echo), through the same limit.
+    fn deliver(&mut self, slot: u32, frame: Bytes) {
+        let limit = self.settings.send_queue_limit;
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if !c.accepts_data() {
+            return;
+        }
+        if c.push_data(frame, limit, &mut self.dirty) {
+            self.metrics.messages_out.inc();
+        } else {
+            slow_consumer(
+                c,
+                self.settings.slow_consumer,
+                &self.metrics,
+                &mut self.scratch,
+                &mut self.dirty,
+                self.tick,
+                self.id,
+            );
+        }
+    }
+
+    fn drain_bus(&mut self) {
+        let bus = Arc::clone(&self.shared.bus);
+        let n = bus.drain(self.id, |m| {
+            self.fan_out_local(&m.topic, &m.frame, None, false)
+        });
+        self.metrics.bus_in.add(n as u64);
+    }
+
+    fn on_recv_closed(&mut self, token: Token, error: Option<std::io::Error>) {
+        let id = self.id;
+        let tick = self.tick;
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        match &mut c.phase {
+            // The phase (and with it the subscription) ends in `release`, nowhere else.
+            Phase::Ws { ws, .. } => {
+                if let Err(e) = ws.eof() {
+                    tracing::debug!(shard = id, slot = token.slot, error = %e, io_error = ?error, "abnormal closure");
+                    self.metrics.protocol_error(close_code::ABNORMAL);
+                }
+            }
+            Phase::Http { .. } => c.phase = Phase::Done,
+            Phase::Done => {}
+        }
+        c.close_after_flush = true;
+        if c.deadline == 0 {
+            c.deadline = tick + ticks_ceil(CLOSE_GRACE);
+        }
+        c.mark_dirty(&mut self.dirty);
+    }
+
+    fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
+        self.send_vecs.push(frames);
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        c.sending = false;
+        c.queued = c.queued.saturating_sub(c.inflight);
+        let sent = std::mem::take(&mut c.inflight);
+        match result {
+            Ok(_) => {
+                self.metrics.bytes_out.add(sent as u64);
+                c.mark_dirty(&mut self.dirty);
+            }
+            Err(e) => {
+                tracing::debug!(shard = self.id, slot = token.slot, error = %e, "send failed, closing");
+                c.discard_queued();
+                c.close_after_flush = true;
+                c.mark_dirty(&mut self.dirty);
+            }
+        }
+    }
+
+    fn on_released(&mut self, token: Token) {
+        let Some(slot) = self.conns.get_mut(token.slot as usize) else {
+            return;
+        };
+        if slot.as_ref().is_none_or(|c| c.token != token) {
+            return;
+        }
+        if let Some(c) = slot.take()
+            && c.dropped > 0
+        {
+            tracing::info!(
+                shard = self.id,
+                slot = token.slot,
+                dropped = c.dropped,
+                "closed a subscriber that had messages dropped"
+            );
+        }
+        self.free.push(token.slot);
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .connections
+            .set(self.metrics.connections.get().saturating_sub(1));
+    }
+
+    /// Asks the driver to close a connection; unsubscribes it first so no new frame is
+    /// queued to it.
+    fn release(&mut self, token: Token) {
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        if c.releasing {
+            return;
+        }
+        c.releasing = true;
+        c.discard_queued();
+        let phase = std::mem::replace(&mut c.phase, Phase::Done);
+        if let Phase::Ws {
+            route: Route::Topic { topic, .. },
+            ..
+        } = phase
+            && self.topics.unsubscribe(&topic, token.slot)
+        {
+            self.metrics
+                .subscriptions
+                .set(self.metrics.subscriptions.get().saturating_sub(1));
+            self.metrics.topics.set(self.topics.len() as u64);
+        }
+        self.to_release.push(token);
+    }
+
+    /// Handshake and idle timeouts, pings, close deadlines: one pass per tick.
+    fn timers(&mut self) {
+        let now = self.tick;
+        let hs = ticks_ceil(self.settings.handshake_timeout);
+        let idle = self.settings.idle_timeout.map(ticks_ceil);
+        let ping = self.settings.ping_interval.map(ticks_ceil);
+        let mut expired = Vec::new();
+        for c in self.conns.iter_mut().flatten() {
+            if c.releasing {
+                continue;
+            }
+            if c.deadline != 0 && now >= c.deadline {
+                expired.push(c.token);
+                continue;
+            }
+            // An idle connection should hold no queue memory (the 101 response alone leaves
+            // a few slots allocated); an active one re-allocates at most once per tick.
+            if c.queue.is_empty() && c.queue.capacity() != 0 && !c.sending {
+                c.queue = std::collections::VecDeque::new();
+            }
+            match &mut c.phase {
+                Phase::Http { .. } if now.saturating_sub(c.since) >= hs => {
+                    self.metrics.handshake_timeouts.inc();
+                    tracing::debug!(shard = self.id, slot = c.token.slot, "handshake timeout");
+                    expired.push(c.token);
+                }
+                Phase::Ws { ws, .. } if ws.state() == WsState::Open => {
+                    if let Some(idle) = idle
+                        && now.saturating_sub(c.last_rx) >= idle
+                    {
+                        self.metrics.idle_timeouts.inc();
+                        tracing::debug!(shard = self.id, slot = c.token.slot, "idle timeout");
+                        ws.close(close_code::GOING_AWAY, "idle timeout", &mut self.scratch);
+                        c.close_after_flush = true;
+                        c.deadline = now + ticks_ceil(CLOSE_GRACE);
+                    } else if let Some(ping) = ping
+                        && now.saturating_sub(c.last_ping) >= ping
+                    {
+                        c.last_ping = now;
+                        let _ = ws.send(OpCode::Ping, b"", &mut self.scratch);
+                    }
+                    if !self.scratch.is_empty() {
+                        let out = self.scratch.split().freeze();
+                        c.push_control(out, &mut self.dirty);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for t in expired {
+            self.release(t);
+        }
+    }
+
+    /// Hands the turn's work to the driver: registrations, sends, releases, wake-ups.
+    fn flush<D: Driver>(&mut self, driver: &mut D) {
+        for (token, fd) in self.to_register.drain(..) {
+            if let Err(e) = driver.register(token, fd) {
+                tracing::warn!(shard = self.id, error = %e, "registering a connection failed");
+                if let Some(c) = self
+                    .conns
+                    .get_mut(token.slot as usize)
+                    .and_then(Option::as_mut)
+                {
+                    c.releasing = true;
+                }
+                self.to_release.push(token);
+            }
+        }
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let slot = self.dirty[i];
+            i += 1;
+            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            c.dirty = false;
+            if c.releasing || c.sending {
+                continue;
+            }
+            if !c.queue.is_empty() {
+                let mut frames = self.send_vecs.pop().unwrap_or_default();
+                let n = c.queue.len().min(MAX_FRAMES_PER_SEND);
+                let mut bytes = 0;
+                frames.extend(c.queue.drain(..n).inspect(|f| bytes += f.len()));
+                c.inflight = bytes;
+                c.sending = true;
+                driver.send(c.token, frames);
+            } else if c.close_after_flush {
+                let token = c.token;
+                self.release(token);
+            }
+        }
+        self.dirty.clear();
+        for token in self.to_release.drain(..) {
+            driver.release(token);
+        }
+        for (shard, wake) in self.wake.iter_mut().enumerate() {
+            if std::mem::take(wake)
+                && let Some(t) = self.shared.bus.target(shard)
+            {
+                driver.wake(t);
+            }
+        }
+    }
+}
+
+/// What a received frame leads to, computed while the protocol core is borrowed and
+/// applied after.
+enum Action {
+    None,
+    Publish(Arc<str>, Bytes, bool),
+    Echo(Bytes),
+    Closed,
+}
+
+/// The live connection named by `token` (not a later one in the same slot).
+fn conn_mut(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
+    conns
+        .get_mut(token.slot as usize)
+        .and_then(Option::as_mut)
+        .filter(|c| c.token.generation == token.generation)
+}
+
+/// Builds a server frame once, in the shard's arena.
+fn frame_once(arena: &mut BytesMut, opcode: OpCode, payload: &[u8]) -> Bytes {
+    let need = payload.len() + crate::proto::frame::MAX_HEADER_LEN;
+    if arena.capacity() - arena.len() < need {
+        arena.reserve(need.max(ARENA_CHUNK));
+    }
+    encode_frame(arena, true, opcode, None, payload);
+    arena.split().freeze()
+}
+
+/// Applies the slow-consumer policy to a subscriber whose queue is full.
+fn slow_consumer(
+    c: &mut Conn,
+    policy: SlowConsumerPolicy,
+    metrics: &ShardMetrics,
+    scratch: &mut BytesMut,
+    dirty: &mut Vec<u32>,
+    tick: u32,
+    shard: usize,
+) {
+    match policy {
+        SlowConsumerPolicy::Drop => {
+            metrics.dropped.inc();
+            if c.dropped == 0 {
+                tracing::warn!(
+                    shard,
+                    slot = c.token.slot,
+                    "send queue full: dropping messages for a slow subscriber"
+                );
+            }
+            c.dropped += 1;
+        }
+        SlowConsumerPolicy::Disconnect => {
+            metrics.slow_disconnects.inc();
+            tracing::info!(
+                shard,
+                slot = c.token.slot,
+                queued = c.queued,
+                "send queue full: disconnecting a slow subscriber (1008)"
+            );
+            c.discard_queued();
+            if let Phase::Ws { ws, .. } = &mut c.phase {
+                ws.close(
+                    close_code::POLICY,
+                    "too slow: send queue limit reached",
+                    scratch,
+                );
+            }
+            let out = scratch.split().freeze();
+            c.push_control(out, dirty);
+            c.close_after_flush = true;
+            c.deadline = tick + ticks_ceil(CLOSE_GRACE);
+        }
+    }
+}

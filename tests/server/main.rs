@@ -1,0 +1,13 @@
+//! Socket-level tests: a real `ringcast` process on 127.0.0.1:0, each test on both I/O
+//! backends (io_uring and epoll).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod bad_input;
+mod fallback;
+mod lifecycle;
+mod pubsub;
+mod slow;
+mod timeouts;

@@ -1,0 +1,108 @@
+//! Slow consumers: a subscriber that stops reading is disconnected with 1008 (default) or
+//! has messages dropped (policy `drop`); memory stays bounded; healthy subscribers get
+//! everything.
+
+use std::time::Duration;
+
+use ringcast::proto::frame::OpCode;
+
+use crate::both;
+use crate::util::{Msg, Server};
+
+const MSG: usize = 16 * 1024;
+// Well past what loopback socket buffers absorb (a few MiB each way).
+const COUNT: u32 = 2000;
+
+fn payload(seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; MSG];
+    p[..4].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn seq_of(m: &Msg) -> u32 {
+    let Msg::Binary(b) = m else {
+        panic!("expected binary, got {m:?}")
+    };
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Publishes COUNT messages, each after the healthy subscriber received the previous
+/// one, so only the subscriber that never reads falls behind.
+fn publish_all(srv: &Server) -> (crate::util::Client, crate::util::Client) {
+    let slow = srv.ws("/ws/firehose");
+    let mut fast = srv.ws("/ws/firehose");
+    let mut publisher = srv.ws("/ws/firehose");
+    std::thread::sleep(Duration::from_millis(50));
+    for seq in 0..COUNT {
+        publisher.send(OpCode::Binary, &payload(seq));
+        assert_eq!(
+            seq_of(&fast.recv()),
+            seq,
+            "the healthy subscriber gets everything in order"
+        );
+    }
+    (slow, publisher)
+}
+
+both!(disconnect_policy_closes_slow_subscriber_with_1008, |io| {
+    let srv = Server::start(io, &["--send-queue-limit", "256KiB"]);
+    let (mut slow, _p) = publish_all(&srv);
+    assert!(srv.wait_for(Duration::from_secs(5), |s| {
+        s.metric("ringcast_slow_consumer_disconnects_total") >= 1
+    }));
+    // Whatever it still reads is in order, then the close says why.
+    let mut last = None;
+    let code = loop {
+        match slow.recv_timeout(Duration::from_secs(5)) {
+            Some(Msg::Close(code, reason)) => {
+                assert!(reason.contains("slow"), "reason {reason:?}");
+                break code;
+            }
+            Some(m @ Msg::Binary(_)) => {
+                let s = seq_of(&m);
+                assert!(
+                    last.is_none_or(|l| s == l + 1),
+                    "in order without gaps before the close"
+                );
+                last = Some(s);
+            }
+            other => panic!("expected data then close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert!(
+        srv.log().contains("disconnecting a slow subscriber"),
+        "logged"
+    );
+});
+
+both!(
+    drop_policy_drops_and_counts_but_keeps_the_connection,
+    |io| {
+        let srv = Server::start(
+            io,
+            &["--send-queue-limit", "256KiB", "--slow-consumer", "drop"],
+        );
+        let (mut slow, _p) = publish_all(&srv);
+        let dropped = srv.metric("ringcast_dropped_messages_total");
+        assert!(dropped > 0, "drops are counted");
+        let mut got = 0u64;
+        let mut last = None;
+        while let Some(m) = slow.recv_timeout(Duration::from_millis(500)) {
+            let s = seq_of(&m);
+            assert!(last.is_none_or(|l| s > l), "what arrives is in order");
+            last = Some(s);
+            got += 1;
+        }
+        assert_eq!(
+            got + dropped,
+            u64::from(COUNT),
+            "every message either delivered or counted as dropped"
+        );
+        assert!(
+            srv.log()
+                .contains("dropping messages for a slow subscriber"),
+            "logged"
+        );
+    }
+);

@@ -1,0 +1,333 @@
+//! Test support: a real `ringcast` process on 127.0.0.1:0 and a blocking WebSocket client
+//! built on the crate's own client role.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringcast::proto::Connection;
+use ringcast::proto::conn::{Event, Limits, Role};
+use ringcast::proto::frame::OpCode;
+use ringcast::proto::handshake;
+
+/// Declares one test per backend: `both!(name, |io| { ... })`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, |$io:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn run($io: &str) $body
+            #[test]
+            fn uring() { run("uring") }
+            #[test]
+            fn epoll() { run("epoll") }
+        }
+    };
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+    pub banner: String,
+}
+
+impl Server {
+    pub fn start(io: &str, extra: &[&str]) -> Server {
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_ringcast")), io, extra)
+    }
+
+    pub fn start_with(mut cmd: Command, io: &str, extra: &[&str]) -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let stderr_path = dir.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = cmd
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--io",
+                io,
+                "--shards",
+                "2",
+                "--log-level",
+                "debug",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ringcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("start-up line");
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.trim_end_matches(',').parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in start-up line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                )
+            });
+        Server {
+            child,
+            addr,
+            stderr_path,
+            banner: line,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn ws(&self, path: &str) -> Client {
+        Client::connect(self.addr, path).unwrap_or_else(|e| panic!("connect {path}: {e}"))
+    }
+
+    /// A raw TCP connection with a read timeout.
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    }
+
+    /// Sends raw bytes, returns everything the server sends until it closes (or 5 s).
+    pub fn exchange(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut s = self.raw();
+        let _ = s.write_all(bytes);
+        read_to_close(&mut s)
+    }
+
+    /// `GET path` and the whole response.
+    pub fn get(&self, path: &str) -> String {
+        String::from_utf8_lossy(
+            &self.exchange(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()),
+        )
+        .into_owned()
+    }
+
+    /// The value of an unlabelled metric (or a labelled one given in full).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+    }
+
+    /// Open connections other than the one asking (the `/metrics` request counts itself).
+    pub fn open_connections(&self) -> u64 {
+        self.metric("ringcast_connections").saturating_sub(1)
+    }
+
+    /// Polls until `f` holds or `timeout` passes.
+    pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut(&Server) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if f(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f(self)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// What a client received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(Option<u16>, String),
+    /// The TCP stream ended (or failed).
+    Eof,
+}
+
+/// A blocking WebSocket client over std, on ringcast's own client role.
+pub struct Client {
+    pub stream: TcpStream,
+    ws: Connection,
+    out: BytesMut,
+    inbox: VecDeque<Msg>,
+    leftover: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, path: &str) -> std::io::Result<Client> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let key = handshake::generate_key();
+        let mut req = Vec::new();
+        handshake::write_client_request(&addr.to_string(), path, &key, &[], &mut req);
+        stream.write_all(&req)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head = loop {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    String::from_utf8_lossy(&buf).into_owned(),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match handshake::parse_response(&buf, &key) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "{e}: {}",
+                        String::from_utf8_lossy(&buf)
+                    )));
+                }
+            }
+        };
+        let limits = Limits {
+            max_frame_size: 1 << 30,
+            max_message_size: 1 << 30,
+        };
+        Ok(Client {
+            stream,
+            ws: Connection::new(Role::Client, limits),
+            out: BytesMut::new(),
+            inbox: VecDeque::new(),
+            leftover: buf.split_off(head),
+        })
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.stream.write_all(&self.out);
+            self.out.clear();
+        }
+    }
+
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.ws
+            .send(opcode, payload, &mut self.out)
+            .expect("send on an open connection");
+        self.flush();
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.send(OpCode::Text, s.as_bytes());
+    }
+
+    pub fn close(&mut self, code: u16) {
+        self.ws.close(code, "", &mut self.out);
+        self.flush();
+    }
+
+    fn feed(&mut self, data: &mut [u8]) {
+        let mut input = data;
+        while !input.is_empty() {
+            let (consumed, msg) = match self.ws.feed(input, &mut self.out) {
+                Ok(p) => (
+                    p.consumed,
+                    match p.event {
+                        Some(Event::Message {
+                            opcode: OpCode::Text,
+                            payload,
+                        }) => Some(Msg::Text(String::from_utf8_lossy(payload).into_owned())),
+                        Some(Event::Message { payload, .. }) => Some(Msg::Binary(payload.to_vec())),
+                        Some(Event::Close { code, reason }) => {
+                            Some(Msg::Close(code, reason.to_owned()))
+                        }
+                        _ => None,
+                    },
+                ),
+                Err(e) => panic!("server sent something invalid: {e}"),
+            };
+            self.inbox.extend(msg);
+            let rest = std::mem::take(&mut input);
+            input = &mut rest[consumed..];
+        }
+        self.flush();
+    }
+
+    /// The next message within `timeout`, or `None`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Msg> {
+        if !self.leftover.is_empty() {
+            let mut l = std::mem::take(&mut self.leftover);
+            self.feed(&mut l);
+        }
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        while self.inbox.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = self
+                .stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(Msg::Eof),
+                Ok(n) => self.feed(&mut buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(_) => return Some(Msg::Eof),
+            }
+        }
+        self.inbox.pop_front()
+    }
+
+    pub fn recv(&mut self) -> Msg {
+        self.recv_timeout(Duration::from_secs(5))
+            .expect("a message within 5 s")
+    }
+
+    /// Reads until the close frame (or EOF); returns its code.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv_timeout(Duration::from_secs(5)) {
+                Some(Msg::Close(code, _)) => return code,
+                Some(Msg::Eof) | None => return None,
+                Some(_) => {}
+            }
+        }
+    }
+}
