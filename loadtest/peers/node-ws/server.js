@@ -21,7 +21,10 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 
 const stats = { connections: 0, closed: 0, received: 0, delivered: 0, errors: 0, maxBuffered: 0 };
 
-const wss = new WebSocketServer({ host: '127.0.0.1', port, clientTracking: true });
+// backlog: the same listen backlog as ringcast and the Rust peers (4096, clamped
+// by net.core.somaxconn) instead of Node's 511, so that a connect storm compares
+// the servers rather than their defaults.
+const wss = new WebSocketServer({ host: '127.0.0.1', port, backlog: 4096, clientTracking: true });
 
 wss.on('connection', (ws) => {
   stats.connections++;

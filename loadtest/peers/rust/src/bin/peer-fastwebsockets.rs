@@ -35,7 +35,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use ringcast_peers::{MAX_BATCH, STATS, Subscription};
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
-use tokio::net::TcpListener;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::mpsc;
 
@@ -74,7 +73,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = ringcast_peers::listen(addr)?;
         let (tx, capacity) = ringcast_peers::channel::<Msg>()?;
         println!("{PEER} listening on {addr} (broadcast capacity {capacity})");
         let accept_loop = async {

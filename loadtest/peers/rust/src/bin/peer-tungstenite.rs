@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ringcast_peers::{MAX_BATCH, STATS, Subscription};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -57,7 +57,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = ringcast_peers::listen(addr)?;
         let (tx, capacity) = ringcast_peers::channel::<Msg>()?;
         println!("{PEER} listening on {addr} (broadcast capacity {capacity})");
         let accept_loop = async {
