@@ -81,6 +81,7 @@ class Run:
         self.server_pct = num(get(data, "cpu", "server_pct"))
         self.generator_pct = num(get(data, "cpu", "generator_pct"))
         self.generator_limited = bool(get(data, "generator_limited", default=False))
+        self.counters: dict[str, int] = {}
 
     @property
     def delivered_ratio(self) -> float | None:
@@ -190,6 +191,35 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- report
 
 
+def server_counters(rec: Path, entry: dict) -> dict[str, int]:
+    """The `key=value` counters a peer prints on exit (`... stats: lagged_messages=12 ...`)."""
+    log = entry.get("server_log")
+    if not log:
+        return {}
+    try:
+        text = (rec / log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        if " stats: " not in line:
+            continue
+        for pair in line.split(" stats: ", 1)[1].split():
+            key, _, value = pair.partition("=")
+            if value.isdigit():
+                counters[key] = int(value)
+    return counters
+
+
+def counter_notes(counters: dict[str, int]) -> list[str]:
+    out = []
+    if counters.get("lagged_messages"):
+        out.append(f"broadcast channel dropped {counters['lagged_messages']:,} messages (lagged)")
+    if counters.get("max_buffered_bytes"):
+        out.append(f"largest send backlog {counters['max_buffered_bytes'] / 1024:,.0f} KiB")
+    return out
+
+
 def read_record(rec: Path) -> tuple[dict, list[Run]]:
     meta = load_json(rec / "meta.json") or {}
     runs = []
@@ -208,7 +238,9 @@ def read_record(rec: Path) -> tuple[dict, list[Run]]:
         # Labels such as "1" arrive as numbers from runs.jsonl; "4a" as strings.
         entry["scenario"] = str(entry.get("scenario", "?"))
         data = load_json(rec / entry["json"]) if entry.get("json") else None
-        runs.append(Run(entry, data))
+        run = Run(entry, data)
+        run.counters = server_counters(rec, entry)
+        runs.append(run)
     return meta, runs
 
 
@@ -315,6 +347,8 @@ def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
             hit = [r for r in srv_runs if r.entry.get("target_deliveries_per_s") == target]
             cpu_at.append(f"{hit[0].cpu_ns_per_delivery:.0f}" if hit and hit[0].cpu_ns_per_delivery else "?")
         extra = list(notes)
+        # One server process served the whole sweep: its counters cover every step.
+        extra += counter_notes(srv_runs[-1].counters) if srv_runs else []
         if b and b.generator_limited:
             extra.append("generator-limited at the max")
         if any(r.entry.get("status") == "failed" for r in srv_runs):
@@ -449,15 +483,16 @@ def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
     )
     out.append(
         "| server | healthy delivered | healthy p99 | slow: count / disconnected / still connected "
-        "| server RSS before → peak | notes |"
+        "| server RSS before → peak | server's own counters | notes |"
     )
-    out.append("|---|---:|---:|---|---:|---|")
+    out.append("|---|---:|---:|---|---:|---|---|")
     for r in runs:
         e = r.entry
         if e.get("status") in ("n/a", "skipped"):
-            out.append(f"| {e.get('server')} | {e.get('status')} | | | | {e.get('note', '')} |")
+            out.append(f"| {e.get('server')} | {e.get('status')} | | | | | {e.get('note', '')} |")
             continue
         slow = get(r.data, "slow") or {}
+        own = "; ".join(counter_notes(r.counters)) or ("none dropped" if "lagged_messages" in r.counters else "")
         # Both from the script's own sampling when it has them (one source, one method).
         before = num(e.get("rss_before_kib")) or num(get(r.data, "server_rss_kib", "before"))
         peak = num(e.get("rss_peak_kib")) or num(get(r.data, "server_rss_kib", "after"))
@@ -465,7 +500,7 @@ def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
         out.append(
             f"| {e.get('server')} | {'?' if ratio is None else f'{ratio * 100:.2f}%'} | {fmt_ms(r.p99_ms)} | "
             f"{slow.get('count', '?')} / {slow.get('disconnected', '?')} / {slow.get('still_connected', '?')} | "
-            f"{fmt_num(before, ' KiB')} → {fmt_num(peak, ' KiB')} | {e.get('note', '')} |"
+            f"{fmt_num(before, ' KiB')} → {fmt_num(peak, ' KiB')} | {own} | {'; '.join([e.get('note', '')] + r.notes).strip('; ')} |"
         )
         if r.p99_ms is not None and e.get("status") == "ok":
             chart.setdefault("slow_p99", {}).setdefault(f"S{scen} · 10% stop reading", {})[e.get("server")] = r.p99_ms
