@@ -366,6 +366,9 @@ def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
             f"{fmt_ms(b.p50_ms if b else None)} / {fmt_ms(b.p99_ms if b else None)} | "
             f"{fmt_pct(b.server_pct if b else None)} | {cpu_at[0]} / {cpu_at[1]} | {fell} | {'; '.join(extra)} |"
         )
+        if not value and any(r.entry.get("status") == "ok" for r in srv_runs):
+            # Ran, but sustained not even the lowest step: a visible zero, not a gap.
+            chart.setdefault("rate", {}).setdefault(label, {})[s] = 0.0
         if value:
             chart.setdefault("rate", {}).setdefault(label, {})[s] = value
             if b.p99_ms is not None:
