@@ -619,17 +619,40 @@ def fmt_axis(v: float, unit: str) -> str:
     return f"{v:.3g}"
 
 
-def panel(svg: list[str], y0: float, width: float, height: float, title: str, unit: str, data: dict, servers: list[str]) -> None:
-    """Grouped bar chart: one group per scenario, one bar per server."""
+def panel(
+    svg: list[str], y0: float, width: float, height: float, title: str, unit: str, data: dict, servers: list[str], log: bool
+) -> None:
+    """Grouped bar chart: one group per scenario, one bar per server.
+
+    Latencies use a log scale: they span 1 ms to seconds across servers, and on a
+    linear axis every figure but the worst would be an invisible sliver."""
     left, right, top, bottom = 70, 20, 28, 42
     x0, x1 = left, width - right
     plot_top, plot_bottom = y0 + top, y0 + height - bottom
     svg.append(f'<text x="{x0}" y="{y0 + 18}" class="title">{html.escape(title)}</text>')
     groups = list(data)
-    vmax = nice_ceiling(max((v for g in data.values() for v in g.values()), default=1))
-    for i in range(5):
-        v = vmax * i / 4
-        y = plot_bottom - (plot_bottom - plot_top) * i / 4
+    values = [v for g in data.values() for v in g.values()]
+    if log:
+        positive = [v for v in values if v > 0] or [1.0]
+        # One decade below the smallest value, so that the best bar is not a sliver.
+        lo = 10 ** (math.floor(math.log10(min(positive))) - 1)
+        hi = 10 ** math.ceil(math.log10(max(positive) * 1.0001))
+        if hi <= lo:
+            hi = lo * 10
+
+        def frac(v: float) -> float:
+            return 0.0 if v <= lo else (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+        ticks = [lo * 10**i for i in range(round(math.log10(hi / lo)) + 1)]
+    else:
+        vmax = nice_ceiling(max(values, default=1))
+
+        def frac(v: float) -> float:
+            return v / vmax
+
+        ticks = [vmax * i / 4 for i in range(5)]
+    for v in ticks:
+        y = plot_bottom - (plot_bottom - plot_top) * frac(v)
         svg.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" class="grid"/>')
         svg.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{fmt_axis(v, unit)}</text>')
     if not groups:
@@ -642,7 +665,7 @@ def panel(svg: list[str], y0: float, width: float, height: float, title: str, un
         start = x0 + gi * gw + (gw - bw * len(present)) / 2
         for si, s in enumerate(present):
             v = data[g][s]
-            h = (plot_bottom - plot_top) * (v / vmax)
+            h = (plot_bottom - plot_top) * frac(v)
             x = start + si * bw
             svg.append(
                 f'<rect x="{x:.1f}" y="{plot_bottom - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
@@ -659,10 +682,10 @@ def panel(svg: list[str], y0: float, width: float, height: float, title: str, un
 def render_svg(chart: dict, title: str) -> str:
     panels = [
         ("rate", "Max sustained delivered messages/s (higher is better)", "/s"),
-        ("p99", "p99 latency at that rate, ms (lower is better)", "ms"),
+        ("p99", "p99 latency at that rate, ms, log scale (lower is better)", "ms"),
         ("idle", "Idle memory: KiB of server RSS per connection (lower is better)", "KiB"),
         ("storm", "Connect storm: handshakes/s (higher is better)", "/s"),
-        ("slow_p99", "Slow consumers: healthy subscribers' p99, ms (lower is better)", "ms"),
+        ("slow_p99", "Slow consumers: healthy subscribers' p99, ms, log scale (lower is better)", "ms"),
     ]
     panels = [p for p in panels if chart.get(p[0])] or panels[:2]
     servers = [s for s in SERVERS if any(s in g for d in chart.values() for g in d.values())]
@@ -683,7 +706,7 @@ def render_svg(chart: dict, title: str) -> str:
         svg.append(f'<text x="{lx + 16}" y="34" class="legend">{html.escape(label)}</text>')
         lx += 26 + 7.2 * len(label)
     for i, (key, ptitle, unit) in enumerate(panels):
-        panel(svg, legend_h + i * ph, width, ph, ptitle, unit, chart.get(key, {}), servers)
+        panel(svg, legend_h + i * ph, width, ph, ptitle, unit, chart.get(key, {}), servers, log=unit == "ms")
     svg.append("</svg>")
     return "\n".join(svg) + "\n"
 
