@@ -1,0 +1,728 @@
+#!/usr/bin/env python3
+"""Verdicts, summary table and chart for scripts/bench records (standard library only).
+
+    chart-bench.py verdict RUN.json --p99-ms 100 [--min-delivered 0.999]
+        One line about a `ringcast-loadtest run` result; exit 0 if the rate was
+        sustained (delivered/expected >= min-delivered and p99 <= the limit),
+        1 if delivery fell behind, 2 if the file is missing or unreadable.
+
+    chart-bench.py report RECORD_DIR
+        Reads RECORD_DIR/meta.json, RECORD_DIR/runs.jsonl and the raw JSON files
+        they name; writes RECORD_DIR/README.md (summary tables with ratios to the
+        best peer and to the blast floor, then every run) and RECORD_DIR/chart.svg.
+
+The generator's JSON keys are the ones fixed in CONTRACT.md section 2. Missing
+keys show as "?" rather than failing, so that a record is still written when the
+generator's output changes; the raw files are kept next to the table anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+from pathlib import Path
+
+# Display order and colours. "blast" is the floor, not a competitor.
+SERVERS = ["ringcast-uring", "ringcast-epoll", "fastwebsockets", "tungstenite", "node-ws", "blast"]
+PEERS = ["fastwebsockets", "tungstenite", "node-ws"]
+RINGCAST = ["ringcast-uring", "ringcast-epoll"]
+COLOURS = {
+    "ringcast-uring": "#d62728",
+    "ringcast-epoll": "#ff9896",
+    "fastwebsockets": "#1f77b4",
+    "tungstenite": "#2ca02c",
+    "node-ws": "#9467bd",
+    "blast": "#7f7f7f",
+}
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def load_json(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def get(d: dict | None, *keys, default=None):
+    """d[k1][k2]... or default when any level is missing or not a dict."""
+    cur = d
+    for k in keys:
+        if not isinstance(cur, dict) or k not in cur:
+            return default
+        cur = cur[k]
+    return cur
+
+
+def num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+class Run:
+    """One generator result, with the derived figures the tables need."""
+
+    def __init__(self, entry: dict, data: dict | None):
+        self.entry = entry
+        self.data = data
+        self.delivered_per_s = num(get(data, "delivered_per_s"))
+        self.expected_per_s = num(get(data, "expected_per_s"))
+        p99 = num(get(data, "latency_us", "p99"))
+        p50 = num(get(data, "latency_us", "p50"))
+        self.p99_ms = p99 / 1000 if p99 is not None else None
+        self.p50_ms = p50 / 1000 if p50 is not None else None
+        self.lost = num(get(data, "lost"))
+        self.server_pct = num(get(data, "cpu", "server_pct"))
+        self.generator_pct = num(get(data, "cpu", "generator_pct"))
+        self.generator_limited = bool(get(data, "generator_limited", default=False))
+        self.counters: dict[str, int] = {}
+
+    @property
+    def delivered_ratio(self) -> float | None:
+        """Fraction of the expected deliveries that arrived, over the whole run.
+
+        From the totals (delivered / (delivered + lost)) when the result has them:
+        the per-second rates are taken over the measured window only, so a message
+        published near its end and delivered during the drain moves the rate
+        ratio by a fraction of a percent without anything being lost. A server that
+        falls behind shows up in the p99 criterion (and in `lost` once it is
+        further behind than the drain)."""
+        delivered, lost = num(get(self.data, "delivered")), self.lost
+        if delivered is not None and lost is not None and delivered + lost > 0:
+            return delivered / (delivered + lost)
+        d, e = self.delivered_per_s, self.expected_per_s
+        if d is None or e is None:
+            return None
+        if e <= 0:
+            return 1.0 if d >= 0 else None
+        return d / e
+
+    @property
+    def notes(self) -> list[str]:
+        """The generator's own remarks, plus duplicates or reordering if any."""
+        out = [str(n) for n in (get(self.data, "notes") or []) if n]
+        for key in ("duplicated", "out_of_order"):
+            v = num(get(self.data, key))
+            if v:
+                out.append(f"{key.replace('_', '-')}: {v:.0f}")
+        return out
+
+    @property
+    def cpu_ns_per_delivery(self) -> float | None:
+        if self.server_pct is None or not self.delivered_per_s:
+            return None
+        return self.server_pct / 100 * 1e9 / self.delivered_per_s
+
+    def sustained(self, p99_limit_ms: float, min_delivered: float) -> tuple[bool, str]:
+        ratio = self.delivered_ratio
+        if ratio is None or self.p99_ms is None:
+            return False, "no delivery figures in the result"
+        why = []
+        if ratio < min_delivered:
+            why.append(f"delivered {ratio * 100:.2f}% < {min_delivered * 100:g}%")
+        if self.p99_ms > p99_limit_ms:
+            why.append(f"p99 {self.p99_ms:.1f} ms > {p99_limit_ms:g} ms")
+        for key in ("duplicated", "out_of_order"):
+            if num(get(self.data, key)):
+                why.append(f"{key.replace('_', '-')} messages: {num(get(self.data, key)):.0f}")
+        summary = (
+            f"delivered {fmt_rate(self.delivered_per_s)}/s of {fmt_rate(self.expected_per_s)}/s, "
+            f"lost {fmt_num(self.lost)} ({ratio * 100:.2f}% delivered), p99 {self.p99_ms:.2f} ms, server CPU {fmt_pct(self.server_pct)}, "
+            f"generator CPU {fmt_pct(self.generator_pct)}"
+            + (" [generator-limited]" if self.generator_limited else "")
+        )
+        if why:
+            return False, "behind: " + "; ".join(why) + " — " + summary
+        return True, "sustained — " + summary
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_rate(v: float | None) -> str:
+    if v is None:
+        return "?"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f} k"
+    return f"{v:.0f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    return "?" if v is None else f"{v:.0f}%"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "?"
+    return f"{v:.2f} ms" if v < 10 else f"{v:.0f} ms"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def fmt_num(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "?"
+    return f"{v:,.0f}{unit}"
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    data = load_json(Path(args.file))
+    if data is None:
+        print(f"no result: {args.file} is missing or not a JSON object")
+        return 2
+    ok, line = Run({}, data).sustained(args.p99_ms, args.min_delivered)
+    print(line)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- report
+
+
+def server_counters(rec: Path, entry: dict) -> dict[str, int]:
+    """The `key=value` counters a peer prints on exit (`... stats: lagged_messages=12 ...`)."""
+    log = entry.get("server_log")
+    if not log:
+        return {}
+    try:
+        text = (rec / log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        if " stats: " not in line:
+            continue
+        for pair in line.split(" stats: ", 1)[1].split():
+            key, _, value = pair.partition("=")
+            if value.isdigit():
+                counters[key] = int(value)
+    return counters
+
+
+def counter_notes(counters: dict[str, int]) -> list[str]:
+    out = []
+    if counters.get("lagged_messages"):
+        out.append(f"broadcast channel dropped {counters['lagged_messages']:,} messages (lagged)")
+    if counters.get("max_buffered_bytes"):
+        out.append(f"largest send backlog {counters['max_buffered_bytes'] / 1024:,.0f} KiB")
+    return out
+
+
+def read_record(rec: Path) -> tuple[dict, list[Run]]:
+    meta = load_json(rec / "meta.json") or {}
+    runs = []
+    try:
+        lines = (rec / "runs.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        # Labels such as "1" arrive as numbers from runs.jsonl; "4a" as strings.
+        entry["scenario"] = str(entry.get("scenario", "?"))
+        data = load_json(rec / entry["json"]) if entry.get("json") else None
+        run = Run(entry, data)
+        run.counters = server_counters(rec, entry)
+        runs.append(run)
+    return meta, runs
+
+
+def by(runs: list[Run], **match) -> list[Run]:
+    return [r for r in runs if all(r.entry.get(k) == v for k, v in match.items())]
+
+
+def ordered_servers(runs: list[Run]) -> list[str]:
+    seen = {r.entry.get("server") for r in runs}
+    return [s for s in SERVERS if s in seen] + sorted(s for s in seen if s not in SERVERS and s)
+
+
+def scenarios_in(runs: list[Run]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for r in runs:
+        key = (r.entry.get("scenario", "?"), r.entry.get("title", ""))
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def best_sustained(runs: list[Run]) -> tuple[Run | None, Run | None]:
+    """(highest sustained step, first step that fell behind) of one server's sweep."""
+    best = None
+    behind = None
+    for r in runs:
+        if r.entry.get("verdict") == "sustained":
+            if best is None or (r.delivered_per_s or 0) > (best.delivered_per_s or 0):
+                best = r
+        elif r.entry.get("verdict") == "behind" and behind is None:
+            behind = r
+    return best, behind
+
+
+def group_label(scen: str, e: dict) -> str:
+    """Short x-axis label of a scenario in the chart."""
+    subs = e.get("subscribers")
+    size = e.get("size")
+    parts = [f"S{scen}"]
+    if isinstance(subs, (int, float)):
+        parts.append(f"{subs / 1000:g}k subs")
+    if isinstance(e.get("topics"), (int, float)) and e["topics"] > 1:
+        parts.append(f"{e['topics']:,} topics")
+    if isinstance(size, (int, float)):
+        parts.append(f"{size / 1024:g} KiB" if size >= 1024 else f"{size} B")
+    return " · ".join(parts)
+
+
+def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    servers = ordered_servers(runs)
+    first = runs[0].entry
+    label = group_label(scen, first)
+    p99_limit = first.get("p99_limit_ms")
+    out.append(f"## {scen}: {title}\n")
+    out.append(
+        f"{first.get('subscribers', '?')} subscribers, {first.get('topics', '?')} topic(s), "
+        f"{first.get('publishers', '?')} publisher(s), {first.get('size', '?')}-byte messages. "
+        f"Sustained = at least 99.9% delivered and p99 ≤ {p99_limit} ms; the rate is stepped up "
+        "until delivery falls behind, and the figure is the delivered rate of the highest sustained step.\n"
+    )
+    floor_runs = [r for r in by(runs, server="blast") if r.entry.get("status") == "ok"]
+    floor = max((r.delivered_per_s or 0 for r in floor_runs), default=0) or None
+
+    best: dict[str, Run | None] = {}
+    behind: dict[str, Run | None] = {}
+    for s in servers:
+        if s == "blast":
+            continue
+        best[s], behind[s] = best_sustained(by(runs, server=s))
+    peer_values = {s: best[s].delivered_per_s for s in PEERS if best.get(s) and best[s].delivered_per_s}
+    best_peer = max(peer_values, key=lambda s: peer_values[s]) if peer_values else None
+
+    closed = {r.entry.get("server"): r for r in runs if r.entry.get("verdict") == "closed-loop" and r.data}
+    closed_best = max((r.delivered_per_s or 0 for s, r in closed.items() if s in PEERS), default=0) or None
+    out.append(
+        "| server | max sustained deliveries/s | × best peer | × floor | p50 / p99 there | server CPU there "
+        "| CPU ns/delivery at 0.1 M / 1 M | fell behind at | notes |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for s in servers:
+        srv_runs = by(runs, server=s)
+        notes = sorted({r.entry.get("note", "") for r in srv_runs if r.entry.get("note")})
+        if s == "blast":
+            fr = floor_runs[0] if floor_runs else None
+            out.append(
+                f"| blast (floor) | {fmt_rate(floor)} | | 1.00× | "
+                f"{fmt_ms(fr.p50_ms if fr else None)} / {fmt_ms(fr.p99_ms if fr else None)} | "
+                f"{fmt_pct(fr.server_pct if fr else None)} | | | {'; '.join(notes)} |"
+            )
+            if floor:
+                # Not its p99: blast writes as fast as the kernel takes frames, so
+                # its latency is queueing in full socket buffers, not a figure to compare.
+                chart.setdefault("rate", {}).setdefault(label, {})[s] = floor
+            continue
+        b, fb = best.get(s), behind.get(s)
+        if all(r.entry.get("status") in ("n/a", "skipped") for r in srv_runs):
+            out.append(f"| {s} | n/a | | | | | | | {'; '.join(notes)} |")
+            continue
+        value = b.delivered_per_s if b else None
+        vs_peer = value / peer_values[best_peer] if value and best_peer else None
+        vs_floor = value / floor if value and floor else None
+        cpu_at = []
+        for target in (100_000, 1_000_000):
+            hit = [r for r in srv_runs if r.entry.get("target_deliveries_per_s") == target]
+            cpu_at.append(f"{hit[0].cpu_ns_per_delivery:.0f}" if hit and hit[0].cpu_ns_per_delivery else "?")
+        extra = list(notes)
+        # One server process served the whole sweep: its counters cover every step.
+        extra += counter_notes(srv_runs[-1].counters) if srv_runs else []
+        if b and b.generator_limited:
+            extra.append("generator-limited at the max")
+        if any(r.entry.get("status") == "failed" for r in srv_runs):
+            extra.append("a run failed (see logs/)")
+        name = f"**{s}**" if s == best_peer else s
+        fell = (
+            f"{fmt_rate(fb.entry.get('target_deliveries_per_s'))}/s target: "
+            f"{(fb.delivered_ratio or 0) * 100:.1f}% delivered, p99 {fmt_ms(fb.p99_ms)}"
+            if fb
+            else ("still sustained at the highest step" if b else "?")
+        )
+        out.append(
+            f"| {name} | {fmt_rate(value) if b else 'none sustained'} | "
+            f"{fmt_ratio(vs_peer) if s not in PEERS or s != best_peer else '1.00× (best)'} | {fmt_ratio(vs_floor)} | "
+            f"{fmt_ms(b.p50_ms if b else None)} / {fmt_ms(b.p99_ms if b else None)} | "
+            f"{fmt_pct(b.server_pct if b else None)} | {cpu_at[0]} / {cpu_at[1]} | {fell} | {'; '.join(extra)} |"
+        )
+        if not value and any(r.entry.get("status") == "ok" for r in srv_runs):
+            # Ran, but sustained not even the lowest step: a visible zero, not a gap.
+            chart.setdefault("rate", {}).setdefault(label, {})[s] = 0.0
+        if value:
+            chart.setdefault("rate", {}).setdefault(label, {})[s] = value
+            if b.p99_ms is not None:
+                chart.setdefault("p99", {}).setdefault(label, {})[s] = b.p99_ms
+    if closed:
+        out.append(
+            "\nClosed loop (the publisher keeps 32 messages not yet seen by its probe subscriber; "
+            "the server sets the pace):\n"
+        )
+        out.append("| server | deliveries/s | × best peer | p50 / p99 | server CPU | lost | notes |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
+        for s in servers:
+            r = closed.get(s)
+            if not r:
+                continue
+            ratio = r.delivered_per_s / closed_best if r.delivered_per_s and closed_best else None
+            flags = r.notes + (["generator-limited"] if r.generator_limited else [])
+            out.append(
+                f"| {s} | {fmt_rate(r.delivered_per_s)} | {fmt_ratio(ratio)} | {fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} | "
+                f"{fmt_pct(r.server_pct)} | {fmt_num(r.lost)} | {'; '.join(flags)} |"
+            )
+            if r.delivered_per_s:
+                chart.setdefault("rate", {}).setdefault(label + " · closed loop", {})[s] = r.delivered_per_s
+                if r.p99_ms is not None:
+                    chart.setdefault("p99", {}).setdefault(label + " · closed loop", {})[s] = r.p99_ms
+    if best_peer:
+        out.append(f"\nBest peer: **{best_peer}**.")
+    u, e = best.get("ringcast-uring"), best.get("ringcast-epoll")
+    if u and e and u.delivered_per_s and e.delivered_per_s:
+        line = f"io_uring / epoll: throughput {u.delivered_per_s / e.delivered_per_s:.2f}×"
+        cu = [r for r in by(runs, server="ringcast-uring", target_deliveries_per_s=1_000_000)]
+        ce = [r for r in by(runs, server="ringcast-epoll", target_deliveries_per_s=1_000_000)]
+        if cu and ce and cu[0].cpu_ns_per_delivery and ce[0].cpu_ns_per_delivery:
+            line += f", CPU per delivery at 1 M/s {cu[0].cpu_ns_per_delivery / ce[0].cpu_ns_per_delivery:.2f}×"
+        out.append(line + ".")
+    out.append("")
+
+
+def idle_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    out.append(f"## {scen}: {title}\n")
+    out.append(
+        "RSS of the server process with N idle WebSocket connections open, minus its RSS before they "
+        "connected, divided by N. From the generator's `server_rss_kib` when present, else from "
+        "scripts/bench's own sampling of `/proc/PID/status` (peak during the run).\n"
+    )
+    out.append("| server | connections | connected | RSS before | RSS with connections | bytes per connection | × best peer | notes |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    rows = []
+    for r in runs:
+        e = r.entry
+        n = e.get("connections") or e.get("subscribers")
+        before = num(get(r.data, "server_rss_kib", "before")) or num(e.get("rss_before_kib"))
+        after = num(get(r.data, "server_rss_kib", "after")) or num(e.get("rss_peak_kib"))
+        ok = num(get(r.data, "connect", "ok"))
+        per = (after - before) * 1024 / (ok or n) if before is not None and after is not None and (ok or n) else None
+        rows.append((e.get("server"), n, ok, before, after, per, e.get("note", ""), e.get("status")))
+    peer_vals = [(row[5], row[1]) for row in rows if row[0] in PEERS and row[5] and row[7] == "ok"]
+    for server, n, ok, before, after, per, note, status in rows:
+        if status in ("n/a", "skipped"):
+            out.append(f"| {server} | {n} | | | | {status} | | {note} |")
+            continue
+        same_n = [p for p, pn in peer_vals if pn == n]
+        best_peer = min(same_n) if same_n else None
+        ratio = per / best_peer if per and best_peer else None
+        out.append(
+            f"| {server} | {fmt_num(num(n))} | {fmt_num(ok)} | {fmt_num(before, ' KiB')} | {fmt_num(after, ' KiB')} | "
+            f"{fmt_num(per, ' B')} | {fmt_ratio(ratio)} | {note} |"
+        )
+        if per and status == "ok":
+            chart.setdefault("idle", {}).setdefault(f"S{scen} · {n:,} idle connections", {})[server] = per / 1024
+    out.append("\nLower is better; the ratio is to the peer with the fewest bytes per connection.\n")
+
+
+def storm_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    out.append(f"## {scen}: {title}\n")
+    out.append("| server | connections | ok | failed | handshakes/s | connect p50 / p99 | × best peer | notes |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    rows = []
+    for r in runs:
+        d, e = r.data, r.entry
+        rate = (
+            num(get(d, "handshakes_per_s"))
+            or num(get(d, "connect", "per_s"))
+            or num(get(d, "connect", "rate"))
+            or num(get(d, "connects_per_s"))
+        )
+        ok = num(get(d, "connect", "ok"))
+        secs = num(get(d, "elapsed_s")) or num(get(d, "duration_s"))
+        if rate is None and ok and secs:
+            rate = ok / secs
+        rows.append((e, rate, ok, num(get(d, "connect", "failed")), num(get(d, "connect", "p50_us")), num(get(d, "connect", "p99_us"))))
+    peer_best = max((rate for e, rate, *_ in rows if e.get("server") in PEERS and rate), default=None)
+    for e, rate, ok, failed, p50, p99 in rows:
+        if e.get("status") in ("n/a", "skipped"):
+            out.append(f"| {e.get('server')} | | | | {e.get('status')} | | | {e.get('note', '')} |")
+            continue
+        out.append(
+            f"| {e.get('server')} | {fmt_num(num(e.get('connections')))} | {fmt_num(ok)} | {fmt_num(failed)} | "
+            f"{fmt_num(rate)} | {fmt_ms(p50 / 1000 if p50 else None)} / {fmt_ms(p99 / 1000 if p99 else None)} | "
+            f"{fmt_ratio(rate / peer_best if rate and peer_best else None)} | {e.get('note', '')} |"
+        )
+        if rate and e.get("status") == "ok":
+            chart.setdefault("storm", {}).setdefault(f"S{scen} · {e.get('connections', 0):,} connections", {})[e.get("server")] = rate
+    out.append("")
+
+
+def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    first = runs[0].entry
+    out.append(f"## {scen}: {title}\n")
+    out.append(
+        f"{first.get('subscribers', '?')} subscribers, {first.get('size', '?')}-byte messages at "
+        f"{fmt_rate(first.get('target_deliveries_per_s'))} deliveries/s; 10% of the subscribers stop "
+        "reading. What matters: the healthy subscribers' delivery and p99, how the slow ones were "
+        "treated, and whether the server's memory stayed bounded.\n"
+    )
+    out.append(
+        "| server | healthy delivered | healthy p99 | slow: count / disconnected / still connected "
+        "| server RSS before → peak | server's own counters | notes |"
+    )
+    out.append("|---|---:|---:|---|---:|---|---|")
+    for r in runs:
+        e = r.entry
+        if e.get("status") in ("n/a", "skipped"):
+            out.append(f"| {e.get('server')} | {e.get('status')} | | | | | {e.get('note', '')} |")
+            continue
+        slow = get(r.data, "slow") or {}
+        own = "; ".join(counter_notes(r.counters)) or ("none dropped" if "lagged_messages" in r.counters else "")
+        # Both from the script's own sampling when it has them (one source, one method).
+        before = num(e.get("rss_before_kib")) or num(get(r.data, "server_rss_kib", "before"))
+        peak = num(e.get("rss_peak_kib")) or num(get(r.data, "server_rss_kib", "after"))
+        ratio = r.delivered_ratio
+        out.append(
+            f"| {e.get('server')} | {'?' if ratio is None else f'{ratio * 100:.2f}%'} | {fmt_ms(r.p99_ms)} | "
+            f"{slow.get('count', '?')} / {slow.get('disconnected', '?')} / {slow.get('still_connected', '?')} | "
+            f"{fmt_num(before, ' KiB')} → {fmt_num(peak, ' KiB')} | {own} | {'; '.join([e.get('note', '')] + r.notes).strip('; ')} |"
+        )
+        if r.p99_ms is not None and e.get("status") == "ok":
+            chart.setdefault("slow_p99", {}).setdefault(f"S{scen} · 10% stop reading", {})[e.get("server")] = r.p99_ms
+    out.append("")
+
+
+def all_runs_section(runs: list[Run], out: list[str]) -> None:
+    out.append("## Every run\n")
+    out.append(
+        "| scenario | server | step | target deliveries/s | publish rate | delivered/s | delivered | p50 | p99 "
+        "| server CPU | generator CPU | verdict | raw |"
+    )
+    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for r in runs:
+        e = r.entry
+        if e.get("kind") in ("idle", "storm"):
+            continue  # their tables above already show every run
+        ratio = r.delivered_ratio
+        raw = f"[json]({e['json']})" if e.get("json") and r.data is not None else ""
+        verdict = e.get("verdict") or e.get("status", "")
+        if r.generator_limited:
+            verdict += " (generator-limited)"
+        if e.get("note"):
+            verdict += f" — {e['note']}"
+        if r.notes:
+            verdict += " — generator: " + "; ".join(r.notes)
+        out.append(
+            f"| {e.get('scenario')} | {e.get('server')} | {e.get('step', '')} | "
+            f"{fmt_rate(e.get('target_deliveries_per_s'))} | {e.get('rate', '')} | {fmt_rate(r.delivered_per_s)} | "
+            f"{'' if ratio is None else f'{ratio * 100:.2f}%'} | {fmt_ms(r.p50_ms) if r.data else ''} | "
+            f"{fmt_ms(r.p99_ms) if r.data else ''} | {fmt_pct(r.server_pct) if r.data else ''} | "
+            f"{fmt_pct(r.generator_pct) if r.data else ''} | {verdict} | {raw} |"
+        )
+    out.append("")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    rec = Path(args.dir)
+    meta, runs = read_record(rec)
+    out: list[str] = []
+    chart: dict = {}
+    title = meta.get("title", rec.name)
+    out.append(f"# Benchmark record: {title}\n")
+    out.append(
+        "Written by `scripts/bench`; the tables are generated by `scripts/chart-bench.py report` from the "
+        "raw JSON in `raw/`. How to read it: `docs/benchmarks/README.md`.\n"
+    )
+    out.append("| | |\n|---|---|")
+    for key, label in [
+        ("date", "date (UTC)"),
+        ("mode", "mode"),
+        ("command", "command"),
+        ("commit", "git commit"),
+        ("kernel", "kernel (`uname -r`)"),
+        ("cpu", "CPU"),
+        ("cpus", "CPUs"),
+        ("pinning", "pinning"),
+        ("durations", "run length"),
+        ("nofile", "open-file limit"),
+        ("versions", "versions"),
+        ("elapsed", "suite wall time"),
+        ("loadavg_start", "load average at start (1/5/15 min)"),
+        ("loadavg_end", "load average at end"),
+    ]:
+        if key in meta:
+            value = meta[key]
+            if key in ("command", "commit"):
+                value = f"`{value}`"
+            out.append(f"| {label} | {value} |")
+    out.append("")
+    out.append("![delivered messages/s and p99 latency per server and scenario](chart.svg)\n")
+    if meta.get("notes"):
+        out.append("Notes:\n")
+        out.extend(f"- {n}" for n in meta["notes"])
+        out.append("")
+    for scen, scen_title in scenarios_in(runs):
+        srs = by(runs, scenario=scen)
+        kind = srs[0].entry.get("kind", "sweep")
+        section = {"sweep": sweep_section, "idle": idle_section, "storm": storm_section, "slow": slow_section}.get(
+            kind, sweep_section
+        )
+        section(scen_title, scen, srs, out, chart)
+    all_runs_section(runs, out)
+    out.append(
+        "Files: `commands.txt` (every command, in order), `meta.json`, `runs.jsonl` (one line per run), "
+        "`raw/` (generator JSON), `logs/` (server and generator output; the peers print their counters, "
+        "including messages dropped by tokio's broadcast channel, when stopped).\n"
+    )
+    (rec / "README.md").write_text("\n".join(out), encoding="utf-8")
+    (rec / "chart.svg").write_text(render_svg(chart, title), encoding="utf-8")
+    print(f"wrote {rec / 'README.md'} and {rec / 'chart.svg'}")
+    return 0
+
+
+# ---------------------------------------------------------------- SVG
+
+
+def nice_ceiling(v: float) -> float:
+    if v <= 0:
+        return 1.0
+    exp = math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * 10**exp >= v:
+            return m * 10**exp
+    return 10 ** (exp + 1)
+
+
+def fmt_axis(v: float, unit: str) -> str:
+    if unit == "/s":
+        return fmt_rate(v).replace(" ", "")
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}"
+
+
+def panel(
+    svg: list[str], y0: float, width: float, height: float, title: str, unit: str, data: dict, servers: list[str], log: bool
+) -> None:
+    """Grouped bar chart: one group per scenario, one bar per server.
+
+    Latencies use a log scale: they span 1 ms to seconds across servers, and on a
+    linear axis every figure but the worst would be an invisible sliver."""
+    left, right, top, bottom = 70, 20, 28, 42
+    x0, x1 = left, width - right
+    plot_top, plot_bottom = y0 + top, y0 + height - bottom
+    svg.append(f'<text x="{x0}" y="{y0 + 18}" class="title">{html.escape(title)}</text>')
+    groups = list(data)
+    values = [v for g in data.values() for v in g.values()]
+    if log:
+        positive = [v for v in values if v > 0] or [1.0]
+        # One decade below the smallest value, so that the best bar is not a sliver.
+        lo = 10 ** (math.floor(math.log10(min(positive))) - 1)
+        hi = 10 ** math.ceil(math.log10(max(positive) * 1.0001))
+        if hi <= lo:
+            hi = lo * 10
+
+        def frac(v: float) -> float:
+            return 0.0 if v <= lo else (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+        ticks = [lo * 10**i for i in range(round(math.log10(hi / lo)) + 1)]
+    else:
+        vmax = nice_ceiling(max(values, default=1))
+
+        def frac(v: float) -> float:
+            return v / vmax
+
+        ticks = [vmax * i / 4 for i in range(5)]
+    for v in ticks:
+        y = plot_bottom - (plot_bottom - plot_top) * frac(v)
+        svg.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" class="grid"/>')
+        svg.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{fmt_axis(v, unit)}</text>')
+    if not groups:
+        svg.append(f'<text x="{(x0 + x1) / 2}" y="{(plot_top + plot_bottom) / 2}" class="axis" text-anchor="middle">no data</text>')
+        return
+    gw = (x1 - x0) / len(groups)
+    for gi, g in enumerate(groups):
+        present = [s for s in servers if s in data[g]]
+        bw = min(36.0, (gw * 0.8) / max(1, len(present)))
+        start = x0 + gi * gw + (gw - bw * len(present)) / 2
+        for si, s in enumerate(present):
+            v = data[g][s]
+            h = (plot_bottom - plot_top) * frac(v)
+            x = start + si * bw
+            svg.append(
+                f'<rect x="{x:.1f}" y="{plot_bottom - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
+                f'fill="{COLOURS.get(s, "#bcbd22")}"><title>{html.escape(s)}: {fmt_axis(v, unit)}{"" if unit == "/s" else " " + unit}</title></rect>'
+            )
+            svg.append(
+                f'<text x="{x + (bw - 2) / 2:.1f}" y="{plot_bottom - h - 3:.1f}" class="val" text-anchor="middle">'
+                f"{fmt_axis(v, unit)}</text>"
+            )
+        svg.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{plot_bottom + 16}" class="axis" text-anchor="middle">{html.escape(g)}</text>')
+    svg.append(f'<line x1="{x0}" y1="{plot_bottom}" x2="{x1}" y2="{plot_bottom}" class="axisline"/>')
+
+
+def render_svg(chart: dict, title: str) -> str:
+    panels = [
+        ("rate", "Max sustained delivered messages/s (higher is better)", "/s"),
+        ("p99", "p99 latency at that rate, ms, log scale (lower is better)", "ms"),
+        ("idle", "Idle memory: KiB of server RSS per connection (lower is better)", "KiB"),
+        ("storm", "Connect storm: handshakes/s (higher is better)", "/s"),
+        ("slow_p99", "Slow consumers: healthy subscribers' p99, ms, log scale (lower is better)", "ms"),
+    ]
+    panels = [p for p in panels if chart.get(p[0])] or panels[:2]
+    servers = [s for s in SERVERS if any(s in g for d in chart.values() for g in d.values())]
+    width, ph = 960, 250
+    legend_h = 40
+    height = legend_h + ph * len(panels) + 10
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">',
+        "<style>.title{font-size:14px;font-weight:bold}.axis{font-size:11px;fill:#333}.val{font-size:9px;fill:#222}"
+        ".grid{stroke:#ddd;stroke-width:1}.axisline{stroke:#333;stroke-width:1}.legend{font-size:12px}</style>",
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="10" y="16" class="axis">{html.escape(title)}</text>',
+    ]
+    lx = 10
+    for s in servers:
+        svg.append(f'<rect x="{lx}" y="24" width="12" height="12" fill="{COLOURS.get(s, "#bcbd22")}"/>')
+        label = s + (" (floor)" if s == "blast" else "")
+        svg.append(f'<text x="{lx + 16}" y="34" class="legend">{html.escape(label)}</text>')
+        lx += 26 + 7.2 * len(label)
+    for i, (key, ptitle, unit) in enumerate(panels):
+        panel(svg, legend_h + i * ph, width, ph, ptitle, unit, chart.get(key, {}), servers, log=unit == "ms")
+    svg.append("</svg>")
+    return "\n".join(svg) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verdict", help="was this run's rate sustained?")
+    v.add_argument("file")
+    v.add_argument("--p99-ms", type=float, required=True)
+    v.add_argument("--min-delivered", type=float, default=0.999)
+    r = sub.add_parser("report", help="write README.md and chart.svg of a record directory")
+    r.add_argument("dir")
+    args = ap.parse_args()
+    return {"verdict": cmd_verdict, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
