@@ -226,7 +226,13 @@ pub(crate) fn encode_frame_bytes(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let header = FrameHeader { fin, rsv: 0, opcode, mask, payload_len: payload.len() as u64 };
+    let header = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
     let mut hdr = [0u8; MAX_HEADER_LEN];
     let n = header.write(&mut hdr);
     out.reserve(n + payload.len());
