@@ -57,8 +57,9 @@ pub struct ConnectArgs {
     #[arg(long)]
     pub connect_rate: Option<u32>,
     /// Source addresses to spread connections over (bind before connect), e.g.
-    /// 127.0.0.1,127.0.0.2. Without it, 127.0.0.2, .3, ... are taken on when
-    /// 127.0.0.1 runs out of ports (loopback targets only).
+    /// 127.0.0.1,127.0.0.2. Without it (loopback targets only): one address per
+    /// 5000 connections from 127.0.0.1 up, and the next one whenever an address
+    /// runs out of ports.
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<Ipv4Addr>,
     /// Handshakes in flight at once.

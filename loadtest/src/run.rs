@@ -407,22 +407,13 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         .collect();
     let t = Tally::of(&results, &published_final);
     notes.extend(t.notes.iter().cloned());
-    let (hist, counts, lost, foreign, slow_r, backend_name, unclean, subscriber_ends) = (
-        t.hist,
-        t.counts,
-        t.lost,
-        t.foreign,
-        t.slow,
-        t.backend,
-        t.unclean,
-        t.subscriber_ends,
-    );
-    if unclean > 0 {
+    if t.unclean > 0 {
         notes.push(format!(
-            "{unclean} healthy subscribers did not finish with a clean close handshake"
+            "{} healthy subscribers did not finish with a clean close handshake",
+            t.unclean
         ));
     }
-    if backend == Backend::Uring && backend_name != "io_uring" {
+    if backend == Backend::Uring && t.backend != "io_uring" {
         notes.push("io_uring threads reported another backend".into());
     }
     let window_s = (end_snap.t_ns.saturating_sub(start_snap.t_ns)) as f64 / 1e9;
@@ -484,14 +475,14 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             0.0
         },
         published: pstats.total.load(Ordering::Relaxed),
-        delivered: counts.received + slow_r.delivered + foreign,
-        lost,
-        duplicated: counts.duplicated,
-        out_of_order: counts.out_of_order(),
-        foreign,
+        delivered: t.counts.received + t.slow.delivered + t.foreign,
+        lost: t.lost,
+        duplicated: t.counts.duplicated,
+        out_of_order: t.counts.out_of_order(),
+        foreign: t.foreign,
         errors: recv_errors + pstats.errors.load(Ordering::Relaxed),
         publish_skipped: skipped,
-        latency_us: Percentiles::of(&hist),
+        latency_us: Percentiles::of(&t.hist),
         connect: ConnectReport::of(&cstats),
         generator_limited: max_thread > 90.0,
         cpu,
@@ -499,12 +490,12 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             before: server_rss_before,
             after: server_rss_after,
         },
-        slow: slow_r,
-        io: backend_name,
+        slow: t.slow,
+        io: t.backend,
         duration_s: window_s,
         subscribers: cstats.ok,
         publishers: publishers as u64,
-        subscriber_ends,
+        subscriber_ends: t.subscriber_ends,
         notes,
         command,
     };

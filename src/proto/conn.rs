@@ -188,6 +188,21 @@ impl Connection {
         self.role
     }
 
+    /// Bytes held by the message assembly buffer (its capacity).
+    pub fn buffered_capacity(&self) -> usize {
+        self.msg.capacity()
+    }
+
+    /// Free the message assembly buffer if no message is in progress (for idle connections: the
+    /// buffer otherwise keeps the capacity of the largest fragmented message seen). Cheap; the
+    /// next fragmented message allocates again.
+    pub fn release_memory(&mut self) {
+        if self.msg_opcode.is_none() && self.frame.is_none() {
+            self.msg = Vec::new();
+            self.delivered = false;
+        }
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
