@@ -100,7 +100,8 @@ pub struct Config {
     /// Number of receive buffers in each shard's provided-buffer ring; shared
     /// by all of the shard's connections, so an idle connection pins none
     /// (`--recv-buffers`, `RINGCAST_RECV_BUFFERS`, `recv_buffers`). Default
-    /// 1024; a power of two in 1..=32768 (the kernel's buffer-ring limit).
+    /// 256 (each buffer the kernel has written stays resident, so this is a
+    /// fixed memory cost per shard); a power of two in 1..=32768 (the kernel's buffer-ring limit).
     pub recv_buffers: u32,
     /// Most connections the whole server holds at once, counting those still
     /// in the handshake; excess upgrades get 503 (`--max-connections`,
@@ -344,7 +345,7 @@ impl Default for Config {
             io: IoBackend::Auto,
             ring_entries: 4096,
             recv_buffer_size: 16 * KIB as usize,
-            recv_buffers: 1024,
+            recv_buffers: 256,
             max_connections: 100_000,
             max_message_size: 64 * KIB as usize,
             max_frame_size: 64 * KIB as usize,
@@ -578,7 +579,7 @@ struct Cli {
     #[arg(long, value_name = "SIZE")]
     recv_buffer_size: Option<String>,
 
-    /// Receive buffers per shard (shared by its connections), a power of two in 1..=32768. [default: 1024] [env: RINGCAST_RECV_BUFFERS] [toml: recv_buffers]
+    /// Receive buffers per shard (shared by its connections), a power of two in 1..=32768. [default: 256] [env: RINGCAST_RECV_BUFFERS] [toml: recv_buffers]
     #[arg(long, value_name = "N")]
     recv_buffers: Option<String>,
 

@@ -61,7 +61,7 @@ fn defaults_with_no_input() {
     assert_eq!(cfg.io, IoBackend::Auto);
     assert_eq!(cfg.ring_entries, 4096);
     assert_eq!(cfg.recv_buffer_size, 16 * 1024);
-    assert_eq!(cfg.recv_buffers, 1024);
+    assert_eq!(cfg.recv_buffers, 256);
     assert_eq!(cfg.max_connections, 100_000);
     assert_eq!(cfg.max_message_size, 64 * 1024);
     assert_eq!(cfg.max_frame_size, 64 * 1024);
@@ -373,7 +373,7 @@ fn precedence_flag_over_file_over_env_over_default() {
     // Only the environment: it wins over the default.
     assert_eq!(cfg.ring_entries, 512);
     // Nothing: the default.
-    assert_eq!(cfg.recv_buffers, 1024);
+    assert_eq!(cfg.recv_buffers, 256);
 
     let cfg = load_with_file_text(args(&[]), "f.toml", toml, &env).unwrap();
     assert_eq!(cfg.max_message_size, 256 << 10);

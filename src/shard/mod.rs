@@ -757,6 +757,11 @@ impl ShardState {
             if c.queue.is_empty() && c.queue.capacity() != 0 && !c.sending {
                 c.queue = std::collections::VecDeque::new();
             }
+            if let Phase::Ws { ws, .. } = &mut c.phase
+                && now.saturating_sub(c.last_rx) > 1
+            {
+                ws.release_memory();
+            }
             match &mut c.phase {
                 Phase::Http { .. } if now.saturating_sub(c.since) >= hs => {
                     self.metrics.handshake_timeouts.inc();
