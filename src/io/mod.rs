@@ -113,6 +113,9 @@ pub trait Driver {
     fn next_event(&mut self) -> Option<Event<'_>>;
     /// Counters for metrics.
     fn stats(&self) -> DriverStats;
+    /// Frees reusable buffers kept for sends; the shard calls it when a tick passed with no
+    /// send, so pools sized by a burst do not stay allocated while idle.
+    fn trim(&mut self) {}
 }
 
 /// Bytes of the frames in a send, for accounting.

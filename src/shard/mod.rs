@@ -129,6 +129,8 @@ struct ShardState {
     /// Published frames of this turn, one contiguous buffer per topic.
     batcher: Batcher,
     send_vecs: Vec<Vec<Bytes>>,
+    /// Sends handed to the driver since the last timer tick.
+    sends_since_tick: u64,
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
@@ -190,6 +192,7 @@ impl<D: Driver> Shard<D> {
                 arena: BytesMut::new(),
                 batcher: Batcher::default(),
                 send_vecs: Vec::new(),
+                sends_since_tick: 0,
                 tick: 0,
                 handshake_limits,
                 ws_limits,
@@ -213,6 +216,14 @@ impl<D: Driver> Shard<D> {
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
+                // Pools sized by a burst (10,000 handshake responses in one turn) are freed
+                // once a whole tick passes without a send; under load they stay warm.
+                if std::mem::take(&mut self.st.sends_since_tick) == 0
+                    && !self.st.send_vecs.is_empty()
+                {
+                    self.st.send_vecs = Vec::new();
+                    self.driver.trim();
+                }
             }
             if self.st.drain_turn() {
                 break;
@@ -661,8 +672,8 @@ impl ShardState {
     }
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
-        // A few vectors for reuse; not one per connection after a burst.
-        if self.send_vecs.len() < 256 && frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
+        // Kept for reuse (trimmed when a tick passes without sends: see `run`).
+        if frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
             self.send_vecs.push(frames);
         }
         let Some(c) = conn_mut(&mut self.conns, token) else {
@@ -829,6 +840,7 @@ impl ShardState {
                 frames.extend(c.queue.drain(..n).inspect(|f| bytes += f.len()));
                 c.inflight = bytes;
                 c.sending = true;
+                self.sends_since_tick += 1;
                 driver.send(c.token, frames);
             } else if c.close_after_flush {
                 let token = c.token;
