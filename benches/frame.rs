@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ringcast::proto::{Connection, Event, FrameHeader, Limits, OpCode, Role, encode_frame};
 
 fn bench(c: &mut Criterion) {
-    let payload = b"{\"topic\":\"prices\",\"price\":\"42.17\",\"seq\":1234567890,\"ok\":true}xx";
+    let payload = b"{\"topic\":\"prices\",\"price\":\"42.17\",\"seq\":1234567890,\"ok\":true}xxx";
     assert_eq!(payload.len(), 64);
     let mut template = Vec::new();
     encode_frame(
@@ -62,6 +62,13 @@ fn bench(c: &mut Criterion) {
                 Some([1, 2, 3, 4]),
                 black_box(payload),
             );
+        })
+    });
+    let mut client = Connection::new(Role::Client, Limits::default());
+    g.bench_function("client_send_64B_masked", |b| {
+        b.iter(|| {
+            buf.clear();
+            client.send(OpCode::Text, black_box(payload), &mut buf)
         })
     });
     g.finish();

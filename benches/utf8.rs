@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use ringcast::proto::utf8::{self, Utf8Validator};
 
 const SIZES: &[usize] = &[1024, 4096, 64 << 10];
@@ -70,4 +70,61 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `BEST_OF=30 cargo bench --bench utf8`: best of N interleaved rounds instead of criterion
+/// (stable on a shared, noisy machine).
+fn best_of(rounds: usize) {
+    type Variant = (&'static str, fn(&[u8]) -> bool);
+    let variants: Vec<Variant> = vec![
+        ("simdutf8_basic", |t| simdutf8::basic::from_utf8(t).is_ok()),
+        ("simdutf8_compat", |t| {
+            simdutf8::compat::from_utf8(t).is_ok()
+        }),
+        ("core_validate", |t| utf8::validate(t).is_ok()),
+        ("core_streaming", |t| {
+            let mut v = Utf8Validator::new();
+            v.feed(t).and_then(|()| v.finish()).is_ok()
+        }),
+        ("core_stream_4", |t| {
+            let mut v = Utf8Validator::new();
+            t.chunks(t.len() / 4 + 1)
+                .try_for_each(|c| v.feed(c))
+                .and_then(|()| v.finish())
+                .is_ok()
+        }),
+    ];
+    println!("GB/s, best of {rounds} rounds");
+    print!("{:>8}", "size");
+    for (n, _) in &variants {
+        print!(" {n:>15}");
+    }
+    println!();
+    for &size in SIZES {
+        let t = text(size);
+        let reps = ((1 << 24) / size).max(1);
+        let mut best = vec![f64::MAX; variants.len()];
+        for _ in 0..rounds {
+            for (i, (_, f)) in variants.iter().enumerate() {
+                let s = std::time::Instant::now();
+                for _ in 0..reps {
+                    black_box(f(black_box(&t)));
+                }
+                best[i] = best[i].min(s.elapsed().as_nanos() as f64 / reps as f64);
+            }
+        }
+        print!("{size:>8}");
+        for b in &best {
+            print!(" {:>15.2}", t.len() as f64 / b);
+        }
+        println!();
+    }
+}
+
+fn main() {
+    if let Some(rounds) = std::env::var("BEST_OF").ok().and_then(|v| v.parse().ok()) {
+        best_of(rounds);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

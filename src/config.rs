@@ -100,7 +100,8 @@ pub struct Config {
     /// Number of receive buffers in each shard's provided-buffer ring; shared
     /// by all of the shard's connections, so an idle connection pins none
     /// (`--recv-buffers`, `RINGCAST_RECV_BUFFERS`, `recv_buffers`). Default
-    /// 1024; a power of two in 1..=32768 (the kernel's buffer-ring limit).
+    /// 256 (each buffer the kernel has written stays resident, so this is a
+    /// fixed memory cost per shard); a power of two in 1..=32768 (the kernel's buffer-ring limit).
     pub recv_buffers: u32,
     /// Most connections the whole server holds at once, counting those still
     /// in the handshake; excess upgrades get 503 (`--max-connections`,
@@ -160,6 +161,44 @@ pub struct Config {
     /// Log line format (`--log-format`, `RINGCAST_LOG_FORMAT`, `log_format`).
     /// Default [`LogFormat::Text`].
     pub log_format: LogFormat,
+    /// How long a graceful shutdown (SIGTERM/SIGINT) may take: clients get
+    /// close 1001, queued frames are flushed, then the process exits 0 at the
+    /// latest after this long (`--drain-timeout`, `RINGCAST_DRAIN_TIMEOUT`,
+    /// `drain_timeout`). Default 10s; 10ms..=24h.
+    pub drain_timeout: Duration,
+    /// Origins whose browsers may open WebSockets: exact origins such as
+    /// `https://app.example.com`, or `*` for any (`--allowed-origins`,
+    /// comma-separated; `RINGCAST_ALLOWED_ORIGINS`; `allowed_origins`, a
+    /// string or an array). Upgrades with another `Origin` get 403; requests
+    /// without an `Origin` header (non-browser clients) are not checked.
+    /// Default `*`.
+    pub allowed_origins: Vec<String>,
+    /// Most open connections from one IP address, whole server; past it a
+    /// request gets 429 (`--max-connections-per-ip`,
+    /// `RINGCAST_MAX_CONNECTIONS_PER_IP`, `max_connections_per_ip`).
+    /// Default 0 (no limit); 0..=16_777_216.
+    pub max_connections_per_ip: usize,
+    /// New connections per second allowed from one IP address (a token
+    /// bucket holding `connect_burst_per_ip`), whole server; past it a
+    /// request gets 429 (`--connect-rate-per-ip`,
+    /// `RINGCAST_CONNECT_RATE_PER_IP`, `connect_rate_per_ip`). Default 0 (no
+    /// limit); 0..=1_000_000.
+    pub connect_rate_per_ip: u32,
+    /// Size of the per-IP connect token bucket: how many connections one IP
+    /// may open at once before `connect_rate_per_ip` applies
+    /// (`--connect-burst-per-ip`, `RINGCAST_CONNECT_BURST_PER_IP`,
+    /// `connect_burst_per_ip`). Default 20; 1..=1_000_000.
+    pub connect_burst_per_ip: u32,
+    /// Most topics one control-mode connection may subscribe to; one more is
+    /// refused with `too_many_topics` (`--max-topics-per-connection`,
+    /// `RINGCAST_MAX_TOPICS_PER_CONNECTION`, `max_topics_per_connection`).
+    /// Default 256; 1..=65536.
+    pub max_topics_per_connection: usize,
+    /// Malformed or refused control messages one connection may send per
+    /// 10 seconds; one more closes it with 1008 (`--control-error-budget`,
+    /// `RINGCAST_CONTROL_ERROR_BUDGET`, `control_error_budget`). Default 20;
+    /// 0..=1_000_000 (0: the first malformed message closes).
+    pub control_error_budget: u32,
 }
 
 /// The I/O backend shards run on.
@@ -230,7 +269,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 25] = [
     "listen",
     "shards",
     "io",
@@ -249,6 +288,13 @@ pub const KEYS: [&str; 18] = [
     "pin_cores",
     "log_level",
     "log_format",
+    "drain_timeout",
+    "allowed_origins",
+    "max_connections_per_ip",
+    "connect_rate_per_ip",
+    "connect_burst_per_ip",
+    "max_topics_per_connection",
+    "control_error_budget",
 ];
 
 /// The environment variable that names a config file when `--config` is absent.
@@ -299,7 +345,7 @@ impl Default for Config {
             io: IoBackend::Auto,
             ring_entries: 4096,
             recv_buffer_size: 16 * KIB as usize,
-            recv_buffers: 1024,
+            recv_buffers: 256,
             max_connections: 100_000,
             max_message_size: 64 * KIB as usize,
             max_frame_size: 64 * KIB as usize,
@@ -312,6 +358,13 @@ impl Default for Config {
             pin_cores: true,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            drain_timeout: Duration::from_secs(10),
+            allowed_origins: vec!["*".to_owned()],
+            max_connections_per_ip: 0,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 20,
+            max_topics_per_connection: 256,
+            control_error_budget: 20,
         }
     }
 }
@@ -526,7 +579,7 @@ struct Cli {
     #[arg(long, value_name = "SIZE")]
     recv_buffer_size: Option<String>,
 
-    /// Receive buffers per shard (shared by its connections), a power of two in 1..=32768. [default: 1024] [env: RINGCAST_RECV_BUFFERS] [toml: recv_buffers]
+    /// Receive buffers per shard (shared by its connections), a power of two in 1..=32768. [default: 256] [env: RINGCAST_RECV_BUFFERS] [toml: recv_buffers]
     #[arg(long, value_name = "N")]
     recv_buffers: Option<String>,
 
@@ -581,6 +634,34 @@ struct Cli {
     /// Log format: text or json. [default: text] [env: RINGCAST_LOG_FORMAT] [toml: log_format]
     #[arg(long, value_name = "text|json")]
     log_format: Option<String>,
+
+    /// Longest graceful shutdown after SIGTERM/SIGINT (close 1001, flush, exit 0). [default: 10s] [env: RINGCAST_DRAIN_TIMEOUT] [toml: drain_timeout]
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<String>,
+
+    /// Browser origins allowed to upgrade (others get 403): comma-separated exact origins such as https://app.example.com, or *. [default: *] [env: RINGCAST_ALLOWED_ORIGINS] [toml: allowed_origins]
+    #[arg(long, value_name = "ORIGINS")]
+    allowed_origins: Option<String>,
+
+    /// Most open connections from one IP (429 beyond); 0 = no limit. [default: 0] [env: RINGCAST_MAX_CONNECTIONS_PER_IP] [toml: max_connections_per_ip]
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<String>,
+
+    /// New connections per second from one IP (token bucket, 429 beyond); 0 = no limit. [default: 0] [env: RINGCAST_CONNECT_RATE_PER_IP] [toml: connect_rate_per_ip]
+    #[arg(long, value_name = "N")]
+    connect_rate_per_ip: Option<String>,
+
+    /// Connections one IP may open at once before connect-rate-per-ip applies. [default: 20] [env: RINGCAST_CONNECT_BURST_PER_IP] [toml: connect_burst_per_ip]
+    #[arg(long, value_name = "N")]
+    connect_burst_per_ip: Option<String>,
+
+    /// Most topics one control-mode connection may subscribe to. [default: 256] [env: RINGCAST_MAX_TOPICS_PER_CONNECTION] [toml: max_topics_per_connection]
+    #[arg(long, value_name = "N")]
+    max_topics_per_connection: Option<String>,
+
+    /// Malformed control messages a connection may send per 10 s before close 1008. [default: 20] [env: RINGCAST_CONTROL_ERROR_BUDGET] [toml: control_error_budget]
+    #[arg(long, value_name = "N")]
+    control_error_budget: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -725,6 +806,45 @@ fn raw_choice<T: Copy>(raw: &Raw, choices: &[(&str, T)]) -> Result<T, String> {
         .ok_or_else(expected)
 }
 
+const ORIGINS_EXPECTED: &str = "expected * or exact origins such as https://app.example.com or http://127.0.0.1:8080 (scheme://host[:port], no path), comma-separated";
+
+/// Parses `allowed_origins`: `*`, or exact `scheme://host[:port]` origins (no path, no
+/// trailing slash, as browsers send them in the `Origin` header), compared case-insensitively.
+fn raw_origins(raw: &Raw) -> Result<Vec<String>, String> {
+    let items: Vec<&str> = match raw {
+        Raw::Str(s) => s.split(',').collect(),
+        Raw::List(v) => v.iter().flat_map(|s| s.split(',')).collect(),
+        _ => return Err(ORIGINS_EXPECTED.to_owned()),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let item = item.trim();
+        if item == "*" {
+            out.push(item.to_owned());
+            continue;
+        }
+        let ok = item.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', ' ', '*'])
+        });
+        if !ok {
+            return Err(format!("{item:?} is not an origin; {ORIGINS_EXPECTED}"));
+        }
+        out.push(item.to_ascii_lowercase());
+    }
+    if out.is_empty() {
+        return Err(ORIGINS_EXPECTED.to_owned());
+    }
+    if out.len() > 1 && out.iter().any(|o| o == "*") {
+        return Err("* allows every origin and cannot be combined with others".to_owned());
+    }
+    Ok(out)
+}
+
 fn raw_listen(raw: &Raw) -> Result<Vec<SocketAddr>, String> {
     let items: Vec<&str> = match raw {
         Raw::Str(s) => s.split(',').collect(),
@@ -765,7 +885,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 16] = [
+    let strings: [(&'static str, &Option<String>); 23] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -782,6 +902,13 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("handshake_timeout", &cli.handshake_timeout),
         ("log_level", &cli.log_level),
         ("log_format", &cli.log_format),
+        ("drain_timeout", &cli.drain_timeout),
+        ("allowed_origins", &cli.allowed_origins),
+        ("max_connections_per_ip", &cli.max_connections_per_ip),
+        ("connect_rate_per_ip", &cli.connect_rate_per_ip),
+        ("connect_burst_per_ip", &cli.connect_burst_per_ip),
+        ("max_topics_per_connection", &cli.max_topics_per_connection),
+        ("control_error_budget", &cli.control_error_budget),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
@@ -838,6 +965,13 @@ struct FileLayer {
     pin_cores: Option<toml::Value>,
     log_level: Option<toml::Value>,
     log_format: Option<toml::Value>,
+    drain_timeout: Option<toml::Value>,
+    allowed_origins: Option<toml::Value>,
+    max_connections_per_ip: Option<toml::Value>,
+    connect_rate_per_ip: Option<toml::Value>,
+    connect_burst_per_ip: Option<toml::Value>,
+    max_topics_per_connection: Option<toml::Value>,
+    control_error_budget: Option<toml::Value>,
 }
 
 fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
@@ -865,6 +999,13 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         pin_cores,
         log_level,
         log_format,
+        drain_timeout,
+        allowed_origins,
+        max_connections_per_ip,
+        connect_rate_per_ip,
+        connect_burst_per_ip,
+        max_topics_per_connection,
+        control_error_budget,
     } = file;
     let fields = [
         ("listen", listen),
@@ -885,6 +1026,13 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("pin_cores", pin_cores),
         ("log_level", log_level),
         ("log_format", log_format),
+        ("drain_timeout", drain_timeout),
+        ("allowed_origins", allowed_origins),
+        ("max_connections_per_ip", max_connections_per_ip),
+        ("connect_rate_per_ip", connect_rate_per_ip),
+        ("connect_burst_per_ip", connect_burst_per_ip),
+        ("max_topics_per_connection", max_topics_per_connection),
+        ("control_error_budget", control_error_budget),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -922,8 +1070,19 @@ fn expected_for(key: &str) -> String {
         "log_format" => format!("expected a string: {}", choice_list(LogFormat::CHOICES)),
         "log_level" => "expected a string such as \"info\"".to_owned(),
         "pin_cores" => BOOL_EXPECTED.to_owned(),
-        "shards" | "ring_entries" | "recv_buffers" | "max_connections" => COUNT_EXPECTED.to_owned(),
-        "ping_interval" | "idle_timeout" | "handshake_timeout" => DURATION_EXPECTED.to_owned(),
+        "shards"
+        | "ring_entries"
+        | "recv_buffers"
+        | "max_connections"
+        | "max_connections_per_ip"
+        | "connect_rate_per_ip"
+        | "connect_burst_per_ip"
+        | "max_topics_per_connection"
+        | "control_error_budget" => COUNT_EXPECTED.to_owned(),
+        "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout" => {
+            DURATION_EXPECTED.to_owned()
+        }
+        "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
         _ => SIZE_EXPECTED.to_owned(),
     }
 }
@@ -1064,6 +1223,25 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
         log_format: m
             .take("log_format", |r| raw_choice(r, LogFormat::CHOICES))?
             .unwrap_or(d.log_format),
+        drain_timeout: m
+            .take("drain_timeout", raw_duration)?
+            .unwrap_or(d.drain_timeout),
+        allowed_origins: m
+            .take("allowed_origins", raw_origins)?
+            .unwrap_or(d.allowed_origins),
+        max_connections_per_ip: m.int(
+            "max_connections_per_ip",
+            raw_count,
+            d.max_connections_per_ip,
+        )?,
+        connect_rate_per_ip: m.int("connect_rate_per_ip", raw_count, d.connect_rate_per_ip)?,
+        connect_burst_per_ip: m.int("connect_burst_per_ip", raw_count, d.connect_burst_per_ip)?,
+        max_topics_per_connection: m.int(
+            "max_topics_per_connection",
+            raw_count,
+            d.max_topics_per_connection,
+        )?,
+        control_error_budget: m.int("control_error_budget", raw_count, d.control_error_budget)?,
     };
     Ok((cfg, m.provenance))
 }
@@ -1321,6 +1499,55 @@ impl Config {
         timer("ping_interval", self.ping_interval, true)?;
         timer("idle_timeout", self.idle_timeout, true)?;
         timer("handshake_timeout", self.handshake_timeout, false)?;
+        timer("drain_timeout", self.drain_timeout, false)?;
+        let count_range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    v.to_string(),
+                    format!("must be between {lo} and {hi}"),
+                ))
+            }
+        };
+        if self.allowed_origins.is_empty() {
+            return Err(invalid(
+                "allowed_origins",
+                "[]".to_owned(),
+                "needs * or at least one origin".to_owned(),
+            ));
+        }
+        count_range(
+            "max_connections_per_ip",
+            self.max_connections_per_ip as u64,
+            0,
+            1 << 24,
+        )?;
+        count_range(
+            "connect_rate_per_ip",
+            self.connect_rate_per_ip.into(),
+            0,
+            1_000_000,
+        )?;
+        count_range(
+            "connect_burst_per_ip",
+            self.connect_burst_per_ip.into(),
+            1,
+            1_000_000,
+        )?;
+        count_range(
+            "max_topics_per_connection",
+            self.max_topics_per_connection as u64,
+            1,
+            65536,
+        )?;
+        count_range(
+            "control_error_budget",
+            self.control_error_budget.into(),
+            0,
+            1_000_000,
+        )?;
         if !self.ping_interval.is_zero()
             && !self.idle_timeout.is_zero()
             && self.idle_timeout <= self.ping_interval

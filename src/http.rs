@@ -4,8 +4,22 @@
 //! asks [`route`] what to do with it. Plain HTTP answers close the connection after the
 //! response (no keep-alive: these endpoints are for health checks and tools, and a closed
 //! connection cannot be left idle by a misbehaving client).
+//!
+//! | request | routed to |
+//! |---|---|
+//! | `GET /ws/{topic}` | simple mode upgrade |
+//! | `GET /ws`, `GET /ws?subscribe=a,b` | control mode upgrade (JSON commands, see `crate::control`) |
+//! | `GET /echo` | echo upgrade |
+//! | `POST /publish/{topic}` | HTTP publish (body = payload) |
+//! | `GET /health`, `HEAD /health` | 200, or 503 while draining |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /` | the demo page |
 
 use crate::pubsub::validate_topic;
+
+/// The demo page served at `GET /`: self-contained (no external resources), it opens a
+/// control-mode connection to the server it was loaded from.
+pub const DEMO_HTML: &str = include_str!("demo.html");
 
 /// Where a WebSocket upgrade leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +34,11 @@ pub enum Endpoint {
     },
     /// `GET /echo`: every message comes back to its sender.
     Echo,
+    /// `GET /ws`: control mode, JSON commands; `?subscribe=a,b` subscribes at once.
+    Control {
+        /// Topics to subscribe to before the 101 is sent (validated, duplicates removed).
+        subscribe: Vec<String>,
+    },
 }
 
 /// What to do with a request.
@@ -38,6 +57,10 @@ pub enum Routed {
     Health,
     /// `/metrics`: Prometheus text format.
     Metrics,
+    /// `POST /publish/{topic}`: the body is published to the (validated) topic.
+    Publish(String),
+    /// `GET /`: the demo page.
+    Demo,
 }
 
 /// Decides what a request for `path` with `method` gets.
@@ -47,10 +70,34 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Routed {
         "/health" if is_get || method == "HEAD" => Routed::Health,
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
-        "/health" | "/echo" | "/metrics" => Routed::Respond {
+        "/" | "/index.html" if is_get => Routed::Demo,
+        "/ws" if is_get => match subscribe_param(query) {
+            Ok(subscribe) => Routed::Upgrade(Endpoint::Control { subscribe }),
+            Err(e) => Routed::Respond {
+                status: 400,
+                body: topic_error_body(e),
+            },
+        },
+        "/health" | "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::Respond {
             status: 405,
             body: "method not allowed\n",
         },
+        _ if path.starts_with("/publish/") => {
+            let topic = &path["/publish/".len()..];
+            if method != "POST" {
+                return Routed::Respond {
+                    status: 405,
+                    body: "method not allowed: use POST\n",
+                };
+            }
+            match validate_topic(topic) {
+                Ok(()) => Routed::Publish(topic.to_owned()),
+                Err(e) => Routed::Respond {
+                    status: 400,
+                    body: topic_error_body(e),
+                },
+            }
+        }
         _ => match path.strip_prefix("/ws/") {
             Some(topic) if is_get => match validate_topic(topic) {
                 Ok(()) => Routed::Upgrade(Endpoint::Topic {
@@ -81,6 +128,49 @@ fn topic_error_body(e: crate::pubsub::TopicError) -> &'static str {
         TooLong => "bad topic: longer than 255 bytes\n",
         BadByte => "bad topic: use printable ASCII without spaces\n",
     }
+}
+
+/// The topics of `?subscribe=a,b` (several `subscribe` parameters add up), percent-decoded,
+/// validated, without duplicates. A topic containing a comma can only be subscribed to
+/// with a `subscribe` control message.
+fn subscribe_param(query: Option<&str>) -> Result<Vec<String>, crate::pubsub::TopicError> {
+    let mut out: Vec<String> = Vec::new();
+    for kv in query.unwrap_or("").split('&') {
+        let Some(list) = kv.strip_prefix("subscribe=") else {
+            continue;
+        };
+        for raw in list.split(',') {
+            if raw.is_empty() {
+                continue;
+            }
+            let topic = percent_decode(raw).ok_or(crate::pubsub::TopicError::BadByte)?;
+            validate_topic(&topic)?;
+            if !out.contains(&topic) {
+                out.push(topic);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes (browsers escape some printable characters in query strings).
+/// `None` for a malformed escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn wants_echo(query: Option<&str>) -> bool {
@@ -128,5 +218,42 @@ mod tests {
             route("DELETE", "/health", None),
             Routed::Respond { status: 405, .. }
         ));
+    }
+
+    #[test]
+    fn surface_routes() {
+        assert_eq!(route("GET", "/", None), Routed::Demo);
+        assert_eq!(
+            route("GET", "/ws", None),
+            Routed::Upgrade(Endpoint::Control { subscribe: vec![] })
+        );
+        assert_eq!(
+            route("GET", "/ws", Some("subscribe=a,b%2Fc,a&subscribe=d")),
+            Routed::Upgrade(Endpoint::Control {
+                subscribe: vec!["a".into(), "b/c".into(), "d".into()]
+            })
+        );
+        assert!(matches!(
+            route("GET", "/ws", Some("subscribe=a%20b")),
+            Routed::Respond { status: 400, .. }
+        ));
+        assert_eq!(
+            route("POST", "/publish/news", None),
+            Routed::Publish("news".into())
+        );
+        assert!(matches!(
+            route("GET", "/publish/news", None),
+            Routed::Respond { status: 405, .. }
+        ));
+        assert!(matches!(
+            route("POST", "/publish/", None),
+            Routed::Respond { status: 400, .. }
+        ));
+        assert!(matches!(
+            route("POST", "/ws", None),
+            Routed::Respond { status: 405, .. }
+        ));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
     }
 }

@@ -12,16 +12,20 @@
 //! - [`pubsub`]: a shard's topic table.
 //! - [`bus`]: lock-free inboxes between shards and their wake-ups.
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get.
+//! - [`control`]: the control-mode JSON protocol (`GET /ws`), pure parse and serialize.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
+//! - [`alloc`]: tuning of the global allocator (mimalloc).
 //!
 //! `unsafe` is denied crate-wide and allowed only in `io::uring`, `io::bufring`,
-//! `io::probe` (the ring and its buffers) and `proto::mask` (SIMD); every block there
-//! carries a `// SAFETY:` comment.
+//! `io::probe` (the ring and its buffers), `proto::mask` (SIMD) and `alloc` (two FFI calls
+//! to mimalloc's option table); every block there carries a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod io;
 pub mod metrics;

@@ -1,10 +1,18 @@
 //! The `ringcast` binary: configuration, logging, limits, then the shards until a signal.
+//!
+//! Signals: the first SIGTERM or SIGINT starts a graceful drain (clients get close 1001
+//! after what is queued for them; `/health` answers 503) and the process exits 0 once every
+//! shard has drained, or at `--drain-timeout`. A second signal exits at once with
+//! 128 + the signal number.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use ringcast::config::{self, LogFormat};
 use ringcast::server::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 // mimalloc: thread-local free lists suit thread-per-core shards that allocate and free
 // frames on their own threads.
@@ -24,6 +32,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    ringcast::alloc::tune();
     let cfg = match config::load() {
         Ok(cfg) => cfg,
         Err(e) => e.exit(),
@@ -38,6 +47,15 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+    // Registered before the shards start, so that no signal finds the default action.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not install signal handlers");
+            eprintln!("ringcast: could not install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -54,6 +72,41 @@ fn main() -> ExitCode {
         server.backend.name()
     );
     let _ = std::io::stdout().flush();
-    server.join();
+    let poll = Duration::from_millis(50);
+    // Serving: wait for a signal (or a shard that died).
+    let first = loop {
+        if let Some(sig) = signals.pending().next() {
+            break sig;
+        }
+        if server.any_finished() {
+            tracing::error!("a shard stopped; shutting down");
+            server.stop();
+            return ExitCode::from(1);
+        }
+        std::thread::sleep(poll);
+    };
+    let deadline = Instant::now() + cfg.drain_timeout;
+    tracing::info!(
+        signal = first,
+        drain_timeout = ?cfg.drain_timeout,
+        "draining: closing every client with 1001 (send the signal again to exit at once)"
+    );
+    server.drain();
+    while !server.finished() {
+        if let Some(sig) = signals.pending().next() {
+            tracing::warn!(
+                signal = sig,
+                "second signal: exiting without waiting for the drain"
+            );
+            return ExitCode::from(u8::try_from(128 + sig).unwrap_or(1));
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("drain timeout reached; exiting");
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(poll);
+    }
+    tracing::info!("drained; exiting");
+    server.stop();
     ExitCode::SUCCESS
 }

@@ -43,7 +43,44 @@ impl Counter {
 /// Close codes counted individually in `ringcast_protocol_errors_total`.
 pub const CLOSE_CODES: [u16; 8] = [1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011];
 /// HTTP statuses counted individually in `ringcast_handshake_failures_total`.
-pub const HTTP_STATUSES: [u16; 9] = [400, 403, 404, 405, 413, 426, 429, 431, 503];
+pub const HTTP_STATUSES: [u16; 10] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503];
+
+/// Why a request was refused by admission (`ringcast_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// An upgrade past `--max-connections` (503).
+    MaxConnections,
+    /// An upgrade from an `Origin` not in `--allowed-origins` (403).
+    Origin,
+    /// A connection past `--max-connections-per-ip` (429).
+    IpConnections,
+    /// A connection past `--connect-rate-per-ip` (429).
+    IpRate,
+    /// An upgrade or publish while draining (503).
+    Draining,
+}
+
+impl RefusalReason {
+    /// Every reason, in label order.
+    pub const ALL: [RefusalReason; 5] = [
+        RefusalReason::MaxConnections,
+        RefusalReason::Origin,
+        RefusalReason::IpConnections,
+        RefusalReason::IpRate,
+        RefusalReason::Draining,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::MaxConnections => "max_connections",
+            RefusalReason::Origin => "origin",
+            RefusalReason::IpConnections => "ip_connections",
+            RefusalReason::IpRate => "ip_rate",
+            RefusalReason::Draining => "draining",
+        }
+    }
+}
 
 /// Everything one shard counts.
 #[derive(Debug, Default)]
@@ -84,10 +121,22 @@ pub struct ShardMetrics {
     pub loop_turns: Counter,
     /// Kernel entries (io_uring_enter or epoll_wait).
     pub submissions: Counter,
-    /// Messages received from other shards through the bus.
+    /// Batches received from other shards through the bus.
     pub bus_in: Counter,
     /// Receive buffers lent out (gauge; zero between events).
     pub buffers_in_use: Counter,
+    /// Control-mode connections opened.
+    pub control_connections: Counter,
+    /// Control-mode messages received, by kind (index in [`crate::control::COMMANDS`]).
+    pub control_commands: [Counter; crate::control::COMMANDS.len()],
+    /// Control-mode error replies, by code (index in [`crate::control::ErrorCode::ALL`]).
+    pub control_errors: [Counter; crate::control::ErrorCode::ALL.len()],
+    /// Messages published with `POST /publish/{topic}`.
+    pub http_publishes: Counter,
+    /// Requests refused by admission, by reason (index in [`RefusalReason::ALL`]).
+    pub refused: [Counter; RefusalReason::ALL.len()],
+    /// 1 while this shard drains (gauge).
+    pub draining: Counter,
 }
 
 impl ShardMetrics {
@@ -100,6 +149,23 @@ impl ShardMetrics {
         self.protocol_errors[i].inc();
     }
 
+    /// Counts a control-mode message of kind `name` (one of [`crate::control::COMMANDS`]).
+    pub fn control_command(&self, name: &str) {
+        if let Some(i) = crate::control::COMMANDS.iter().position(|&c| c == name) {
+            self.control_commands[i].inc();
+        }
+    }
+
+    /// Counts a control-mode error reply.
+    pub fn control_error(&self, code: crate::control::ErrorCode) {
+        self.control_errors[code.index()].inc();
+    }
+
+    /// Counts a request refused by admission.
+    pub fn refused(&self, reason: RefusalReason) {
+        self.refused[reason as usize].inc();
+    }
+
     /// Counts a refused request.
     pub fn handshake_failure(&self, status: u16) {
         if let Some(i) = HTTP_STATUSES.iter().position(|&s| s == status) {
@@ -109,12 +175,40 @@ impl ShardMetrics {
 }
 
 type Getter = fn(&ShardMetrics) -> u64;
+/// A counter family: name, help, label name, label values, getter by label index.
+type Labelled = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    fn(&ShardMetrics, usize) -> u64,
+);
+
+const CONTROL_ERROR_LABELS: [&str; crate::control::ErrorCode::ALL.len()] = {
+    let mut out = [""; crate::control::ErrorCode::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = crate::control::ErrorCode::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+
+const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
+    let mut out = [""; RefusalReason::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = RefusalReason::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 /// Renders all shards' metrics in the Prometheus text exposition format.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 16] = [
+    let simple: [(&str, &str, &str, Getter); 19] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -199,7 +293,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         (
             "ringcast_bus_messages_in_total",
             "counter",
-            "Messages received from other shards.",
+            "Batches (a topic's messages of one loop turn) received from other shards.",
             |m| m.bus_in.get(),
         ),
         (
@@ -207,6 +301,24 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "gauge",
             "Receive buffers lent out.",
             |m| m.buffers_in_use.get(),
+        ),
+        (
+            "ringcast_control_connections_total",
+            "counter",
+            "Control-mode (/ws) connections opened.",
+            |m| m.control_connections.get(),
+        ),
+        (
+            "ringcast_http_publishes_total",
+            "counter",
+            "Messages published with POST /publish/{topic}.",
+            |m| m.http_publishes.get(),
+        ),
+        (
+            "ringcast_draining",
+            "gauge",
+            "Shards draining for a graceful shutdown.",
+            |m| m.draining.get(),
         ),
     ];
     for (name, kind, help, f) in simple {
@@ -237,6 +349,35 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "ringcast_handshake_failures_total{{status=\"{status}\"}} {}",
             sum(&|m| m.handshake_failures[i].get())
         );
+    }
+    let labelled: [Labelled; 3] = [
+        (
+            "ringcast_control_commands_total",
+            "Control-mode messages received, by type.",
+            "type",
+            &crate::control::COMMANDS,
+            |m, i| m.control_commands[i].get(),
+        ),
+        (
+            "ringcast_control_errors_total",
+            "Control-mode error replies, by code.",
+            "code",
+            &CONTROL_ERROR_LABELS,
+            |m, i| m.control_errors[i].get(),
+        ),
+        (
+            "ringcast_refused_total",
+            "Requests refused by admission, by reason.",
+            "reason",
+            &REFUSAL_LABELS,
+            |m, i| m.refused[i].get(),
+        ),
+    ];
+    for (name, help, label, values, f) in labelled {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (i, v) in values.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", sum(&|m| f(m, i)));
+        }
     }
     for (name, help, f) in [
         (

@@ -19,6 +19,7 @@ use crate::io::epoll::EpollDriver;
 use crate::io::uring::{UringDriver, UringSettings};
 use crate::io::{Driver, probe};
 use crate::metrics::ShardMetrics;
+use crate::shard::surface::{SurfaceSettings, SurfaceShared};
 use crate::shard::{Settings, Shard, Shared};
 
 /// Which backend the shards run on.
@@ -152,6 +153,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             backend: backend.name(),
+            surface: SurfaceShared::default(),
         });
         let settings = Settings {
             max_message_size: cfg.max_message_size,
@@ -163,6 +165,16 @@ impl Server {
             idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
             handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
+            surface: SurfaceSettings {
+                drain_timeout: cfg.drain_timeout,
+                allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))
+                    .then(|| cfg.allowed_origins.clone()),
+                max_connections_per_ip: cfg.max_connections_per_ip,
+                connect_rate_per_ip: cfg.connect_rate_per_ip,
+                connect_burst_per_ip: cfg.connect_burst_per_ip,
+                max_topics_per_connection: cfg.max_topics_per_connection,
+                control_error_budget: cfg.control_error_budget,
+            },
         };
         let uring = UringSettings {
             ring_entries: cfg.ring_entries,
@@ -239,6 +251,22 @@ impl Server {
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.join();
+    }
+
+    /// Starts a graceful shutdown: every shard closes its clients with 1001, flushes, and
+    /// returns from its loop (see `shard::drain`). Returns at once; see [`Server::finished`].
+    pub fn drain(&self) {
+        self.shared.surface.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every shard thread has returned.
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Whether any shard thread has returned (before a drain: it failed).
+    pub fn any_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
     }
 
     /// Waits for the shards to exit.

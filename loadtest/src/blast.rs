@@ -80,12 +80,14 @@ impl Blast {
         let listener =
             TcpListener::bind(args.listen).map_err(|e| format!("bind {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        crate::sys::set_backlog(&listener, 4096).map_err(|e| format!("listen backlog: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(BlastStats::default());
         let (tx, rx) = mpsc::channel::<TcpStream>();
         let until = Instant::now() + args.max_duration;
         let max_conns = args.max_connections as u64;
+        let idle = args.idle;
         let s1 = Arc::clone(&stop);
         let st1 = Arc::clone(&stats);
         let acceptor = thread::Builder::new()
@@ -96,7 +98,7 @@ impl Blast {
         let st2 = Arc::clone(&stats);
         let sender = thread::Builder::new()
             .name("blast-send".into())
-            .spawn(move || crate::uring::blast::run(&template, rx, s2, st2, until))
+            .spawn(move || crate::uring::blast::run(&template, rx, s2, st2, until, idle))
             .map_err(|e| e.to_string())?;
         Ok(Blast {
             addr,
@@ -133,9 +135,11 @@ fn accept_loop(
     max_conns: u64,
     until: Instant,
 ) -> io::Result<()> {
+    let mut idle_polls = 0u32;
     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         match listener.accept() {
             Ok((stream, _)) => {
+                idle_polls = 0;
                 if stats.conns.load(Ordering::Relaxed) >= max_conns {
                     continue; // dropped: over --max-connections
                 }
@@ -146,7 +150,9 @@ fn accept_loop(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(1))
+                // Poll fast while connections arrive, slowly once they stop.
+                idle_polls = idle_polls.saturating_add(1);
+                thread::sleep(Duration::from_millis(if idle_polls > 200 { 20 } else { 1 }));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => thread::sleep(Duration::from_millis(10)), // EMFILE and friends: back off
@@ -207,6 +213,9 @@ pub fn main(args: &BlastArgs) -> Result<(), String> {
     );
     let _ = io::stdout().flush();
     let mut last = 0u64;
+    if args.idle {
+        println!("blast: --idle: connections are accepted and upgraded, nothing is sent");
+    }
     while blast.running() {
         thread::sleep(Duration::from_secs(1));
         let bytes = blast.stats.bytes.load(Ordering::Relaxed);

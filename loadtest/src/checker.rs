@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 
 use crate::payload::{BLAST_FLAG, Stamp};
-use crate::seq::{SeqCounts, SeqSlot, unwrap_cyclic};
+use crate::seq::{SeqCounts, SeqSlot, Verdict, unwrap_cyclic};
 
 /// Per-thread context handed to every message check of one receive batch.
 #[derive(Debug)]
@@ -32,8 +32,11 @@ pub struct Checker {
     topics: usize,
     /// Slot of publisher j (j % topics == topic) at index j / topics.
     slots: Vec<SeqSlot>,
-    /// The single blast stream of this connection, with its cycle length.
-    blast: Option<(SeqSlot, u64)>,
+    /// The single blast stream of this connection: slot, cycle length, and the
+    /// next expected number modulo the cycle (the fast path skips the division).
+    blast: Option<(SeqSlot, u64, u64)>,
+    /// Last publisher id seen and its slot index (skips the division by `topics`).
+    last: Option<(u32, usize)>,
     /// Whether this subscriber reports acks for its topic's publishers.
     probe: bool,
     /// Whether this subscriber's latency counts (false for slow subscribers).
@@ -60,6 +63,7 @@ impl Checker {
             topics,
             slots: vec![SeqSlot::default(); mine],
             blast: None,
+            last: None,
             probe,
             record,
             enabled: true,
@@ -105,23 +109,40 @@ impl Checker {
         let pid = st.publisher;
         let verdict = if pid & BLAST_FLAG != 0 {
             let cycle = u64::from(pid & !BLAST_FLAG);
-            let (slot, _) = self.blast.get_or_insert((SeqSlot::default(), cycle));
-            let mono = unwrap_cyclic(slot.next(), st.seq, cycle);
-            slot.observe(mono)
-        } else {
-            let pid = pid as usize;
-            if pid % self.topics != self.topic {
-                self.foreign += 1;
-                return;
+            let (slot, cyc, next_mod) = self.blast.get_or_insert((SeqSlot::default(), cycle, 0));
+            let mono = if st.seq == *next_mod && *cyc == cycle {
+                slot.next()
+            } else {
+                unwrap_cyclic(slot.next(), st.seq, cycle)
+            };
+            let v = slot.observe(mono);
+            *cyc = cycle;
+            *next_mod = if st.seq + 1 >= cycle { 0 } else { st.seq + 1 };
+            if !matches!(v, Verdict::InOrder | Verdict::Gap(_)) {
+                // Behind: the expected number modulo the cycle is unchanged.
+                *next_mod = slot.next() % cycle.max(1);
             }
-            let idx = pid / self.topics;
+            v
+        } else {
+            let idx = match self.last {
+                Some((p, i)) if p == pid => i,
+                _ => {
+                    let p = pid as usize;
+                    if p % self.topics != self.topic || p / self.topics >= self.slots.len() {
+                        self.foreign += 1;
+                        return;
+                    }
+                    self.last = Some((pid, p / self.topics));
+                    p / self.topics
+                }
+            };
             let Some(slot) = self.slots.get_mut(idx) else {
                 self.foreign += 1;
                 return;
             };
             let v = slot.observe(st.seq);
             if self.probe
-                && let Some(a) = ctx.acks.get(pid)
+                && let Some(a) = ctx.acks.get(pid as usize)
             {
                 a.store(slot.next(), Ordering::Relaxed);
                 ctx.acked = true;
@@ -229,6 +250,35 @@ mod tests {
         assert_eq!(c.counts.missing() + c.counts.duplicated, 0);
         // sent 50..58 fall into the window: i = 5..9.
         assert_eq!(h.len(), 5);
+    }
+
+    #[test]
+    fn blast_gap_and_duplicate() {
+        let mut c = Checker::new(0, 1, 0, false, false);
+        let mut h = hist();
+        let mut ctx = CheckCtx {
+            now_ns: 1,
+            window: (0, 0),
+            hist: &mut h,
+            acks: &[],
+            acked: false,
+        };
+        let pid = BLAST_FLAG | 5;
+        // 0 1 2 3 4 | 0 (2 skipped) 3 4 | 0 0 (duplicate) 1
+        for s in [0, 1, 2, 3, 4, 0, 3, 4, 0, 0, 1] {
+            c.check(
+                Stamp {
+                    publisher: pid,
+                    seq: s,
+                    sent_ns: 0,
+                },
+                &mut ctx,
+            );
+        }
+        assert_eq!(c.counts.received, 11);
+        assert_eq!(c.counts.missing(), 2);
+        assert_eq!(c.counts.duplicated, 1);
+        assert_eq!(c.counts.out_of_order(), 0);
     }
 
     #[test]

@@ -146,6 +146,10 @@ fn server(pid: Option<u32>) -> Option<procstat::ProcSample> {
 
 /// `idle`.
 pub fn idle(args: &IdleArgs) -> Result<IdleReport, String> {
+    let args = &IdleArgs {
+        server_pid: args.server_pid.filter(|&p| p != 0),
+        ..args.clone()
+    };
     if let Some(p) = args.server_pid {
         procstat::sample(&p.to_string()).map_err(|e| format!("--server-pid {p}: {e}"))?;
     }
@@ -188,6 +192,10 @@ pub fn idle(args: &IdleArgs) -> Result<IdleReport, String> {
 
 /// `storm`.
 pub fn storm(args: &StormArgs) -> Result<StormReport, String> {
+    let args = &StormArgs {
+        server_pid: args.server_pid.filter(|&p| p != 0),
+        ..args.clone()
+    };
     let before = server(args.server_pid);
     let t0 = now_ns();
     let o = open(&args.url, args.connections, &args.connect, 0)?;

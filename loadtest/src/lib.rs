@@ -21,6 +21,7 @@
 //! - [`connect`]: non-blocking connects, source-address spreading, the upgrade.
 //! - [`publish`]: the publisher thread (WebSocket or HTTP POST, rate or closed loop).
 //! - [`run`], [`idle_storm`], [`blast`]: the subcommands.
+//! - [`tally`]: per-subscriber results to run totals (loss, order, slow subscribers).
 //! - [`stats`], [`procstat`], [`report`]: counters, CPU/RSS from /proc, JSON and summaries.
 //! - [`sys`]: the few libc calls std lacks.
 //!
@@ -43,6 +44,7 @@ pub mod rx;
 pub mod seq;
 pub mod stats;
 pub mod sys;
+pub mod tally;
 pub mod target;
 pub mod uring;
 pub mod worker;

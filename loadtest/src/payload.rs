@@ -35,13 +35,22 @@ pub struct Stamp {
     pub sent_ns: u64,
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// A u32 as eight lowercase hex digits, most significant first (SWAR: the
+/// nibbles are spread one per byte, then turned into ASCII all at once).
+#[inline(always)]
+fn hex8_encode(v: u32) -> [u8; 8] {
+    let x = u64::from(v);
+    let x = ((x & 0xffff_0000) << 16) | (x & 0x0000_ffff);
+    let x = ((x & 0x0000_ff00_0000_ff00) << 8) | (x & 0x0000_00ff_0000_00ff);
+    let x = ((x & 0x00f0_00f0_00f0_00f0) << 4) | (x & 0x000f_000f_000f_000f);
+    let letters = ((x + LANES * 6) >> 4) & LANES; // 1 in bytes holding 10..=15
+    (x + LANES * 0x30 + letters * 0x27).to_be_bytes()
+}
 
-fn put_hex(out: &mut [u8], mut v: u64) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
-    }
+#[inline(always)]
+fn put_hex16(out: &mut [u8], v: u64) {
+    out[..8].copy_from_slice(&hex8_encode((v >> 32) as u32));
+    out[8..16].copy_from_slice(&hex8_encode(v as u32));
 }
 
 /// Fills `buf` (the whole message) with the marker and padding; the stamp
@@ -67,62 +76,66 @@ pub fn write_stamp(buf: &mut [u8], stamp: Stamp) {
         return;
     }
     buf[..2].copy_from_slice(&MARKER);
-    put_hex(&mut buf[2..10], u64::from(stamp.publisher));
-    put_hex(&mut buf[10..26], stamp.seq);
-    put_hex(&mut buf[26..42], stamp.sent_ns);
+    buf[2..10].copy_from_slice(&hex8_encode(stamp.publisher));
+    put_hex16(&mut buf[10..26], stamp.seq);
+    put_hex16(&mut buf[26..42], stamp.sent_ns);
 }
 
 /// Rewrites only the send time (used by blast to refresh a pre-built batch).
 #[inline]
 pub fn write_time(buf: &mut [u8], sent_ns: u64) {
     if buf.len() >= STAMP_LEN {
-        put_hex(&mut buf[26..42], sent_ns);
+        put_hex16(&mut buf[26..42], sent_ns);
     }
 }
 
 const LANES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = LANES * 0x80;
 
-/// Eight lowercase hex digits (big-endian: first char most significant) to a u32.
-/// Returns None unless every byte is in '0'..='f' (a cheap range check; the
-/// marker check catches foreign payloads first).
-#[inline]
-fn hex8(b: &[u8]) -> Option<u32> {
-    let arr: [u8; 8] = b.try_into().ok()?;
-    let v = u64::from_be_bytes(arr);
-    // Every byte below 0x80, at least '0' (0x30) and at most 'f' (0x66).
-    let high = LANES * 0x80;
-    let ge = (v | high).wrapping_sub(LANES * 0x30) & high;
-    let le = (LANES * 0xe6).wrapping_sub(v) & high;
-    if v & high != 0 || ge != high || le != high {
-        return None;
-    }
+/// Eight ASCII hex digits (big-endian word: first char most significant) to a
+/// u32, plus a validity mask that is `HIGH` for every byte in '0'..='f' (a
+/// cheap range check; the marker check catches foreign payloads first).
+/// Masks of several words are ANDed so decode branches once.
+#[inline(always)]
+fn hex8(v: u64) -> (u32, u64) {
+    let ge = (v | HIGH).wrapping_sub(LANES * 0x30) & HIGH;
+    let le = (LANES * 0xe6).wrapping_sub(v) & HIGH;
+    let ascii = !v & HIGH;
     // '0'..'9' -> 0..9, 'a'..'f' -> 10..15 (bit 6 marks letters).
     let n = (v & (LANES * 0x0f)) + ((v >> 6) & LANES) * 9;
     let n = (n | (n >> 4)) & 0x00ff_00ff_00ff_00ff;
     let n = (n | (n >> 8)) & 0x0000_ffff_0000_ffff;
     let n = (n | (n >> 16)) & 0x0000_0000_ffff_ffff;
-    Some(n as u32)
+    (n as u32, ge & le & ascii)
 }
 
-#[inline]
-fn hex16(b: &[u8]) -> Option<u64> {
-    let hi = hex8(b.get(..8)?)?;
-    let lo = hex8(b.get(8..16)?)?;
-    Some((u64::from(hi) << 32) | u64::from(lo))
+#[inline(always)]
+fn word(b: &[u8; STAMP_LEN], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(w)
 }
 
 /// Decodes the stamp at the start of a payload; None for anything that is not
 /// a generator payload (too short, no marker, bad digits).
 #[inline]
 pub fn decode(payload: &[u8]) -> Option<Stamp> {
-    let head = payload.get(..STAMP_LEN)?;
+    let head: &[u8; STAMP_LEN] = payload.get(..STAMP_LEN)?.try_into().ok()?;
     if head[..2] != MARKER {
         return None;
     }
+    let (p, m0) = hex8(word(head, 2));
+    let (s1, m1) = hex8(word(head, 10));
+    let (s0, m2) = hex8(word(head, 18));
+    let (t1, m3) = hex8(word(head, 26));
+    let (t0, m4) = hex8(word(head, 34));
+    if m0 & m1 & m2 & m3 & m4 != HIGH {
+        return None;
+    }
     Some(Stamp {
-        publisher: hex8(&head[2..10])?,
-        seq: hex16(&head[10..26])?,
-        sent_ns: hex16(&head[26..42])?,
+        publisher: p,
+        seq: (u64::from(s1) << 32) | u64::from(s0),
+        sent_ns: (u64::from(t1) << 32) | u64::from(t0),
     })
 }
 
@@ -167,6 +180,21 @@ mod tests {
                 sent_ns: rng.u64(..),
             };
             assert_eq!(decode(&msg(STAMP_LEN + rng.usize(..100), st)), Some(st));
+        }
+    }
+
+    #[test]
+    fn encoder_matches_format() {
+        for v in [0u32, 1, 9, 10, 15, 16, 0x1234_5678, 0x9abc_def0, u32::MAX] {
+            assert_eq!(
+                hex8_encode(v),
+                *format!("{v:08x}").as_bytes().first_chunk::<8>().unwrap()
+            );
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..10_000 {
+            let v = rng.u32(..);
+            assert_eq!(&hex8_encode(v), format!("{v:08x}").as_bytes());
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -90,6 +90,8 @@ pub struct PubStats {
     pub tid: AtomicU64,
     /// Publishing stops when set.
     pub stop: AtomicBool,
+    /// Set once stopped with nothing queued and no HTTP response outstanding.
+    pub flushed: AtomicBool,
 }
 
 impl PubStats {
@@ -104,6 +106,7 @@ impl PubStats {
             cpu_ns: AtomicU64::new(0),
             tid: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
         }
     }
 }
@@ -112,8 +115,8 @@ impl PubStats {
 struct Publisher {
     id: usize,
     stream: TcpStream,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Queued bytes not yet written (BytesMut: the protocol core masks into it in place).
+    out: BytesMut,
     seq: u64,
     rx: RxConn,
     inbuf: Vec<u8>,
@@ -125,7 +128,7 @@ struct Publisher {
 
 impl Publisher {
     fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len()
     }
 }
 
@@ -150,8 +153,7 @@ pub fn run(
         pubs.push(Publisher {
             id: c.id,
             stream: c.stream,
-            out: Vec::with_capacity(64 * 1024),
-            out_pos: 0,
+            out: BytesMut::with_capacity(64 * 1024),
             seq: 0,
             rx: RxConn::new(Checker::disabled()),
             inbuf: c.leftover,
@@ -250,8 +252,23 @@ pub fn run(
         if stopping
             && pubs
                 .iter()
-                .all(|p| p.dead || (p.queued() == 0 && (!is_ws || p.rx.close_received.is_some())))
+                .all(|p| p.dead || (p.queued() == 0 && p.outstanding == 0))
         {
+            stats.flushed.store(true, Ordering::Relaxed);
+        }
+        // Done when every publisher is flushed and finished: WebSocket ones got the
+        // server's close reply, HTTP ones every response (closing earlier could make
+        // the server drop pipelined requests it has not handled yet).
+        let finished = |p: &Publisher| {
+            p.dead
+                || (p.queued() == 0
+                    && if is_ws {
+                        p.rx.close_received.is_some()
+                    } else {
+                        p.outstanding == 0
+                    })
+        };
+        if stopping && pubs.iter().all(finished) {
             break;
         }
         let timeout = match (cfg.rate, stopping) {
@@ -345,10 +362,10 @@ fn produce(
 }
 
 fn flush(p: &mut Publisher, stats: &PubStats) {
-    while !p.dead && p.out_pos < p.out.len() {
-        match (&p.stream).write(&p.out[p.out_pos..]) {
+    while !p.dead && !p.out.is_empty() {
+        match (&p.stream).write(&p.out) {
             Ok(0) => p.dead = true,
-            Ok(k) => p.out_pos += k,
+            Ok(k) => p.out.advance(k),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
@@ -356,13 +373,6 @@ fn flush(p: &mut Publisher, stats: &PubStats) {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-    if p.out_pos == p.out.len() {
-        p.out.clear();
-        p.out_pos = 0;
-    } else if p.out_pos > 1 << 20 {
-        p.out.drain(..p.out_pos);
-        p.out_pos = 0;
     }
 }
 

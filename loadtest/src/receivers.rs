@@ -130,12 +130,12 @@ impl Receivers {
 
     /// Close handshake on every connection, wait up to `grace`, then stop and join.
     pub fn close_and_join(self, grace: Duration) -> Result<Vec<WorkerResult>, String> {
-        self.shared.phase.store(CLOSE, Ordering::Release);
+        self.shared.phase.fetch_max(CLOSE, Ordering::AcqRel);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && self.handles.iter().any(|h| !h.is_finished()) {
             thread::sleep(Duration::from_millis(5));
         }
-        self.shared.phase.store(STOP, Ordering::Release);
+        self.shared.phase.fetch_max(STOP, Ordering::AcqRel);
         drop(self.senders);
         let mut out = Vec::new();
         for h in self.handles {

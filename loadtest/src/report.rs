@@ -86,6 +86,10 @@ pub struct SlowReport {
     pub close_codes: BTreeMap<String, u64>,
     /// Disconnected without a close frame (TCP close or reset).
     pub without_close_frame: u64,
+    /// Of those: ended by the server's FIN.
+    pub eof: u64,
+    /// Of those: ended by an error such as a reset (first error text -> count).
+    pub io_errors: BTreeMap<String, u64>,
     /// Messages slow subscribers received.
     pub delivered: u64,
     /// Messages they missed (gaps inside what they received).
@@ -137,6 +141,8 @@ pub struct RunReport {
     pub subscribers: u64,
     /// Publishers connected.
     pub publishers: u64,
+    /// How healthy subscribers ended ("closed 1000", "eof", "protocol: ...") -> count.
+    pub subscriber_ends: BTreeMap<String, u64>,
     /// Things worth knowing about this run.
     pub notes: Vec<String>,
     /// The command line.
@@ -244,6 +250,9 @@ impl RunReport {
                 self.slow.close_codes,
                 self.slow.without_close_frame
             );
+        }
+        if self.subscriber_ends.keys().any(|k| k != "closed 1000") {
+            s += &format!("healthy subscribers ended: {:?}\n", self.subscriber_ends);
         }
         for n in &self.notes {
             s += &format!("note: {n}\n");

@@ -21,12 +21,12 @@ use crate::connect::{ConnectOpts, Established, connect_many};
 use crate::procstat::{self, pct};
 use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats};
 use crate::receivers::{Backend, BufConfig, Receivers, choose_backend};
-use crate::report::{ConnectReport, CpuReport, RunReport, SlowReport, si, us, write_json};
-use crate::seq::SeqCounts;
+use crate::report::{ConnectReport, CpuReport, RunReport, si, us, write_json};
 use crate::stats::{Percentiles, new_hist};
 use crate::sys::now_ns;
+use crate::tally::Tally;
 use crate::target::{Scheme, Target};
-use crate::worker::{End, NewSub, RunShared};
+use crate::worker::{NewSub, RunShared};
 
 /// Whether subscriber i is slow: evenly spread, `fraction` of them.
 pub fn is_slow(i: usize, fraction: f64) -> bool {
@@ -93,6 +93,11 @@ impl Ctx<'_> {
 /// Runs `run` and returns the report (also written to --json, summary printed by the caller).
 pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     args.validate()?;
+    // `--server-pid 0` means none (scripts pass it when they have no pid).
+    let args = &RunArgs {
+        server_pid: args.server_pid.filter(|&p| p != 0),
+        ..args.clone()
+    };
     let allow_remote = args.connect.allow_remote;
     let sub_t = Target::parse(&args.sub_url, allow_remote)?;
     if sub_t.scheme != Scheme::Ws {
@@ -342,7 +347,10 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
                 s.take_live(&mut live);
             }
             if !quiet {
-                eprintln!("{}", live_line(&cur, &prev, t0, &recv, &pstats, &live));
+                eprintln!(
+                    "{}",
+                    live_line(&cur, &prev, t0, (win_start, win_end), &recv, &pstats, &live)
+                );
             }
             live.reset();
             prev = cur;
@@ -352,6 +360,14 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         }
     };
     let start_snap = start_snap.unwrap_or_else(|| end_snap.clone());
+    let measured = end_snap.t_ns.saturating_sub(start_snap.t_ns);
+    if (measured as f64) < args.duration.as_nanos() as f64 * 0.9 {
+        notes.push(format!(
+            "the measured window lasted {:.3}s instead of {:.3}s (this process was not scheduled in time, or a receive thread stopped)",
+            measured as f64 / 1e9,
+            args.duration.as_secs_f64()
+        ));
+    }
     let server_rss_after = args
         .server_pid
         .and_then(|p| procstat::sample(&p.to_string()).ok())
@@ -365,7 +381,8 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     while Instant::now() < drain_deadline {
         thread::sleep(Duration::from_millis(20));
         let d = recv.sum(|s| s.delivered.load(Ordering::Relaxed));
-        if d != last {
+        let flushed = publishers == 0 || pstats.flushed.load(Ordering::Relaxed);
+        if d != last || !flushed {
             last = d;
             still = Instant::now();
         } else if still.elapsed() >= Duration::from_millis(200) {
@@ -388,71 +405,15 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         .iter()
         .map(|p| p.load(Ordering::Relaxed))
         .collect();
-    let mut hist = new_hist();
-    let mut counts = SeqCounts::default();
-    let mut lost = 0u64;
-    let mut foreign = 0u64;
-    let mut slow_r = SlowReport::default();
-    let mut backend_name = String::new();
-    let mut unclean = 0u64;
-    for w in &results {
-        let _ = hist.add(&w.hist);
-        backend_name = w.backend.to_string();
-        notes.extend(w.notes.iter().cloned());
-        for s in &w.subs {
-            if s.slow.is_some() {
-                slow_r.count += 1;
-                slow_r.delivered += s.counts.received;
-                slow_r.gaps += s.counts.missing();
-                match &s.end {
-                    End::Open => slow_r.still_connected += 1,
-                    End::Closed { code, server_first } => {
-                        if *server_first || *code != Some(1000) {
-                            slow_r.disconnected += 1;
-                            let key = code.map_or("none".to_string(), |c| c.to_string());
-                            *slow_r.close_codes.entry(key).or_insert(0) += 1;
-                        } else {
-                            slow_r.still_connected += 1;
-                        }
-                    }
-                    End::Eof | End::Io(_) | End::Protocol(_) => {
-                        slow_r.disconnected += 1;
-                        slow_r.without_close_frame += 1;
-                    }
-                }
-                continue;
-            }
-            counts.merge(&s.counts);
-            foreign += s.foreign;
-            let tail: u64 = s
-                .progress
-                .iter()
-                .map(|&(pid, next)| {
-                    published_final
-                        .get(pid)
-                        .copied()
-                        .unwrap_or(0)
-                        .saturating_sub(next)
-                })
-                .sum();
-            lost += s.counts.missing() + tail;
-            if !matches!(
-                s.end,
-                End::Closed {
-                    server_first: false,
-                    ..
-                }
-            ) {
-                unclean += 1;
-            }
-        }
-    }
-    if unclean > 0 {
+    let t = Tally::of(&results, &published_final);
+    notes.extend(t.notes.iter().cloned());
+    if t.unclean > 0 {
         notes.push(format!(
-            "{unclean} healthy subscribers did not finish with a clean close handshake"
+            "{} healthy subscribers did not finish with a clean close handshake",
+            t.unclean
         ));
     }
-    if backend == Backend::Uring && backend_name != "io_uring" {
+    if backend == Backend::Uring && t.backend != "io_uring" {
         notes.push("io_uring threads reported another backend".into());
     }
     let window_s = (end_snap.t_ns.saturating_sub(start_snap.t_ns)) as f64 / 1e9;
@@ -514,14 +475,14 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             0.0
         },
         published: pstats.total.load(Ordering::Relaxed),
-        delivered: counts.received + slow_r.delivered + foreign,
-        lost,
-        duplicated: counts.duplicated,
-        out_of_order: counts.out_of_order(),
-        foreign,
+        delivered: t.counts.received + t.slow.delivered + t.foreign,
+        lost: t.lost,
+        duplicated: t.counts.duplicated,
+        out_of_order: t.counts.out_of_order(),
+        foreign: t.foreign,
         errors: recv_errors + pstats.errors.load(Ordering::Relaxed),
         publish_skipped: skipped,
-        latency_us: Percentiles::of(&hist),
+        latency_us: Percentiles::of(&t.hist),
         connect: ConnectReport::of(&cstats),
         generator_limited: max_thread > 90.0,
         cpu,
@@ -529,11 +490,12 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             before: server_rss_before,
             after: server_rss_after,
         },
-        slow: slow_r,
-        io: backend_name,
+        slow: t.slow,
+        io: t.backend,
         duration_s: window_s,
         subscribers: cstats.ok,
         publishers: publishers as u64,
+        subscriber_ends: t.subscriber_ends,
         notes,
         command,
     };
@@ -547,6 +509,7 @@ fn live_line(
     cur: &Snap,
     prev: &Snap,
     t0: u64,
+    window: (u64, u64),
     recv: &Receivers,
     pstats: &PubStats,
     live: &hdrhistogram::Histogram<u64>,
@@ -569,16 +532,29 @@ fn live_line(
     };
     let _ = std::io::stderr().flush();
     format!(
-        "[{:>4.0}s] conns {}  sent {}/s  delivered {}/s  p50 {}  p99 {}  errors {}  cpu gen {:.0}%{}",
+        "[{:>4.0}s] conns {}  sent {}/s  delivered {}/s  p50 {}  p99 {}  errors {}  cpu gen {:.0}%{}{}",
         cur.t_ns.saturating_sub(t0) as f64 / 1e9,
         recv.sum(|s| s.open.load(Ordering::Relaxed)),
         si(sent as f64 / dt),
         si(cur.delivered.saturating_sub(prev.delivered) as f64 / dt),
-        us(p.p50),
-        us(p.p99),
+        if live.is_empty() {
+            "-".to_string()
+        } else {
+            us(p.p50)
+        },
+        if live.is_empty() {
+            "-".to_string()
+        } else {
+            us(p.p99)
+        },
         recv.sum(|s| s.errors.load(Ordering::Relaxed)) + pstats.errors.load(Ordering::Relaxed),
         gen_cpu,
-        srv
+        srv,
+        if cur.t_ns < window.0 {
+            "  (warmup)"
+        } else {
+            ""
+        }
     )
 }
 

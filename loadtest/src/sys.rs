@@ -166,6 +166,17 @@ pub fn start_connect(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<TcpSt
     Ok(TcpStream::from(owned))
 }
 
+/// Re-issues listen(2) with a longer accept backlog (std uses 128; the
+/// kernel caps it at net.core.somaxconn).
+pub fn set_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd belongs to a live listening socket borrowed for the call.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

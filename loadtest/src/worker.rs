@@ -386,8 +386,12 @@ impl Core {
         let phase = self.shared.phase();
         if phase >= CLOSE && !self.closing {
             self.closing = true;
+            // Slow subscribers first read what is queued for them (a close frame
+            // from the server may be in there); they get our close once drained.
             for i in 0..self.conns.len() {
-                self.send_close(i);
+                if self.conns[i].slow.is_none() {
+                    self.send_close(i);
+                }
             }
         }
         let slow_due = now.saturating_sub(self.last_slow_ns) >= 100_000_000;
@@ -407,8 +411,11 @@ impl Core {
             if c.end.is_some() {
                 continue;
             }
-            let mut left = if self.closing {
-                usize::MAX
+            // While closing: drain up to 4 MiB per turn (a server may never stop
+            // sending), then start the close handshake either way.
+            let closing = self.closing;
+            let mut left = if closing {
+                4 << 20
             } else if mode == SlowMode::Slow {
                 budget
             } else {
@@ -433,8 +440,17 @@ impl Core {
                         if self.conns[idx].end.is_some() {
                             break;
                         }
+                        if left == 0 && closing {
+                            self.send_close(idx);
+                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if closing {
+                            // Drained and still open: now the close handshake.
+                            self.send_close(idx);
+                        }
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         self.on_error(idx, &e);

@@ -90,8 +90,9 @@ fn run_against_blast() {
             "--quiet",
         ]);
         eprintln!("{io}: {}", r.summary());
-        assert!(r.delivered > 0, "{io}: nothing delivered");
-        assert!(r.delivered_per_s > 0.0);
+        assert!(r.delivered > 0, "{io}: nothing delivered: {}", r.summary());
+        // (No assertion on the rate: on a starved machine the measured window can
+        // be all but empty; totals are what this test is about.)
         assert_eq!(r.lost, 0, "{io}");
         assert_eq!(r.duplicated, 0, "{io}");
         assert_eq!(r.out_of_order, 0, "{io}");
@@ -349,4 +350,168 @@ fn setup_failures_are_errors() {
     )
     .unwrap_err();
     assert!(e.contains("--allow-remote"), "{e}");
+}
+
+/// A server that answers every request with `reply` after a valid 101 (or instead of it).
+fn misbehaving_server(reply_101: bool, then: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let req = loop {
+                    if let Ok(Some(r)) = parse_request(&buf, &HandshakeLimits::default()) {
+                        break r;
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                if reply_101 {
+                    let mut out = Vec::new();
+                    write_101(&req.websocket().unwrap(), None, &mut out);
+                    let _ = s.write_all(&out);
+                }
+                let _ = s.write_all(then);
+                thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn misbehaving_servers_give_errors_not_panics() {
+    // Refuses the upgrade: a setup error naming the status.
+    let addr = misbehaving_server(
+        false,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    let url = format!("ws://{addr}/");
+    let e = ringcast_loadtest::run::run(
+        &run_args(&[
+            "run",
+            "--sub-url",
+            &url,
+            "--subscribers",
+            "3",
+            "--publishers",
+            "0",
+            "--size",
+            "64",
+            "--duration",
+            "100ms",
+            "--quiet",
+        ]),
+        vec![],
+    )
+    .unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    // Upgrades, then sends a masked frame (forbidden from a server) and junk:
+    // the run completes and counts the broken connections as errors.
+    for io in io_modes() {
+        let addr = misbehaving_server(true, &[0x81, 0x82, 1, 2, 3, 4, 0x60, 0x6b, 0xff, 0xff]);
+        let url = format!("ws://{addr}/");
+        let r = run(&[
+            "run",
+            "--sub-url",
+            &url,
+            "--subscribers",
+            "3",
+            "--publishers",
+            "0",
+            "--size",
+            "64",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--io",
+            io,
+            "--quiet",
+        ]);
+        assert_eq!(r.errors, 3, "{io}: {}", r.summary());
+        assert_eq!(r.delivered, 0);
+    }
+}
+
+/// Stopping receive threads abruptly, with multishot receives armed and data
+/// flowing, must wait for every receive to finish before the buffer ring is
+/// freed (or leak it on purpose): no crash, no "leaked" note in the normal case.
+#[test]
+fn abrupt_stop_with_receives_in_flight() {
+    use ringcast_loadtest::connect::{ConnectOpts, connect_many};
+    use ringcast_loadtest::receivers::{Backend, BufConfig, Receivers};
+    use ringcast_loadtest::target::Target;
+    use ringcast_loadtest::worker::{NewSub, RunShared};
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    if ringcast_loadtest::uring::probe().is_err() {
+        return;
+    }
+    let blast = Blast::start(&blast_args("64")).unwrap();
+    let target = Target::parse(&format!("ws://{}/", blast.addr), false).unwrap();
+    for round in 0..5 {
+        let shared = Arc::new(RunShared::new(0, None));
+        let mut recv = Receivers::spawn(
+            2,
+            Backend::Uring,
+            BufConfig {
+                size: 4096,
+                count: 16,
+            },
+            Arc::clone(&shared),
+            1,
+            0,
+            1,
+        )
+        .unwrap();
+        let opts = ConnectOpts {
+            rate: 0,
+            concurrency: 16,
+            timeout: Duration::from_secs(5),
+            sources: vec![],
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+        };
+        let stats = connect_many(
+            &target,
+            16,
+            &|_| "/".to_string(),
+            &opts,
+            &mut |e| {
+                recv.dispatch(NewSub {
+                    id: e.idx,
+                    topic: 0,
+                    stream: e.stream,
+                    leftover: e.leftover,
+                    slow: None,
+                    probe: false,
+                })
+                .unwrap()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(stats.ok, 16);
+        thread::sleep(Duration::from_millis(50 + round * 20));
+        assert!(recv.sum(|s| s.delivered.load(Ordering::Relaxed)) > 0);
+        // Straight to STOP: no close handshake, receives still armed.
+        shared
+            .phase
+            .store(ringcast_loadtest::worker::STOP, Ordering::Release);
+        let results = recv.close_and_join(Duration::ZERO).unwrap();
+        for w in &results {
+            assert!(
+                !w.notes.iter().any(|n| n.contains("leaked")),
+                "{:?}",
+                w.notes
+            );
+        }
+    }
+    blast.stop().unwrap();
 }

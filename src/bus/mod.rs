@@ -23,8 +23,11 @@ use crate::io::WakeTarget;
 pub struct BusMsg {
     /// Topic name; shards look it up in their own topic table.
     pub topic: Arc<str>,
-    /// The complete WebSocket frame, built once by the publisher's shard.
+    /// Complete WebSocket frames, built once by the publisher's shard: all the messages
+    /// published on `topic` in one loop turn of that shard, back to back.
     pub frame: Bytes,
+    /// How many messages `frame` holds.
+    pub count: u32,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +109,7 @@ mod tests {
         BusMsg {
             topic: Arc::from("t"),
             frame: Bytes::from(vec![i]),
+            count: 1,
         }
     }
 
@@ -145,6 +149,7 @@ mod tests {
                         BusMsg {
                             topic: Arc::from("t"),
                             frame: Bytes::copy_from_slice(&i.to_le_bytes()),
+                            count: 1,
                         },
                     );
                 }

@@ -61,7 +61,7 @@ fn defaults_with_no_input() {
     assert_eq!(cfg.io, IoBackend::Auto);
     assert_eq!(cfg.ring_entries, 4096);
     assert_eq!(cfg.recv_buffer_size, 16 * 1024);
-    assert_eq!(cfg.recv_buffers, 1024);
+    assert_eq!(cfg.recv_buffers, 256);
     assert_eq!(cfg.max_connections, 100_000);
     assert_eq!(cfg.max_message_size, 64 * 1024);
     assert_eq!(cfg.max_frame_size, 64 * 1024);
@@ -74,6 +74,13 @@ fn defaults_with_no_input() {
     assert!(cfg.pin_cores);
     assert_eq!(cfg.log_level, "info");
     assert_eq!(cfg.log_format, LogFormat::Text);
+    assert_eq!(cfg.drain_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.allowed_origins, vec!["*".to_owned()]);
+    assert_eq!(cfg.max_connections_per_ip, 0);
+    assert_eq!(cfg.connect_rate_per_ip, 0);
+    assert_eq!(cfg.connect_burst_per_ip, 20);
+    assert_eq!(cfg.max_topics_per_connection, 256);
+    assert_eq!(cfg.control_error_budget, 20);
     Config::default().validate().unwrap();
 }
 
@@ -119,6 +126,20 @@ fn every_key_from_flags() {
         "ringcast=debug,info",
         "--log-format",
         "json",
+        "--drain-timeout",
+        "3s",
+        "--allowed-origins",
+        "https://a.example, http://127.0.0.1:8080",
+        "--max-connections-per-ip",
+        "7",
+        "--connect-rate-per-ip",
+        "5",
+        "--connect-burst-per-ip",
+        "9",
+        "--max-topics-per-connection",
+        "3",
+        "--control-error-budget",
+        "0",
     ])
     .unwrap();
     assert_eq!(
@@ -145,6 +166,19 @@ fn every_key_from_flags() {
     assert!(!cfg.pin_cores);
     assert_eq!(cfg.log_level, "ringcast=debug,info");
     assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(cfg.drain_timeout, Duration::from_secs(3));
+    assert_eq!(
+        cfg.allowed_origins,
+        vec![
+            "https://a.example".to_owned(),
+            "http://127.0.0.1:8080".to_owned()
+        ]
+    );
+    assert_eq!(cfg.max_connections_per_ip, 7);
+    assert_eq!(cfg.connect_rate_per_ip, 5);
+    assert_eq!(cfg.connect_burst_per_ip, 9);
+    assert_eq!(cfg.max_topics_per_connection, 3);
+    assert_eq!(cfg.control_error_budget, 0);
 }
 
 #[test]
@@ -168,6 +202,13 @@ fn every_key_from_env() {
         ("pin_cores", "off"),
         ("log_level", "warn"),
         ("log_format", "json"),
+        ("drain_timeout", "1s"),
+        ("allowed_origins", "*"),
+        ("max_connections_per_ip", "100"),
+        ("connect_rate_per_ip", "50"),
+        ("connect_burst_per_ip", "60"),
+        ("max_topics_per_connection", "10"),
+        ("control_error_budget", "5"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -196,6 +237,12 @@ fn every_key_from_env() {
     assert!(!cfg.pin_cores);
     assert_eq!(cfg.log_level, "warn");
     assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(cfg.drain_timeout, Duration::from_secs(1));
+    assert_eq!(cfg.max_connections_per_ip, 100);
+    assert_eq!(cfg.connect_rate_per_ip, 50);
+    assert_eq!(cfg.connect_burst_per_ip, 60);
+    assert_eq!(cfg.max_topics_per_connection, 10);
+    assert_eq!(cfg.control_error_budget, 5);
 }
 
 #[test]
@@ -220,6 +267,13 @@ fn every_key_from_file() {
         pin_cores = false
         log_level = "debug"
         log_format = "json"
+        drain_timeout = "30s"
+        allowed_origins = ["https://a.example", "https://B.example:8443"]
+        max_connections_per_ip = 10
+        connect_rate_per_ip = "4"
+        connect_burst_per_ip = 8
+        max_topics_per_connection = 1000
+        control_error_budget = 1
         "#,
     )
     .unwrap();
@@ -241,6 +295,35 @@ fn every_key_from_file() {
     assert!(!cfg.pin_cores);
     assert_eq!(cfg.log_level, "debug");
     assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(cfg.drain_timeout, Duration::from_secs(30));
+    assert_eq!(
+        cfg.allowed_origins,
+        vec![
+            "https://a.example".to_owned(),
+            "https://b.example:8443".to_owned()
+        ]
+    );
+    assert_eq!(cfg.max_connections_per_ip, 10);
+    assert_eq!(cfg.connect_rate_per_ip, 4);
+    assert_eq!(cfg.connect_burst_per_ip, 8);
+    assert_eq!(cfg.max_topics_per_connection, 1000);
+    assert_eq!(cfg.control_error_budget, 1);
+}
+
+#[test]
+fn origins_are_checked() {
+    for bad in [
+        "example.com",
+        "https://a.example/",
+        "https://a.example/path",
+        "*, https://a.example",
+        " , ",
+    ] {
+        let (msg, k) = err_of(load_env(&[("RINGCAST_ALLOWED_ORIGINS", bad)]));
+        assert_eq!(k, Some("allowed_origins"), "{bad:?}: {msg}");
+    }
+    let (msg, k) = err_of(load_file("allowed_origins = []"));
+    assert_eq!(k, Some("allowed_origins"), "{msg}");
 }
 
 #[test]
@@ -290,7 +373,7 @@ fn precedence_flag_over_file_over_env_over_default() {
     // Only the environment: it wins over the default.
     assert_eq!(cfg.ring_entries, 512);
     // Nothing: the default.
-    assert_eq!(cfg.recv_buffers, 1024);
+    assert_eq!(cfg.recv_buffers, 256);
 
     let cfg = load_with_file_text(args(&[]), "f.toml", toml, &env).unwrap();
     assert_eq!(cfg.max_message_size, 256 << 10);
@@ -399,7 +482,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 18] = [
+    let cases: [(&str, &str); 25] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -418,6 +501,13 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("pin_cores", "maybe"),
         ("log_level", ""), // empty flag value: refused by validation
         ("log_format", "xml"),
+        ("drain_timeout", "soon"),
+        ("allowed_origins", "example.com"),
+        ("max_connections_per_ip", "1e3"),
+        ("connect_rate_per_ip", "10/s"),
+        ("connect_burst_per_ip", "ten"),
+        ("max_topics_per_connection", "lots"),
+        ("control_error_budget", "1.5"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {

@@ -6,11 +6,15 @@
 //! for the duration of one [`Event::Data`](super::Event::Data) and gives it straight back.
 //!
 //! Memory layout: `entries` ring slots of 16 bytes (page-aligned, the kernel maps them) and
-//! one contiguous block of `entries * buf_size` bytes for the buffers themselves. Buffer id
-//! `i` is always the `i`th `buf_size` chunk of that block.
+//! one contiguous block of `entries * buf_size` bytes for the buffers themselves, mapped
+//! with `mmap` and marked `MADV_NOHUGEPAGE`: the kernel writes a few hundred bytes at the
+//! start of a buffer for a typical small message, and with transparent huge pages each such
+//! write would make a whole 2 MiB page resident (measured: the whole 16 MiB block resident
+//! after 10,000 handshakes). Buffer id `i` is always the `i`th `buf_size` chunk.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ffi::c_void;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -24,7 +28,7 @@ pub struct BufRing {
     ring: NonNull<BufRingEntry>,
     ring_layout: Layout,
     bufs: NonNull<u8>,
-    bufs_layout: Layout,
+    bufs_len: usize,
     entries: u16,
     buf_size: u32,
     /// Our copy of the tail; published to the kernel with a release store.
@@ -52,26 +56,25 @@ impl BufRing {
             4096,
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let bufs_layout = Layout::from_size_align(usize::from(entries) * buf_size as usize, 64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if bufs_layout.size() == 0 {
+        let bufs_len = usize::from(entries) * buf_size as usize;
+        if bufs_len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "empty buffer ring",
             ));
         }
-        // SAFETY: both layouts have non-zero size (checked above: entries >= 1, buf_size >= 1).
+        let bufs = map_buffers(bufs_len)?;
+        // SAFETY: the layout has non-zero size (entries >= 1).
         let ring = NonNull::new(unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>());
-        // SAFETY: as above.
-        let bufs = NonNull::new(unsafe { alloc_zeroed(bufs_layout) });
-        let (Some(ring), Some(bufs)) = (ring, bufs) else {
+        let Some(ring) = ring else {
+            unmap(bufs, bufs_len);
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         };
         let mut br = BufRing {
             ring,
             ring_layout,
             bufs,
-            bufs_layout,
+            bufs_len,
             entries,
             buf_size,
             tail: 0,
@@ -158,14 +161,40 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: both pointers came from `alloc_zeroed` with exactly these layouts. The owner
-        // has unregistered the ring (or dropped the io_uring) first, so the kernel no longer
+        // SAFETY: the pointer came from `alloc_zeroed` with exactly this layout. The owner has
+        // unregistered the ring (or dropped the io_uring) first, so the kernel no longer
         // refers to this memory.
-        unsafe {
-            dealloc(self.ring.as_ptr().cast(), self.ring_layout);
-            dealloc(self.bufs.as_ptr(), self.bufs_layout);
-        }
+        unsafe { dealloc(self.ring.as_ptr().cast(), self.ring_layout) };
+        unmap(self.bufs, self.bufs_len);
     }
+}
+
+/// Maps `len` bytes of private anonymous memory without transparent huge pages.
+fn map_buffers(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing aliases
+    // nothing; the result is checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `p..p+len` is the mapping just created. The advice only changes how the kernel
+    // backs it; failure (e.g. THP compiled out) leaves a correct mapping, so it is ignored.
+    let _ = unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
+}
+
+fn unmap(p: NonNull<u8>, len: usize) {
+    // SAFETY: `p..p+len` is a mapping made by `map_buffers` that nothing refers to any more.
+    let _ = unsafe { libc::munmap(p.as_ptr().cast::<c_void>(), len) };
 }
 
 #[cfg(test)]

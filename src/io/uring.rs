@@ -30,6 +30,8 @@ use super::{Driver, DriverStats, Event, Token, WakeTarget};
 
 /// Buffer group id of the shard's receive buffer ring.
 const BGID: u16 = 0;
+/// Send ops kept for reuse.
+const SEND_POOL_MAX: usize = 256;
 /// The most iovecs one `sendmsg` takes (IOV_MAX on Linux).
 const MAX_IOV: usize = 1024;
 
@@ -320,7 +322,11 @@ impl UringDriver {
         let mut frames = std::mem::take(&mut op.frames);
         frames.clear();
         op.iov.clear();
-        self.send_pool.push(op);
+        // Keep a few for reuse; a burst (10,000 handshake responses in one turn) must not
+        // leave one op per connection allocated for ever.
+        if self.send_pool.len() < SEND_POOL_MAX {
+            self.send_pool.push(op);
+        }
         self.maybe_finish(token);
         Some(Event::Sent {
             token,

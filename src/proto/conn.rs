@@ -142,7 +142,7 @@ pub struct Connection {
     allowed_rsv: u8,
     /// An incomplete frame header carried between reads.
     hdr: [u8; MAX_HEADER_LEN],
-    hdr_len: usize,
+    hdr_len: u8,
     /// The frame whose payload is being received, if any.
     frame: Option<InFrame>,
     /// Opcode of the message being assembled (Text/Binary), `None` between messages.
@@ -151,9 +151,9 @@ pub struct Connection {
     msg: Vec<u8>,
     /// `msg` was handed out in the last event: clear it on the next call.
     delivered: bool,
-    /// An incomplete control frame payload.
-    ctrl: [u8; MAX_CONTROL_PAYLOAD],
-    ctrl_len: usize,
+    /// A control frame payload split across reads (rare: allocated only then, freed by
+    /// `release_memory`; an inline 125-byte array here cost every idle connection).
+    ctrl: Vec<u8>,
     /// Streaming validation of the text message being assembled.
     utf8: Utf8Validator,
 }
@@ -172,8 +172,7 @@ impl Connection {
             msg_opcode: None,
             msg: Vec::new(),
             delivered: false,
-            ctrl: [0; MAX_CONTROL_PAYLOAD],
-            ctrl_len: 0,
+            ctrl: Vec::new(),
             utf8: Utf8Validator::new(),
         }
     }
@@ -186,6 +185,22 @@ impl Connection {
     /// This connection's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// Bytes held by the message assembly buffer (its capacity).
+    pub fn buffered_capacity(&self) -> usize {
+        self.msg.capacity()
+    }
+
+    /// Free the message assembly buffer if no message is in progress (for idle connections: the
+    /// buffer otherwise keeps the capacity of the largest fragmented message seen). Cheap; the
+    /// next fragmented message allocates again.
+    pub fn release_memory(&mut self) {
+        if self.msg_opcode.is_none() && self.frame.is_none() {
+            self.msg = Vec::new();
+            self.ctrl = Vec::new();
+            self.delivered = false;
+        }
     }
 
     /// The limits in force.
@@ -272,7 +287,7 @@ impl Connection {
         {
             return Err(ProtocolError::InvalidSend);
         }
-        frame::encode_frame(out, fin, opcode, self.new_mask(), payload);
+        frame::encode_frame_bytes(out, fin, opcode, self.new_mask(), payload);
         Ok(())
     }
 
@@ -300,7 +315,7 @@ impl Connection {
     fn write_close(&self, code: Option<u16>, reason: &str, out: &mut BytesMut) {
         match code {
             Some(code) => frame::encode_close(out, self.new_mask(), code, reason),
-            None => frame::encode_frame(out, true, OpCode::Close, self.new_mask(), &[]),
+            None => frame::encode_frame_bytes(out, true, OpCode::Close, self.new_mask(), &[]),
         }
     }
 
@@ -318,7 +333,7 @@ impl Connection {
         self.frame = None;
         self.msg_opcode = None;
         self.msg.clear();
-        self.ctrl_len = 0;
+        self.ctrl.clear();
         self.utf8.reset();
     }
 
@@ -327,7 +342,7 @@ impl Connection {
             match src {
                 Src::Input(r) => input.get(r).unwrap_or_default(),
                 Src::Msg => &self.msg,
-                Src::Ctrl => &self.ctrl[..self.ctrl_len],
+                Src::Ctrl => &self.ctrl,
             }
         };
         match p {
@@ -409,12 +424,11 @@ impl Connection {
                 mask::unmask(chunk, mask::rotate_key(key, f.done));
             }
             if f.opcode.is_control() {
-                let start = f.done as usize;
-                // Bounded: control payloads are ≤ 125 (checked by the header parser).
-                if let Some(dst) = self.ctrl.get_mut(start..start + take) {
-                    dst.copy_from_slice(chunk);
+                // Bounded: control payloads are ≤ 125 (checked by the header parser), and the
+                // buffer was cleared when the frame's header was read.
+                if self.ctrl.len() + chunk.len() <= MAX_CONTROL_PAYLOAD {
+                    self.ctrl.extend_from_slice(chunk);
                 }
-                self.ctrl_len = start + take;
             } else {
                 self.append_data(chunk)?;
             }
@@ -425,10 +439,12 @@ impl Connection {
             }
             self.frame = None;
             if f.opcode.is_control() {
-                // A copy of ≤ 125 bytes, so `on_control` can take `&mut self`.
-                let ctrl = self.ctrl;
-                let p = self.on_control(f.opcode, &ctrl[..self.ctrl_len], Src::Ctrl, out)?;
-                return Ok((pos, Some(p)));
+                // Moved out and back, so `on_control` can take `&mut self`; the event resolves
+                // `Src::Ctrl` to `self.ctrl` afterwards.
+                let ctrl = std::mem::take(&mut self.ctrl);
+                let p = self.on_control(f.opcode, &ctrl, Src::Ctrl, out);
+                self.ctrl = ctrl;
+                return Ok((pos, Some(p?)));
             }
             if f.fin {
                 return Ok((pos, Some(self.finish_message()?)));
@@ -449,12 +465,12 @@ impl Connection {
     ) -> Result<Option<InFrame>, ProtocolError> {
         let rest = &input[*pos..];
         let (h, used) = if self.hdr_len > 0 {
-            let take = (MAX_HEADER_LEN - self.hdr_len).min(rest.len());
-            let have = self.hdr_len;
+            let have = usize::from(self.hdr_len);
+            let take = (MAX_HEADER_LEN - have).min(rest.len());
             self.hdr[have..have + take].copy_from_slice(&rest[..take]);
             match FrameHeader::parse(&self.hdr[..have + take])? {
                 None => {
-                    self.hdr_len += take;
+                    self.hdr_len = (have + take) as u8; // < MAX_HEADER_LEN
                     *pos += take;
                     return Ok(None);
                 }
@@ -469,7 +485,7 @@ impl Connection {
                     // `parse` needs at most MAX_HEADER_LEN bytes, so `rest` fits.
                     let n = rest.len().min(MAX_HEADER_LEN);
                     self.hdr[..n].copy_from_slice(&rest[..n]);
-                    self.hdr_len = n;
+                    self.hdr_len = n as u8; // n <= MAX_HEADER_LEN
                     *pos += rest.len();
                     return Ok(None);
                 }
@@ -501,7 +517,7 @@ impl Connection {
             _ => {}
         }
         if h.opcode.is_control() {
-            self.ctrl_len = 0;
+            self.ctrl.clear();
             return Ok(());
         }
         match (h.opcode, self.msg_opcode) {
@@ -556,7 +572,7 @@ impl Connection {
         match opcode {
             OpCode::Ping => {
                 if self.state == State::Open {
-                    frame::encode_frame(out, true, OpCode::Pong, self.new_mask(), payload);
+                    frame::encode_frame_bytes(out, true, OpCode::Pong, self.new_mask(), payload);
                 }
                 Ok(Pending::Ping(src))
             }

@@ -204,9 +204,10 @@ pub fn encode_frame<B: BufMut>(
     match mask {
         None => out.put_slice(payload),
         Some(key) => {
-            // Mask through a stack buffer: `BufMut` gives no safe access to what was written.
+            // Mask through a small stack buffer: `BufMut` gives no safe access to what was
+            // written. (`Connection` writes into its `BytesMut` directly and masks in place.)
             // Chunks are multiples of 4 bytes, so the key phase carries over unchanged.
-            let mut tmp = [0u8; 4096];
+            let mut tmp = [0u8; 256];
             for chunk in payload.chunks(tmp.len()) {
                 let t = &mut tmp[..chunk.len()];
                 t.copy_from_slice(chunk);
@@ -214,6 +215,32 @@ pub fn encode_frame<B: BufMut>(
                 out.put_slice(t);
             }
         }
+    }
+}
+
+/// [`encode_frame`] into a `BytesMut`, masking in place in the output (no bounce buffer).
+pub(crate) fn encode_frame_bytes(
+    out: &mut bytes::BytesMut,
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
+    let header = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    let n = header.write(&mut hdr);
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&hdr[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        mask::unmask(&mut out[start..], key);
     }
 }
 

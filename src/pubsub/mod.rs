@@ -4,6 +4,11 @@
 //! A topic's subscribers are connection slots of this shard; the topic disappears with its
 //! last subscriber, so a shard that has no subscriber for a topic pays one failed hash
 //! lookup per message routed to it by the bus.
+//!
+//! A topic keeps two subscriber lists: simple-mode connections (`/ws/{topic}`), which get
+//! the bare payload frame, and control-mode connections (`/ws`), which get the same message
+//! in a topic envelope. Keeping them apart lets the shard build the envelope once per
+//! publish, and only when a control-mode subscriber exists, without a per-subscriber branch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,8 +56,10 @@ pub fn validate_topic(name: &str) -> Result<(), TopicError> {
 pub struct Topic {
     /// The shared name, handed to the bus without copying.
     pub name: Arc<str>,
-    /// Connection slots subscribed on this shard.
+    /// Simple-mode connection slots subscribed on this shard (bare payload frames).
     pub subscribers: Vec<u32>,
+    /// Control-mode connection slots subscribed on this shard (enveloped frames).
+    pub control: Vec<u32>,
 }
 
 /// The topic table of one shard.
@@ -76,9 +83,48 @@ impl Topics {
             Topic {
                 name: Arc::clone(&name),
                 subscribers: vec![slot],
+                control: Vec::new(),
             },
         );
         name
+    }
+
+    /// Subscribes control-mode `slot` to `name` (which must be valid); returns the shared
+    /// name and whether it is a new subscription.
+    pub fn subscribe_control(&mut self, name: &str, slot: u32) -> (Arc<str>, bool) {
+        if let Some(t) = self.map.get_mut(name) {
+            let new = !t.control.contains(&slot);
+            if new {
+                t.control.push(slot);
+            }
+            return (Arc::clone(&t.name), new);
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.map.insert(
+            Arc::clone(&name),
+            Topic {
+                name: Arc::clone(&name),
+                subscribers: Vec::new(),
+                control: vec![slot],
+            },
+        );
+        (name, true)
+    }
+
+    /// Removes control-mode `slot` from `name`; drops the topic when it was the last
+    /// subscriber of either kind.
+    pub fn unsubscribe_control(&mut self, name: &str, slot: u32) -> bool {
+        let Some(t) = self.map.get_mut(name) else {
+            return false;
+        };
+        let Some(pos) = t.control.iter().position(|&s| s == slot) else {
+            return false;
+        };
+        t.control.swap_remove(pos);
+        if t.subscribers.is_empty() && t.control.is_empty() {
+            self.map.remove(name);
+        }
+        true
     }
 
     /// Removes `slot` from `name`; drops the topic when it was the last subscriber.
@@ -90,7 +136,7 @@ impl Topics {
             return false;
         };
         t.subscribers.swap_remove(pos);
-        if t.subscribers.is_empty() {
+        if t.subscribers.is_empty() && t.control.is_empty() {
             self.map.remove(name);
         }
         true
@@ -113,7 +159,10 @@ impl Topics {
 
     /// Total subscriptions on this shard.
     pub fn subscriptions(&self) -> usize {
-        self.map.values().map(|t| t.subscribers.len()).sum()
+        self.map
+            .values()
+            .map(|t| t.subscribers.len() + t.control.len())
+            .sum()
     }
 }
 
@@ -151,5 +200,19 @@ mod tests {
             t.get("x").is_none() && t.is_empty(),
             "last subscriber removes the topic"
         );
+    }
+
+    #[test]
+    fn control_subscribers_share_the_topic() {
+        let mut t = Topics::default();
+        t.subscribe("x", 1);
+        assert!(t.subscribe_control("x", 2).1);
+        assert!(!t.subscribe_control("x", 2).1, "idempotent");
+        assert_eq!(t.subscriptions(), 2);
+        assert!(t.unsubscribe("x", 1));
+        assert!(t.get("x").is_some(), "the control subscriber keeps it");
+        assert!(!t.unsubscribe_control("x", 1));
+        assert!(t.unsubscribe_control("x", 2));
+        assert!(t.is_empty());
     }
 }

@@ -26,6 +26,8 @@ pub enum Route {
     },
     /// Messages come back to the sender.
     Echo,
+    /// Control mode: JSON commands, any number of topics (see `shard::control`).
+    Control(super::ControlConn),
 }
 
 /// What stage the connection is in.

@@ -10,8 +10,21 @@
 //! 4. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
 //! 5. Flush: register new sockets, one vectored send per connection with queued frames,
 //!    releases, and one wake-up per other shard that got messages this turn.
+//!
+//! The production surface lives beside this file and is called from a few hooks here:
+//! `control.rs` (control mode and its envelopes, hooked into upgrade, receive, fan-out and
+//! release), `http_publish.rs` (`POST /publish/{topic}`), `surface.rs` (admission: origins,
+//! connection and per-IP limits; hooked into accept, request routing and release) and
+//! `drain.rs` (graceful shutdown, one call per loop turn).
 
+pub mod batch;
 pub mod conn;
+mod control;
+mod drain;
+mod http_publish;
+pub mod surface;
+
+pub use control::ControlConn;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -30,6 +43,7 @@ use crate::proto::frame::{OpCode, encode_frame};
 use crate::proto::handshake::{self, HandshakeLimits};
 use crate::proto::{Connection, close_code};
 use crate::pubsub::Topics;
+use batch::{Batcher, Ready};
 use conn::{Conn, Phase, Route};
 
 /// Length of a timer tick. Timeouts are checked once per tick, by one pass over the
@@ -63,6 +77,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Upgrades past this many open connections (whole server) get 503.
     pub max_connections: usize,
+    /// Control mode, limits and drain.
+    pub surface: surface::SurfaceSettings,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -78,6 +94,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The backend in use, for metrics labels.
     pub backend: &'static str,
+    /// The draining flag and the per-IP table.
+    pub surface: surface::SurfaceShared,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -106,12 +124,16 @@ struct ShardState {
     wake: Vec<bool>,
     /// Output of the protocol core (pongs, closes), split off per connection.
     scratch: BytesMut,
-    /// Where broadcast frames are built, once each.
+    /// Where echoed frames are built.
     arena: BytesMut,
+    /// Published frames of this turn, one contiguous buffer per topic.
+    batcher: Batcher,
     send_vecs: Vec<Vec<Bytes>>,
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
+    /// Control-mode, per-IP and drain state (`surface.rs`).
+    surface: surface::SurfaceState,
 }
 
 /// A shard: its driver and its state.
@@ -136,6 +158,10 @@ impl<D: Driver> Shard<D> {
         let metrics = Arc::clone(&shared.metrics[id]);
         shared.bus.set_target(id, driver.wake_target());
         let n = shared.bus.shards();
+        // Reserve the whole table up front: untouched capacity costs address space, not
+        // memory, and growing by doubling would copy the table and leave the old copies
+        // resident in the allocator (measured: hundreds of bytes per idle connection).
+        let table = (settings.max_connections / n.max(1) + 1).min(1 << 20);
         let ws_limits = Limits {
             max_frame_size: settings.max_frame_size as u64,
             max_message_size: settings.max_message_size,
@@ -152,8 +178,8 @@ impl<D: Driver> Shard<D> {
                 settings,
                 shared,
                 metrics,
-                conns: Vec::new(),
-                generations: Vec::new(),
+                conns: Vec::with_capacity(table),
+                generations: Vec::with_capacity(table),
                 free: Vec::new(),
                 topics: Topics::default(),
                 dirty: Vec::new(),
@@ -162,10 +188,12 @@ impl<D: Driver> Shard<D> {
                 wake: vec![false; n],
                 scratch: BytesMut::with_capacity(256),
                 arena: BytesMut::new(),
+                batcher: Batcher::default(),
                 send_vecs: Vec::new(),
                 tick: 0,
                 handshake_limits,
                 ws_limits,
+                surface: surface::SurfaceState::default(),
             },
         }
     }
@@ -180,10 +208,14 @@ impl<D: Driver> Shard<D> {
             while let Some(ev) = self.driver.next_event() {
                 self.st.on_event(ev);
             }
+            self.st.publish_batches();
             self.st.drain_bus();
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
+            }
+            if self.st.drain_turn() {
+                break;
             }
             self.st.flush(&mut self.driver);
             let stats = self.driver.stats();
@@ -236,6 +268,7 @@ impl ShardState {
         self.generations[slot as usize] = generation;
         let token = Token { slot, generation };
         self.conns[slot as usize] = Some(Conn::new(token, self.tick));
+        self.admit_peer(token, &stream);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
         self.metrics.accepted.inc();
@@ -277,8 +310,14 @@ impl ShardState {
             }
         };
         let rest = buf.split_off(req.head_len.min(buf.len()));
-        match crate::http::route(&req.method, &req.path, req.query.as_deref()) {
-            Routed::Health => self.respond(token, 200, "ok\n"),
+        let routed = crate::http::route(&req.method, &req.path, req.query.as_deref());
+        if self.refuse_early(token, &req, &routed) {
+            return;
+        }
+        match routed {
+            Routed::Health => self.health(token),
+            Routed::Demo => self.demo(token),
+            Routed::Publish(topic) => self.http_publish(token, &req, &topic, rest),
             Routed::Metrics => {
                 let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
                 self.respond_with(
@@ -315,6 +354,7 @@ impl ShardState {
     ) {
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
+            Endpoint::Control { subscribe } => self.control_open(token.slot, subscribe),
             Endpoint::Topic { name, echo } => {
                 let topic = self.topics.subscribe(&name, token.slot);
                 self.metrics.subscriptions.add(1);
@@ -378,15 +418,25 @@ impl ShardState {
                     let consumed = p.consumed;
                     let action = match p.event {
                         None => Action::None,
+                        Some(WsEvent::Message { opcode, payload })
+                            if matches!(route, Route::Control(_)) =>
+                        {
+                            Action::Control(opcode, Bytes::copy_from_slice(payload))
+                        }
                         Some(WsEvent::Message { opcode, payload }) => {
-                            let frame = frame_once(&mut self.arena, opcode, payload);
                             self.metrics.messages_in.inc();
                             self.metrics.bytes_in.add(payload.len() as u64);
                             match route {
                                 Route::Topic { topic, echo } => {
-                                    Action::Publish(Arc::clone(topic), frame, *echo)
+                                    let exclude = (!*echo).then_some(token.slot);
+                                    self.batcher.append(topic, opcode, payload, exclude);
+                                    Action::Published
                                 }
-                                Route::Echo => Action::Echo(frame),
+                                Route::Echo => {
+                                    Action::Echo(frame_once(&mut self.arena, opcode, payload))
+                                }
+                                // Taken by the arm above.
+                                Route::Control(_) => Action::None,
                             }
                         }
                         Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
@@ -412,11 +462,9 @@ impl ShardState {
                 c.push_control(out, &mut self.dirty);
             }
             match action {
-                Action::None => {}
-                Action::Publish(topic, frame, echo) => {
-                    self.publish(&topic, frame, Some(token.slot), echo)
-                }
+                Action::None | Action::Published => {}
                 Action::Echo(frame) => self.deliver(token.slot, frame),
+                Action::Control(opcode, payload) => self.on_control(token, opcode, payload),
                 Action::Closed => {
                     if let Some(c) = conn_mut(&mut self.conns, token) {
                         c.close_after_flush = true;
@@ -435,56 +483,90 @@ impl ShardState {
         }
     }
 
-    /// Local fan-out plus one bus push per other shard.
-    fn publish(&mut self, topic: &Arc<str>, frame: Bytes, publisher: Option<u32>, echo: bool) {
-        self.fan_out_local(topic, &frame, publisher, echo);
-        let bus = Arc::clone(&self.shared.bus);
-        for shard in 0..bus.shards() {
-            if shard != self.id
-                && bus.push(
-                    shard,
-                    BusMsg {
-                        topic: Arc::clone(topic),
-                        frame: frame.clone(),
-                    },
-                )
-            {
-                self.wake[shard] = true;
-            }
-        }
+    /// Publishes one message: framed once into `topic`'s batch for this turn, queued to
+    /// subscribers at the end of the turn. `exclude`: a publisher that must not receive it.
+    pub(super) fn publish(
+        &mut self,
+        topic: &Arc<str>,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+    ) {
+        self.batcher.append(topic, opcode, payload, exclude);
     }
 
-    fn fan_out_local(&mut self, topic: &str, frame: &Bytes, publisher: Option<u32>, echo: bool) {
+    /// Queues this turn's batches: to local subscribers, and one bus message per batch to
+    /// every other shard.
+    fn publish_batches(&mut self) {
+        if self.batcher.is_empty() {
+            return;
+        }
+        let mut batcher = std::mem::take(&mut self.batcher);
+        let bus = Arc::clone(&self.shared.bus);
+        batcher.take(|r: Ready| {
+            self.fan_out_local(&r.topic, &r.frames, r.count, &r.excluded);
+            for shard in 0..bus.shards() {
+                if shard != self.id {
+                    let msg = BusMsg {
+                        topic: Arc::clone(&r.topic),
+                        frame: r.frames.clone(),
+                        count: r.count,
+                    };
+                    if bus.push(shard, msg) {
+                        self.wake[shard] = true;
+                    }
+                }
+            }
+        });
+        self.batcher = batcher;
+    }
+
+    /// Queues a batch of `count` messages to every local subscriber of `topic`; the
+    /// publishers listed in `excluded` get their part instead of the whole.
+    fn fan_out_local(
+        &mut self,
+        topic: &str,
+        frames: &Bytes,
+        count: u32,
+        excluded: &[(u32, Vec<Bytes>, u32)],
+    ) {
+        if self.surface.control_subs != 0 {
+            self.fan_out_control(topic, frames, count, excluded);
+        }
         let Some(t) = self.topics.get(topic) else {
             return;
         };
         let limit = self.settings.send_queue_limit;
         let mut queued = 0u64;
+        let mut slow = Vec::new();
         for &slot in &t.subscribers {
-            if Some(slot) == publisher && !echo {
-                continue;
-            }
             let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
             if !c.accepts_data() {
                 continue;
             }
-            if c.push_data(frame.clone(), limit, &mut self.dirty) {
-                queued += 1;
+            let (parts, n) = match excluded.iter().find(|e| e.0 == slot) {
+                None => (std::slice::from_ref(frames), count),
+                Some((_, parts, n)) => (parts.as_slice(), *n),
+            };
+            if n == 0 {
                 continue;
             }
-            slow_consumer(
-                c,
-                self.settings.slow_consumer,
-                &self.metrics,
-                &mut self.scratch,
-                &mut self.dirty,
-                self.tick,
-                self.id,
-            );
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            if c.queued + len <= limit {
+                for part in parts {
+                    c.push_data(part.clone(), usize::MAX, &mut self.dirty);
+                }
+                queued += u64::from(n);
+                continue;
+            }
+            slow.push((slot, n));
         }
         self.metrics.messages_out.add(queued);
+        for (slot, n) in slow {
+            self.slow_consumer(slot, n);
+        }
     }
 
     /// Queues a frame to one connection (echo), through the same limit.
@@ -499,22 +581,57 @@ impl ShardState {
         if c.push_data(frame, limit, &mut self.dirty) {
             self.metrics.messages_out.inc();
         } else {
-            slow_consumer(
-                c,
-                self.settings.slow_consumer,
-                &self.metrics,
-                &mut self.scratch,
-                &mut self.dirty,
-                self.tick,
-                self.id,
-            );
+            self.slow_consumer(slot, 1);
+        }
+    }
+
+    /// Applies the slow-consumer policy to a subscriber whose queue cannot take `messages`
+    /// more messages.
+    fn slow_consumer(&mut self, slot: u32, messages: u32) {
+        let (shard, tick) = (self.id, self.tick);
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        match self.settings.slow_consumer {
+            SlowConsumerPolicy::Drop => {
+                self.metrics.dropped.add(u64::from(messages));
+                if c.dropped == 0 {
+                    tracing::warn!(
+                        shard,
+                        slot,
+                        "send queue full: dropping messages for a slow subscriber"
+                    );
+                }
+                c.dropped += u64::from(messages);
+            }
+            SlowConsumerPolicy::Disconnect => {
+                self.metrics.slow_disconnects.inc();
+                tracing::info!(
+                    shard,
+                    slot,
+                    queued = c.queued,
+                    "send queue full: disconnecting a slow subscriber (1008)"
+                );
+                c.discard_queued();
+                if let Phase::Ws { ws, .. } = &mut c.phase {
+                    ws.close(
+                        close_code::POLICY,
+                        "too slow: send queue limit reached",
+                        &mut self.scratch,
+                    );
+                }
+                let out = self.scratch.split().freeze();
+                c.push_control(out, &mut self.dirty);
+                c.close_after_flush = true;
+                c.deadline = tick + ticks_ceil(CLOSE_GRACE);
+            }
         }
     }
 
     fn drain_bus(&mut self) {
         let bus = Arc::clone(&self.shared.bus);
         let n = bus.drain(self.id, |m| {
-            self.fan_out_local(&m.topic, &m.frame, None, false)
+            self.fan_out_local(&m.topic, &m.frame, m.count, &[])
         });
         self.metrics.bus_in.add(n as u64);
     }
@@ -544,7 +661,10 @@ impl ShardState {
     }
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
-        self.send_vecs.push(frames);
+        // A few vectors for reuse; not one per connection after a burst.
+        if self.send_vecs.len() < 256 && frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
+            self.send_vecs.push(frames);
+        }
         let Some(c) = conn_mut(&mut self.conns, token) else {
             return;
         };
@@ -583,6 +703,7 @@ impl ShardState {
             );
         }
         self.free.push(token.slot);
+        self.forget_peer(token);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .connections
@@ -601,6 +722,7 @@ impl ShardState {
         c.releasing = true;
         c.discard_queued();
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
+        self.control_release(token.slot, &phase);
         if let Phase::Ws {
             route: Route::Topic { topic, .. },
             ..
@@ -634,6 +756,11 @@ impl ShardState {
             // a few slots allocated); an active one re-allocates at most once per tick.
             if c.queue.is_empty() && c.queue.capacity() != 0 && !c.sending {
                 c.queue = std::collections::VecDeque::new();
+            }
+            if let Phase::Ws { ws, .. } = &mut c.phase
+                && now.saturating_sub(c.last_rx) > 1
+            {
+                ws.release_memory();
             }
             match &mut c.phase {
                 Phase::Http { .. } if now.saturating_sub(c.since) >= hs => {
@@ -726,8 +853,11 @@ impl ShardState {
 /// applied after.
 enum Action {
     None,
-    Publish(Arc<str>, Bytes, bool),
+    /// Appended to the topic's batch for this turn.
+    Published,
     Echo(Bytes),
+    /// A control-mode message: its opcode and a copy of its payload.
+    Control(OpCode, Bytes),
     Closed,
 }
 
@@ -747,50 +877,4 @@ fn frame_once(arena: &mut BytesMut, opcode: OpCode, payload: &[u8]) -> Bytes {
     }
     encode_frame(arena, true, opcode, None, payload);
     arena.split().freeze()
-}
-
-/// Applies the slow-consumer policy to a subscriber whose queue is full.
-fn slow_consumer(
-    c: &mut Conn,
-    policy: SlowConsumerPolicy,
-    metrics: &ShardMetrics,
-    scratch: &mut BytesMut,
-    dirty: &mut Vec<u32>,
-    tick: u32,
-    shard: usize,
-) {
-    match policy {
-        SlowConsumerPolicy::Drop => {
-            metrics.dropped.inc();
-            if c.dropped == 0 {
-                tracing::warn!(
-                    shard,
-                    slot = c.token.slot,
-                    "send queue full: dropping messages for a slow subscriber"
-                );
-            }
-            c.dropped += 1;
-        }
-        SlowConsumerPolicy::Disconnect => {
-            metrics.slow_disconnects.inc();
-            tracing::info!(
-                shard,
-                slot = c.token.slot,
-                queued = c.queued,
-                "send queue full: disconnecting a slow subscriber (1008)"
-            );
-            c.discard_queued();
-            if let Phase::Ws { ws, .. } = &mut c.phase {
-                ws.close(
-                    close_code::POLICY,
-                    "too slow: send queue limit reached",
-                    scratch,
-                );
-            }
-            let out = scratch.split().freeze();
-            c.push_control(out, dirty);
-            c.close_after_flush = true;
-            c.deadline = tick + ticks_ceil(CLOSE_GRACE);
-        }
-    }
 }

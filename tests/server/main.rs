@@ -6,8 +6,12 @@
 mod util;
 
 mod bad_input;
+mod control;
+mod drain;
 mod fallback;
+mod http_publish;
 mod lifecycle;
+mod limits;
 mod pubsub;
 mod slow;
 mod timeouts;

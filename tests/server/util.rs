@@ -51,17 +51,22 @@ impl Server {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let stderr_path = dir.join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        // Two shards unless the test chooses (clap refuses a repeated flag).
+        let shards: &[&str] = if extra.contains(&"--shards") {
+            &[]
+        } else {
+            &["--shards", "2"]
+        };
         let mut child = cmd
             .args([
                 "--listen",
                 "127.0.0.1:0",
                 "--io",
                 io,
-                "--shards",
-                "2",
                 "--log-level",
                 "debug",
             ])
+            .args(shards)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -121,6 +126,57 @@ impl Server {
         .into_owned()
     }
 
+    /// `POST path` with a body and a Content-Type; returns (status, body).
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        split_response(&self.exchange(&req))
+    }
+
+    /// Sends a raw request; returns (status, body).
+    pub fn request(&self, raw: &[u8]) -> (u16, String) {
+        split_response(&self.exchange(raw))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A WebSocket client sending extra request headers (e.g. Origin).
+    pub fn ws_with(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Client> {
+        Client::connect_with(self.addr, path, headers)
+    }
+
     /// The value of an unlabelled metric (or a labelled one given in full).
     pub fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics");
@@ -158,6 +214,21 @@ impl Drop for Server {
     }
 }
 
+/// Status code and body of an HTTP response.
+pub fn split_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -190,12 +261,20 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr, path: &str) -> std::io::Result<Client> {
+        Self::connect_with(addr, path, &[])
+    }
+
+    pub fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Client> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let key = handshake::generate_key();
         let mut req = Vec::new();
-        handshake::write_client_request(&addr.to_string(), path, &key, &[], &mut req);
+        handshake::write_client_request(&addr.to_string(), path, &key, headers, &mut req);
         stream.write_all(&req)?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];

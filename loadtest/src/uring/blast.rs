@@ -92,6 +92,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
     stats: Arc<BlastStats>,
     until: Instant,
+    idle: bool,
 ) -> io::Result<()> {
     let mut ring = new_ring(4096, 16384)?;
     let mut br = BufRing::new(&ring, 0, 64, 4096)?;
@@ -106,9 +107,12 @@ pub fn run(
     let mut to_recv: Vec<usize> = Vec::new();
     let len = template.bytes.len();
     let mut stopping = false;
+    // Once stopping, clients get 2 s to finish the close handshake.
+    let mut stop_deadline = until + Duration::from_secs(2);
     loop {
         if !stopping && (stop.load(Ordering::Relaxed) || Instant::now() >= until) {
             stopping = true;
+            stop_deadline = Instant::now() + Duration::from_secs(2);
             for (i, c) in conns.iter_mut().enumerate() {
                 if let Some(c) = c
                     && c.closing == Closing::No
@@ -142,7 +146,9 @@ pub fn run(
                     }
                 };
                 stats.conns.fetch_add(1, Ordering::Relaxed);
-                to_send.push(i);
+                if !idle {
+                    to_send.push(i);
+                }
                 to_recv.push(i);
             }
         }
@@ -293,11 +299,7 @@ pub fn run(
         if recycled {
             br.commit();
         }
-        let busy = conns.iter().any(Option::is_some);
-        if stopping && !busy {
-            break;
-        }
-        if stopping && Instant::now() >= until + Duration::from_secs(2) {
+        if stopping && (Instant::now() >= stop_deadline || !conns.iter().any(Option::is_some)) {
             break;
         }
     }

@@ -1,0 +1,453 @@
+//! The control-mode protocol (`GET /ws`): JSON commands in, acknowledgements, errors and
+//! topic envelopes out. Pure: bytes in, bytes out, no I/O and no shard state, so that every
+//! message and error can be tested here and the shard only applies decisions.
+//!
+//! # Client → server (text frames, one JSON object each)
+//!
+//! | `type` | fields | effect |
+//! |---|---|---|
+//! | `subscribe` | `topic`, optional `id` | subscribe (idempotent) |
+//! | `unsubscribe` | `topic`, optional `id` | unsubscribe (`not_subscribed` if it was not) |
+//! | `publish` | `topic`, `data`, optional `id`, optional `echo` | publish `data` as a text message: a JSON string is sent as its contents, any other JSON value as its JSON text |
+//! | `ping` | optional `id` | answered with `pong` (browsers cannot send WebSocket pings) |
+//!
+//! Every command gets exactly one reply, `ack` (or `pong`) or `error`, carrying the `id`
+//! when one was given (a JSON number, or a string of at most [`MAX_ID_LEN`] bytes). Unknown
+//! fields are ignored. A binary frame is a publish in the binary envelope (below); it is not
+//! acknowledged, only refused when malformed.
+//!
+//! # Server → client
+//!
+//! - `{"type":"ack","id":7,"op":"subscribe","topic":"a"}`
+//! - `{"type":"pong","id":7}`
+//! - `{"type":"error","id":7,"code":"bad_topic","message":"topic name is empty"}`
+//! - a text message published to a topic: `{"type":"message","topic":"a","data":"hello"}`
+//! - a binary message: a binary frame `[topic length: 1 byte][topic][payload]` (topics are at
+//!   most 255 bytes, so one length byte suffices; the payload is not copied into JSON or
+//!   base64, and a browser decodes it with a `DataView`).
+//!
+//! Both envelopes are built by the shard once per publish (per shard with a control-mode
+//! subscriber), next to the bare simple-mode frame, and shared by reference count.
+
+use serde_json::{Map, Value};
+
+use crate::pubsub::validate_topic;
+
+/// Command kinds counted in `ringcast_control_commands_total{type}`: the four JSON types,
+/// binary-envelope publishes, and messages that could not be parsed at all.
+pub const COMMANDS: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    COMMAND_BINARY_PUBLISH,
+    COMMAND_INVALID,
+];
+/// The `type` label of a binary-envelope publish.
+pub const COMMAND_BINARY_PUBLISH: &str = "binary_publish";
+/// The `type` label of a message that is not a readable command.
+pub const COMMAND_INVALID: &str = "invalid";
+
+/// Longest string `id` echoed back; longer ones are refused with `bad_message`.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Why a control message was refused; the `code` of the error reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    BadJson,
+    /// A JSON object without a string `type`, or with a field of the wrong type or missing.
+    BadMessage,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// A topic name that is empty, too long or has bytes outside printable ASCII.
+    BadTopic,
+    /// `unsubscribe` from a topic the connection is not subscribed to.
+    NotSubscribed,
+    /// `subscribe` past `max_topics_per_connection`.
+    TooManyTopics,
+    /// A binary frame that is not a valid binary envelope.
+    BadEnvelope,
+}
+
+impl ErrorCode {
+    /// Every code, in the order metrics list them.
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::BadTopic,
+        ErrorCode::NotSubscribed,
+        ErrorCode::TooManyTopics,
+        ErrorCode::BadEnvelope,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadTopic => "bad_topic",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManyTopics => "too_many_topics",
+            ErrorCode::BadEnvelope => "bad_envelope",
+        }
+    }
+
+    /// Index in [`ErrorCode::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A refused control message: the reply to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The request's `id`, when it could be read.
+    pub id: Option<Value>,
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// One human-readable line.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Subscribe to a topic.
+    Subscribe(String),
+    /// Unsubscribe from a topic.
+    Unsubscribe(String),
+    /// Publish a text payload.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The text payload subscribers receive.
+        data: String,
+        /// Whether the publisher also receives it (when subscribed).
+        echo: bool,
+    },
+    /// Application-level ping.
+    Ping,
+}
+
+impl Command {
+    /// The `type` name, for acks and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Subscribe(_) => "subscribe",
+            Command::Unsubscribe(_) => "unsubscribe",
+            Command::Publish { .. } => "publish",
+            Command::Ping => "ping",
+        }
+    }
+
+    /// The topic the command names, if any.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            Command::Subscribe(t) | Command::Unsubscribe(t) | Command::Publish { topic: t, .. } => {
+                Some(t)
+            }
+            Command::Ping => None,
+        }
+    }
+}
+
+/// A parsed control message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The client's correlation id, echoed in the reply.
+    pub id: Option<Value>,
+    /// What it asks for.
+    pub command: Command,
+}
+
+/// Parses one text message of a control-mode connection.
+pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
+    let value: Value = serde_json::from_slice(text)
+        .map_err(|e| Refusal::new(None, ErrorCode::BadJson, format!("not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(Refusal::new(
+            None,
+            ErrorCode::BadJson,
+            "expected a JSON object such as {\"type\":\"subscribe\",\"topic\":\"news\"}",
+        ));
+    };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Number(_)) => Some(v),
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(Value::String(s)),
+        Some(_) => {
+            return Err(Refusal::new(
+                None,
+                ErrorCode::BadMessage,
+                format!("\"id\" must be a number or a string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(Refusal::new(
+                id,
+                ErrorCode::BadMessage,
+                "\"type\" must be a string",
+            ));
+        }
+        None => {
+            return Err(Refusal::new(
+                id,
+                ErrorCode::BadMessage,
+                "missing \"type\" (subscribe, unsubscribe, publish or ping)",
+            ));
+        }
+    };
+    let command = match kind {
+        "subscribe" => Command::Subscribe(topic_field(&obj, &id)?),
+        "unsubscribe" => Command::Unsubscribe(topic_field(&obj, &id)?),
+        "publish" => {
+            let topic = topic_field(&obj, &id)?;
+            let data = match obj.get("data") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => {
+                    return Err(Refusal::new(
+                        id,
+                        ErrorCode::BadMessage,
+                        "publish needs \"data\"",
+                    ));
+                }
+            };
+            let echo = match obj.get("echo") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(Refusal::new(
+                        id,
+                        ErrorCode::BadMessage,
+                        "\"echo\" must be true or false",
+                    ));
+                }
+            };
+            Command::Publish { topic, data, echo }
+        }
+        "ping" => Command::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(Refusal::new(
+                id,
+                ErrorCode::UnknownType,
+                format!("unknown type {shown:?}: expected subscribe, unsubscribe, publish or ping"),
+            ));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn topic_field(obj: &Map<String, Value>, id: &Option<Value>) -> Result<String, Refusal> {
+    match obj.get("topic") {
+        Some(Value::String(t)) => {
+            validate_topic(t)
+                .map_err(|e| Refusal::new(id.clone(), ErrorCode::BadTopic, e.to_string()))?;
+            Ok(t.clone())
+        }
+        Some(_) => Err(Refusal::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "\"topic\" must be a string",
+        )),
+        None => Err(Refusal::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "missing \"topic\"",
+        )),
+    }
+}
+
+fn reply(kind: &str, id: Option<&Value>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String(kind.into()));
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    m
+}
+
+/// The acknowledgement of a command.
+pub fn ack(id: Option<&Value>, command: &Command) -> Vec<u8> {
+    if matches!(command, Command::Ping) {
+        return Value::Object(reply("pong", id)).to_string().into_bytes();
+    }
+    let mut m = reply("ack", id);
+    m.insert("op".into(), Value::String(command.name().into()));
+    if let Some(t) = command.topic() {
+        m.insert("topic".into(), Value::String(t.into()));
+    }
+    Value::Object(m).to_string().into_bytes()
+}
+
+/// The error reply for a refusal.
+pub fn error(refusal: &Refusal) -> Vec<u8> {
+    let mut m = reply("error", refusal.id.as_ref());
+    m.insert("code".into(), Value::String(refusal.code.as_str().into()));
+    m.insert("message".into(), Value::String(refusal.message.clone()));
+    Value::Object(m).to_string().into_bytes()
+}
+
+/// A refusal of a command whose parsing succeeded (state-dependent errors).
+pub fn refuse(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(id, code, message)
+}
+
+/// Appends the text envelope `{"type":"message","topic":...,"data":...}` to `out`.
+pub fn envelope_text(topic: &str, payload: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":");
+    push_json_string(topic, out);
+    out.extend_from_slice(b",\"data\":");
+    push_json_string(payload, out);
+    out.push(b'}');
+}
+
+/// Bytes the text envelope adds around a payload with nothing to escape.
+pub fn envelope_text_overhead(topic: &str) -> usize {
+    r#"{"type":"message","topic":"","data":""}"#.len() + topic.len()
+}
+
+fn push_json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json escapes exactly what JSON requires; writing to a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Appends the binary envelope `[topic length][topic][payload]` to `out`.
+pub fn envelope_binary(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
+    // Topics are validated to 1..=255 bytes.
+    out.push(u8::try_from(topic.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(&topic.as_bytes()[..topic.len().min(255)]);
+    out.extend_from_slice(payload);
+}
+
+/// Splits a binary envelope sent by a client into topic and payload.
+pub fn parse_binary_envelope(frame: &[u8]) -> Result<(&str, &[u8]), Refusal> {
+    let bad = |m: &str| Refusal::new(None, ErrorCode::BadEnvelope, m);
+    let (&len, rest) = frame
+        .split_first()
+        .ok_or_else(|| bad("empty binary frame: expected [topic length][topic][payload]"))?;
+    let len = usize::from(len);
+    if len == 0 || rest.len() < len {
+        return Err(bad(
+            "binary frame: the first byte must be the topic length (1-255), followed by the topic and the payload",
+        ));
+    }
+    let (topic, payload) = rest.split_at(len);
+    let topic = std::str::from_utf8(topic)
+        .map_err(|_| bad("binary frame: the topic is not printable ASCII"))?;
+    validate_topic(topic).map_err(|e| Refusal::new(None, ErrorCode::BadTopic, e.to_string()))?;
+    Ok((topic, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn json(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn commands() {
+        let r = parse(br#"{"type":"subscribe","topic":"a","id":7}"#).unwrap();
+        assert_eq!(r.command, Command::Subscribe("a".into()));
+        assert_eq!(
+            json(&ack(r.id.as_ref(), &r.command)),
+            json(br#"{"type":"ack","id":7,"op":"subscribe","topic":"a"}"#)
+        );
+        let r = parse(br#"{"type":"publish","topic":"a","data":{"x":1},"id":"q"}"#).unwrap();
+        assert_eq!(
+            r.command,
+            Command::Publish {
+                topic: "a".into(),
+                data: r#"{"x":1}"#.into(),
+                echo: false
+            }
+        );
+        let r = parse(br#"{"type":"ping"}"#).unwrap();
+        assert_eq!(json(&ack(None, &r.command)), json(br#"{"type":"pong"}"#));
+    }
+
+    #[test]
+    fn errors() {
+        let code = |b: &[u8]| parse(b).unwrap_err().code;
+        assert_eq!(code(b"nope"), ErrorCode::BadJson);
+        assert_eq!(code(b"[1]"), ErrorCode::BadJson);
+        assert_eq!(code(br#"{"topic":"a"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"type":"subscribe"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(br#"{"type":"subscribe","topic":3}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(br#"{"type":"publish","topic":"a"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(code(br#"{"type":"jump"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(br#"{"type":"subscribe","topic":""}"#),
+            ErrorCode::BadTopic
+        );
+        let e = parse(br#"{"type":"subscribe","topic":"a b","id":9}"#).unwrap_err();
+        assert_eq!(
+            json(&error(&e)),
+            json(
+                br#"{"type":"error","id":9,"code":"bad_topic","message":"topic name must be printable ASCII without spaces"}"#
+            )
+        );
+        let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(MAX_ID_LEN + 1));
+        assert_eq!(code(long.as_bytes()), ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn envelopes() {
+        let mut out = Vec::new();
+        envelope_text("a\"b", "hi \"there\"\n", &mut out);
+        assert_eq!(
+            json(&out),
+            json(br#"{"type":"message","topic":"a\"b","data":"hi \"there\"\n"}"#)
+        );
+        let mut out = Vec::new();
+        envelope_text("t", "x", &mut out);
+        assert_eq!(out.len(), envelope_text_overhead("t") + 1);
+        let mut bin = Vec::new();
+        envelope_binary("news", &[0, 1, 2], &mut bin);
+        assert_eq!(bin, b"\x04news\x00\x01\x02");
+        assert_eq!(
+            parse_binary_envelope(&bin).unwrap(),
+            ("news", &[0u8, 1, 2][..])
+        );
+        assert_eq!(
+            parse_binary_envelope(b"").unwrap_err().code,
+            ErrorCode::BadEnvelope
+        );
+        assert_eq!(
+            parse_binary_envelope(b"\x09ab").unwrap_err().code,
+            ErrorCode::BadEnvelope
+        );
+        assert_eq!(
+            parse_binary_envelope(b"\x02a b").unwrap_err().code,
+            ErrorCode::BadTopic
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Graceful shutdown in a shard.
+//!
+//! `main` sets [`super::surface::SurfaceShared::draining`] on the first SIGTERM/SIGINT. On
+//! its next turn (at most one tick later) each shard:
+//!
+//! 1. sends close 1001 `server shutting down` to every open WebSocket, queued behind what
+//!    is already queued for it, so queued messages are flushed first;
+//! 2. keeps serving: `/health` now answers 503, new upgrades and HTTP publishes get 503
+//!    (counted as `ringcast_refused_total{reason="draining"}`), `/metrics` still works;
+//! 3. waits for the clients' close replies; once no WebSocket and no unsent data is left it
+//!    counts itself drained, and it returns from its loop when every shard has drained (so
+//!    that no listener closes while others still answer health checks), or when the drain
+//!    deadline (`--drain-timeout`, less a margin for `main` to exit in time) passes.
+//!
+//! `main` exits 0 when every shard has returned, or at the drain timeout.
+
+use std::sync::atomic::Ordering;
+
+use crate::io::Token;
+use crate::proto::close_code;
+
+use super::conn::Phase;
+use super::{ShardState, TICK, ticks};
+
+impl ShardState {
+    /// Loop hook, once per turn: starts the drain when asked and says when this shard is
+    /// done (its loop then returns).
+    pub(super) fn drain_turn(&mut self) -> bool {
+        if !self.shared.surface.is_draining() {
+            return false;
+        }
+        let Some(deadline) = self.surface.drain_deadline else {
+            self.start_drain();
+            return false;
+        };
+        let left = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| {
+                !c.releasing
+                    && (matches!(c.phase, Phase::Ws { .. }) || !c.queue.is_empty() || c.sending)
+            })
+            .count();
+        if left == 0 && !self.surface.drained {
+            self.surface.drained = true;
+            self.shared.surface.drained.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(shard = self.id, "drained");
+        }
+        // Listeners close when their shard returns: wait for every shard so that none of
+        // them resets connections queued on its listener while others still serve.
+        if self.shared.surface.drained.load(Ordering::Relaxed) >= self.shared.bus.shards() {
+            return true;
+        }
+        if self.tick >= deadline {
+            tracing::warn!(
+                shard = self.id,
+                connections = left,
+                "drain timeout: closing the connections that are left"
+            );
+            return true;
+        }
+        false
+    }
+
+    fn start_drain(&mut self) {
+        self.metrics.draining.set(1);
+        // Leave main a little time to exit within --drain-timeout itself.
+        let budget = self
+            .settings
+            .surface
+            .drain_timeout
+            .saturating_sub(TICK * 3)
+            .max(TICK);
+        let deadline = self.tick.saturating_add(ticks(budget).max(1));
+        self.surface.drain_deadline = Some(deadline);
+        let mut closing: Vec<Token> = Vec::new();
+        for c in self.conns.iter_mut().flatten() {
+            if c.releasing {
+                continue;
+            }
+            if let Phase::Ws { ws, .. } = &mut c.phase {
+                if ws.state() == crate::proto::conn::State::Open {
+                    ws.close(
+                        close_code::GOING_AWAY,
+                        "server shutting down",
+                        &mut self.scratch,
+                    );
+                    let out = self.scratch.split().freeze();
+                    c.push_control(out, &mut self.dirty);
+                }
+                // Released when the client answers the close, or at the deadline.
+                c.deadline = if c.deadline == 0 {
+                    deadline
+                } else {
+                    c.deadline.min(deadline)
+                };
+                closing.push(c.token);
+            }
+        }
+        tracing::info!(
+            shard = self.id,
+            websockets = closing.len(),
+            open = self.shared.connections.load(Ordering::Relaxed),
+            "draining: sent close 1001 to every client"
+        );
+    }
+
+    /// `/health`: 200 while serving, 503 while draining.
+    pub(super) fn health(&mut self, token: Token) {
+        if self.shared.surface.is_draining() {
+            self.respond_with(token, 503, "text/plain; charset=utf-8", b"draining\n");
+        } else {
+            self.respond_with(token, 200, "text/plain; charset=utf-8", b"ok\n");
+        }
+    }
+
+    /// `GET /`: the demo page.
+    pub(super) fn demo(&mut self, token: Token) {
+        self.respond_with(
+            token,
+            200,
+            "text/html; charset=utf-8",
+            crate::http::DEMO_HTML.as_bytes(),
+        );
+    }
+}

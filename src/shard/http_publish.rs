@@ -1,0 +1,99 @@
+//! `POST /publish/{topic}`: an HTTP request whose body is published to a topic, for
+//! backends that do not want to hold a WebSocket open.
+//!
+//! The decision is made from the head before any body byte is kept: `Transfer-Encoding`
+//! (chunked) → 411, no `Content-Length` → 411, a length above `--max-message-size` → 413.
+//! Otherwise the body is read into the connection's request buffer (so it is bounded by
+//! `max_header_bytes + max_message_size` plus one receive) and must arrive within
+//! `--handshake-timeout`, like the rest of the request. `Content-Type: text/*` publishes a
+//! text message (the body must be UTF-8, else 400), anything else a binary message. The
+//! answer is `202 {"queued":N}`, N being the subscribers on the receiving shard the message
+//! was queued for (other shards queue it for theirs on their next turn). The connection
+//! closes after the response, as for every plain HTTP request.
+
+use crate::io::Token;
+use crate::proto::frame::OpCode;
+use crate::proto::handshake::Request;
+
+use super::conn::Phase;
+use super::{ShardState, conn_mut};
+
+impl ShardState {
+    /// Route hook for `Routed::Publish`. `rest` is what followed the request head; when the
+    /// body is not complete yet it goes back into the request buffer and we wait.
+    pub(super) fn http_publish(&mut self, token: Token, req: &Request, topic: &str, rest: Vec<u8>) {
+        if req.header("transfer-encoding").is_some() {
+            self.respond(
+                token,
+                411,
+                "send the body with a Content-Length (Transfer-Encoding is not supported)\n",
+            );
+            return;
+        }
+        let len = match req.content_length() {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                self.respond(token, 411, "Content-Length required\n");
+                return;
+            }
+            Err(_) => {
+                self.respond(token, 400, "invalid Content-Length\n");
+                return;
+            }
+        };
+        let max = self.settings.max_message_size;
+        if len > max {
+            let body =
+                format!("body of {len} bytes is over the message size limit of {max} bytes\n");
+            self.respond(token, 413, &body);
+            return;
+        }
+        if rest.len() < len {
+            let expects_continue = rest.is_empty()
+                && req
+                    .header("expect")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+            let Some(c) = conn_mut(&mut self.conns, token) else {
+                return;
+            };
+            if let Phase::Http { buf } = &mut c.phase {
+                buf.extend_from_slice(&rest);
+            }
+            if expects_continue {
+                c.push_control(
+                    bytes::Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                    &mut self.dirty,
+                );
+            }
+            return;
+        }
+        let body = &rest[..len];
+        let text = req
+            .header("content-type")
+            .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
+        if text && simdutf8::basic::from_utf8(body).is_err() {
+            self.respond(
+                token,
+                400,
+                "Content-Type is text/* but the body is not UTF-8\n",
+            );
+            return;
+        }
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.add(len as u64);
+        self.metrics.http_publishes.inc();
+        let topic = self.shared_name(topic);
+        // Queued to subscribers with the rest of this turn's batch, at the end of the turn;
+        // the reply counts the local subscribers it is queued for (a slow consumer's policy
+        // applies when it is queued).
+        let queued = self
+            .topics
+            .get(&topic)
+            .map_or(0, |t| t.subscribers.len() + t.control.len());
+        self.publish(&topic, opcode, body, None);
+        tracing::debug!(shard = self.id, topic = %topic, bytes = len, queued, "http publish");
+        let reply = format!("{{\"queued\":{queued}}}\n");
+        self.respond_with(token, 202, "application/json", reply.as_bytes());
+    }
+}

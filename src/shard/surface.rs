@@ -1,0 +1,351 @@
+//! The production surface's state in a shard, and admission: which requests are refused
+//! before they do anything (draining, `--max-connections`, `--allowed-origins`, per-IP
+//! connection and connect-rate limits), each with a status, a one-line reason, a debug log
+//! line and `ringcast_refused_total{reason}`.
+//!
+//! Per-IP state is global (one table in [`SurfaceShared`] behind a mutex) so that the limits
+//! mean what they say whatever shard `SO_REUSEPORT` hands a connection to. The table is
+//! touched only when a connection is accepted or released, and only when a per-IP limit is
+//! configured: the per-message path never sees it. A refusal decided at accept is answered
+//! (429) when the request head arrives, so the client reads a proper HTTP response.
+//!
+//! The rest of the surface lives next to this file: `shard/control.rs` (control mode),
+//! `shard/http_publish.rs` (`POST /publish/{topic}`) and `shard/drain.rs` (graceful
+//! shutdown).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::http::{Endpoint, Routed};
+use crate::io::Token;
+use crate::metrics::RefusalReason;
+use crate::proto::handshake::Request;
+
+use super::ShardState;
+
+/// What the surface needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct SurfaceSettings {
+    /// Longest graceful shutdown.
+    pub drain_timeout: Duration,
+    /// Allowed browser origins, lower-case; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Open connections per IP; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// New connections per second per IP; 0: no limit.
+    pub connect_rate_per_ip: u32,
+    /// Token bucket size for the connect rate.
+    pub connect_burst_per_ip: u32,
+    /// Topics per control-mode connection.
+    pub max_topics_per_connection: usize,
+    /// Refused control messages per connection per 10 seconds (`control::ERROR_WINDOW`).
+    pub control_error_budget: u32,
+}
+
+impl Default for SurfaceSettings {
+    fn default() -> Self {
+        SurfaceSettings {
+            drain_timeout: Duration::from_secs(10),
+            allowed_origins: None,
+            max_connections_per_ip: 0,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 20,
+            max_topics_per_connection: 256,
+            control_error_budget: 20,
+        }
+    }
+}
+
+impl SurfaceSettings {
+    fn per_ip(&self) -> bool {
+        self.max_connections_per_ip != 0 || self.connect_rate_per_ip != 0
+    }
+}
+
+/// Surface state shared by every shard.
+#[derive(Debug, Default)]
+pub struct SurfaceShared {
+    /// Set on the first SIGTERM/SIGINT: shards close their clients with 1001 and exit.
+    pub draining: AtomicBool,
+    /// Per-IP connection counts and connect token buckets (accept and release only).
+    pub peers: Mutex<PeerTable>,
+    /// Shards that have no client left to drain. A shard keeps serving (health checks get
+    /// 503, not a reset from a closed listener) until every shard has drained.
+    pub drained: std::sync::atomic::AtomicUsize,
+}
+
+impl SurfaceShared {
+    /// Whether a graceful shutdown is under way.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// One IP's open connections and connect tokens.
+#[derive(Debug)]
+struct Peer {
+    open: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Every IP with an open connection or a bucket that is not full.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    map: HashMap<IpAddr, Peer>,
+    /// Size after the last sweep of idle entries; the next sweep runs at twice this.
+    swept_at: usize,
+}
+
+impl PeerTable {
+    /// Admits one new connection from `ip`, or says which limit it hits.
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        s: &SurfaceSettings,
+        now: Instant,
+    ) -> Result<(), RefusalReason> {
+        let burst = f64::from(s.connect_burst_per_ip.max(1));
+        let peer = self.map.entry(ip).or_insert(Peer {
+            open: 0,
+            tokens: burst,
+            refilled: now,
+        });
+        if s.max_connections_per_ip != 0 && peer.open >= s.max_connections_per_ip {
+            return Err(RefusalReason::IpConnections);
+        }
+        if s.connect_rate_per_ip != 0 {
+            let dt = now.saturating_duration_since(peer.refilled).as_secs_f64();
+            peer.tokens = (peer.tokens + dt * f64::from(s.connect_rate_per_ip)).min(burst);
+            peer.refilled = now;
+            if peer.tokens < 1.0 {
+                return Err(RefusalReason::IpRate);
+            }
+            peer.tokens -= 1.0;
+        }
+        peer.open += 1;
+        Ok(())
+    }
+
+    /// A connection from `ip` closed.
+    fn release(&mut self, ip: IpAddr, s: &SurfaceSettings, now: Instant) {
+        if let Some(p) = self.map.get_mut(&ip) {
+            p.open = p.open.saturating_sub(1);
+        }
+        // Drop entries that hold nothing: no connection and a full bucket. Refused-only
+        // IPs (open 0, bucket empty) stay until their bucket would be full again.
+        if self.map.len() > 1024 && self.map.len() >= self.swept_at.saturating_mul(2) {
+            let burst = f64::from(s.connect_burst_per_ip.max(1));
+            let rate = f64::from(s.connect_rate_per_ip);
+            self.map.retain(|_, p| {
+                let dt = now.saturating_duration_since(p.refilled).as_secs_f64();
+                p.open > 0 || (rate > 0.0 && p.tokens + dt * rate < burst)
+            });
+            self.swept_at = self.map.len().max(512);
+        } else if let Some(p) = self.map.get(&ip)
+            && p.open == 0
+            && (s.connect_rate_per_ip == 0 || p.tokens >= f64::from(s.connect_burst_per_ip))
+        {
+            self.map.remove(&ip);
+        }
+    }
+
+    /// Distinct IPs tracked.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no IP is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A shard's own surface state.
+#[derive(Debug, Default)]
+pub struct SurfaceState {
+    /// Control-mode subscriptions on this shard: while zero, fan-out skips the envelope hook
+    /// entirely (one integer compare per publish).
+    pub control_subs: usize,
+    /// Per-IP bookkeeping of each slot (only with per-IP limits), indexed by slot: O(1) at
+    /// request and release time, whatever the number of connections.
+    peers: Vec<PeerSlot>,
+    /// Tick at which this shard stops waiting for its clients (set when draining starts).
+    pub drain_deadline: Option<u32>,
+    /// This shard has counted itself in [`SurfaceShared::drained`].
+    pub drained: bool,
+}
+
+/// What a slot's connection means to the per-IP table.
+#[derive(Debug, Clone, Copy, Default)]
+enum PeerSlot {
+    /// Not counted (no per-IP limit, or the slot is free).
+    #[default]
+    None,
+    /// Counted against this IP until released.
+    Counted(Token, IpAddr),
+    /// Refused at accept: answered with 429 when its request head arrives.
+    Refused(Token, RefusalReason),
+}
+
+/// The IP to count: an IPv4-mapped IPv6 address counts as its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl ShardState {
+    /// Accept hook: counts the connection against its IP's limits (when configured).
+    pub(super) fn admit_peer(&mut self, token: Token, stream: &std::net::TcpStream) {
+        let s = &self.settings.surface;
+        if !s.per_ip() {
+            return;
+        }
+        let ip = match stream.peer_addr() {
+            Ok(a) => canonical(a.ip()),
+            Err(e) => {
+                tracing::debug!(shard = self.id, error = %e, "getpeername failed; not counted per IP");
+                return;
+            }
+        };
+        let verdict = match self.shared.surface.peers.lock() {
+            Ok(mut t) => t.admit(ip, s, Instant::now()),
+            Err(poisoned) => poisoned.into_inner().admit(ip, s, Instant::now()),
+        };
+        let slot = token.slot as usize;
+        if self.surface.peers.len() <= slot {
+            self.surface.peers.resize(slot + 1, PeerSlot::None);
+        }
+        self.surface.peers[slot] = match verdict {
+            Ok(()) => PeerSlot::Counted(token, ip),
+            Err(reason) => {
+                tracing::debug!(shard = self.id, %ip, reason = reason.as_str(), "connection over a per-IP limit");
+                PeerSlot::Refused(token, reason)
+            }
+        };
+    }
+
+    /// Release hook: gives the connection's IP slot back.
+    pub(super) fn forget_peer(&mut self, token: Token) {
+        let Some(entry) = self.surface.peers.get_mut(token.slot as usize) else {
+            return;
+        };
+        let ip = match *entry {
+            PeerSlot::Counted(t, ip) if t == token => ip,
+            PeerSlot::Refused(t, _) if t == token => {
+                *entry = PeerSlot::None;
+                return;
+            }
+            _ => return,
+        };
+        *entry = PeerSlot::None;
+        let s = &self.settings.surface;
+        match self.shared.surface.peers.lock() {
+            Ok(mut t) => t.release(ip, s, Instant::now()),
+            Err(poisoned) => poisoned.into_inner().release(ip, s, Instant::now()),
+        }
+    }
+
+    /// Decides whether a parsed request is refused before it is routed; if so, answers it
+    /// and returns true.
+    pub(super) fn refuse_early(&mut self, token: Token, req: &Request, routed: &Routed) -> bool {
+        if let Routed::Upgrade(Endpoint::Control { subscribe }) = routed
+            && subscribe.len() > self.settings.surface.max_topics_per_connection
+        {
+            self.respond(
+                token,
+                400,
+                "?subscribe= lists more topics than --max-topics-per-connection allows\n",
+            );
+            return true;
+        }
+        let refusal = self.admission(token, req, routed);
+        let Some((status, reason, body)) = refusal else {
+            return false;
+        };
+        self.metrics.refused(reason);
+        self.respond(token, status, body);
+        true
+    }
+
+    fn admission(
+        &mut self,
+        token: Token,
+        req: &Request,
+        routed: &Routed,
+    ) -> Option<(u16, RefusalReason, &'static str)> {
+        if let Some(entry) = self.surface.peers.get_mut(token.slot as usize)
+            && let PeerSlot::Refused(t, reason) = *entry
+            && t == token
+        {
+            *entry = PeerSlot::None;
+            let body = match reason {
+                RefusalReason::IpConnections => "too many connections from your address\n",
+                _ => "too many new connections from your address: slow down\n",
+            };
+            return Some((429, reason, body));
+        }
+        let is_work = matches!(routed, Routed::Upgrade(_) | Routed::Publish(_));
+        if is_work && self.shared.surface.is_draining() {
+            return Some((503, RefusalReason::Draining, "server is shutting down\n"));
+        }
+        let Routed::Upgrade(_) = routed else {
+            return None;
+        };
+        if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
+            return Some((
+                503,
+                RefusalReason::MaxConnections,
+                "server at its connection limit\n",
+            ));
+        }
+        // Every upgrade (simple, control, echo) is checked: a page from another site must
+        // not be able to use any of them.
+        if let Some(allowed) = &self.settings.surface.allowed_origins
+            && let Some(origin) = req.header("origin")
+        {
+            let ok = std::str::from_utf8(origin)
+                .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o.trim())));
+            if !ok {
+                return Some((403, RefusalReason::Origin, "origin not allowed\n"));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_limits() {
+        let s = SurfaceSettings {
+            max_connections_per_ip: 2,
+            connect_rate_per_ip: 1,
+            connect_burst_per_ip: 3,
+            ..SurfaceSettings::default()
+        };
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let t0 = Instant::now();
+        let mut t = PeerTable::default();
+        assert_eq!(t.admit(ip, &s, t0), Ok(()));
+        assert_eq!(t.admit(ip, &s, t0), Ok(()));
+        assert_eq!(t.admit(ip, &s, t0), Err(RefusalReason::IpConnections));
+        t.release(ip, &s, t0);
+        assert_eq!(t.admit(ip, &s, t0), Ok(()), "third token of the burst");
+        t.release(ip, &s, t0);
+        assert_eq!(t.admit(ip, &s, t0), Err(RefusalReason::IpRate));
+        let later = t0 + Duration::from_millis(1100);
+        assert_eq!(t.admit(ip, &s, later), Ok(()), "refilled");
+        assert_eq!(
+            canonical("::ffff:1.2.3.4".parse().unwrap_or(ip)),
+            IpAddr::from([1, 2, 3, 4])
+        );
+    }
+}
