@@ -450,20 +450,7 @@ impl Driver for UringDriver {
             0
         };
         self.stats.submissions += 1;
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        submit_wait(&self.ring, want, timeout)
     }
 
     fn next_event(&mut self) -> Option<Event<'_>> {
@@ -589,6 +576,25 @@ impl Drop for UringDriver {
                 std::mem::forget(op);
             }
         }
+    }
+}
+
+/// Submits queued entries and waits for `want` completions or `timeout`. A timeout, a signal
+/// or a full completion queue (EBUSY: completions are waiting to be reaped) is not an error.
+pub fn submit_wait(ring: &IoUring, want: usize, timeout: Duration) -> io::Result<()> {
+    let ts = types::Timespec::from(timeout);
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(want, &args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

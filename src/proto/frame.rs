@@ -183,6 +183,25 @@ impl FrameHeader {
     }
 }
 
+/// The encoded header of a frame without RSV bits: bytes and length.
+fn data_header(
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    len: usize,
+) -> ([u8; MAX_HEADER_LEN], usize) {
+    let header = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask,
+        payload_len: len as u64,
+    };
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    let n = header.write(&mut hdr);
+    (hdr, n)
+}
+
 /// Appends one whole frame; with `mask` the payload is masked on the way (client role).
 pub fn encode_frame<B: BufMut>(
     out: &mut B,
@@ -191,15 +210,7 @@ pub fn encode_frame<B: BufMut>(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let header = FrameHeader {
-        fin,
-        rsv: 0,
-        opcode,
-        mask,
-        payload_len: payload.len() as u64,
-    };
-    let mut hdr = [0u8; MAX_HEADER_LEN];
-    let n = header.write(&mut hdr);
+    let (hdr, n) = data_header(fin, opcode, mask, payload.len());
     out.put_slice(&hdr[..n]);
     match mask {
         None => out.put_slice(payload),
@@ -226,15 +237,7 @@ pub(crate) fn encode_frame_bytes(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let header = FrameHeader {
-        fin,
-        rsv: 0,
-        opcode,
-        mask,
-        payload_len: payload.len() as u64,
-    };
-    let mut hdr = [0u8; MAX_HEADER_LEN];
-    let n = header.write(&mut hdr);
+    let (hdr, n) = data_header(fin, opcode, mask, payload.len());
     out.reserve(n + payload.len());
     out.extend_from_slice(&hdr[..n]);
     let start = out.len();

@@ -234,15 +234,8 @@ pub fn parse_request(
     let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let scan = &buf[..buf.len().min(limits.max_header_bytes)];
-    let head_len = match req.parse(scan).map_err(map_httparse)? {
-        httparse::Status::Partial => {
-            return if buf.len() >= limits.max_header_bytes {
-                Err(HandshakeError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        httparse::Status::Complete(n) => n,
+    let Some(head_len) = complete(req.parse(scan).map_err(map_httparse)?, buf, limits)? else {
+        return Ok(None);
     };
     let target = req.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
@@ -562,6 +555,22 @@ pub fn write_client_request(
     out.extend_from_slice(b"\r\n");
 }
 
+/// The head's length once httparse saw all of it; `None` while it may still arrive; `TooLarge`
+/// once `buf` holds `max_header_bytes` without a complete head.
+fn complete(
+    status: httparse::Status<usize>,
+    buf: &[u8],
+    limits: &HandshakeLimits,
+) -> Result<Option<usize>, HandshakeError> {
+    match status {
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        httparse::Status::Partial if buf.len() >= limits.max_header_bytes => {
+            Err(HandshakeError::TooLarge)
+        }
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
 /// Client role: `Ok(None)` need more; `Ok(Some(head_len))` on a valid 101 whose accept matches
 /// `key`; `Err` otherwise (`UnexpectedStatus` carries the status seen). Bounded by the default
 /// [`HandshakeLimits`].
@@ -570,15 +579,8 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeE
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let scan = &buf[..buf.len().min(limits.max_header_bytes)];
-    let head_len = match resp.parse(scan).map_err(map_httparse)? {
-        httparse::Status::Partial => {
-            return if buf.len() >= limits.max_header_bytes {
-                Err(HandshakeError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        httparse::Status::Complete(n) => n,
+    let Some(head_len) = complete(resp.parse(scan).map_err(map_httparse)?, buf, &limits)? else {
+        return Ok(None);
     };
     let code = resp.code.unwrap_or(0);
     if code != 101 {

@@ -11,7 +11,7 @@ pub mod recv;
 
 use std::io;
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, opcode};
 
 /// Creates a ring: SINGLE_ISSUER + DEFER_TASKRUN (6.1+), else COOP_TASKRUN, else
 /// plain. Must be called on the thread that will use it.
@@ -62,20 +62,11 @@ pub fn probe() -> Result<(), String> {
 /// Waits for at least one completion or `timeout_ms`, submitting pending SQEs.
 /// Timeouts and signals are not errors.
 pub fn submit_wait(ring: &IoUring, timeout_ms: u32) -> io::Result<()> {
-    let ts = types::Timespec::new().nsec(timeout_ms.saturating_mul(1_000_000));
-    let args = types::SubmitArgs::new().timespec(&ts);
-    match ring.submitter().submit_with_args(1, &args) {
-        Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    ringcast::io::uring::submit_wait(
+        ring,
+        1,
+        std::time::Duration::from_millis(u64::from(timeout_ms)),
+    )
 }
 
 #[cfg(test)]
