@@ -9,7 +9,7 @@
 //! once, before the server allocates anything of its own.
 #![allow(unsafe_code)]
 
-use libmimalloc_sys::mi_option_set;
+use libmimalloc_sys::{mi_collect, mi_option_set};
 
 // Indices in mimalloc v3's `mi_option_e` (the bindings do not name these two).
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -24,4 +24,15 @@ pub fn tune() {
         mi_option_set(ARENA_EAGER_COMMIT, 0);
         mi_option_set(PURGE_DELAY, 0);
     }
+}
+
+/// Returns the calling thread's free allocator pages to the kernel. A shard calls it on its
+/// first idle tick after activity: a burst (a connect storm, a publish spike) leaves pages
+/// that held short-lived buffers free but resident, and without this they stay so until the
+/// allocator happens to reuse them (measured: 0 to 1.5 MiB at 10,000 idle connections, the
+/// difference between runs of the same test).
+pub fn collect() {
+    // SAFETY: mi_collect only walks and releases the allocator's own free memory; it is
+    // callable from any thread at any time.
+    unsafe { mi_collect(true) };
 }

@@ -129,6 +129,9 @@ struct Slot {
     releasing: bool,
 }
 
+/// `IOU_PBUF_RING_INC` from the kernel ABI (the crate defines it but does not export it).
+const IOU_PBUF_RING_INC: u16 = 2;
+
 /// The io_uring driver of one shard. Field order matters for drop: the ring goes before
 /// the buffer ring it points into.
 pub struct UringDriver {
@@ -189,15 +192,23 @@ impl UringDriver {
     pub fn new(settings: UringSettings, listeners: Vec<OwnedFd>) -> io::Result<Self> {
         let ring = build_ring(settings.ring_entries)?;
         let bufs = BufRing::new(settings.recv_buffers, settings.recv_buffer_size)?;
-        // SAFETY: the buffer ring's memory stays valid until the ring is unregistered in
-        // `Drop`, before `bufs` is freed.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                bufs.ring_addr(),
-                bufs.entries(),
-                BGID,
-                0,
-            )?;
+        // Incremental consumption where the kernel has it (6.12+), plain otherwise: the
+        // completions say which (`IORING_CQE_F_BUF_MORE`), so nothing else depends on it.
+        let register = |flags: u16| {
+            // SAFETY: the buffer ring's memory stays valid until the ring is unregistered in
+            // `Drop`, before `bufs` is freed.
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    bufs.ring_addr(),
+                    bufs.entries(),
+                    BGID,
+                    flags,
+                )
+            }
+        };
+        if let Err(e) = register(IOU_PBUF_RING_INC) {
+            tracing::debug!(error = %e, "incremental buffer consumption unavailable");
+            register(0)?;
         }
         let mut d = UringDriver {
             ring,
@@ -281,6 +292,14 @@ impl UringDriver {
             slot,
             generation: s.generation,
         })
+    }
+
+    /// Accounts for a receive completion's buffer whose data nobody reads.
+    fn discard(&mut self, bid: u16, res: i32, buf_more: bool) {
+        let len = usize::try_from(res).unwrap_or(0);
+        if self.bufs.take(bid, len, buf_more).is_some() {
+            self.bufs.recycle(bid);
+        }
     }
 
     /// Closes a releasing slot once nothing of it is left in the kernel.
@@ -443,6 +462,7 @@ impl Driver for UringDriver {
         if let Some(bid) = self.lent.take() {
             self.bufs.recycle(bid);
         }
+        self.bufs.replenish();
         self.rearm();
         let want = if self.ready.is_empty() && self.ring.completion().is_empty() {
             1
@@ -481,9 +501,10 @@ impl Driver for UringDriver {
                 }
                 K_RECV => {
                     let bid = cqueue::buffer_select(flags);
+                    let buf_more = cqueue::buffer_more(flags);
                     let Some(token) = self.slot_of(user_data) else {
                         if let Some(bid) = bid {
-                            self.bufs.recycle(bid);
+                            self.discard(bid, res, buf_more);
                         }
                         continue;
                     };
@@ -496,19 +517,23 @@ impl Driver for UringDriver {
                     if res > 0 {
                         let Some(bid) = bid else { continue };
                         if releasing {
-                            self.bufs.recycle(bid);
+                            self.discard(bid, res, buf_more);
                             self.maybe_finish(token);
                             continue;
                         }
                         if !more {
                             self.rearm_recv.push(token.slot);
                         }
+                        if !self.bufs.can_take(bid, res as usize) {
+                            tracing::error!(bid, res, "receive completion outside the buffer ring");
+                            continue;
+                        }
                         self.lent = Some(bid);
-                        let data = self.bufs.take(bid, res as usize)?;
+                        let data = self.bufs.take(bid, res as usize, buf_more)?;
                         return Some(Event::Data { token, data });
                     }
                     if let Some(bid) = bid {
-                        self.bufs.recycle(bid);
+                        self.discard(bid, res, buf_more);
                     }
                     if releasing {
                         self.maybe_finish(token);
@@ -518,6 +543,7 @@ impl Driver for UringDriver {
                         // The buffer ring ran dry: buffers come back as events are handled,
                         // so re-arm on the next submission.
                         self.stats.recv_buffer_exhausted += 1;
+                        self.bufs.note_exhausted();
                         let s = &mut self.slots[token.slot as usize];
                         if !s.recv_rearm {
                             s.recv_rearm = true;
@@ -551,6 +577,7 @@ impl Driver for UringDriver {
     fn trim(&mut self) {
         self.send_pool.truncate(SEND_POOL_IDLE);
         self.send_pool.shrink_to_fit();
+        self.bufs.trim();
     }
 
     fn stats(&self) -> DriverStats {

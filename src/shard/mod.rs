@@ -131,6 +131,8 @@ struct ShardState {
     send_vecs: Vec<Vec<Bytes>>,
     /// Sends handed to the driver since the last timer tick.
     sends_since_tick: u64,
+    /// A tick with sends passed since the last idle trim.
+    busy_since_trim: bool,
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
@@ -193,6 +195,7 @@ impl<D: Driver> Shard<D> {
                 batcher: Batcher::default(),
                 send_vecs: Vec::new(),
                 sends_since_tick: 0,
+                busy_since_trim: false,
                 tick: 0,
                 handshake_limits,
                 ws_limits,
@@ -216,13 +219,19 @@ impl<D: Driver> Shard<D> {
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
-                // Pools sized by a burst (10,000 handshake responses in one turn) are freed
-                // once a whole tick passes without a send; under load they stay warm.
-                if std::mem::take(&mut self.st.sends_since_tick) == 0
-                    && !self.st.send_vecs.is_empty()
-                {
-                    self.st.send_vecs = Vec::new();
+                // Pools sized by a burst (10,000 handshake responses in one turn) are freed,
+                // and the receive buffer ring's active set shrinks, once a whole tick passes
+                // without a send; under load they stay warm.
+                if std::mem::take(&mut self.st.sends_since_tick) == 0 {
                     self.driver.trim();
+                    if std::mem::take(&mut self.st.busy_since_trim) {
+                        // First idle tick after activity: also hand the allocator's free
+                        // pages back, once (it walks the whole heap).
+                        self.st.send_vecs = Vec::new();
+                        crate::alloc::collect();
+                    }
+                } else {
+                    self.st.busy_since_trim = true;
                 }
             }
             if self.st.drain_turn() {
