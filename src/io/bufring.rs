@@ -392,7 +392,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let idx = usize::from(*head & (br.entries - 1));
-                // SAFETY (test): idx < entries, inside the ring allocation.
+                // SAFETY: idx < entries, inside the ring allocation (a test).
                 let bid = unsafe { (*br.ring.as_ptr().add(idx)).bid() };
                 *head = head.wrapping_add(1);
                 assert!(
@@ -425,7 +425,7 @@ mod tests {
         assert!(br.take(0, 1, true).is_none(), "consumed: not in the ring");
         br.recycle(0);
         assert_eq!((br.lent(), br.in_ring()), (0, 16));
-        // SAFETY (test): buffer 0 is the first 64 bytes of the block, and no slice is alive.
+        // SAFETY: buffer 0 is the first 64 bytes of the block, and no slice is alive.
         let whole = unsafe { std::slice::from_raw_parts(br.bufs.as_ptr(), 64) };
         assert_eq!(&whole[..10], &[b'a'; 10]);
         assert_eq!(&whole[10..40], &[b'b'; 30]);
