@@ -165,6 +165,7 @@ impl Server {
             idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
             handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
+            write_delay: (!cfg.write_delay.is_zero()).then_some(cfg.write_delay),
             surface: SurfaceSettings {
                 drain_timeout: cfg.drain_timeout,
                 allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))

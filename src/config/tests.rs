@@ -71,6 +71,7 @@ fn defaults_with_no_input() {
     assert_eq!(cfg.ping_interval, Duration::from_secs(30));
     assert_eq!(cfg.idle_timeout, Duration::from_secs(90));
     assert_eq!(cfg.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.write_delay, Duration::ZERO);
     assert!(cfg.pin_cores);
     assert_eq!(cfg.log_level, "info");
     assert_eq!(cfg.log_format, LogFormat::Text);
@@ -199,6 +200,7 @@ fn every_key_from_env() {
         ("ping_interval", "0"),
         ("idle_timeout", "0"),
         ("handshake_timeout", "1m"),
+        ("write_delay", "5ms"),
         ("pin_cores", "off"),
         ("log_level", "warn"),
         ("log_format", "json"),
@@ -234,6 +236,7 @@ fn every_key_from_env() {
     assert_eq!(cfg.ping_interval, Duration::ZERO);
     assert_eq!(cfg.idle_timeout, Duration::ZERO);
     assert_eq!(cfg.handshake_timeout, Duration::from_secs(60));
+    assert_eq!(cfg.write_delay, Duration::from_millis(5));
     assert!(!cfg.pin_cores);
     assert_eq!(cfg.log_level, "warn");
     assert_eq!(cfg.log_format, LogFormat::Json);
@@ -482,7 +485,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 25] = [
+    let cases: [(&str, &str); 26] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -498,6 +501,7 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("ping_interval", "30"),
         ("idle_timeout", "forever"),
         ("handshake_timeout", "10 parsecs"),
+        ("write_delay", "2s"),
         ("pin_cores", "maybe"),
         ("log_level", ""), // empty flag value: refused by validation
         ("log_format", "xml"),

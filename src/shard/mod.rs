@@ -77,6 +77,9 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Upgrades past this many open connections (whole server) get 503.
     pub max_connections: usize,
+    /// Shortest time between two fan-outs of this shard's publishes (`None`: every loop
+    /// turn). See [`ShardState::fan_out_due`].
+    pub write_delay: Option<Duration>,
     /// Control mode, limits and drain.
     pub surface: surface::SurfaceSettings,
 }
@@ -133,6 +136,8 @@ struct ShardState {
     sends_since_tick: u64,
     /// A tick with sends passed since the last idle trim.
     busy_since_trim: bool,
+    /// When this shard last fanned out its publishes (for `write_delay`).
+    last_fan_out: Option<Instant>,
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
@@ -196,6 +201,7 @@ impl<D: Driver> Shard<D> {
                 send_vecs: Vec::new(),
                 sends_since_tick: 0,
                 busy_since_trim: false,
+                last_fan_out: None,
                 tick: 0,
                 handshake_limits,
                 ws_limits,
@@ -207,14 +213,22 @@ impl<D: Driver> Shard<D> {
     /// Runs until [`Shared::stop`] is set. Returns an error only if the driver fails.
     pub fn run(mut self) -> std::io::Result<()> {
         let mut next_timer = 0u32;
+        let mut timeout = TICK;
         while !self.st.shared.stop.load(Ordering::Relaxed) {
-            self.driver.wait(TICK)?;
-            self.st.tick = ticks(self.started.elapsed());
+            self.driver.wait(timeout)?;
+            let now = Instant::now();
+            self.st.tick = ticks(now.duration_since(self.started));
             self.st.metrics.loop_turns.inc();
             while let Some(ev) = self.driver.next_event() {
                 self.st.on_event(ev);
             }
-            self.st.publish_batches();
+            timeout = match self.st.fan_out_due(now) {
+                None => {
+                    self.st.publish_batches();
+                    TICK
+                }
+                Some(wait) => wait.min(TICK),
+            };
             self.st.drain_bus();
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
@@ -517,6 +531,29 @@ impl ShardState {
 
     /// Queues this turn's batches: to local subscribers, and one bus message per batch to
     /// every other shard.
+    /// Whether this turn's publishes go out now (`None`) or wait (for how long).
+    ///
+    /// With a write delay the shard fans out at most once per `write_delay`: the first
+    /// publish after a quiet period goes out at once, and those that follow within the
+    /// window are held and go out together when it ends, one send per subscriber instead
+    /// of one per turn. The added latency is at most the delay; sends per subscriber fall
+    /// from one per message to one per window (see docs/DESIGN.md, "Write delay").
+    /// Control frames, HTTP responses and messages from other shards are never held.
+    fn fan_out_due(&mut self, now: Instant) -> Option<Duration> {
+        let delay = self.settings.write_delay?;
+        if self.batcher.is_empty() || self.shared.surface.is_draining() {
+            return None;
+        }
+        if let Some(last) = self.last_fan_out {
+            let due = last + delay;
+            if now < due {
+                return Some(due - now);
+            }
+        }
+        self.last_fan_out = Some(now);
+        None
+    }
+
     fn publish_batches(&mut self) {
         if self.batcher.is_empty() {
             return;

@@ -162,3 +162,34 @@ both!(
         assert_eq!(srv.metric("ringcast_subscriptions"), 0);
     }
 );
+
+both!(
+    write_delay_holds_follow_up_publishes_and_keeps_order,
+    |io| {
+        // One shard, so that publisher and subscriber share the shard whose window applies.
+        let srv = Server::start(io, &["--shards", "1", "--write-delay", "400ms"]);
+        let mut a = srv.ws("/ws/wd");
+        let mut b = srv.ws("/ws/wd");
+        std::thread::sleep(Duration::from_millis(50));
+        let first_sent = std::time::Instant::now();
+        a.text("m0");
+        assert_eq!(
+            b.recv(),
+            Msg::Text("m0".into()),
+            "the first publish is not held"
+        );
+        // m0 went out after `first_sent`, so its window ends after first_sent + 400 ms; these
+        // two reach the server after m0 went out, inside the window.
+        a.text("m1");
+        a.text("m2");
+        assert_eq!(b.recv(), Msg::Text("m1".into()));
+        let held = first_sent.elapsed();
+        assert_eq!(b.recv(), Msg::Text("m2".into()), "order is kept");
+        assert!(
+            held >= Duration::from_millis(400),
+            "m1 was held until the window ended: {held:?}"
+        );
+        // The publisher's own view is unaffected by the hold: nothing comes back to it.
+        assert_eq!(a.recv_timeout(Duration::from_millis(100)), None);
+    }
+);
