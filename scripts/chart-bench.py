@@ -26,12 +26,13 @@ import sys
 from pathlib import Path
 
 # Display order and colours. "blast" is the floor, not a competitor.
-SERVERS = ["ringcast-uring", "ringcast-epoll", "fastwebsockets", "tungstenite", "node-ws", "blast"]
+SERVERS = ["ringcast-uring", "ringcast-epoll", "ringcast-delay", "fastwebsockets", "tungstenite", "node-ws", "blast"]
 PEERS = ["fastwebsockets", "tungstenite", "node-ws"]
-RINGCAST = ["ringcast-uring", "ringcast-epoll"]
+RINGCAST = ["ringcast-uring", "ringcast-epoll", "ringcast-delay"]
 COLOURS = {
     "ringcast-uring": "#d62728",
     "ringcast-epoll": "#ff9896",
+    "ringcast-delay": "#8c1515",
     "fastwebsockets": "#1f77b4",
     "tungstenite": "#2ca02c",
     "node-ws": "#9467bd",
@@ -396,6 +397,31 @@ def sweep_section(title: str, scen: str, runs: list[Run], out: list[str], chart:
                     chart.setdefault("p99", {}).setdefault(label + " · closed loop", {})[s] = r.p99_ms
     if best_peer:
         out.append(f"\nBest peer: **{best_peer}**.")
+    # Efficiency and latency at the fixed rates, against the best peer at that rate (the
+    # lowest CPU per delivery, the lowest p99), for every ringcast variant that ran.
+    for target, label_rate in ((100_000, "0.1 M/s"), (1_000_000, "1 M/s")):
+        at = {s: next(iter(by(runs, server=s, target_deliveries_per_s=target)), None) for s in servers}
+        peer_cpu = {s: r.cpu_ns_per_delivery for s, r in at.items() if s in PEERS and r and r.cpu_ns_per_delivery}
+        peer_p99 = {s: r.p99_ms for s, r in at.items() if s in PEERS and r and r.p99_ms is not None}
+        if not peer_cpu:
+            continue
+        cpu_best = min(peer_cpu, key=lambda s: peer_cpu[s])
+        p99_best = min(peer_p99, key=lambda s: peer_p99[s]) if peer_p99 else None
+        parts = []
+        for s in RINGCAST:
+            r = at.get(s)
+            if not r or not r.cpu_ns_per_delivery:
+                continue
+            part = f"{s} {r.cpu_ns_per_delivery / peer_cpu[cpu_best]:.2f}× CPU/delivery"
+            if p99_best and r.p99_ms is not None:
+                part += f", p99 {fmt_ms(r.p99_ms)} vs {fmt_ms(peer_p99[p99_best])}"
+            parts.append(part)
+        if parts:
+            out.append(
+                f"At {label_rate} (best peer: {cpu_best} at {peer_cpu[cpu_best]:.0f} ns/delivery"
+                + (f", lowest peer p99 {p99_best}" if p99_best else "")
+                + "): " + "; ".join(parts) + "."
+            )
     u, e = best.get("ringcast-uring"), best.get("ringcast-epoll")
     if u and e and u.delivered_per_s and e.delivered_per_s:
         line = f"io_uring / epoll: throughput {u.delivered_per_s / e.delivered_per_s:.2f}×"
