@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(&cfg.log_level, cfg.log_format);
+    if ringcast::alloc::thp_left_on() {
+        tracing::debug!("could not turn transparent huge pages off (PR_SET_THP_DISABLE)");
+    }
     match config::raise_nofile_limit(cfg.max_connections) {
         Ok((soft, _hard)) if soft < config::nofile_needed(cfg.max_connections) => tracing::warn!(
             open_files = soft,
