@@ -717,8 +717,11 @@ impl ShardState {
         c.mark_dirty(&mut self.dirty);
     }
 
-    fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, frames: Vec<Bytes>) {
-        // Kept for reuse (trimmed when a tick passes without sends: see `run`).
+    fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, mut frames: Vec<Bytes>) {
+        // Kept for reuse (trimmed when a tick passes without sends: see `run`). A failed or
+        // aborted send comes back with its frames still in it: the pool holds empty vectors
+        // only, or the next connection's send would carry them.
+        frames.clear();
         if frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
             self.send_vecs.push(frames);
         }

@@ -106,3 +106,39 @@ both!(
         );
     }
 );
+
+// Regression: on epoll, releasing a slow subscriber whose send was still pending handed its
+// frames back in a buffer the shard reused, uncleared, for the next subscriber's send: a
+// healthy subscriber then received the slow one's old messages again (seen by the load
+// generator as about 1,000 out-of-order messages in the slow-consumer scenario).
+both!(
+    releasing_a_slow_subscriber_leaves_nothing_in_other_sends,
+    |io| {
+        let srv = Server::start(io, &["--send-queue-limit", "256KiB"]);
+        let _slow = srv.ws("/ws/firehose"); // never reads
+        let mut fast = srv.ws("/ws/firehose");
+        let mut publisher = srv.ws("/ws/firehose");
+        std::thread::sleep(Duration::from_millis(50));
+        let mut disconnected_at = None;
+        for seq in 0..200_000u32 {
+            publisher.send(OpCode::Binary, &payload(seq));
+            assert_eq!(
+                seq_of(&fast.recv()),
+                seq,
+                "the healthy subscriber gets each message once, in order"
+            );
+            if disconnected_at.is_none()
+                && seq % 64 == 0
+                && srv.metric("ringcast_slow_consumer_disconnects_total") >= 1
+            {
+                disconnected_at = Some(std::time::Instant::now());
+            }
+            // Past the 2 s close grace, after which the slow subscriber is released with its
+            // send still pending.
+            if disconnected_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+                return;
+            }
+        }
+        panic!("the slow subscriber was not disconnected");
+    }
+);
