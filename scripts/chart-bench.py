@@ -111,7 +111,8 @@ class Run:
         for key in ("duplicated", "out_of_order"):
             v = num(get(self.data, key))
             if v:
-                out.append(f"{key.replace('_', '-')}: {v:.0f}")
+                # A broken guarantee, wherever it shows up: bold, not a footnote.
+                out.append(f"**{key.replace('_', '-')}: {v:.0f} (ordering guarantee broken)**")
         return out
 
     @property
