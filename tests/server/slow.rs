@@ -34,14 +34,19 @@ fn publish_all(srv: &Server) -> (crate::util::Client, crate::util::Client) {
     let mut publisher = srv.ws("/ws/firehose");
     std::thread::sleep(Duration::from_millis(50));
     for seq in 0..COUNT {
-        publisher.send(OpCode::Binary, &payload(seq));
-        assert_eq!(
-            seq_of(&fast.recv()),
-            seq,
-            "the healthy subscriber gets everything in order"
-        );
+        publish_one(&mut publisher, &mut fast, seq);
     }
     (slow, publisher)
+}
+
+/// Publishes message `seq` and checks that the healthy subscriber gets exactly it next.
+fn publish_one(publisher: &mut crate::util::Client, fast: &mut crate::util::Client, seq: u32) {
+    publisher.send(OpCode::Binary, &payload(seq));
+    assert_eq!(
+        seq_of(&fast.recv()),
+        seq,
+        "the healthy subscriber gets each message once, in order"
+    );
 }
 
 both!(disconnect_policy_closes_slow_subscriber_with_1008, |io| {
@@ -121,12 +126,7 @@ both!(
         std::thread::sleep(Duration::from_millis(50));
         let mut disconnected_at = None;
         for seq in 0..200_000u32 {
-            publisher.send(OpCode::Binary, &payload(seq));
-            assert_eq!(
-                seq_of(&fast.recv()),
-                seq,
-                "the healthy subscriber gets each message once, in order"
-            );
+            publish_one(&mut publisher, &mut fast, seq);
             if disconnected_at.is_none()
                 && seq % 64 == 0
                 && srv.metric("ringcast_slow_consumer_disconnects_total") >= 1
