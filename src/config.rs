@@ -827,11 +827,7 @@ const ORIGINS_EXPECTED: &str = "expected * or exact origins such as https://app.
 /// Parses `allowed_origins`: `*`, or exact `scheme://host[:port]` origins (no path, no
 /// trailing slash, as browsers send them in the `Origin` header), compared case-insensitively.
 fn raw_origins(raw: &Raw) -> Result<Vec<String>, String> {
-    let items: Vec<&str> = match raw {
-        Raw::Str(s) => s.split(',').collect(),
-        Raw::List(v) => v.iter().flat_map(|s| s.split(',')).collect(),
-        _ => return Err(ORIGINS_EXPECTED.to_owned()),
-    };
+    let items = list_items(raw, ORIGINS_EXPECTED)?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let item = item.trim();
@@ -861,12 +857,17 @@ fn raw_origins(raw: &Raw) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The items of a list value: a comma-separated string, or an array of such strings.
+fn list_items<'a>(raw: &'a Raw, expected: &str) -> Result<Vec<&'a str>, String> {
+    match raw {
+        Raw::Str(s) => Ok(s.split(',').collect()),
+        Raw::List(v) => Ok(v.iter().flat_map(|s| s.split(',')).collect()),
+        _ => Err(expected.to_owned()),
+    }
+}
+
 fn raw_listen(raw: &Raw) -> Result<Vec<SocketAddr>, String> {
-    let items: Vec<&str> = match raw {
-        Raw::Str(s) => s.split(',').collect(),
-        Raw::List(v) => v.iter().flat_map(|s| s.split(',')).collect(),
-        _ => return Err(LISTEN_EXPECTED.to_owned()),
-    };
+    let items = list_items(raw, LISTEN_EXPECTED)?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let item = item.trim();

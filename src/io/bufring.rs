@@ -176,7 +176,8 @@ impl BufRing {
         self.active
     }
 
-    /// Whether a completion naming `bid` with `len` bytes is one the kernel could produce.
+    /// Whether a completion naming `bid` with `len` bytes is one the kernel could produce:
+    /// a buffer in the ring (the kernel fills no other), with room for `len` past its offset.
     pub fn can_take(&self, bid: u16, len: usize) -> bool {
         let i = usize::from(bid);
         bid < self.entries
@@ -192,15 +193,11 @@ impl BufRing {
     /// could not have produced. The caller must call [`BufRing::recycle`] when done with the
     /// slice.
     pub fn take(&mut self, bid: u16, len: usize, more: bool) -> Option<&mut [u8]> {
+        if !self.can_take(bid, len) {
+            return None;
+        }
         let i = usize::from(bid);
-        if bid >= self.entries || self.state[i] != Where::Ring {
-            // The kernel cannot fill a buffer that is not in the ring.
-            return None;
-        }
         let start = self.offset[i] as usize;
-        if start + len > self.buf_size as usize {
-            return None;
-        }
         if more {
             // Still the kernel's: only the bytes up to the new offset are ours to read.
             self.offset[i] = (start + len) as u32;

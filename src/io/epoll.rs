@@ -137,8 +137,7 @@ impl EpollDriver {
                 Err(e) => break Err(e),
             }
         };
-        let mut op = s.send.take()?;
-        op.frames.clear();
+        let op = s.send.take()?;
         Some(Event::Sent {
             token,
             result,
@@ -233,12 +232,11 @@ impl Driver for EpollDriver {
             s.generation == token.generation && s.stream.is_some() && s.send.is_none()
         });
         if !ok {
-            let result = Err(io::Error::from(io::ErrorKind::NotConnected));
-            self.ready.push_back(Event::Sent {
+            self.ready.push_back(Event::send_failed(
                 token,
-                result,
+                io::ErrorKind::NotConnected,
                 frames,
-            });
+            ));
             return;
         }
         let total = super::frames_len(&frames);
@@ -268,12 +266,11 @@ impl Driver for EpollDriver {
         drop(stream); // close(2): nothing is in flight on epoll
         s.recv_open = false;
         if let Some(op) = s.send.take() {
-            let result = Err(io::Error::from(io::ErrorKind::ConnectionAborted));
-            self.ready.push_back(Event::Sent {
+            self.ready.push_back(Event::send_failed(
                 token,
-                result,
-                frames: op.frames,
-            });
+                io::ErrorKind::ConnectionAborted,
+                op.frames,
+            ));
         }
         self.ready.push_back(Event::Released { token });
     }

@@ -55,7 +55,8 @@ pub enum Event<'a> {
         error: Option<io::Error>,
     },
     /// A [`Driver::send`] finished: every byte was written (`Ok`) or the socket failed.
-    /// The frames come back (emptied) so the shard can reuse the allocation.
+    /// The frames come back as they are (after a failure, still holding what was not
+    /// written); the shard empties the vector once, before reusing the allocation.
     Sent {
         token: Token,
         result: io::Result<usize>,
@@ -66,6 +67,17 @@ pub enum Event<'a> {
     /// The connection is fully closed: no operation of it is left in the kernel, and its
     /// slot may be reused.
     Released { token: Token },
+}
+
+impl Event<'static> {
+    /// A send that never reached the socket, or was cut off (`kind` says why).
+    pub(crate) fn send_failed(token: Token, kind: io::ErrorKind, frames: Vec<Bytes>) -> Self {
+        Event::Sent {
+            token,
+            result: Err(io::Error::from(kind)),
+            frames,
+        }
+    }
 }
 
 /// Where to send a wake-up to another shard; made by that shard's driver.

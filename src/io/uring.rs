@@ -353,8 +353,7 @@ impl UringDriver {
         } else {
             Ok(op.total)
         };
-        let mut frames = std::mem::take(&mut op.frames);
-        frames.clear();
+        let frames = std::mem::take(&mut op.frames);
         op.iov.clear();
         self.send_pool.push(op);
         self.maybe_finish(token);
@@ -403,12 +402,11 @@ impl Driver for UringDriver {
         let fd = match (&s.fd, s.generation == token.generation, s.send.is_some()) {
             (Some(fd), true, false) if !s.releasing => fd.as_raw_fd(),
             _ => {
-                let result = Err(io::Error::from(io::ErrorKind::NotConnected));
-                self.ready.push_back(Event::Sent {
+                self.ready.push_back(Event::send_failed(
                     token,
-                    result,
+                    io::ErrorKind::NotConnected,
                     frames,
-                });
+                ));
                 return;
             }
         };

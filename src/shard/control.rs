@@ -105,14 +105,19 @@ impl ShardState {
             return;
         };
         for topic in &ctl.topics {
-            if self.topics.unsubscribe_control(topic, slot) {
-                self.surface.control_subs = self.surface.control_subs.saturating_sub(1);
-                self.metrics
-                    .subscriptions
-                    .set(self.metrics.subscriptions.get().saturating_sub(1));
-            }
+            self.control_forget(topic, slot);
         }
         self.metrics.topics.set(self.topics.len() as u64);
+    }
+
+    /// Takes `slot` out of `topic`'s control-mode subscribers, with the counters.
+    fn control_forget(&mut self, topic: &str, slot: u32) {
+        if self.topics.unsubscribe_control(topic, slot) {
+            self.surface.control_subs = self.surface.control_subs.saturating_sub(1);
+            self.metrics
+                .subscriptions
+                .set(self.metrics.subscriptions.get().saturating_sub(1));
+        }
     }
 
     /// Fan-out hook: queues a batch of `count` messages on `topic` to its control-mode
@@ -248,14 +253,7 @@ impl ShardState {
 
     fn control_subscribe(&mut self, token: Token, topic: &str) -> Result<(), (ErrorCode, String)> {
         let max = self.settings.surface.max_topics_per_connection;
-        let Some(c) = conn_mut(&mut self.conns, token) else {
-            return Ok(());
-        };
-        let Phase::Ws {
-            route: Route::Control(ctl),
-            ..
-        } = &mut c.phase
-        else {
+        let Some(ctl) = control_of(&mut self.conns, token) else {
             return Ok(());
         };
         if ctl.topics.iter().any(|t| &**t == topic) {
@@ -282,14 +280,7 @@ impl ShardState {
         token: Token,
         topic: &str,
     ) -> Result<(), (ErrorCode, String)> {
-        let Some(c) = conn_mut(&mut self.conns, token) else {
-            return Ok(());
-        };
-        let Phase::Ws {
-            route: Route::Control(ctl),
-            ..
-        } = &mut c.phase
-        else {
+        let Some(ctl) = control_of(&mut self.conns, token) else {
             return Ok(());
         };
         let Some(i) = ctl.topics.iter().position(|t| &**t == topic) else {
@@ -299,12 +290,7 @@ impl ShardState {
             ));
         };
         ctl.topics.swap_remove(i);
-        if self.topics.unsubscribe_control(topic, token.slot) {
-            self.surface.control_subs = self.surface.control_subs.saturating_sub(1);
-            self.metrics
-                .subscriptions
-                .set(self.metrics.subscriptions.get().saturating_sub(1));
-        }
+        self.control_forget(topic, token.slot);
         self.metrics.topics.set(self.topics.len() as u64);
         Ok(())
     }
@@ -371,6 +357,17 @@ impl ShardState {
         c.push_control(out, &mut self.dirty);
         c.close_after_flush = true;
         c.deadline = now + ticks_ceil(CLOSE_GRACE);
+    }
+}
+
+/// The control-mode state of a live connection (`None` for other routes).
+fn control_of(conns: &mut [Option<Conn>], token: Token) -> Option<&mut ControlConn> {
+    match &mut conn_mut(conns, token)?.phase {
+        Phase::Ws {
+            route: Route::Control(ctl),
+            ..
+        } => Some(ctl),
+        _ => None,
     }
 }
 

@@ -718,9 +718,9 @@ impl ShardState {
     }
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, mut frames: Vec<Bytes>) {
-        // Kept for reuse (trimmed when a tick passes without sends: see `run`). A failed or
-        // aborted send comes back with its frames still in it: the pool holds empty vectors
-        // only, or the next connection's send would carry them.
+        // Kept for reuse (trimmed when a tick passes without sends: see `run`). Emptied here,
+        // the one place for every driver and outcome: a failed or aborted send comes back
+        // with its frames still in it, and the next connection's send would carry them.
         frames.clear();
         if frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
             self.send_vecs.push(frames);
