@@ -16,6 +16,7 @@
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
 //! - [`alloc`]: tuning of the global allocator (mimalloc).
+//! - [`throttle`]: log lines a peer can cause, at most one per interval per kind.
 //!
 //! `unsafe` is denied crate-wide and allowed only in `io::uring`, `io::bufring`,
 //! `io::probe` (the ring and its buffers), `proto::mask` (SIMD) and `alloc` (two FFI calls
@@ -33,3 +34,4 @@ pub mod proto;
 pub mod pubsub;
 pub mod server;
 pub mod shard;
+pub mod throttle;

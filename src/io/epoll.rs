@@ -275,6 +275,12 @@ impl Driver for EpollDriver {
         self.ready.push_back(Event::Released { token });
     }
 
+    fn pause_recv(&mut self, _token: Token) {
+        // PLACEHOLDER: replaced by the backpressure work before this lands.
+    }
+
+    fn resume_recv(&mut self, _token: Token) {}
+
     fn wake(&mut self, target: &WakeTarget) {
         if let WakeTarget::Mio(w) = target
             && let Err(e) = w.wake()

@@ -117,6 +117,14 @@ pub trait Driver {
     /// Closes the connection: stops receiving, abandons nothing the kernel still holds, and
     /// emits [`Event::Released`] once no operation of it is left.
     fn release(&mut self, token: Token);
+    /// Stops receiving from a connection (backpressure: its send queue is over its
+    /// limit, so the shard reads no more requests whose replies it would have to queue).
+    /// Data already received, or completing while the stop takes effect, may still
+    /// arrive as [`Event::Data`]. Idempotent; a released token is ignored.
+    fn pause_recv(&mut self, token: Token);
+    /// Starts receiving again after [`Driver::pause_recv`], including bytes that arrived
+    /// while paused. Idempotent.
+    fn resume_recv(&mut self, token: Token);
     /// Queues a wake-up for another shard (delivered with the next submission).
     fn wake(&mut self, target: &WakeTarget);
     /// Submits queued work and waits for events, at most `timeout`.

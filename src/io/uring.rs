@@ -457,6 +457,12 @@ impl Driver for UringDriver {
         }
     }
 
+    fn pause_recv(&mut self, _token: Token) {
+        // PLACEHOLDER: replaced by the backpressure work before this lands.
+    }
+
+    fn resume_recv(&mut self, _token: Token) {}
+
     fn wake(&mut self, target: &WakeTarget) {
         if let WakeTarget::Ring(fd) = target {
             let e = opcode::MsgRingData::new(types::Fd(*fd), 0, K_WAKE << 56, None)
