@@ -26,13 +26,14 @@ import sys
 from pathlib import Path
 
 # Display order and colours. "blast" is the floor, not a competitor.
-SERVERS = ["ringcast-uring", "ringcast-epoll", "ringcast-delay", "fastwebsockets", "tungstenite", "node-ws", "blast"]
+SERVERS = ["ringcast-uring", "ringcast-epoll", "ringcast-delay", "ringcast-default", "fastwebsockets", "tungstenite", "node-ws", "blast"]
 PEERS = ["fastwebsockets", "tungstenite", "node-ws"]
-RINGCAST = ["ringcast-uring", "ringcast-epoll", "ringcast-delay"]
+RINGCAST = ["ringcast-uring", "ringcast-epoll", "ringcast-delay", "ringcast-default"]
 COLOURS = {
     "ringcast-uring": "#d62728",
     "ringcast-epoll": "#ff9896",
     "ringcast-delay": "#8c1515",
+    "ringcast-default": "#e377c2",
     "fastwebsockets": "#1f77b4",
     "tungstenite": "#2ca02c",
     "node-ws": "#9467bd",
