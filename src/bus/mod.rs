@@ -81,6 +81,18 @@ impl Bus {
         !inbox.notified.swap(true, Ordering::AcqRel)
     }
 
+    /// Queues `msg` for shard `to` from a thread that is not a shard (the broker bridge, a
+    /// test) and wakes that shard at once if this push is the first since its last drain
+    /// (one system call: see [`WakeTarget::wake_from_any_thread`]). Shards use [`Bus::push`]
+    /// and batch their wake-ups into their own next submission.
+    pub fn push_from_any_thread(&self, to: usize, msg: BusMsg) {
+        if self.push(to, msg)
+            && let Some(target) = self.target(to)
+        {
+            target.wake_from_any_thread();
+        }
+    }
+
     /// Takes every message queued for `me`, in order.
     pub fn drain(&self, me: usize, mut f: impl FnMut(BusMsg)) -> usize {
         let Some(inbox) = self.inboxes.get(me) else {

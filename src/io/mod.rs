@@ -27,6 +27,7 @@ pub mod bufring;
 pub mod epoll;
 pub mod probe;
 pub mod uring;
+pub mod wake;
 
 /// Names one connection slot of a shard for the driver. `gen` distinguishes successive
 /// connections that reuse a slot, so a late completion can never be taken for the new one.
@@ -80,14 +81,35 @@ impl Event<'static> {
     }
 }
 
-/// Where to send a wake-up to another shard; made by that shard's driver.
+/// Where to send a wake-up to a shard; made by that shard's driver.
 #[derive(Clone, Debug)]
 pub enum WakeTarget {
-    /// io_uring: an `IORING_OP_MSG_RING` to this ring fd, queued in the sender's own ring
-    /// so that it costs no extra system call.
-    Ring(std::os::fd::RawFd),
-    /// epoll: mio's eventfd-backed waker.
+    /// io_uring: from another shard, an `IORING_OP_MSG_RING` to `ring`, queued in the
+    /// sender's own ring so that it costs no extra system call; from any other thread, a
+    /// write to `event`, on which the shard keeps a read armed.
+    Ring {
+        /// The target shard's ring fd.
+        ring: std::os::fd::RawFd,
+        /// The target shard's eventfd.
+        event: std::sync::Arc<wake::EventFd>,
+    },
+    /// epoll: mio's eventfd-backed waker (usable from any thread).
     Mio(std::sync::Arc<mio::Waker>),
+}
+
+impl WakeTarget {
+    /// Wakes the shard from a thread that is not a shard (one system call). Shards use
+    /// [`Driver::wake`] instead, which batches the wake-up into their next submission.
+    pub fn wake_from_any_thread(&self) {
+        match self {
+            WakeTarget::Ring { event, .. } => event.signal(),
+            WakeTarget::Mio(w) => {
+                if let Err(e) = w.wake() {
+                    tracing::warn!(error = %e, "waking a shard failed");
+                }
+            }
+        }
+    }
 }
 
 /// Counters a driver keeps about itself, read by the shard's metrics.
@@ -99,6 +121,9 @@ pub struct DriverStats {
     pub buffers_in_use: u32,
     /// Times multishot receive ran out of provided buffers and was re-armed.
     pub recv_buffer_exhausted: u64,
+    /// Wake-ups that came through the eventfd (from a thread that is not a shard); on
+    /// epoll, mio's waker does not tell them apart and this stays 0.
+    pub external_wakes: u64,
 }
 
 /// One backend's view of the kernel for one shard. Call order per loop turn:

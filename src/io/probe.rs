@@ -58,6 +58,7 @@ pub fn probe() -> Result<(), Unavailable> {
         ("MSG_RING", opcode::MsgRingData::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
         ("SHUTDOWN", opcode::Shutdown::CODE),
+        ("READ", opcode::Read::CODE),
     ];
     for (name, code) in needed {
         if !probe.is_supported(code) {

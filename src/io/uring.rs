@@ -20,12 +20,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
+use super::wake::EventFd;
 use super::{Driver, DriverStats, Event, Token, WakeTarget};
 
 /// Buffer group id of the shard's receive buffer ring.
@@ -43,6 +45,8 @@ const K_SEND: u64 = 3;
 const K_WAKE: u64 = 4;
 const K_IGNORE: u64 = 5;
 const K_SHUTDOWN: u64 = 6;
+/// The read armed on the shard's eventfd (wake-ups from threads that are not shards).
+const K_EVENTFD: u64 = 7;
 
 fn ud(kind: u64, token: Token) -> u64 {
     (kind << 56) | ((u64::from(token.generation) & 0xff_ffff) << 32) | u64::from(token.slot)
@@ -166,6 +170,13 @@ pub struct UringDriver {
     #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendOp>>,
     stats: DriverStats,
+    /// Wake-ups from threads that are not shards (see `io::wake`).
+    event: Arc<EventFd>,
+    /// Where the armed eventfd read writes its counter: the kernel owns it while the read
+    /// is in flight (`event_armed`), so it is boxed (stable address) and leaked on drop if
+    /// the read is still armed.
+    event_buf: Box<u64>,
+    event_armed: bool,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -238,6 +249,9 @@ impl UringDriver {
             ready: VecDeque::new(),
             send_pool: Vec::new(),
             stats: DriverStats::default(),
+            event: Arc::new(EventFd::new()?),
+            event_buf: Box::new(0),
+            event_armed: false,
         };
         d.rearm();
         Ok(d)
@@ -264,6 +278,14 @@ impl UringDriver {
     }
 
     fn rearm(&mut self) {
+        if !self.event_armed {
+            self.event_armed = true;
+            let buf: *mut u64 = &mut *self.event_buf;
+            let e = opcode::Read::new(types::Fd(self.event.raw()), buf.cast::<u8>(), 8)
+                .build()
+                .user_data(K_EVENTFD << 56);
+            self.push(e);
+        }
         for i in std::mem::take(&mut self.accept_rearm) {
             let Some(fd) = self.listeners.get(i).map(AsRawFd::as_raw_fd) else {
                 continue;
@@ -371,7 +393,10 @@ impl Driver for UringDriver {
     }
 
     fn wake_target(&self) -> WakeTarget {
-        WakeTarget::Ring(self.ring.as_raw_fd())
+        WakeTarget::Ring {
+            ring: self.ring.as_raw_fd(),
+            event: Arc::clone(&self.event),
+        }
     }
 
     fn register(&mut self, token: Token, fd: OwnedFd) -> io::Result<()> {
@@ -464,8 +489,8 @@ impl Driver for UringDriver {
     fn resume_recv(&mut self, _token: Token) {}
 
     fn wake(&mut self, target: &WakeTarget) {
-        if let WakeTarget::Ring(fd) = target {
-            let e = opcode::MsgRingData::new(types::Fd(*fd), 0, K_WAKE << 56, None)
+        if let WakeTarget::Ring { ring, .. } = target {
+            let e = opcode::MsgRingData::new(types::Fd(*ring), 0, K_WAKE << 56, None)
                 .build()
                 .user_data(K_IGNORE << 56)
                 .flags(squeue::Flags::SKIP_SUCCESS);
@@ -499,6 +524,12 @@ impl Driver for UringDriver {
             let cqe = self.ring.completion().next()?;
             let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
             match ud_kind(user_data) {
+                K_EVENTFD => {
+                    // Counter read (or the read failed): re-armed before the next wait.
+                    self.event_armed = false;
+                    self.stats.external_wakes += 1;
+                    return Some(Event::Wake);
+                }
                 K_ACCEPT => {
                     let idx = (user_data & 0xffff_ffff) as usize;
                     if !cqueue::more(flags) {
@@ -610,6 +641,10 @@ impl Drop for UringDriver {
         // below, if any) must outlive that.
         if let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
             tracing::debug!(error = %e, "unregistering the buffer ring");
+        }
+        if self.event_armed {
+            // The armed eventfd read may still write its counter until the ring is gone.
+            std::mem::forget(std::mem::replace(&mut self.event_buf, Box::new(0)));
         }
         for s in &mut self.slots {
             if let Some(op) = s.send.take() {

@@ -8,6 +8,7 @@ mod util;
 mod bad_input;
 mod control;
 mod drain;
+mod external_wake;
 mod fallback;
 mod hostile_fanout;
 mod hostile_http;
