@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringcast::proto::frame::{OpCode, encode_frame};
-use ringcast::shard::batch::Batcher;
+use ringcast::shard::batch::{Batcher, Exclusion, ExclusionIndex};
 
 const PAYLOAD: &[u8; 64] =
     b"{\"topic\":\"prices\",\"price\":\"42.17\",\"seq\":1234567890,\"ok\":true}xxx";
@@ -67,5 +67,47 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Publisher exclusion in a chat room where every subscriber publishes: finding each
+/// subscriber's exclusion entry by a linear search (the old fan-out, O(subscribers x
+/// publishers) per batch) against the per-batch index (O(subscribers + publishers)).
+fn exclusion(c: &mut Criterion) {
+    let mut g = c.benchmark_group("exclusion");
+    for &n in &[16u32, 256, 4096] {
+        let excluded: Vec<Exclusion> = (0..n)
+            .map(|slot| Exclusion {
+                slot,
+                parts: 0..0,
+                count: 1,
+            })
+            .collect();
+        g.throughput(Throughput::Elements(u64::from(n)));
+        g.bench_function(BenchmarkId::new("linear_find", n), |b| {
+            b.iter(|| {
+                let mut hits = 0u32;
+                for slot in 0..n {
+                    if let Some(e) = excluded.iter().find(|e| e.slot == black_box(slot)) {
+                        hits += e.count;
+                    }
+                }
+                hits
+            })
+        });
+        let mut index = ExclusionIndex::default();
+        g.bench_function(BenchmarkId::new("index", n), |b| {
+            b.iter(|| {
+                index.build(black_box(&excluded));
+                let mut hits = 0u32;
+                for slot in 0..n {
+                    if let Some(i) = index.get(black_box(slot)) {
+                        hits += excluded[i].count;
+                    }
+                }
+                hits
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, exclusion);
 criterion_main!(benches);

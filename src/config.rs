@@ -207,6 +207,18 @@ pub struct Config {
     /// `RINGCAST_CONTROL_ERROR_BUDGET`, `control_error_budget`). Default 20;
     /// 0..=1_000_000 (0: the first malformed message closes).
     pub control_error_budget: u32,
+    /// Most framed bytes in one topic batch: a publish that would take a batch past it
+    /// seals the batch (sent at the end of the turn, even inside a write-delay window) and
+    /// starts a new one (`--max-batch-bytes`, `RINGCAST_MAX_BATCH_BYTES`,
+    /// `max_batch_bytes`). A subscriber's queue holds at most `send_queue_limit` plus one
+    /// batch. Default 128 KiB; 1 KiB..=64 MiB (a batch always holds one message).
+    pub max_batch_bytes: usize,
+    /// Most frame bytes waiting in one shard's inbox from the other shards; a batch that
+    /// does not fit is dropped for that shard's subscribers and counted
+    /// (`ringcast_bus_dropped_messages_total`) (`--max-inbox-bytes`,
+    /// `RINGCAST_MAX_INBOX_BYTES`, `max_inbox_bytes`). Default 64 MiB; at least
+    /// `max_batch_bytes`, at most 4 GiB.
+    pub max_inbox_bytes: usize,
 }
 
 /// The I/O backend shards run on.
@@ -277,7 +289,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 26] = [
+pub const KEYS: [&str; 28] = [
     "listen",
     "shards",
     "io",
@@ -304,6 +316,8 @@ pub const KEYS: [&str; 26] = [
     "connect_burst_per_ip",
     "max_topics_per_connection",
     "control_error_budget",
+    "max_batch_bytes",
+    "max_inbox_bytes",
 ];
 
 /// The environment variable that names a config file when `--config` is absent.
@@ -377,6 +391,8 @@ impl Default for Config {
             connect_burst_per_ip: 20,
             max_topics_per_connection: 256,
             control_error_budget: 20,
+            max_batch_bytes: crate::shard::batch::DEFAULT_MAX_BATCH_BYTES,
+            max_inbox_bytes: crate::bus::DEFAULT_MAX_INBOX_BYTES,
         }
     }
 }
@@ -678,6 +694,14 @@ struct Cli {
     /// Malformed control messages a connection may send per 10 s before close 1008. [default: 20] [env: RINGCAST_CONTROL_ERROR_BUDGET] [toml: control_error_budget]
     #[arg(long, value_name = "N")]
     control_error_budget: Option<String>,
+
+    /// Most framed bytes in one topic batch; a fuller batch is sealed and sent at the end of the turn, even inside a write-delay window. [default: 128KiB] [env: RINGCAST_MAX_BATCH_BYTES] [toml: max_batch_bytes]
+    #[arg(long, value_name = "SIZE")]
+    max_batch_bytes: Option<String>,
+
+    /// Most frame bytes waiting in one shard's inbox from other shards; a batch that does not fit is dropped for that shard and counted, at least max-batch-bytes. [default: 64MiB] [env: RINGCAST_MAX_INBOX_BYTES] [toml: max_inbox_bytes]
+    #[arg(long, value_name = "SIZE")]
+    max_inbox_bytes: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -902,7 +926,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 24] = [
+    let strings: [(&'static str, &Option<String>); 26] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -927,6 +951,8 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("connect_burst_per_ip", &cli.connect_burst_per_ip),
         ("max_topics_per_connection", &cli.max_topics_per_connection),
         ("control_error_budget", &cli.control_error_budget),
+        ("max_batch_bytes", &cli.max_batch_bytes),
+        ("max_inbox_bytes", &cli.max_inbox_bytes),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
@@ -991,6 +1017,8 @@ struct FileLayer {
     connect_burst_per_ip: Option<toml::Value>,
     max_topics_per_connection: Option<toml::Value>,
     control_error_budget: Option<toml::Value>,
+    max_batch_bytes: Option<toml::Value>,
+    max_inbox_bytes: Option<toml::Value>,
 }
 
 fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
@@ -1026,6 +1054,8 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         connect_burst_per_ip,
         max_topics_per_connection,
         control_error_budget,
+        max_batch_bytes,
+        max_inbox_bytes,
     } = file;
     let fields = [
         ("listen", listen),
@@ -1054,6 +1084,8 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("connect_burst_per_ip", connect_burst_per_ip),
         ("max_topics_per_connection", max_topics_per_connection),
         ("control_error_budget", control_error_budget),
+        ("max_batch_bytes", max_batch_bytes),
+        ("max_inbox_bytes", max_inbox_bytes),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -1265,6 +1297,8 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
             d.max_topics_per_connection,
         )?,
         control_error_budget: m.int("control_error_budget", raw_count, d.control_error_budget)?,
+        max_batch_bytes: m.int("max_batch_bytes", raw_size, d.max_batch_bytes)?,
+        max_inbox_bytes: m.int("max_inbox_bytes", raw_size, d.max_inbox_bytes)?,
     };
     Ok((cfg, m.provenance))
 }
@@ -1584,6 +1618,17 @@ impl Config {
             0,
             1_000_000,
         )?;
+        size_range("max_batch_bytes", self.max_batch_bytes, KIB, 64 * MIB)?;
+        size_range("max_inbox_bytes", self.max_inbox_bytes, KIB, 4 * GIB)?;
+        if self.max_inbox_bytes < self.max_batch_bytes {
+            return Err(conflict(
+                "max_inbox_bytes",
+                format_size(self.max_inbox_bytes as u64),
+                "must hold at least one batch:",
+                "max_batch_bytes",
+                format_size(self.max_batch_bytes as u64),
+            ));
+        }
         if !self.ping_interval.is_zero()
             && !self.idle_timeout.is_zero()
             && self.idle_timeout <= self.ping_interval

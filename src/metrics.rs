@@ -137,6 +137,10 @@ pub struct ShardMetrics {
     pub refused: [Counter; RefusalReason::ALL.len()],
     /// 1 while this shard drains (gauge).
     pub draining: Counter,
+    /// Messages of batches not queued to another shard because its inbox was full.
+    pub bus_dropped: Counter,
+    /// What this shard's bus inbox holds now (written by the bus).
+    pub inbox: std::sync::Arc<crate::bus::InboxGauges>,
 }
 
 impl ShardMetrics {
@@ -208,7 +212,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 19] = [
+    let simple: [(&str, &str, &str, Getter); 20] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -295,6 +299,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "counter",
             "Batches (a topic's messages of one loop turn) received from other shards.",
             |m| m.bus_in.get(),
+        ),
+        (
+            "ringcast_bus_dropped_messages_total",
+            "counter",
+            "Messages not queued to another shard because its inbox was at --max-inbox-bytes.",
+            |m| m.bus_dropped.get(),
         ),
         (
             "ringcast_receive_buffers_in_use",
@@ -394,6 +404,24 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, m) in shards.iter().enumerate() {
             let _ = writeln!(out, "{name}{{shard=\"{i}\",io=\"{backend}\"}} {}", f(m));
+        }
+    }
+    for (name, help, f) in [
+        (
+            "ringcast_inbox_messages",
+            "Messages waiting in each shard's bus inbox.",
+            &(|m: &ShardMetrics| m.inbox.messages.load(Ordering::Relaxed))
+                as &dyn Fn(&ShardMetrics) -> u64,
+        ),
+        (
+            "ringcast_inbox_bytes",
+            "Frame bytes waiting in each shard's bus inbox (bounded by --max-inbox-bytes).",
+            &|m: &ShardMetrics| m.inbox.bytes.load(Ordering::Relaxed) as u64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(m));
         }
     }
     out

@@ -145,11 +145,13 @@ impl Server {
         let backend = choose_backend(cfg.io)?;
         let shards = cfg.shards.max(1);
         let (listeners, addrs) = bind(&cfg.listen, shards)?;
+        let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect();
+        let gauges: Vec<_> = metrics.iter().map(|m| Arc::clone(&m.inbox)).collect();
         let shared = Arc::new(Shared {
-            bus: Bus::new(shards),
-            metrics: (0..shards)
-                .map(|_| Arc::new(ShardMetrics::default()))
-                .collect(),
+            bus: Bus::with_limit(shards, cfg.max_inbox_bytes, &gauges),
+            metrics,
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             backend: backend.name(),
@@ -166,6 +168,7 @@ impl Server {
             handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
             write_delay: (!cfg.write_delay.is_zero()).then_some(cfg.write_delay),
+            max_batch_bytes: cfg.max_batch_bytes,
             surface: SurfaceSettings {
                 drain_timeout: cfg.drain_timeout,
                 allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))

@@ -3,7 +3,11 @@
 //!
 //! A publish is framed once (a [`Bytes`] shared by reference count); the publishing shard
 //! pushes one [`BusMsg`] into every other shard's inbox. Inboxes are crossbeam's
-//! [`SegQueue`] (lock-free, unbounded, well kept: no reason to hand-write one). Each inbox
+//! [`SegQueue`] (lock-free, well kept: no reason to hand-write one), bounded here in bytes
+//! (`--max-inbox-bytes`): a push that would take an inbox past its bound is refused
+//! ([`Pushed::Full`]) and the sender counts the batch as dropped for that shard, so a
+//! stalled shard costs at most the bound in memory and never blocks the others. An empty
+//! inbox always takes one batch. [`InboxGauges`] say what each inbox holds now. Each inbox
 //! has a `notified` flag: a sender wakes the target only when it flips the flag from false
 //! to true, and the target clears it *before* draining, so a message pushed during a drain
 //! is either seen by that drain or causes a fresh wake-up. FIFO per queue gives the ordering
@@ -11,7 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -30,6 +34,26 @@ pub struct BusMsg {
     pub count: u32,
 }
 
+/// What one inbox holds now (gauges for `/metrics`), written by its senders and its owner.
+#[derive(Debug, Default)]
+pub struct InboxGauges {
+    /// Messages (not batches) waiting.
+    pub messages: AtomicU64,
+    /// Frame bytes waiting: what the bound is checked against.
+    pub bytes: AtomicUsize,
+}
+
+/// What [`Bus::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; the caller must wake the target (the first push since its last drain).
+    Wake,
+    /// Queued; the target is already woken.
+    Queued,
+    /// Refused: the inbox is at `--max-inbox-bytes`. The caller counts it as dropped.
+    Full,
+}
+
 #[derive(Debug, Default)]
 struct Inbox {
     queue: SegQueue<BusMsg>,
@@ -37,19 +61,36 @@ struct Inbox {
     target: OnceLock<WakeTarget>,
     /// Messages pushed into this inbox, for metrics.
     pushed: AtomicU64,
+    gauges: Arc<InboxGauges>,
 }
 
 /// The inboxes of all shards.
 #[derive(Debug)]
 pub struct Bus {
     inboxes: Vec<Inbox>,
+    max_bytes: usize,
 }
 
+/// Default bound of one inbox, in frame bytes (`--max-inbox-bytes`).
+pub const DEFAULT_MAX_INBOX_BYTES: usize = 64 << 20;
+
 impl Bus {
-    /// A bus for `shards` shards.
+    /// A bus for `shards` shards with the default inbox bound.
     pub fn new(shards: usize) -> Arc<Self> {
+        Self::with_limit(shards, DEFAULT_MAX_INBOX_BYTES, &[])
+    }
+
+    /// A bus for `shards` shards whose inboxes hold at most `max_bytes` of frames each;
+    /// `gauges[i]` (when given) is where shard `i`'s inbox reports what it holds.
+    pub fn with_limit(shards: usize, max_bytes: usize, gauges: &[Arc<InboxGauges>]) -> Arc<Self> {
         Arc::new(Bus {
-            inboxes: (0..shards).map(|_| Inbox::default()).collect(),
+            inboxes: (0..shards)
+                .map(|i| Inbox {
+                    gauges: gauges.get(i).cloned().unwrap_or_default(),
+                    ..Inbox::default()
+                })
+                .collect(),
+            max_bytes,
         })
     }
 
@@ -70,15 +111,30 @@ impl Bus {
         self.inboxes.get(shard).and_then(|i| i.target.get())
     }
 
-    /// Queues `msg` for shard `to`. Returns true when the caller must wake that shard (the
-    /// first push since its last drain).
-    pub fn push(&self, to: usize, msg: BusMsg) -> bool {
+    /// Queues `msg` for shard `to`, unless its inbox is full (see the module doc).
+    pub fn push(&self, to: usize, msg: BusMsg) -> Pushed {
         let Some(inbox) = self.inboxes.get(to) else {
-            return false;
+            return Pushed::Queued;
         };
+        let len = msg.frame.len();
+        // Reserve first, so that concurrent senders cannot all pass the check: the bound
+        // holds up to one batch per sender racing at the edge.
+        let before = inbox.gauges.bytes.fetch_add(len, Ordering::AcqRel);
+        if before != 0 && before + len > self.max_bytes {
+            inbox.gauges.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Pushed::Full;
+        }
+        inbox
+            .gauges
+            .messages
+            .fetch_add(u64::from(msg.count), Ordering::Relaxed);
         inbox.queue.push(msg);
         inbox.pushed.fetch_add(1, Ordering::Relaxed);
-        !inbox.notified.swap(true, Ordering::AcqRel)
+        if inbox.notified.swap(true, Ordering::AcqRel) {
+            Pushed::Queued
+        } else {
+            Pushed::Wake
+        }
     }
 
     /// Queues `msg` for shard `to` from a thread that is not a shard (the broker bridge, a
@@ -101,6 +157,14 @@ impl Bus {
         inbox.notified.store(false, Ordering::SeqCst);
         let mut n = 0;
         while let Some(m) = inbox.queue.pop() {
+            inbox
+                .gauges
+                .bytes
+                .fetch_sub(m.frame.len(), Ordering::AcqRel);
+            inbox
+                .gauges
+                .messages
+                .fetch_sub(u64::from(m.count), Ordering::Relaxed);
             f(m);
             n += 1;
         }
@@ -128,24 +192,51 @@ mod tests {
     #[test]
     fn wakes_once_until_drained() {
         let bus = Bus::new(2);
-        assert!(bus.push(1, msg(1)), "first push wakes");
-        assert!(
-            !bus.push(1, msg(2)),
+        assert_eq!(bus.push(1, msg(1)), Pushed::Wake, "first push wakes");
+        assert_eq!(
+            bus.push(1, msg(2)),
+            Pushed::Queued,
             "second push before the drain does not"
         );
         let mut got = Vec::new();
         assert_eq!(bus.drain(1, |m| got.push(m.frame[0])), 2);
         assert_eq!(got, [1, 2]);
-        assert!(
+        assert_eq!(
             bus.push(1, msg(3)),
+            Pushed::Wake,
             "after a drain the next push wakes again"
         );
     }
 
     #[test]
+    fn inboxes_are_bounded_in_bytes_and_gauged() {
+        let gauges = [Arc::new(InboxGauges::default())];
+        let bus = Bus::with_limit(1, 10, &gauges);
+        let big = |n: usize| BusMsg {
+            topic: Arc::from("t"),
+            frame: Bytes::from(vec![0u8; n]),
+            count: 2,
+        };
+        assert_eq!(
+            bus.push(0, big(25)),
+            Pushed::Wake,
+            "an empty inbox takes one batch"
+        );
+        assert_eq!(bus.push(0, big(1)), Pushed::Full);
+        assert_eq!(gauges[0].bytes.load(Ordering::Relaxed), 25);
+        assert_eq!(gauges[0].messages.load(Ordering::Relaxed), 2);
+        assert_eq!(bus.drain(0, |_| {}), 1);
+        assert_eq!(gauges[0].bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(gauges[0].messages.load(Ordering::Relaxed), 0);
+        assert_eq!(bus.push(0, big(6)), Pushed::Wake);
+        assert_eq!(bus.push(0, big(4)), Pushed::Queued, "up to the bound");
+        assert_eq!(bus.push(0, big(1)), Pushed::Full, "past it");
+    }
+
+    #[test]
     fn unknown_shard_is_ignored() {
         let bus = Bus::new(1);
-        assert!(!bus.push(5, msg(1)));
+        assert_eq!(bus.push(5, msg(1)), Pushed::Queued);
         assert_eq!(bus.drain(5, |_| {}), 0);
     }
 

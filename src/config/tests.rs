@@ -211,6 +211,8 @@ fn every_key_from_env() {
         ("connect_burst_per_ip", "60"),
         ("max_topics_per_connection", "10"),
         ("control_error_budget", "5"),
+        ("max_batch_bytes", "64KiB"),
+        ("max_inbox_bytes", "8MiB"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -221,6 +223,8 @@ fn every_key_from_env() {
         .collect();
     assert_eq!(refs.len(), KEYS.len());
     let cfg = load_env(&refs).unwrap();
+    assert_eq!(cfg.max_batch_bytes, 64 << 10);
+    assert_eq!(cfg.max_inbox_bytes, 8 << 20);
     assert_eq!(cfg.listen.len(), 2);
     assert_eq!(cfg.shards, 2);
     assert_eq!(cfg.io, IoBackend::Uring);
@@ -485,7 +489,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 26] = [
+    let cases: [(&str, &str); 28] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -512,6 +516,8 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("connect_burst_per_ip", "ten"),
         ("max_topics_per_connection", "lots"),
         ("control_error_budget", "1.5"),
+        ("max_batch_bytes", "big"),
+        ("max_inbox_bytes", "1 MB"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {
@@ -823,4 +829,24 @@ fn raise_nofile_limit_sets_soft_to_hard() {
     assert_eq!(nofile_needed(1000), 1000 + NOFILE_SLACK);
     // Idempotent.
     assert_eq!(raise_nofile_limit(1000).unwrap(), (soft, hard));
+}
+
+#[test]
+fn batch_and_inbox_bounds() {
+    let d = Config::default();
+    assert_eq!(d.max_batch_bytes, 128 << 10);
+    assert_eq!(d.max_inbox_bytes, 64 << 20);
+    assert!(
+        load_args(&["--max-batch-bytes", "512"]).is_err(),
+        "below 1 KiB"
+    );
+    assert!(
+        load_args(&["--max-batch-bytes", "1MiB", "--max-inbox-bytes", "512KiB"]).is_err(),
+        "an inbox holds at least one batch"
+    );
+    let cfg = load_args(&["--max-batch-bytes", "256KiB", "--max-inbox-bytes", "1MiB"]).unwrap();
+    assert_eq!(
+        (cfg.max_batch_bytes, cfg.max_inbox_bytes),
+        (256 << 10, 1 << 20)
+    );
 }

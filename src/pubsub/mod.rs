@@ -142,6 +142,27 @@ impl Topics {
         true
     }
 
+    /// Removes the slots in `sorted` (ascending) from `name`'s simple-mode list (`control`:
+    /// its control-mode list) in one pass; drops the topic when no subscriber is left.
+    /// Returns how many were removed.
+    pub fn remove_slots(&mut self, name: &str, sorted: &[u32], control: bool) -> usize {
+        let Some(t) = self.map.get_mut(name) else {
+            return 0;
+        };
+        let list = if control {
+            &mut t.control
+        } else {
+            &mut t.subscribers
+        };
+        let before = list.len();
+        list.retain(|s| sorted.binary_search(s).is_err());
+        let removed = before - list.len();
+        if t.subscribers.is_empty() && t.control.is_empty() {
+            self.map.remove(name);
+        }
+        removed
+    }
+
     /// The topic, if anyone on this shard subscribes to it.
     pub fn get(&self, name: &str) -> Option<&Topic> {
         self.map.get(name)

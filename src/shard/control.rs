@@ -21,6 +21,7 @@ use crate::io::Token;
 use crate::proto::close_code;
 use crate::proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_frame};
 
+use super::batch::{Exclusion, Part};
 use super::conn::{Conn, Phase, Route};
 use super::{CLOSE_GRACE, ShardState, conn_mut, frame_once, ticks, ticks_ceil};
 
@@ -38,37 +39,41 @@ pub struct ControlConn {
     pub window_start: u32,
 }
 
-/// Builds the control-mode envelope of every frame in `parts` (complete, unmasked server
-/// frames built by this process) as one contiguous run of envelope frames.
-fn envelopes(arena: &mut BytesMut, topic: &str, parts: &[Bytes]) -> Bytes {
+/// Builds the control-mode envelope of every frame in `frames` (complete, unmasked server
+/// frames built by this process) as one contiguous run of envelope frames; `offsets` gets
+/// the start of each message's envelope in the run, plus its end, so that a publisher's
+/// share of the batch is a slice of this one run.
+fn envelopes(arena: &mut BytesMut, topic: &str, frames: &[u8], offsets: &mut Vec<usize>) -> Bytes {
     let mut body = Vec::new();
-    for part in parts {
-        let mut rest: &[u8] = part;
-        while let Ok(Some((h, at))) = FrameHeader::parse(rest) {
-            let Some(payload) = usize::try_from(h.payload_len)
-                .ok()
-                .and_then(|n| rest.get(at..at + n))
-            else {
-                tracing::error!("a published frame could not be read back");
-                break;
-            };
-            body.clear();
-            match h.opcode {
-                OpCode::Text => control::envelope_text(
-                    topic,
-                    std::str::from_utf8(payload).unwrap_or_default(),
-                    &mut body,
-                ),
-                _ => control::envelope_binary(topic, payload, &mut body),
-            }
-            let need = body.len() + MAX_HEADER_LEN;
-            if arena.capacity() - arena.len() < need {
-                arena.reserve(need.max(16 * 1024));
-            }
-            encode_frame(arena, true, h.opcode, None, &body);
-            rest = &rest[at + payload.len()..];
+    offsets.clear();
+    let base = arena.len();
+    let mut rest: &[u8] = frames;
+    while let Ok(Some((h, at))) = FrameHeader::parse(rest) {
+        let Some(payload) = usize::try_from(h.payload_len)
+            .ok()
+            .and_then(|n| rest.get(at..at + n))
+        else {
+            tracing::error!("a published frame could not be read back");
+            break;
+        };
+        body.clear();
+        match h.opcode {
+            OpCode::Text => control::envelope_text(
+                topic,
+                std::str::from_utf8(payload).unwrap_or_default(),
+                &mut body,
+            ),
+            _ => control::envelope_binary(topic, payload, &mut body),
         }
+        let need = body.len() + MAX_HEADER_LEN;
+        if arena.capacity() - arena.len() < need {
+            arena.reserve(need.max(16 * 1024));
+        }
+        offsets.push(arena.len() - base);
+        encode_frame(arena, true, h.opcode, None, &body);
+        rest = &rest[at + payload.len()..];
     }
+    offsets.push(arena.len() - base);
     arena.split().freeze()
 }
 
@@ -123,14 +128,18 @@ impl ShardState {
     /// Fan-out hook: queues a batch of `count` messages on `topic` to its control-mode
     /// subscribers, as envelopes (`{"type":"message","topic":..,"data":..}` for text, the
     /// binary envelope for binary). The envelopes are built once per batch, on the first
-    /// subscriber that needs them, into one contiguous buffer shared by all; a control-mode
-    /// publisher that must not receive its own messages gets envelopes of its part only.
+    /// subscriber that needs them, into one contiguous run shared by all; a control-mode
+    /// publisher that must not receive its own messages gets slices of that run (its
+    /// `parts`, located by message index), never a copy. Admission follows
+    /// `fan_out_local`: whole, while the unsent backlog is under the limit. Uses the
+    /// exclusion index `fan_out_local` built for this batch.
     pub(super) fn fan_out_control(
         &mut self,
         topic: &str,
         frames: &Bytes,
         count: u32,
-        excluded: &[(u32, Vec<Bytes>, u32)],
+        parts: &[Part],
+        excluded: &[Exclusion],
     ) {
         let Some(t) = self.topics.get(topic) else {
             return;
@@ -138,51 +147,60 @@ impl ShardState {
         if t.control.is_empty() {
             return;
         }
-        let name = Arc::clone(&t.name);
-        let mut shared: Option<Bytes> = None;
+        let mut env: Option<Bytes> = None;
         let limit = self.settings.send_queue_limit;
         let mut queued = 0u64;
-        let mut slow = Vec::new();
-        let slots: Vec<u32> = t.control.clone();
-        for slot in slots {
-            let open = self
-                .conns
-                .get(slot as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(Conn::accepts_data);
-            if !open {
-                continue;
-            }
-            let (env, n) = match excluded.iter().find(|e| e.0 == slot) {
-                Some((_, parts, n)) if *n == 0 => {
-                    let _ = parts;
-                    continue;
-                }
-                Some((_, parts, n)) => (envelopes(&mut self.arena, &name, parts), *n),
-                None => {
-                    let env = shared.get_or_insert_with(|| {
-                        envelopes(&mut self.arena, &name, std::slice::from_ref(frames))
-                    });
-                    (env.clone(), count)
-                }
-            };
+        let fo = &mut self.fanout;
+        fo.slow.clear();
+        fo.closed.clear();
+        let any_excluded = !excluded.is_empty();
+        for &slot in &t.control {
             let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                fo.closed.push(slot);
                 continue;
             };
-            // Envelopes are a little larger than the messages (and JSON escaping can make
-            // them several times larger), so with --send-queue-limit at its minimum they
-            // might never fit: an idle subscriber always takes one batch, however large.
-            if c.queued == 0 || c.queued + env.len() <= limit {
-                c.push_data(env, usize::MAX, &mut self.dirty);
-                queued += u64::from(n);
-            } else {
-                slow.push((slot, n));
+            if !c.accepts_data() {
+                fo.closed.push(slot);
+                continue;
             }
+            let ex = if any_excluded {
+                fo.index.get(slot).and_then(|i| excluded.get(i))
+            } else {
+                None
+            };
+            let n = ex.map_or(count, |e| e.count);
+            if n == 0 {
+                continue;
+            }
+            if c.queued >= limit {
+                fo.slow.push((slot, n));
+                continue;
+            }
+            let run = env.get_or_insert_with(|| {
+                envelopes(&mut self.arena, &t.name, frames, &mut fo.env_offsets)
+            });
+            match ex {
+                None => c.push_data(run.clone(), usize::MAX, &mut self.dirty),
+                Some(e) => {
+                    for p in parts.get(e.parts.clone()).unwrap_or_default() {
+                        let at = |m: u32| fo.env_offsets.get(m as usize).copied();
+                        if let (Some(a), Some(b)) = (at(p.msgs.start), at(p.msgs.end))
+                            && a <= b
+                            && b <= run.len()
+                        {
+                            c.push_data(run.slice(a..b), usize::MAX, &mut self.dirty);
+                        }
+                    }
+                    true
+                }
+            };
+            queued += u64::from(n);
         }
         self.metrics.messages_out.add(queued);
-        for (slot, n) in slow {
-            self.slow_consumer(slot, n);
+        if !self.fanout.closed.is_empty() {
+            self.prune_closed(topic, true);
         }
+        self.apply_slow();
     }
 
     /// A message received on a control-mode connection (a copy of its payload).
@@ -302,7 +320,12 @@ impl ShardState {
         let Some(c) = conn_mut(&mut self.conns, token) else {
             return;
         };
-        if !c.accepts_data() || c.push_data(frame, limit, &mut self.dirty) {
+        if !c.accepts_data() {
+            return;
+        }
+        // The same rule as fan-out: admitted while the unsent backlog is under the limit.
+        if c.queued < limit {
+            c.push_data(frame, usize::MAX, &mut self.dirty);
             return;
         }
         self.slow_consumer(token.slot, 1);
@@ -400,7 +423,18 @@ mod tests {
         // Split in two parts at a frame boundary, as an excluded publisher's view would be.
         let first = all.slice(..2 + 3 + 125 + 2);
         let second = all.slice(first.len()..);
-        let env = envelopes(&mut arena, "t", &[first, second]);
+        let mut offsets = Vec::new();
+        let env = envelopes(&mut arena, "t", &all, &mut offsets);
+        assert_eq!(
+            offsets.len(),
+            lens.len() + 2,
+            "one start per message, and the end"
+        );
+        assert_eq!(offsets.last(), Some(&env.len()));
+        // A part at message boundaries is a slice of the one run.
+        let got_first = read_frames(&env[offsets[0]..offsets[3]]);
+        assert_eq!(got_first.len(), 3);
+        assert_eq!(first.len() + second.len(), all.len());
         let got = read_frames(&env);
         assert_eq!(got.len(), lens.len() + 1);
         for (i, &len) in lens.iter().enumerate() {

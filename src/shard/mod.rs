@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::bus::{Bus, BusMsg};
+use crate::bus::{Bus, BusMsg, Pushed};
 use crate::config::SlowConsumerPolicy;
 use crate::http::{Endpoint, Routed};
 use crate::io::{Driver, Event, Token};
@@ -43,7 +43,7 @@ use crate::proto::frame::{OpCode, encode_frame};
 use crate::proto::handshake::{self, HandshakeLimits};
 use crate::proto::{Connection, close_code};
 use crate::pubsub::Topics;
-use batch::{Batcher, Ready};
+use batch::{Batcher, Exclusion, ExclusionIndex, Part, Ready};
 use conn::{Conn, Phase, Route};
 
 /// Length of a timer tick. Timeouts are checked once per tick, by one pass over the
@@ -80,6 +80,8 @@ pub struct Settings {
     /// Shortest time between two fan-outs of this shard's publishes (`None`: every loop
     /// turn). See [`ShardState::fan_out_due`].
     pub write_delay: Option<Duration>,
+    /// Bound of one topic batch, in framed bytes (`--max-batch-bytes`).
+    pub max_batch_bytes: usize,
     /// Control mode, limits and drain.
     pub surface: surface::SurfaceSettings,
 }
@@ -143,6 +145,26 @@ struct ShardState {
     ws_limits: Limits,
     /// Control-mode, per-IP and drain state (`surface.rs`).
     surface: surface::SurfaceState,
+    /// Fan-out scratch and log throttles.
+    fanout: FanoutState,
+}
+
+/// Per-shard scratch of the fan-out (reused across batches, so a fan-out allocates
+/// nothing in the steady state) and its log throttles.
+#[derive(Debug, Default)]
+struct FanoutState {
+    /// The current batch's excluded publishers, by slot.
+    index: ExclusionIndex,
+    /// Message index → offset in the current batch's envelope run (control mode).
+    env_offsets: Vec<usize>,
+    /// Subscribers found closed during a fan-out, to take out of the topic's list.
+    closed: Vec<u32>,
+    /// Subscribers whose backlog was at the limit: (slot, messages).
+    slow: Vec<(u32, u32)>,
+    slow_log: crate::throttle::LogThrottle,
+    drop_log: crate::throttle::LogThrottle,
+    dropped_close_log: crate::throttle::LogThrottle,
+    inbox_full_log: crate::throttle::LogThrottle,
 }
 
 /// A shard: its driver and its state.
@@ -179,6 +201,7 @@ impl<D: Driver> Shard<D> {
             max_header_bytes: settings.max_header_bytes,
             ..HandshakeLimits::default()
         };
+        let max_batch_bytes = settings.max_batch_bytes;
         Shard {
             driver,
             started: Instant::now(),
@@ -197,7 +220,7 @@ impl<D: Driver> Shard<D> {
                 wake: vec![false; n],
                 scratch: BytesMut::with_capacity(256),
                 arena: BytesMut::new(),
-                batcher: Batcher::default(),
+                batcher: Batcher::new(max_batch_bytes),
                 send_vecs: Vec::new(),
                 sends_since_tick: 0,
                 busy_since_trim: false,
@@ -206,6 +229,7 @@ impl<D: Driver> Shard<D> {
                 handshake_limits,
                 ws_limits,
                 surface: surface::SurfaceState::default(),
+                fanout: FanoutState::default(),
             },
         }
     }
@@ -529,8 +553,6 @@ impl ShardState {
         self.batcher.append(topic, opcode, payload, exclude);
     }
 
-    /// Queues this turn's batches: to local subscribers, and one bus message per batch to
-    /// every other shard.
     /// Whether this turn's publishes go out now (`None`) or wait (for how long).
     ///
     /// With a write delay the shard fans out at most once per `write_delay`: the first
@@ -538,7 +560,9 @@ impl ShardState {
     /// window are held and go out together when it ends, one send per subscriber instead
     /// of one per turn. The added latency is at most the delay; sends per subscriber fall
     /// from one per message to one per window (see docs/DESIGN.md, "Write delay").
-    /// Control frames, HTTP responses and messages from other shards are never held.
+    /// Control frames, HTTP responses and messages from other shards are never held, and
+    /// neither are batches sealed at `--max-batch-bytes`: those go out here, at the end of
+    /// the turn that filled them (held bytes stay bounded per topic).
     fn fan_out_due(&mut self, now: Instant) -> Option<Duration> {
         let delay = self.settings.write_delay?;
         if self.batcher.is_empty() || self.shared.surface.is_draining() {
@@ -547,6 +571,7 @@ impl ShardState {
         if let Some(last) = self.last_fan_out {
             let due = last + delay;
             if now < due {
+                self.publish_ready(true);
                 return Some(due - now);
             }
         }
@@ -554,14 +579,21 @@ impl ShardState {
         None
     }
 
+    /// Queues every batch: to local subscribers, and one bus message per batch to every
+    /// other shard.
     fn publish_batches(&mut self) {
+        self.publish_ready(false);
+    }
+
+    /// Queues the sealed batches (`sealed_only`) or all of them.
+    fn publish_ready(&mut self, sealed_only: bool) {
         if self.batcher.is_empty() {
             return;
         }
         let mut batcher = std::mem::take(&mut self.batcher);
         let bus = Arc::clone(&self.shared.bus);
-        batcher.take(|r: Ready| {
-            self.fan_out_local(&r.topic, &r.frames, r.count, &r.excluded);
+        let f = |r: Ready| {
+            self.fan_out_local(&r.topic, &r.frames, r.count, &r.parts, &r.excluded);
             for shard in 0..bus.shards() {
                 if shard != self.id {
                     let msg = BusMsg {
@@ -569,64 +601,144 @@ impl ShardState {
                         frame: r.frames.clone(),
                         count: r.count,
                     };
-                    if bus.push(shard, msg) {
-                        self.wake[shard] = true;
+                    match bus.push(shard, msg) {
+                        Pushed::Wake => self.wake[shard] = true,
+                        Pushed::Queued => {}
+                        Pushed::Full => {
+                            self.metrics.bus_dropped.add(u64::from(r.count));
+                            if let Some(suppressed) = self.fanout.inbox_full_log.allow(self.tick) {
+                                tracing::warn!(
+                                    shard = self.id,
+                                    to = shard,
+                                    suppressed,
+                                    "a shard's inbox is full (--max-inbox-bytes): batch dropped for its subscribers"
+                                );
+                            }
+                        }
                     }
                 }
             }
-        });
+        };
+        if sealed_only {
+            batcher.take_sealed(f);
+        } else {
+            batcher.take(f);
+        }
         self.batcher = batcher;
     }
 
     /// Queues a batch of `count` messages to every local subscriber of `topic`; the
-    /// publishers listed in `excluded` get their part instead of the whole.
+    /// publishers listed in `excluded` get their `parts` instead of the whole.
+    ///
+    /// Admission is decided on what a subscriber has not taken: a batch goes whole into a
+    /// queue whose unsent backlog (queued plus in flight) is under `--send-queue-limit`,
+    /// and otherwise through the slow-consumer policy. A reader is therefore never judged
+    /// slow because one batch was large, and a queue holds at most the limit plus one
+    /// batch (batches are bounded by `--max-batch-bytes`). The exclusions are indexed once
+    /// per batch (O(subscribers + publishers)); closed connections found on the way are
+    /// taken out of the topic's list.
     fn fan_out_local(
         &mut self,
         topic: &str,
         frames: &Bytes,
         count: u32,
-        excluded: &[(u32, Vec<Bytes>, u32)],
+        parts: &[Part],
+        excluded: &[Exclusion],
     ) {
+        self.fanout.index.build(excluded);
         if self.surface.control_subs != 0 {
-            self.fan_out_control(topic, frames, count, excluded);
+            self.fan_out_control(topic, frames, count, parts, excluded);
         }
         let Some(t) = self.topics.get(topic) else {
             return;
         };
         let limit = self.settings.send_queue_limit;
         let mut queued = 0u64;
-        let mut slow = Vec::new();
+        let fo = &mut self.fanout;
+        fo.slow.clear();
+        fo.closed.clear();
+        let any_excluded = !excluded.is_empty();
         for &slot in &t.subscribers {
             let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                fo.closed.push(slot);
                 continue;
             };
             if !c.accepts_data() {
+                fo.closed.push(slot);
                 continue;
             }
-            let (parts, n) = match excluded.iter().find(|e| e.0 == slot) {
-                None => (std::slice::from_ref(frames), count),
-                Some((_, parts, n)) => (parts.as_slice(), *n),
+            let ex = if any_excluded {
+                fo.index.get(slot).and_then(|i| excluded.get(i))
+            } else {
+                None
             };
-            if n == 0 {
-                continue;
-            }
-            let len: usize = parts.iter().map(Bytes::len).sum();
-            if c.queued + len <= limit {
-                for part in parts {
-                    c.push_data(part.clone(), usize::MAX, &mut self.dirty);
+            match ex {
+                None => {
+                    if c.queued < limit {
+                        c.push_data(frames.clone(), usize::MAX, &mut self.dirty);
+                        queued += u64::from(count);
+                    } else {
+                        fo.slow.push((slot, count));
+                    }
                 }
-                queued += u64::from(n);
-                continue;
+                Some(e) if e.count == 0 => {}
+                Some(e) => {
+                    if c.queued < limit {
+                        for p in parts.get(e.parts.clone()).unwrap_or_default() {
+                            c.push_data(frames.slice(p.bytes.clone()), usize::MAX, &mut self.dirty);
+                        }
+                        queued += u64::from(e.count);
+                    } else {
+                        fo.slow.push((slot, e.count));
+                    }
+                }
             }
-            slow.push((slot, n));
         }
         self.metrics.messages_out.add(queued);
-        for (slot, n) in slow {
-            self.slow_consumer(slot, n);
+        if !self.fanout.closed.is_empty() {
+            self.prune_closed(topic, false);
         }
+        self.apply_slow();
     }
 
-    /// Queues a frame to one connection (echo), through the same limit.
+    /// Takes the connections in `fanout.closed` out of `topic`'s simple-mode list
+    /// (`control`: its control-mode list), with the counters, so that later fan-outs do not
+    /// test them again. `release` unsubscribes the rest; removing twice is harmless.
+    pub(super) fn prune_closed(&mut self, topic: &str, control: bool) {
+        let mut closed = std::mem::take(&mut self.fanout.closed);
+        closed.sort_unstable();
+        let removed = self.topics.remove_slots(topic, &closed, control);
+        if removed != 0 {
+            if control {
+                self.surface.control_subs = self.surface.control_subs.saturating_sub(removed);
+            }
+            self.metrics.subscriptions.set(
+                self.metrics
+                    .subscriptions
+                    .get()
+                    .saturating_sub(removed as u64),
+            );
+            self.metrics.topics.set(self.topics.len() as u64);
+        }
+        closed.clear();
+        self.fanout.closed = closed;
+    }
+
+    /// Applies the slow-consumer policy to the subscribers in `fanout.slow`.
+    pub(super) fn apply_slow(&mut self) {
+        if self.fanout.slow.is_empty() {
+            return;
+        }
+        let slow = std::mem::take(&mut self.fanout.slow);
+        for &(slot, n) in &slow {
+            self.slow_consumer(slot, n);
+        }
+        self.fanout.slow = slow;
+        self.fanout.slow.clear();
+    }
+
+    /// Queues a frame to one connection (echo), through the same rule: admitted while the
+    /// unsent backlog is under the limit.
     fn deliver(&mut self, slot: u32, frame: Bytes) {
         let limit = self.settings.send_queue_limit;
         let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
@@ -635,7 +747,8 @@ impl ShardState {
         if !c.accepts_data() {
             return;
         }
-        if c.push_data(frame, limit, &mut self.dirty) {
+        if c.queued < limit {
+            c.push_data(frame, usize::MAX, &mut self.dirty);
             self.metrics.messages_out.inc();
         } else {
             self.slow_consumer(slot, 1);
@@ -643,7 +756,8 @@ impl ShardState {
     }
 
     /// Applies the slow-consumer policy to a subscriber whose queue cannot take `messages`
-    /// more messages.
+    /// more messages. Peers can trigger its log lines, so they are throttled (the metrics
+    /// count every case).
     fn slow_consumer(&mut self, slot: u32, messages: u32) {
         let (shard, tick) = (self.id, self.tick);
         let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
@@ -652,10 +766,13 @@ impl ShardState {
         match self.settings.slow_consumer {
             SlowConsumerPolicy::Drop => {
                 self.metrics.dropped.add(u64::from(messages));
-                if c.dropped == 0 {
+                if c.dropped == 0
+                    && let Some(suppressed) = self.fanout.drop_log.allow(tick)
+                {
                     tracing::warn!(
                         shard,
                         slot,
+                        suppressed,
                         "send queue full: dropping messages for a slow subscriber"
                     );
                 }
@@ -663,12 +780,15 @@ impl ShardState {
             }
             SlowConsumerPolicy::Disconnect => {
                 self.metrics.slow_disconnects.inc();
-                tracing::info!(
-                    shard,
-                    slot,
-                    queued = c.queued,
-                    "send queue full: disconnecting a slow subscriber (1008)"
-                );
+                if let Some(suppressed) = self.fanout.slow_log.allow(tick) {
+                    tracing::info!(
+                        shard,
+                        slot,
+                        queued = c.queued,
+                        suppressed,
+                        "send queue full: disconnecting a slow subscriber (1008)"
+                    );
+                }
                 c.discard_queued();
                 if let Phase::Ws { ws, .. } = &mut c.phase {
                     ws.close(
@@ -688,7 +808,7 @@ impl ShardState {
     fn drain_bus(&mut self) {
         let bus = Arc::clone(&self.shared.bus);
         let n = bus.drain(self.id, |m| {
-            self.fan_out_local(&m.topic, &m.frame, m.count, &[])
+            self.fan_out_local(&m.topic, &m.frame, m.count, &[], &[])
         });
         self.metrics.bus_in.add(n as u64);
     }
@@ -754,11 +874,13 @@ impl ShardState {
         }
         if let Some(c) = slot.take()
             && c.dropped > 0
+            && let Some(suppressed) = self.fanout.dropped_close_log.allow(self.tick)
         {
             tracing::info!(
                 shard = self.id,
                 slot = token.slot,
                 dropped = c.dropped,
+                suppressed,
                 "closed a subscriber that had messages dropped"
             );
         }
