@@ -141,12 +141,15 @@ impl Bus {
     /// test) and wakes that shard at once if this push is the first since its last drain
     /// (one system call: see [`WakeTarget::wake_from_any_thread`]). Shards use [`Bus::push`]
     /// and batch their wake-ups into their own next submission.
-    pub fn push_from_any_thread(&self, to: usize, msg: BusMsg) {
-        if self.push(to, msg)
+    /// Returns what the push did; `Full` is the caller's to count as dropped.
+    pub fn push_from_any_thread(&self, to: usize, msg: BusMsg) -> Pushed {
+        let pushed = self.push(to, msg);
+        if pushed == Pushed::Wake
             && let Some(target) = self.target(to)
         {
             target.wake_from_any_thread();
         }
+        pushed
     }
 
     /// Takes every message queued for `me`, in order.

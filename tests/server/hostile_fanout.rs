@@ -61,14 +61,24 @@ fn publish_at_10mb(p: &mut Client, count: u32) {
     }
 }
 
-/// Defect 4: with `--write-delay 100ms`, about 10 MB/s on a topic made every window's
+/// Defect 4: with `--write-delay 100ms` (here 1 s, against an 8 MiB limit), about 10 MB/s on a topic made every window's
 /// batch larger than the send-queue limit, and the whole batch was refused: reading
 /// subscribers were closed with 1008 (or, under `drop`, lost nearly everything). Now
 /// batches are bounded in bytes and slowness is decided on the unsent backlog: two reading
 /// subscribers (simple and control mode) get every message in order, while one that does
 /// not read is still disconnected.
 fn big_batches(io: &str, drop: bool) {
-    let mut flags = vec!["--write-delay", "100ms", "--shards", "1"];
+    // A 1 s window at 10 MB/s held 10 MB per batch before the fix, past an 8 MiB limit;
+    // the roomy limit keeps a reader that a busy test machine delays for a moment from
+    // being (rightly) treated as slow.
+    let mut flags = vec![
+        "--write-delay",
+        "1s",
+        "--send-queue-limit",
+        "8MiB",
+        "--shards",
+        "1",
+    ];
     if drop {
         flags.extend(["--slow-consumer", "drop"]);
     }
