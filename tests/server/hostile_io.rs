@@ -27,7 +27,8 @@ fn frames(opcode: u8, payload_len: usize, n: usize) -> Vec<u8> {
 /// Writes `chunk` until `total` bytes went or `deadline` passes (the server may stop
 /// reading: that is the backpressure under test); returns the bytes written.
 fn blast(s: &mut TcpStream, chunk: &[u8], total: usize, deadline: Instant) -> usize {
-    s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut sent = 0;
     while sent < total && Instant::now() < deadline {
         match s.write(chunk) {
@@ -59,7 +60,11 @@ both!(ping_flood_memory_is_bounded, |io| {
     );
     std::thread::sleep(Duration::from_millis(300));
     let grew = srv.peak_rss().saturating_sub(base);
-    eprintln!("{io}: sent {} MiB of pings, peak RSS +{} KiB", sent >> 20, grew >> 10);
+    eprintln!(
+        "{io}: sent {} MiB of pings, peak RSS +{} KiB",
+        sent >> 20,
+        grew >> 10
+    );
     assert!(
         grew < 24 << 20,
         "RSS grew by {} MiB for {} MiB of pings",
@@ -103,21 +108,26 @@ both!(accept_at_fd_limit_backs_off_and_recovers, |io| {
         .collect();
     // The last ones wait in the backlog with their request already sent.
     for s in conns.iter_mut().rev().take(10) {
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     let (cpu0, lines0) = (srv.cpu_time(), accept_lines(&srv));
     std::thread::sleep(Duration::from_secs(2));
     let (cpu, lines) = (srv.cpu_time() - cpu0, accept_lines(&srv) - lines0);
     eprintln!("{io}: at the fd limit: {cpu:?} CPU in 2 s, {lines} accept lines");
-    assert!(cpu < Duration::from_millis(300), "spinning at EMFILE: {cpu:?} in 2 s");
+    assert!(
+        cpu < Duration::from_millis(300),
+        "spinning at EMFILE: {cpu:?} in 2 s"
+    );
     assert!(lines <= 3, "{lines} accept-failure lines in 2 s");
     assert!(lines0 + lines >= 1, "the fd limit was never reached");
     // Free descriptors: the waiting connections must be served promptly.
     drop(conns.drain(..40));
     let start = Instant::now();
     for mut s in conns.drain(..).rev().take(10) {
-        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).unwrap_or(0);
         assert!(
@@ -178,6 +188,9 @@ both!(fast_writer_does_not_own_the_loop, |io| {
     publisher.close(1000);
     drop(sub);
     let _ = reader.join();
-    assert!(worst < Duration::from_millis(300), "worst /health {worst:?}");
+    assert!(
+        worst < Duration::from_millis(300),
+        "worst /health {worst:?}"
+    );
     assert!(grew < 64 << 20, "peak RSS grew by {} MiB", grew >> 20);
 });
