@@ -24,15 +24,20 @@ fn frames(opcode: u8, payload_len: usize, n: usize) -> Vec<u8> {
     one.repeat(n)
 }
 
-/// Writes `chunk` until `total` bytes went or `deadline` passes (the server may stop
-/// reading: that is the backpressure under test); returns the bytes written.
-fn blast(s: &mut TcpStream, chunk: &[u8], total: usize, deadline: Instant) -> usize {
+/// Writes `chunk` again and again until `total` bytes went or `deadline` passes (the
+/// server may stop reading: that is the backpressure under test); returns the bytes
+/// written and where in `chunk` it stopped (the rest of that chunk must still be written to
+/// end on a frame boundary).
+fn blast(s: &mut TcpStream, chunk: &[u8], total: usize, deadline: Instant) -> (usize, usize) {
     s.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut sent = 0;
+    let (mut sent, mut pos) = (0, 0);
     while sent < total && Instant::now() < deadline {
-        match s.write(chunk) {
-            Ok(n) => sent += n,
+        match s.write(&chunk[pos..]) {
+            Ok(n) => {
+                sent += n;
+                pos = (pos + n) % chunk.len();
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -41,7 +46,7 @@ fn blast(s: &mut TcpStream, chunk: &[u8], total: usize, deadline: Instant) -> us
             Err(_) => break,
         }
     }
-    sent
+    (sent, pos)
 }
 
 both!(ping_flood_memory_is_bounded, |io| {
@@ -52,7 +57,7 @@ both!(ping_flood_memory_is_bounded, |io| {
     let mut c = srv.ws("/ws/pings");
     let base = srv.rss();
     let chunk = frames(0x9, 125, 8000); // ~1 MiB of pings
-    let sent = blast(
+    let (sent, pos) = blast(
         &mut c.stream,
         &chunk,
         64 << 20,
@@ -85,6 +90,41 @@ both!(ping_flood_memory_is_bounded, |io| {
             Some(_) => {}
         }
     }
+    // Reading resumed once its queue drained: its next message reaches the other client.
+    let mut drain = c.stream.try_clone().unwrap();
+    let drainer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        drain
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    // Blocking: the rest of the pings go first.
+    c.stream.set_write_timeout(None).unwrap();
+    c.stream.write_all(&chunk[pos..]).unwrap();
+    c.text("after the flood");
+    loop {
+        match other.recv_timeout(Duration::from_secs(5)) {
+            Some(Msg::Text(t)) if t == "after the flood" => break,
+            Some(Msg::Text(_)) => {}
+            m => panic!(
+                "reading never resumed: {m:?}; pauses {}; log tail: {}",
+                srv.get("/metrics")
+                    .lines()
+                    .filter(|l| l.contains("pauses_total{"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                srv.log()
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    drop(c);
+    let _ = drainer.join();
 });
 
 /// Server process CPU time and its log's count of accept-failure lines.
@@ -167,7 +207,10 @@ both!(fast_writer_does_not_own_the_loop, |io| {
     let mut pstream = publisher.stream.try_clone().unwrap();
     let blaster = std::thread::spawn(move || {
         let chunk = frames(0x2, 60_000, 16);
-        blast(&mut pstream, &chunk, usize::MAX, end)
+        let (sent, pos) = blast(&mut pstream, &chunk, usize::MAX, end);
+        pstream.set_write_timeout(None).unwrap();
+        pstream.write_all(&chunk[pos..]).unwrap();
+        sent
     });
     let mut worst = Duration::ZERO;
     std::thread::sleep(Duration::from_millis(100));
