@@ -117,6 +117,12 @@ pub struct ShardMetrics {
     pub idle_timeouts: Counter,
     /// accept(2) failures.
     pub accept_errors: Counter,
+    /// accept(2) failures for lack of descriptors or memory, after which accepting paused.
+    pub accept_backoffs: Counter,
+    /// Times reading from a connection paused because its send queue was backlogged.
+    pub recv_pauses: Counter,
+    /// Receive completions naming an impossible buffer (each closed its connection).
+    pub recv_bad_buffer: Counter,
     /// Event-loop turns.
     pub loop_turns: Counter,
     /// Kernel entries (io_uring_enter or epoll_wait).
@@ -212,7 +218,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 20] = [
+    let simple: [(&str, &str, &str, Getter); 23] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -293,6 +299,24 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "counter",
             "accept(2) failures.",
             |m| m.accept_errors.get(),
+        ),
+        (
+            "ringcast_accept_backoffs_total",
+            "counter",
+            "accept(2) failures for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), after which accepting paused for 100 ms or until a descriptor was freed.",
+            |m| m.accept_backoffs.get(),
+        ),
+        (
+            "ringcast_recv_pauses_total",
+            "counter",
+            "Times reading from a connection paused because its send queue was backlogged (TCP backpressure to the client).",
+            |m| m.recv_pauses.get(),
+        ),
+        (
+            "ringcast_recv_bad_buffer_total",
+            "counter",
+            "Receive completions naming a buffer the kernel could not have filled; each closed its connection.",
+            |m| m.recv_bad_buffer.get(),
         ),
         (
             "ringcast_bus_messages_in_total",

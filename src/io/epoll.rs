@@ -24,6 +24,13 @@ const WAKER: MioToken = MioToken(usize::MAX);
 const CONN_BASE: usize = 1 << 20;
 /// Reads of one socket per turn before others get their turn.
 const READS_PER_TURN: u32 = 8;
+/// Reads of all sockets per turn: past it, readable sockets wait for the next turn, so the
+/// shard's fan-out, flush and timers run at least every this many reads (one fast writer
+/// cannot make a turn, and the batch it fills, grow without bound).
+const READS_PER_TURN_TOTAL: u32 = 256;
+/// How long accepting pauses after EMFILE, ENFILE, ENOBUFS or ENOMEM (retried sooner when
+/// this driver closes a descriptor).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_IOV: usize = 1024;
 
 struct PendingSend {
@@ -38,14 +45,23 @@ struct Slot {
     stream: Option<TcpStream>,
     send: Option<PendingSend>,
     recv_open: bool,
+    /// Backpressure: not read until resumed.
+    paused: bool,
+    /// Listed in `again` (so it is listed once).
+    listed: bool,
 }
 
 /// The epoll driver of one shard.
 pub struct EpollDriver {
     poll: Poll,
     events: mio::Events,
-    /// Position in `events` of the next readiness to look at.
+    /// This turn's readiness, copied out of `events` once (token, readable, writable), so
+    /// that walking it is O(n) per turn.
+    turn: Vec<(MioToken, bool, bool)>,
+    /// Position in `turn` of the next readiness to look at.
     cursor: usize,
+    /// Reads left in this turn (all sockets).
+    budget: u32,
     waker: Arc<Waker>,
     listeners: Vec<TcpListener>,
     slots: Vec<Slot>,
@@ -56,6 +72,12 @@ pub struct EpollDriver {
     accepting: Option<usize>,
     /// Sockets still readable at the end of their share; read first next turn.
     again: Vec<u32>,
+    /// `again` as it was when this turn began: what this turn reads first.
+    carried: Vec<u32>,
+    /// Listeners not accepted from until this instant (resource errors).
+    accept_backoff: Vec<Option<std::time::Instant>>,
+    /// Listeners to accept from this turn without a new edge (backoff over).
+    accept_retry: Vec<usize>,
     ready: VecDeque<Event<'static>>,
     stats: DriverStats,
 }
@@ -82,10 +104,13 @@ impl EpollDriver {
                 .register(&mut l, MioToken(i), Interest::READABLE)?;
             ls.push(l);
         }
+        let ls_len = ls.len();
         Ok(EpollDriver {
             poll,
             events: mio::Events::with_capacity(1024),
+            turn: Vec::with_capacity(1024),
             cursor: 0,
+            budget: READS_PER_TURN_TOTAL,
             waker,
             listeners: ls,
             slots: Vec::new(),
@@ -93,6 +118,9 @@ impl EpollDriver {
             reading: None,
             accepting: None,
             again: Vec::new(),
+            carried: Vec::new(),
+            accept_backoff: vec![None; ls_len],
+            accept_retry: Vec::new(),
             ready: VecDeque::new(),
             stats: DriverStats::default(),
         })
@@ -154,9 +182,17 @@ impl EpollDriver {
             slot,
             generation: s.generation,
         };
-        let Some(stream) = s.stream.as_mut().filter(|_| s.recv_open) else {
+        let Some(stream) = s.stream.as_mut().filter(|_| s.recv_open && !s.paused) else {
             return ReadOutcome::Nothing;
         };
+        if self.budget == 0 {
+            // The turn's reads are used up: next turn, without waiting for a new edge.
+            if !s.listed {
+                s.listed = true;
+                self.again.push(slot);
+            }
+            return ReadOutcome::Nothing;
+        }
         loop {
             match stream.read(&mut self.buf) {
                 Ok(0) => {
@@ -164,8 +200,12 @@ impl EpollDriver {
                     return ReadOutcome::Closed(token, None);
                 }
                 Ok(n) => {
+                    self.budget -= 1;
                     if reads + 1 >= READS_PER_TURN {
-                        self.again.push(slot);
+                        if !s.listed {
+                            s.listed = true;
+                            self.again.push(slot);
+                        }
                     } else {
                         self.reading = Some((slot, reads + 1));
                     }
@@ -177,6 +217,17 @@ impl EpollDriver {
                     s.recv_open = false;
                     return ReadOutcome::Closed(token, Some(e));
                 }
+            }
+        }
+    }
+}
+
+impl EpollDriver {
+    /// A descriptor was freed: listeners backing off try again this turn.
+    fn retry_accept_now(&mut self) {
+        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
+            if b.take().is_some() {
+                self.accept_retry.push(i);
             }
         }
     }
@@ -221,6 +272,8 @@ impl Driver for EpollDriver {
             stream: Some(stream),
             send: None,
             recv_open: true,
+            paused: false,
+            listed: true,
         };
         // Data may have arrived before registration; the edge would be lost otherwise.
         self.again.push(token.slot);
@@ -273,13 +326,31 @@ impl Driver for EpollDriver {
             ));
         }
         self.ready.push_back(Event::Released { token });
+        // A descriptor was freed: a listener backing off at the descriptor limit may accept.
+        self.retry_accept_now();
     }
 
-    fn pause_recv(&mut self, _token: Token) {
-        // PLACEHOLDER: replaced by the backpressure work before this lands.
+    fn pause_recv(&mut self, token: Token) {
+        if let Some(s) = self.slots.get_mut(token.slot as usize)
+            && s.generation == token.generation
+        {
+            s.paused = true;
+        }
     }
 
-    fn resume_recv(&mut self, _token: Token) {}
+    fn resume_recv(&mut self, token: Token) {
+        if let Some(s) = self.slots.get_mut(token.slot as usize)
+            && s.generation == token.generation
+            && s.paused
+        {
+            s.paused = false;
+            // Edge-triggered: what arrived while paused raised its edge already.
+            if !s.listed {
+                s.listed = true;
+                self.again.push(token.slot);
+            }
+        }
+    }
 
     fn wake(&mut self, target: &WakeTarget) {
         if let WakeTarget::Mio(w) = target
@@ -290,20 +361,52 @@ impl Driver for EpollDriver {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        let timeout = if self.ready.is_empty() && self.again.is_empty() {
-            Some(timeout)
-        } else {
-            Some(Duration::ZERO)
-        };
+        let now = std::time::Instant::now();
+        let mut timeout = timeout;
+        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
+            if let Some(until) = *b {
+                if until <= now {
+                    *b = None;
+                    self.accept_retry.push(i);
+                } else {
+                    timeout = timeout.min(until - now);
+                }
+            }
+        }
+        let timeout =
+            if self.ready.is_empty() && self.again.is_empty() && self.accept_retry.is_empty() {
+                Some(timeout)
+            } else {
+                Some(Duration::ZERO)
+            };
         self.stats.submissions += 1;
         self.cursor = 0;
+        self.budget = READS_PER_TURN_TOTAL;
         self.reading = None;
         self.accepting = None;
-        match self.poll.poll(&mut self.events, timeout) {
+        // What was deferred last turn is read first this turn; what this turn defers waits
+        // for the next one (read in the same turn, the per-socket share would mean nothing).
+        self.carried.clear();
+        std::mem::swap(&mut self.carried, &mut self.again);
+        for &slot in &self.carried {
+            if let Some(s) = self.slots.get_mut(slot as usize) {
+                s.listed = false;
+            }
+        }
+        self.turn.clear();
+        let r = match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(e),
-        }
+        };
+        self.turn.extend(self.events.iter().map(|ev| {
+            (
+                ev.token(),
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                ev.is_writable() || ev.is_error(),
+            )
+        }));
+        r
     }
 
     fn next_event(&mut self) -> Option<Event<'_>> {
@@ -333,35 +436,46 @@ impl Driver for EpollDriver {
                     Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.accepting = None,
                     Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                     Some(Err(e)) => {
-                        self.accepting = None;
+                        // Edge-triggered: stopping here would leave the rest of the backlog
+                        // waiting for the next connection. A failure that concerns only
+                        // the failed connection goes on at once; running out of descriptors
+                        // or memory backs off (retried on a timer or a freed descriptor).
+                        if super::accept_backs_off(&e) {
+                            self.accepting = None;
+                            if let Some(b) = self.accept_backoff.get_mut(i) {
+                                *b = Some(std::time::Instant::now() + ACCEPT_BACKOFF);
+                            }
+                        }
                         return Some(Event::AcceptError(e));
                     }
                     None => self.accepting = None,
                 }
                 continue;
             }
-            if let Some(slot) = self.again.pop() {
+            if let Some(i) = self.accept_retry.pop() {
+                self.accepting = Some(i);
+                continue;
+            }
+            if let Some(slot) = self.carried.pop() {
                 self.reading = Some((slot, 0));
                 continue;
             }
-            let ev = self.events.iter().nth(self.cursor)?;
+            let &(tok, readable, writable) = self.turn.get(self.cursor)?;
             self.cursor += 1;
-            let (tok, readable, writable) = (
-                ev.token(),
-                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                ev.is_writable() || ev.is_error(),
-            );
             if tok == WAKER {
                 return Some(Event::Wake);
             }
             if tok.0 < CONN_BASE {
-                self.accepting = Some(tok.0);
+                if self.accept_backoff.get(tok.0).is_some_and(Option::is_none) {
+                    self.accepting = Some(tok.0);
+                }
                 continue;
             }
             let slot = (tok.0 - CONN_BASE) as u32;
             if writable && let Some(ev) = self.progress_send(slot) {
                 if readable {
-                    self.again.push(slot);
+                    // Read after the send's event; this turn still (it is this turn's edge).
+                    self.carried.push(slot);
                 }
                 return Some(ev);
             }

@@ -124,6 +124,9 @@ pub struct DriverStats {
     /// Wake-ups that came through the eventfd (from a thread that is not a shard); on
     /// epoll, mio's waker does not tell them apart and this stays 0.
     pub external_wakes: u64,
+    /// Receive completions naming a buffer the kernel could not have filled; each closed
+    /// its connection (its byte stream would be corrupt).
+    pub recv_bad_buffer: u64,
 }
 
 /// One backend's view of the kernel for one shard. Call order per loop turn:
@@ -161,6 +164,17 @@ pub trait Driver {
     /// Frees reusable buffers kept for sends; the shard calls it when a tick passed with no
     /// send, so pools sized by a burst do not stay allocated while idle.
     fn trim(&mut self) {}
+}
+
+/// Whether an accept error means "out of descriptors or memory", after which accepting
+/// again at once fails again at once (the connection stays in the backlog): the drivers back
+/// off (retry on a timer, or as soon as they close a descriptor) instead of spinning. Other
+/// errors concern only the failed connection, and accepting goes on.
+pub fn accept_backs_off(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Bytes of the frames in a send, for accounting.

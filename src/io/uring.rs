@@ -46,7 +46,12 @@ const K_WAKE: u64 = 4;
 const K_IGNORE: u64 = 5;
 const K_SHUTDOWN: u64 = 6;
 /// The read armed on the shard's eventfd (wake-ups from threads that are not shards).
-const K_EVENTFD: u64 = 7;
+const K_EVENTFD: u64 = 8;
+/// The cancel of a paused connection's multishot receive.
+const K_PAUSE: u64 = 7;
+/// How long accepting pauses after EMFILE, ENFILE, ENOBUFS or ENOMEM (retried sooner when
+/// this driver closes a descriptor).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 fn ud(kind: u64, token: Token) -> u64 {
     (kind << 56) | ((u64::from(token.generation) & 0xff_ffff) << 32) | u64::from(token.slot)
@@ -148,6 +153,14 @@ struct Slot {
     /// open until its completion.
     shutdown_pending: bool,
     releasing: bool,
+    /// Backpressure: the receive is cancelled and not re-armed until resumed.
+    paused: bool,
+    /// The pause's cancel has not completed: no new receive may be armed before it has
+    /// (the cancel matches by user_data and would hit it).
+    cancel_pending: bool,
+    /// A completion named a buffer the kernel could not have filled: the stream is corrupt,
+    /// nothing more of it is delivered.
+    recv_broken: bool,
 }
 
 /// `IOU_PBUF_RING_INC` from the kernel ABI (the crate defines it but does not export it).
@@ -160,6 +173,15 @@ pub struct UringDriver {
     bufs: BufRing,
     listeners: Vec<OwnedFd>,
     accept_rearm: Vec<usize>,
+    /// Listeners not re-armed until this instant (resource errors: see
+    /// [`super::accept_backs_off`]).
+    accept_backoff: Vec<Option<std::time::Instant>>,
+    /// Entries that did not fit in a full submission queue whose submit failed: pushed
+    /// first at the next [`Driver::wait`], so no operation the slots count as in flight is
+    /// ever lost.
+    overflow: VecDeque<squeue::Entry>,
+    #[cfg(test)]
+    fail_submit: bool,
     slots: Vec<Slot>,
     rearm_recv: Vec<u32>,
     /// Buffer lent out by the last `Data` event, returned on the next `next_event`.
@@ -242,6 +264,10 @@ impl UringDriver {
             ring,
             bufs,
             accept_rearm: (0..listeners.len()).collect(),
+            accept_backoff: vec![None; listeners.len()],
+            overflow: VecDeque::new(),
+            #[cfg(test)]
+            fail_submit: false,
             listeners,
             slots: Vec::new(),
             rearm_recv: Vec::new(),
@@ -257,22 +283,59 @@ impl UringDriver {
         Ok(d)
     }
 
-    /// Pushes an entry, submitting first if the submission queue is full.
+    /// Pushes an entry, submitting first if the submission queue is full. If that submit
+    /// fails (other than EBUSY/EINTR, which are retried), the entry waits in `overflow`,
+    /// in order, for the next [`Driver::wait`]; if the submission there fails too, `wait`
+    /// returns the error and the shard stops. An entry is never dropped.
     fn push(&mut self, entry: squeue::Entry) {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(entry);
+            return;
+        }
+        if !self.try_push(&entry) {
+            self.overflow.push_back(entry);
+        }
+    }
+
+    /// Pushes one entry, submitting when the queue is full; false if the submit failed.
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
         loop {
             // SAFETY: every entry pushed here points only at memory that outlives the
             // operation: listener and connection fds owned by this driver until their
             // operations complete, and boxed SendOps held in their slot until completion.
-            let pushed = unsafe { self.ring.submission().push(&entry) };
+            let pushed = unsafe { self.ring.submission().push(entry) };
             if pushed.is_ok() {
-                return;
+                return true;
             }
             self.stats.submissions += 1;
+            #[cfg(test)]
+            if self.fail_submit {
+                return false;
+            }
             if let Err(e) = self.ring.submit() {
-                tracing::warn!(error = %e, "io_uring submit with a full submission queue failed");
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    return;
+                    tracing::warn!(error = %e, "io_uring submit with a full submission queue failed; retried next turn");
+                    return false;
                 }
+            }
+        }
+    }
+
+    /// Moves `overflow` into the submission queue (submitting as it fills).
+    fn push_overflow(&mut self) {
+        while let Some(e) = self.overflow.pop_front() {
+            if !self.try_push(&e) {
+                self.overflow.push_front(e);
+                return;
+            }
+        }
+    }
+
+    /// A descriptor was freed: listeners backing off at the descriptor limit re-arm now.
+    fn retry_accept_now(&mut self) {
+        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
+            if b.take().is_some() {
+                self.accept_rearm.push(i);
             }
         }
     }
@@ -286,7 +349,11 @@ impl UringDriver {
                 .user_data(K_EVENTFD << 56);
             self.push(e);
         }
+        self.push_overflow();
         for i in std::mem::take(&mut self.accept_rearm) {
+            if self.accept_backoff.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
             let Some(fd) = self.listeners.get(i).map(AsRawFd::as_raw_fd) else {
                 continue;
             };
@@ -306,7 +373,7 @@ impl UringDriver {
             return;
         };
         s.recv_rearm = false;
-        if s.releasing || s.recv_active {
+        if s.releasing || s.recv_active || s.paused || s.cancel_pending || s.recv_broken {
             return;
         }
         let Some(fd) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
@@ -350,6 +417,7 @@ impl UringDriver {
             s.fd = None; // close(2): no operation refers to it any more
             s.releasing = false;
             self.ready.push_back(Event::Released { token });
+            self.retry_accept_now();
         }
     }
 
@@ -482,11 +550,42 @@ impl Driver for UringDriver {
         }
     }
 
-    fn pause_recv(&mut self, _token: Token) {
-        // PLACEHOLDER: replaced by the backpressure work before this lands.
+    fn pause_recv(&mut self, token: Token) {
+        let Some(s) = self.slots.get_mut(token.slot as usize) else {
+            return;
+        };
+        if s.generation != token.generation || s.fd.is_none() || s.releasing || s.paused {
+            return;
+        }
+        s.paused = true;
+        if s.recv_active && !s.cancel_pending {
+            // Completions already posted, or posted before the cancel takes effect, are
+            // still delivered (dropping them would corrupt the stream); the final one
+            // (ECANCELED, or data without F_MORE) is not followed by a re-arm while paused.
+            s.cancel_pending = true;
+            self.push(
+                opcode::AsyncCancel::new(ud(K_RECV, token))
+                    .build()
+                    .user_data(ud(K_PAUSE, token)),
+            );
+        }
     }
 
-    fn resume_recv(&mut self, _token: Token) {}
+    fn resume_recv(&mut self, token: Token) {
+        let Some(s) = self.slots.get_mut(token.slot as usize) else {
+            return;
+        };
+        if s.generation != token.generation || !s.paused {
+            return;
+        }
+        s.paused = false;
+        // Re-armed next submission if the receive has ended and its cancel completed;
+        // otherwise when the later of the two completions arrives.
+        if !s.recv_active && !s.cancel_pending && !s.recv_rearm {
+            s.recv_rearm = true;
+            self.rearm_recv.push(token.slot);
+        }
+    }
 
     fn wake(&mut self, target: &WakeTarget) {
         if let WakeTarget::Ring { ring, .. } = target {
@@ -501,6 +600,18 @@ impl Driver for UringDriver {
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         if let Some(bid) = self.lent.take() {
             self.bufs.recycle(bid);
+        }
+        let mut timeout = timeout;
+        let now = std::time::Instant::now();
+        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
+            if let Some(until) = *b {
+                if until <= now {
+                    *b = None;
+                    self.accept_rearm.push(i);
+                } else {
+                    timeout = timeout.min(until - now);
+                }
+            }
         }
         self.bufs.replenish();
         self.rearm();
@@ -533,6 +644,14 @@ impl Driver for UringDriver {
                 K_ACCEPT => {
                     let idx = (user_data & 0xffff_ffff) as usize;
                     if !cqueue::more(flags) {
+                        let err = (res < 0).then(|| io::Error::from_raw_os_error(-res));
+                        if err.as_ref().is_some_and(super::accept_backs_off) {
+                            // Re-armed at once it would fail at once while a connection
+                            // waits in the backlog: the loop would never sleep.
+                            if let Some(b) = self.accept_backoff.get_mut(idx) {
+                                *b = Some(std::time::Instant::now() + ACCEPT_BACKOFF);
+                            }
+                        }
                         self.accept_rearm.push(idx);
                     }
                     if res >= 0 {
@@ -560,6 +679,15 @@ impl Driver for UringDriver {
                         s.recv_active = false;
                     }
                     let releasing = s.releasing;
+                    if s.recv_broken {
+                        if let Some(bid) = bid {
+                            self.discard(bid, res, buf_more);
+                        }
+                        if releasing {
+                            self.maybe_finish(token);
+                        }
+                        continue;
+                    }
                     if res > 0 {
                         let Some(bid) = bid else { continue };
                         if releasing {
@@ -571,8 +699,20 @@ impl Driver for UringDriver {
                             self.rearm_recv.push(token.slot);
                         }
                         if !self.bufs.can_take(bid, res as usize) {
-                            tracing::error!(bid, res, "receive completion outside the buffer ring");
-                            continue;
+                            // Skipping these bytes would hand the protocol core a stream
+                            // with a hole in it: close the connection instead.
+                            self.stats.recv_bad_buffer += 1;
+                            tracing::error!(
+                                bid,
+                                res,
+                                "receive completion outside the buffer ring, closing"
+                            );
+                            let s = &mut self.slots[token.slot as usize];
+                            s.recv_broken = true;
+                            return Some(Event::RecvClosed {
+                                token,
+                                error: Some(io::Error::from(io::ErrorKind::InvalidData)),
+                            });
                         }
                         self.lent = Some(bid);
                         let data = self.bufs.take(bid, res as usize, buf_more)?;
@@ -583,6 +723,15 @@ impl Driver for UringDriver {
                     }
                     if releasing {
                         self.maybe_finish(token);
+                        continue;
+                    }
+                    if res == -libc::ECANCELED && !more {
+                        // The pause's cancel ended it; resumed meanwhile: re-arm.
+                        let s = &mut self.slots[token.slot as usize];
+                        if !s.paused && !s.cancel_pending && !s.recv_rearm {
+                            s.recv_rearm = true;
+                            self.rearm_recv.push(token.slot);
+                        }
                         continue;
                     }
                     if res == -libc::ENOBUFS {
@@ -609,6 +758,16 @@ impl Driver for UringDriver {
                     }
                 }
                 K_WAKE => return Some(Event::Wake),
+                K_PAUSE => {
+                    if let Some(token) = self.slot_of(user_data) {
+                        let s = &mut self.slots[token.slot as usize];
+                        s.cancel_pending = false;
+                        if !s.paused && !s.recv_active && !s.recv_rearm && !s.releasing {
+                            s.recv_rearm = true;
+                            self.rearm_recv.push(token.slot);
+                        }
+                    }
+                }
                 K_SHUTDOWN => {
                     if let Some(token) = self.slot_of(user_data) {
                         self.slots[token.slot as usize].shutdown_pending = false;
@@ -678,4 +837,109 @@ pub fn submit_wait(ring: &IoUring, want: usize, timeout: Duration) -> io::Result
 /// The raw fd of a listener, for the shard's logs.
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn driver(ring_entries: u32) -> Option<UringDriver> {
+        let settings = UringSettings {
+            ring_entries,
+            recv_buffers: 16,
+            recv_buffer_size: 4096,
+        };
+        // Sandboxes without io_uring skip these tests (the probe decides in production).
+        UringDriver::new(settings, Vec::new()).ok()
+    }
+
+    /// Events of the next turns until `done` holds or 2 s pass, as (kind, token, ok).
+    fn collect(
+        d: &mut UringDriver,
+        mut done: impl FnMut(&[(char, Token, bool)]) -> bool,
+    ) -> Vec<(char, Token, bool)> {
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(2);
+        while !done(&seen) && std::time::Instant::now() < end {
+            d.wait(Duration::from_millis(20)).unwrap();
+            while let Some(ev) = d.next_event() {
+                match ev {
+                    Event::Sent { token, result, .. } => seen.push(('s', token, result.is_ok())),
+                    Event::RecvClosed { token, error } => seen.push((
+                        'c',
+                        token,
+                        error.is_some_and(|e| e.kind() == io::ErrorKind::InvalidData),
+                    )),
+                    Event::Data { token, .. } => seen.push(('d', token, true)),
+                    _ => {}
+                }
+            }
+        }
+        seen
+    }
+
+    fn tok(slot: u32) -> Token {
+        Token {
+            slot,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_failed_submit_loses_no_entry() {
+        let Some(mut d) = driver(8) else { return };
+        let mut peers = Vec::new();
+        // Twenty receives and twenty sends through an 8-entry submission queue whose
+        // submit "fails": the entries that do not fit must wait, not vanish.
+        d.fail_submit = true;
+        for slot in 0..20 {
+            let (a, b) = UnixStream::pair().unwrap();
+            d.register(tok(slot), OwnedFd::from(a)).unwrap();
+            d.send(tok(slot), vec![Bytes::from_static(b"hello")]);
+            peers.push(b);
+        }
+        assert!(!d.overflow.is_empty());
+        d.fail_submit = false;
+        let seen = collect(&mut d, |s| s.iter().filter(|e| e.0 == 's').count() == 20);
+        let sent = seen.iter().filter(|e| e.0 == 's' && e.2).count();
+        assert_eq!(sent, 20, "every send completes: {seen:?}");
+        for mut p in peers {
+            let mut buf = [0u8; 5];
+            std::io::Read::read_exact(&mut p, &mut buf).unwrap();
+            assert_eq!(&buf, b"hello");
+        }
+    }
+
+    #[test]
+    fn an_impossible_receive_buffer_closes_the_connection() {
+        let Some(mut d) = driver(8) else { return };
+        let (a, _b) = UnixStream::pair().unwrap();
+        d.register(tok(0), OwnedFd::from(a)).unwrap();
+        // A completion for this connection's receive naming buffer 999 (the ring has 16),
+        // posted through MSG_RING with the receive's user_data and buffer flags.
+        // IORING_CQE_F_BUFFER | IORING_CQE_F_MORE, buffer id above IORING_CQE_BUFFER_SHIFT.
+        let flags: u32 = 1 | 2 | (999 << 16);
+        let fd = d.ring.as_raw_fd();
+        d.push(
+            opcode::MsgRingData::new(types::Fd(fd), 100, ud(K_RECV, tok(0)), Some(flags))
+                .build()
+                .user_data(K_IGNORE << 56),
+        );
+        let seen = collect(&mut d, |s| !s.is_empty());
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|x| x.parse::<u32>().ok());
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 3) {
+            return; // no IORING_MSG_RING_FLAGS_PASS before 6.3
+        }
+        assert_eq!(
+            seen,
+            vec![('c', tok(0), true)],
+            "closed as corrupt, no data delivered"
+        );
+        assert_eq!(d.stats().recv_bad_buffer, 1);
+    }
 }

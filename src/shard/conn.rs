@@ -14,6 +14,12 @@ use bytes::Bytes;
 use crate::io::Token;
 use crate::proto::Connection;
 
+/// A server pong frame: FIN + pong opcode, unmasked, so at most 2 + 125 bytes. Server
+/// pongs are queued alone (one per ping), so such an entry is a pong and nothing else.
+fn is_pong(frame: &Bytes) -> bool {
+    frame.len() <= 127 && frame.first() == Some(&0x8A)
+}
+
 /// Where an upgraded connection's messages go.
 #[derive(Debug)]
 pub enum Route {
@@ -73,6 +79,8 @@ pub struct Conn {
     pub close_after_flush: bool,
     /// The driver was asked to release it; waiting for `Released`.
     pub releasing: bool,
+    /// Reading is paused: the queue is past [`Conn::backlogged`] (backpressure).
+    pub paused: bool,
     /// Tick of the last received byte.
     pub last_rx: u32,
     /// Tick of the last ping sent.
@@ -98,6 +106,7 @@ impl Conn {
             dirty: false,
             close_after_flush: false,
             releasing: false,
+            paused: false,
             last_rx: tick,
             last_ping: tick,
             since: tick,
@@ -121,6 +130,37 @@ impl Conn {
         self.queued += frame.len();
         self.queue.push_back(frame);
         self.mark_dirty(dirty);
+    }
+
+    /// Queues a pong. While the queue is backlogged and its last unsent frame is a pong, the
+    /// new one replaces it (RFC 6455 §5.5.3 allows answering only the most recent ping), so
+    /// a client that pings and never reads holds at most one pending pong past that point.
+    /// Below it every ping gets its pong (Autobahn 2.10: ten pings, ten pongs).
+    pub fn push_pong(&mut self, pong: Bytes, limit: usize, dirty: &mut Vec<u32>) {
+        if self.backlogged(limit)
+            && let Some(last) = self.queue.back_mut()
+            && is_pong(last)
+        {
+            self.queued = self.queued - last.len() + pong.len();
+            *last = pong;
+            return;
+        }
+        self.push_control(pong, dirty);
+    }
+
+    /// Whether reading from this connection should stop: more than half its limit queued,
+    /// or more frames than one send carries (each queue entry costs memory beyond its
+    /// bytes: a flood of empty frames would otherwise hold far more than the limit).
+    #[inline]
+    pub fn backlogged(&self, limit: usize) -> bool {
+        self.queued > limit / 2 || self.queue.len() > super::MAX_FRAMES_PER_SEND
+    }
+
+    /// Whether a paused connection drained enough to be read again (a quarter of the
+    /// pause point: hysteresis, so it is not paused and resumed every turn).
+    #[inline]
+    pub fn drained(&self, limit: usize) -> bool {
+        self.queued <= limit / 4 && self.queue.len() <= super::MAX_FRAMES_PER_SEND / 4
     }
 
     /// Queues a data frame if it fits under `limit`; returns false when it does not.

@@ -145,6 +145,11 @@ struct ShardState {
     ws_limits: Limits,
     /// Control-mode, per-IP and drain state (`surface.rs`).
     surface: surface::SurfaceState,
+    /// Receives to pause (`false`) or resume (`true`), applied after each event.
+    recv_switch: Vec<(Token, bool)>,
+    /// Log throttles for what clients (or their number) can trigger.
+    accept_log: crate::throttle::LogThrottle,
+    violation_log: crate::throttle::LogThrottle,
     /// Fan-out scratch and log throttles.
     fanout: FanoutState,
 }
@@ -229,6 +234,9 @@ impl<D: Driver> Shard<D> {
                 handshake_limits,
                 ws_limits,
                 surface: surface::SurfaceState::default(),
+                recv_switch: Vec::new(),
+                accept_log: crate::throttle::LogThrottle::default(),
+                violation_log: crate::throttle::LogThrottle::default(),
                 fanout: FanoutState::default(),
             },
         }
@@ -245,6 +253,14 @@ impl<D: Driver> Shard<D> {
             self.st.metrics.loop_turns.inc();
             while let Some(ev) = self.driver.next_event() {
                 self.st.on_event(ev);
+                // At once, not at the flush: epoll would read the socket again this turn.
+                for (token, on) in self.st.recv_switch.drain(..) {
+                    if on {
+                        self.driver.resume_recv(token);
+                    } else {
+                        self.driver.pause_recv(token);
+                    }
+                }
             }
             timeout = match self.st.fan_out_due(now) {
                 None => {
@@ -278,6 +294,7 @@ impl<D: Driver> Shard<D> {
             self.st.flush(&mut self.driver);
             let stats = self.driver.stats();
             self.st.metrics.submissions.set(stats.submissions);
+            self.st.metrics.recv_bad_buffer.set(stats.recv_bad_buffer);
             self.st
                 .metrics
                 .buffers_in_use
@@ -293,7 +310,19 @@ impl ShardState {
             Event::Accepted(fd) => self.on_accept(fd),
             Event::AcceptError(e) => {
                 self.metrics.accept_errors.inc();
-                tracing::warn!(shard = self.id, error = %e, "accept failed");
+                let backs_off = crate::io::accept_backs_off(&e);
+                if backs_off {
+                    self.metrics.accept_backoffs.inc();
+                }
+                if let Some(suppressed) = self.accept_log.allow(self.tick) {
+                    tracing::warn!(
+                        shard = self.id,
+                        error = %e,
+                        suppressed,
+                        backs_off,
+                        "accept failed (similar lines suppressed for 10 s)"
+                    );
+                }
             }
             Event::Data { token, data } => self.on_data(token, data),
             Event::RecvClosed { token, error } => self.on_recv_closed(token, error),
@@ -460,8 +489,24 @@ impl ShardState {
         c.close_after_flush = true;
     }
 
-    /// Feeds received bytes to the protocol core, one event at a time.
+    /// Feeds received bytes to the protocol core, one event at a time, then stops reading
+    /// from the connection if what it asked for (pongs, echoes, control-mode replies) left
+    /// its queue backlogged: TCP backpressure then reaches the client.
     fn on_ws_data(&mut self, token: Token, data: &mut [u8]) {
+        self.feed_ws(token, data);
+        let limit = self.settings.send_queue_limit;
+        if let Some(c) = conn_mut(&mut self.conns, token)
+            && !c.paused
+            && !c.releasing
+            && c.backlogged(limit)
+        {
+            c.paused = true;
+            self.metrics.recv_pauses.inc();
+            self.recv_switch.push((token, false));
+        }
+    }
+
+    fn feed_ws(&mut self, token: Token, data: &mut [u8]) {
         let mut input = data;
         loop {
             let slot = token.slot as usize;
@@ -497,7 +542,8 @@ impl ShardState {
                                 Route::Control(_) => Action::None,
                             }
                         }
-                        Some(WsEvent::Ping(_) | WsEvent::Pong(_)) => Action::None,
+                        Some(WsEvent::Ping(_)) => Action::Pong,
+                        Some(WsEvent::Pong(_)) => Action::None,
                         Some(WsEvent::Close { code, .. }) => {
                             tracing::debug!(shard = self.id, slot, code, "close received");
                             Action::Closed
@@ -508,7 +554,9 @@ impl ShardState {
                 Err(e) => {
                     let code = e.close_code();
                     self.metrics.protocol_error(code);
-                    tracing::info!(shard = self.id, slot, code, error = %e, "protocol violation, closing");
+                    if let Some(suppressed) = self.violation_log.allow(self.tick) {
+                        tracing::info!(shard = self.id, slot, code, error = %e, suppressed, "protocol violation, closing (similar lines suppressed for 10 s)");
+                    }
                     (input.len(), Action::Closed)
                 }
             };
@@ -517,10 +565,14 @@ impl ShardState {
             // The core's output (pong, close reply) goes out before anything queued later.
             if !self.scratch.is_empty() {
                 let out = self.scratch.split().freeze();
-                c.push_control(out, &mut self.dirty);
+                if matches!(action, Action::Pong) {
+                    c.push_pong(out, self.settings.send_queue_limit, &mut self.dirty);
+                } else {
+                    c.push_control(out, &mut self.dirty);
+                }
             }
             match action {
-                Action::None | Action::Published => {}
+                Action::None | Action::Published | Action::Pong => {}
                 Action::Echo(frame) => self.deliver(token.slot, frame),
                 Action::Control(opcode, payload) => self.on_control(token, opcode, payload),
                 Action::Closed => {
@@ -851,6 +903,10 @@ impl ShardState {
         c.sending = false;
         c.queued = c.queued.saturating_sub(c.inflight);
         let sent = std::mem::take(&mut c.inflight);
+        if c.paused && c.drained(self.settings.send_queue_limit) {
+            c.paused = false;
+            self.recv_switch.push((token, true));
+        }
         match result {
             Ok(_) => {
                 self.metrics.bytes_out.add(sent as u64);
@@ -1036,6 +1092,8 @@ impl ShardState {
 /// applied after.
 enum Action {
     None,
+    /// A ping: the core wrote its pong.
+    Pong,
     /// Appended to the topic's batch for this turn.
     Published,
     Echo(Bytes),
