@@ -29,6 +29,7 @@ holds; the last line reads "N passed, N failed".
 
 import argparse
 import asyncio
+import multiprocessing
 import base64
 import os
 import random
@@ -135,6 +136,91 @@ class Ws:
             pass
 
 
+class NormalClient:
+    """The well-behaved client, in a process of its own so that the attackers' event loop
+    cannot delay what it measures. `stop` ends the main phase, `end` the whole attack
+    (multiprocessing events, polled); the checks go back to the soak through `results`."""
+
+    def __init__(self, port, stop, end):
+        self.port, self.stop, self.end = port, stop, end
+        self.results = []
+
+    def check(self, ok, what):
+        self.results.append((bool(ok), what))
+
+    async def run(self):
+        await asyncio.gather(self.normal(), self.health_prober())
+
+    async def normal(self):
+        sub = await Ws.open(self.port, "/ws/news")
+        pub = await Ws.open(self.port, "/ws/news")
+        await asyncio.sleep(0.2)
+        sent = 0
+        latencies = []
+        order_ok = True
+
+        async def receive():
+            nonlocal order_ok
+            want = 0
+            while want < sent or not self.end.is_set():
+                try:
+                    op, payload = await asyncio.wait_for(sub.recv(), 5)
+                except asyncio.TimeoutError:
+                    if self.end.is_set():
+                        break
+                    continue
+                if op not in (1, 2):
+                    continue
+                seq, ts = payload.decode().split(" ")
+                if int(seq) != want:
+                    order_ok = False
+                want = int(seq) + 1
+                latencies.append(time.monotonic() - float(ts))
+            return want
+
+        rx = asyncio.ensure_future(receive())
+        while not self.end.is_set():
+            pub.send(1, f"{sent} {time.monotonic():.6f}".encode())
+            sent += 1
+            await pub.w.drain()
+            await asyncio.sleep(0.02)
+        got = await asyncio.wait_for(rx, 15)
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("inf")
+        self.check(got == sent and order_ok, f"normal subscriber: {got}/{sent} messages, in order: {order_ok}")
+        self.check(p99 <= NORMAL_P99_LIMIT, f"normal subscriber p99 latency {p99 * 1000:.1f} ms <= {NORMAL_P99_LIMIT * 1000:.0f} ms")
+        sub.close()
+        pub.close()
+
+    async def health_prober(self):
+        worst, n, failed = 0.0, 0, 0
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), HEALTH_MAX_LIMIT)
+                w.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = await asyncio.wait_for(r.read(), HEALTH_MAX_LIMIT)
+                w.close()
+                if not data.startswith(b"HTTP/1.1 200"):
+                    failed += 1
+            except (OSError, asyncio.TimeoutError):
+                failed += 1
+            worst = max(worst, time.monotonic() - t)
+            n += 1
+            await asyncio.sleep(0.25)
+        self.check(failed == 0 and worst <= HEALTH_MAX_LIMIT, f"/health on new connections: {n} probes, {failed} failed, worst {worst * 1000:.0f} ms")
+
+
+
+def run_normal(port, stop, end, results):
+    client = NormalClient(port, stop, end)
+    try:
+        asyncio.run(client.run())
+    except Exception as e:  # reported as a failed check, not lost
+        client.check(False, f"normal client crashed: {e!r}")
+    results.put(client.results)
+
+
 class Soak:
     def __init__(self, args):
         self.args = args
@@ -217,66 +303,6 @@ class Soak:
             except ValueError:
                 pass
         return totals
-
-    # --- the normal client ---------------------------------------------------------------
-    async def normal(self):
-        sub = await Ws.open(self.port, "/ws/news")
-        pub = await Ws.open(self.port, "/ws/news")
-        await asyncio.sleep(0.2)
-        sent = 0
-        latencies = []
-        order_ok = True
-
-        async def receive():
-            nonlocal order_ok
-            want = 0
-            while want < sent or not self.end.is_set():
-                try:
-                    op, payload = await asyncio.wait_for(sub.recv(), 5)
-                except asyncio.TimeoutError:
-                    if self.end.is_set():
-                        break
-                    continue
-                if op not in (1, 2):
-                    continue
-                seq, ts = payload.decode().split(" ")
-                if int(seq) != want:
-                    order_ok = False
-                want = int(seq) + 1
-                latencies.append(time.monotonic() - float(ts))
-            return want
-
-        rx = asyncio.ensure_future(receive())
-        while not self.end.is_set():
-            pub.send(1, f"{sent} {time.monotonic():.6f}".encode())
-            sent += 1
-            await pub.w.drain()
-            await asyncio.sleep(0.02)
-        got = await asyncio.wait_for(rx, 15)
-        latencies.sort()
-        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("inf")
-        self.check(got == sent and order_ok, f"normal subscriber: {got}/{sent} messages, in order: {order_ok}")
-        self.check(p99 <= NORMAL_P99_LIMIT, f"normal subscriber p99 latency {p99 * 1000:.1f} ms <= {NORMAL_P99_LIMIT * 1000:.0f} ms")
-        sub.close()
-        pub.close()
-
-    async def health_prober(self):
-        worst, n, failed = 0.0, 0, 0
-        while not self.stop.is_set():
-            t = time.monotonic()
-            try:
-                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), HEALTH_MAX_LIMIT)
-                w.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = await asyncio.wait_for(r.read(), HEALTH_MAX_LIMIT)
-                w.close()
-                if not data.startswith(b"HTTP/1.1 200"):
-                    failed += 1
-            except (OSError, asyncio.TimeoutError):
-                failed += 1
-            worst = max(worst, time.monotonic() - t)
-            n += 1
-            await asyncio.sleep(0.25)
-        self.check(failed == 0 and worst <= HEALTH_MAX_LIMIT, f"/health on new connections: {n} probes, {failed} failed, worst {worst * 1000:.0f} ms")
 
     # --- the attackers -------------------------------------------------------------------
     async def flood(self, src, opcode, read):
@@ -434,10 +460,12 @@ class Soak:
         seconds = self.args.seconds
         main_phase = seconds * 0.7
         print(f"== abuse soak on {self.args.io}: {seconds:.0f} s, server pid {self.proc.pid}, port {self.port}")
-        normal = asyncio.ensure_future(self.normal())
+        ctx = multiprocessing.get_context("fork")
+        stop_evt, end_evt, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        normal = ctx.Process(target=run_normal, args=(self.port, stop_evt, end_evt, results))
+        normal.start()
         await asyncio.sleep(0.5)
         attacks = [asyncio.ensure_future(c) for c in (
-            self.health_prober(),
             self.flood("127.0.0.2", 0x9, read=False),
             self.flood("127.0.0.2", 0x9, read=False),
             self.flood("127.0.0.2", 0xA, read=True),
@@ -450,6 +478,7 @@ class Soak:
         )]
         await asyncio.sleep(main_phase)
         self.stop.set()
+        stop_evt.set()
         await asyncio.gather(*attacks, return_exceptions=True)
         # Descriptor flood from many addresses: more holders than the server has files.
         cpu0, t0 = self.cpu_seconds(), time.monotonic()
@@ -457,8 +486,14 @@ class Soak:
         await asyncio.sleep(seconds - main_phase)
         holders_cpu = (self.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         self.end.set()
+        end_evt.set()
         await asyncio.gather(*holders, return_exceptions=True)
-        await normal
+        try:
+            for ok, what in await asyncio.get_running_loop().run_in_executor(None, results.get, True, 30):
+                self.check(ok, what)
+        except Exception as e:
+            self.check(False, f"normal client reported nothing: {e!r}")
+        normal.join(5)
         # Recovery: a new client is served at once.
         t = time.monotonic()
         ok = False
