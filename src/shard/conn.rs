@@ -38,8 +38,16 @@ pub enum Route {
 pub enum Phase {
     /// Reading the HTTP request head (bounded by `max_header_bytes`).
     Http {
-        /// Bytes of the request head received so far.
+        /// Bytes of the request head received so far; for a `POST /publish` whose head is
+        /// complete, the body (allocated once, to its Content-Length).
         buf: Vec<u8>,
+        /// How far the search for the end of the head got (`proto::handshake::HeadScan`):
+        /// each receive scans only its own bytes.
+        scan: crate::proto::handshake::HeadScan,
+        /// The request is `HEAD`: responses carry headers only.
+        head_only: bool,
+        /// Set once a publish's head is complete: what its body is for.
+        body: Option<Box<super::http_publish::PendingBody>>,
     },
     /// Upgraded: frames go through the protocol core.
     Ws {
@@ -90,7 +98,12 @@ impl Conn {
     pub fn new(token: Token, tick: u32) -> Self {
         Conn {
             token,
-            phase: Phase::Http { buf: Vec::new() },
+            phase: Phase::Http {
+                buf: Vec::new(),
+                scan: crate::proto::handshake::HeadScan::default(),
+                head_only: false,
+                body: None,
+            },
             queue: VecDeque::new(),
             queued: 0,
             inflight: 0,
