@@ -164,3 +164,17 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Idle memory per connection depends on it (docs/DESIGN.md, "Memory per idle
+    /// connection"): the request state lives in the padding of the `Ws` variant.
+    #[test]
+    fn conn_stays_240_bytes() {
+        assert!(
+            std::mem::size_of::<super::Conn>() <= 240,
+            "{}",
+            std::mem::size_of::<super::Conn>()
+        );
+    }
+}
