@@ -19,10 +19,10 @@ fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
     s
 }
 
-/// Defect 6: connections over the per-IP limit held a global connection slot until their
-/// request head arrived (or the handshake timed out), so one address could make every
-/// other address get 503. Now they are answered 429 and closed at accept, never counted in
-/// the global count.
+// Defect 6: connections over the per-IP limit held a global connection slot until their
+// request head arrived (or the handshake timed out), so one address could make every
+// other address get 503. Now they are answered 429 and closed at accept, never counted in
+// the global count.
 both!(per_ip_refusals_hold_no_global_slot, |io| {
     let srv = Server::start(
         io,
@@ -99,12 +99,12 @@ fn dribble(srv: &Server, head: &[u8], body_len: usize, chunk: usize) -> (Duratio
     (spent, resp)
 }
 
-/// Defect 7: the buffered head was parsed again from the start on every receive, and a
-/// partial publish body copied out and back in, so one receive cost work proportional to
-/// what was buffered: a 1 MiB request in 1,000-byte pieces costs about 1,000 receives of
-/// 0.5 MiB on average, i.e. half a gigabyte of parsing or copying (measured: about 100 µs
-/// per receive, ~0.1 s of CPU and far more under httparse's full re-parse). Linear now:
-/// a few milliseconds.
+// Defect 7: the buffered head was parsed again from the start on every receive, and a
+// partial publish body copied out and back in, so one receive cost work proportional to
+// what was buffered: a 1 MiB request in 1,000-byte pieces costs about 1,000 receives of
+// 0.5 MiB on average, i.e. half a gigabyte of parsing or copying (measured: about 100 µs
+// per receive, ~0.1 s of CPU and far more under httparse's full re-parse). Linear now:
+// a few milliseconds.
 both!(dribbled_request_costs_linear_cpu, |io| {
     let srv = Server::start(
         io,
@@ -148,9 +148,9 @@ both!(dribbled_request_costs_linear_cpu, |io| {
     assert!(cpu_body < Duration::from_millis(150), "body: {cpu_body:?}");
 });
 
-/// Defect 8: `?subscribe=` was de-duplicated with a linear `contains` per topic, before the
-/// `--max-topics-per-connection` refusal: a 256 KiB head cost seconds of shard CPU. Now the
-/// list is refused as soon as it passes the limit, and de-duplicated in linear time.
+// Defect 8: `?subscribe=` was de-duplicated with a linear `contains` per topic, before the
+// `--max-topics-per-connection` refusal: a 256 KiB head cost seconds of shard CPU. Now the
+// list is refused as soon as it passes the limit, and de-duplicated in linear time.
 both!(long_subscribe_list_is_cheap, |io| {
     let srv = Server::start(
         io,
@@ -197,9 +197,9 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert!(spent < Duration::from_millis(300), "{spent:?}");
 });
 
-/// Defect 9: `--allowed-origins` did not cover `POST /publish`: a cross-site page could
-/// publish with a `text/plain` POST (no CORS preflight). Every request with an `Origin`
-/// header is now checked.
+// Defect 9: `--allowed-origins` did not cover `POST /publish`: a cross-site page could
+// publish with a `text/plain` POST (no CORS preflight). Every request with an `Origin`
+// header is now checked.
 both!(allowed_origins_cover_publish, |io| {
     let srv = Server::start(io, &["--allowed-origins", "http://good.example"]);
     let mut sub = srv.ws("/ws/t");
@@ -228,8 +228,8 @@ Content-Length: {}\r\n\r\n{body}",
     assert_eq!(status, 403);
 });
 
-/// HTTP conformance: absolute-form targets are routed by their path (RFC 9112 §3.2.2), and
-/// `HEAD /health` gets the headers only, with the Content-Length a GET would get.
+// HTTP conformance: absolute-form targets are routed by their path (RFC 9112 §3.2.2), and
+// `HEAD /health` gets the headers only, with the Content-Length a GET would get.
 both!(absolute_form_and_head, |io| {
     let srv = Server::start(io, &[]);
     let (status, body) = srv.request(b"GET http://x/health HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -245,8 +245,8 @@ both!(absolute_form_and_head, |io| {
     assert!(head.contains("Content-Length: 3\r\n"), "{head}");
 });
 
-/// Control mode: an integer `id` past 2^64 was echoed back as a float (serde_json turns it
-/// into an `f64`). Ids are opaque: only integers that survive exactly, or strings, are taken.
+// Control mode: an integer `id` past 2^64 was echoed back as a float (serde_json turns it
+// into an `f64`). Ids are opaque: only integers that survive exactly, or strings, are taken.
 both!(control_ids_echo_exactly_or_are_refused, |io| {
     let srv = Server::start(io, &[]);
     let mut c = srv.ws("/ws");
