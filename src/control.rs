@@ -12,7 +12,8 @@
 //! | `ping` | optional `id` | answered with `pong` (browsers cannot send WebSocket pings) |
 //!
 //! Every command gets exactly one reply, `ack` (or `pong`) or `error`, carrying the `id`
-//! when one was given (a JSON number, or a string of at most [`MAX_ID_LEN`] bytes). Unknown
+//! when one was given (an integer from −2^63 to 2^64−1, echoed exactly, or a string of at most
+//! [`MAX_ID_LEN`] bytes; other numbers are refused, since they would not come back as sent). Unknown
 //! fields are ignored. A binary frame is a publish in the binary envelope (below); it is not
 //! acknowledged, only refused when malformed.
 //!
@@ -186,13 +187,17 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
     };
     let id = match obj.remove("id") {
         None | Some(Value::Null) => None,
-        Some(v @ Value::Number(_)) => Some(v),
+        // Only integers serde_json holds exactly (i64 or u64): a larger one, or a fraction,
+        // would come back as a float, which is not the id the client sent.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
         Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(Value::String(s)),
         Some(_) => {
             return Err(Refusal::new(
                 None,
                 ErrorCode::BadMessage,
-                format!("\"id\" must be a number or a string of at most {MAX_ID_LEN} bytes"),
+                format!(
+                    "\"id\" must be an integer from -2^63 to 2^64-1 or a string of at most {MAX_ID_LEN} bytes"
+                ),
             ));
         }
     };
@@ -414,6 +419,17 @@ mod tests {
             json(
                 br#"{"type":"error","id":9,"code":"bad_topic","message":"topic name must be printable ASCII without spaces"}"#
             )
+        );
+        assert_eq!(code(br#"{"type":"ping","id":1.5}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(br#"{"type":"ping","id":18446744073709551616}"#),
+            ErrorCode::BadMessage
+        );
+        let r = parse(br#"{"type":"ping","id":18446744073709551615}"#).unwrap();
+        assert!(
+            String::from_utf8(ack(r.id.as_ref(), &r.command))
+                .unwrap()
+                .contains("18446744073709551615")
         );
         let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(MAX_ID_LEN + 1));
         assert_eq!(code(long.as_bytes()), ErrorCode::BadMessage);

@@ -63,19 +63,24 @@ pub enum Routed {
     Demo,
 }
 
-/// Decides what a request for `path` with `method` gets.
-pub fn route(method: &str, path: &str, query: Option<&str>) -> Routed {
+/// Decides what a request for `path` with `method` gets. `max_topics`: a `?subscribe=` list
+/// with more distinct topics is refused (400) as soon as the parser passes the limit.
+pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -> Routed {
     let is_get = method == "GET";
     match path {
         "/health" if is_get || method == "HEAD" => Routed::Health,
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
         "/" | "/index.html" if is_get => Routed::Demo,
-        "/ws" if is_get => match subscribe_param(query) {
+        "/ws" if is_get => match subscribe_param(query, max_topics) {
             Ok(subscribe) => Routed::Upgrade(Endpoint::Control { subscribe }),
-            Err(e) => Routed::Respond {
+            Err(SubscribeError::Topic(e)) => Routed::Respond {
                 status: 400,
                 body: topic_error_body(e),
+            },
+            Err(SubscribeError::TooMany) => Routed::Respond {
+                status: 400,
+                body: "?subscribe= lists more topics than --max-topics-per-connection allows\n",
             },
         },
         "/health" | "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::Respond {
@@ -130,11 +135,23 @@ fn topic_error_body(e: crate::pubsub::TopicError) -> &'static str {
     }
 }
 
+/// Why a `?subscribe=` list is refused.
+enum SubscribeError {
+    Topic(crate::pubsub::TopicError),
+    /// More distinct topics than `--max-topics-per-connection`.
+    TooMany,
+}
+
 /// The topics of `?subscribe=a,b` (several `subscribe` parameters add up), percent-decoded,
-/// validated, without duplicates. A topic containing a comma can only be subscribed to
-/// with a `subscribe` control message.
-fn subscribe_param(query: Option<&str>) -> Result<Vec<String>, crate::pubsub::TopicError> {
+/// validated, without duplicates, at most `max` of them. A topic containing a comma can only
+/// be subscribed to with a `subscribe` control message.
+///
+/// Linear in the query's length: duplicates are found with a hash set, and the list is
+/// refused as soon as it passes `max`, before the rest is decoded (a hostile 1 MiB head
+/// costs one pass, not a compare of every topic with every other).
+fn subscribe_param(query: Option<&str>, max: usize) -> Result<Vec<String>, SubscribeError> {
     let mut out: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for kv in query.unwrap_or("").split('&') {
         let Some(list) = kv.strip_prefix("subscribe=") else {
             continue;
@@ -143,11 +160,17 @@ fn subscribe_param(query: Option<&str>) -> Result<Vec<String>, crate::pubsub::To
             if raw.is_empty() {
                 continue;
             }
-            let topic = percent_decode(raw).ok_or(crate::pubsub::TopicError::BadByte)?;
-            validate_topic(&topic)?;
-            if !out.contains(&topic) {
-                out.push(topic);
+            let topic = percent_decode(raw)
+                .ok_or(SubscribeError::Topic(crate::pubsub::TopicError::BadByte))?;
+            validate_topic(&topic).map_err(SubscribeError::Topic)?;
+            if seen.contains(&topic) {
+                continue;
             }
+            if out.len() >= max {
+                return Err(SubscribeError::TooMany);
+            }
+            seen.insert(topic.clone());
+            out.push(topic);
         }
     }
     Ok(out)
@@ -186,73 +209,86 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET", "/health", None), Routed::Health);
-        assert_eq!(route("GET", "/echo", None), Routed::Upgrade(Endpoint::Echo));
+        assert_eq!(route("GET", "/health", None, 256), Routed::Health);
         assert_eq!(
-            route("GET", "/ws/prices", Some("echo=1")),
+            route("GET", "/echo", None, 256),
+            Routed::Upgrade(Endpoint::Echo)
+        );
+        assert_eq!(
+            route("GET", "/ws/prices", Some("echo=1"), 256),
             Routed::Upgrade(Endpoint::Topic {
                 name: "prices".into(),
                 echo: true
             })
         );
         assert_eq!(
-            route("GET", "/ws/prices", Some("x=2")),
+            route("GET", "/ws/prices", Some("x=2"), 256),
             Routed::Upgrade(Endpoint::Topic {
                 name: "prices".into(),
                 echo: false
             })
         );
         assert!(matches!(
-            route("GET", "/ws/", None),
+            route("GET", "/ws/", None, 256),
             Routed::Respond { status: 400, .. }
         ));
         assert!(matches!(
-            route("GET", "/nope", None),
+            route("GET", "/nope", None, 256),
             Routed::Respond { status: 404, .. }
         ));
         assert!(matches!(
-            route("POST", "/ws/a", None),
+            route("POST", "/ws/a", None, 256),
             Routed::Respond { status: 405, .. }
         ));
         assert!(matches!(
-            route("DELETE", "/health", None),
+            route("DELETE", "/health", None, 256),
             Routed::Respond { status: 405, .. }
         ));
     }
 
     #[test]
     fn surface_routes() {
-        assert_eq!(route("GET", "/", None), Routed::Demo);
+        assert_eq!(route("GET", "/", None, 256), Routed::Demo);
         assert_eq!(
-            route("GET", "/ws", None),
+            route("GET", "/ws", None, 256),
             Routed::Upgrade(Endpoint::Control { subscribe: vec![] })
         );
         assert_eq!(
-            route("GET", "/ws", Some("subscribe=a,b%2Fc,a&subscribe=d")),
+            route("GET", "/ws", Some("subscribe=a,b%2Fc,a&subscribe=d"), 256),
             Routed::Upgrade(Endpoint::Control {
                 subscribe: vec!["a".into(), "b/c".into(), "d".into()]
             })
         );
         assert!(matches!(
-            route("GET", "/ws", Some("subscribe=a%20b")),
+            route("GET", "/ws", Some("subscribe=a%20b"), 256),
             Routed::Respond { status: 400, .. }
         ));
         assert_eq!(
-            route("POST", "/publish/news", None),
+            route("POST", "/publish/news", None, 256),
             Routed::Publish("news".into())
         );
         assert!(matches!(
-            route("GET", "/publish/news", None),
+            route("GET", "/publish/news", None, 256),
             Routed::Respond { status: 405, .. }
         ));
         assert!(matches!(
-            route("POST", "/publish/", None),
+            route("POST", "/publish/", None, 256),
             Routed::Respond { status: 400, .. }
         ));
         assert!(matches!(
-            route("POST", "/ws", None),
+            route("POST", "/ws", None, 256),
             Routed::Respond { status: 405, .. }
         ));
+        assert!(matches!(
+            route("GET", "/ws", Some("subscribe=a,b,a,c"), 2),
+            Routed::Respond { status: 400, .. }
+        ));
+        assert_eq!(
+            route("GET", "/ws", Some("subscribe=a,b,a,b"), 2),
+            Routed::Upgrade(Endpoint::Control {
+                subscribe: vec!["a".into(), "b".into()]
+            })
+        );
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
     }

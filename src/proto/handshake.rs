@@ -223,7 +223,8 @@ fn trim(v: &[u8]) -> &[u8] {
     v.trim_ascii()
 }
 
-/// Parse a request head from the start of `buf`.
+/// Parse a request head from the start of `buf`, into an owned [`Request`] (for tools and
+/// tests; the server parses into a borrowing [`Head`] once [`HeadScan`] found the end).
 ///
 /// `Ok(None)` = need more bytes (nothing consumed). `Err(TooLarge)` once `buf` holds more than
 /// `max_header_bytes` without a complete head, or the head is longer than that.
@@ -231,29 +232,146 @@ pub fn parse_request(
     buf: &[u8],
     limits: &HandshakeLimits,
 ) -> Result<Option<Request>, HandshakeError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    let scan = &buf[..buf.len().min(limits.max_header_bytes)];
-    let Some(head_len) = complete(req.parse(scan).map_err(map_httparse)?, buf, limits)? else {
+    let mut scan = HeadScan::default();
+    let Some(end) = scan.find(buf, limits)? else {
         return Ok(None);
     };
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
+    Ok(Some(parse_head(&buf[..end], limits)?.to_owned()))
+}
+
+/// An incremental search for the end of a request head (the empty line), so that a head
+/// arriving in many small receives costs time linear in its length: each call looks only
+/// at the bytes after the previous call's position, and the head is parsed once, when
+/// complete ([`parse_head`]). A line ends with LF (optionally preceded by CR, RFC 9112 §2.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadScan {
+    /// Bytes of the buffer already searched.
+    pub scanned: u32,
+}
+
+impl HeadScan {
+    /// The head's length (through the empty line) once `buf` holds all of it; `Ok(None)`
+    /// while it may still arrive; `TooLarge` once `max_header_bytes` bytes hold no end.
+    /// `buf` must be the same buffer as before, with bytes appended only.
+    pub fn find(
+        &mut self,
+        buf: &[u8],
+        limits: &HandshakeLimits,
+    ) -> Result<Option<usize>, HandshakeError> {
+        let max = limits.max_header_bytes.min(buf.len());
+        let from = (self.scanned as usize).min(max);
+        for (i, &b) in buf[..max].iter().enumerate().skip(from) {
+            if b == b'\n'
+                && i > 0
+                && (buf[i - 1] == b'\n' || (buf[i - 1] == b'\r' && i > 1 && buf[i - 2] == b'\n'))
+            {
+                return Ok(Some(i + 1));
+            }
+        }
+        self.scanned = u32::try_from(max).unwrap_or(u32::MAX);
+        if buf.len() >= limits.max_header_bytes {
+            return Err(HandshakeError::TooLarge);
+        }
+        Ok(None)
+    }
+}
+
+/// A parsed request head borrowing the buffer it was parsed from: no allocation per header
+/// (one small vector of slices for all of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The method as sent (`GET`, `POST`...).
+    pub method: &'a str,
+    /// The path, without the query. An absolute-form target (`http://host/p?q`, RFC 9112
+    /// §3.2.2) is reduced to its path (`/p`).
+    pub path: &'a str,
+    /// The raw query after `?` (not percent-decoded), if any.
+    pub query: Option<&'a str>,
+    /// Header fields in order: name as sent, raw value (surrounding whitespace trimmed).
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// Bytes of the head including the blank line: a body or frames start at `buf[head_len]`.
+    pub head_len: usize,
+    /// HTTP minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
+}
+
+/// Parses a complete head (`head` ends with the empty line, as found by [`HeadScan`]).
+pub fn parse_head<'a>(
+    head: &'a [u8],
+    limits: &HandshakeLimits,
+) -> Result<Head<'a>, HandshakeError> {
+    if head.len() > limits.max_header_bytes {
+        return Err(HandshakeError::TooLarge);
+    }
+    // Most requests fit the stack array; httparse needs its slots up front.
+    let mut stack = [httparse::EMPTY_HEADER; 64];
+    let mut heap;
+    let slots: &mut [httparse::Header<'a>] = if limits.max_headers <= stack.len() {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap
     };
-    Ok(Some(Request {
-        method: req.method.unwrap_or("").to_owned(),
+    let mut req = httparse::Request::new(slots);
+    let head_len = match req.parse(head).map_err(map_httparse)? {
+        httparse::Status::Complete(n) => n,
+        // Only empty lines before the "end": not a request.
+        httparse::Status::Partial => return Err(HandshakeError::Malformed("no request line")),
+    };
+    let target = origin_form(req.path.unwrap_or("/"));
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    Ok(Head {
+        method: req.method.unwrap_or(""),
         path,
         query,
         headers: req
             .headers
             .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), trim(h.value).to_vec()))
+            .map(|h| (h.name, trim(h.value)))
             .collect(),
         head_len,
         version: req.version.unwrap_or(1),
-    }))
+    })
+}
+
+/// The origin form (`/path?query`) of a request target: an absolute-form target
+/// (`http://host:port/path?query`) loses its scheme and authority (RFC 9112 §3.2.2 says a
+/// server must accept it); an authority without a path means `/`.
+fn origin_form(target: &str) -> &str {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some("http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some("https://") {
+        &target[8..]
+    } else {
+        return target;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        // No path (`http://host`, `http://host?q`): `/` (such a query is dropped).
+        _ => "/",
+    }
+}
+
+impl Head<'_> {
+    /// The owned copy.
+    pub fn to_owned(&self) -> Request {
+        Request {
+            method: self.method.to_owned(),
+            path: self.path.to_owned(),
+            query: self.query.map(str::to_owned),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+                .collect(),
+            head_len: self.head_len,
+            version: self.version,
+        }
+    }
 }
 
 /// Does the comma-separated list `value` contain `token` (ASCII case-insensitive)?
@@ -267,21 +385,21 @@ fn text<'a>(value: &'a [u8], name: &'static str) -> Result<&'a str, HandshakeErr
     std::str::from_utf8(value).map_err(|_| HandshakeError::InvalidHeaderValue(name))
 }
 
-impl Request {
+impl<'a> Head<'a> {
     /// The first value of a header (`lower_name` must be lower-case).
-    pub fn header(&self, lower_name: &str) -> Option<&[u8]> {
+    pub fn header(&self, lower_name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n == lower_name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| n.eq_ignore_ascii_case(lower_name))
+            .map(|&(_, v)| v)
     }
 
     /// Every value of a header, in order.
-    pub fn headers_named<'a>(&'a self, lower_name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    pub fn headers_named<'s>(&'s self, lower_name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == lower_name)
-            .map(|(_, v)| v.as_slice())
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(lower_name))
+            .map(|&(_, v)| v)
     }
 
     fn any_token(&self, lower_name: &str, token: &str) -> bool {
@@ -368,6 +486,66 @@ impl Request {
     }
 
     /// The raw (not percent-decoded) value of a query parameter; `Some("")` for a bare `name`.
+    pub fn query_param(&self, name: &str) -> Option<&'a str> {
+        self.query?
+            .split('&')
+            .find_map(|pair| match pair.split_once('=') {
+                Some((k, v)) if k == name => Some(v),
+                None if pair == name => Some(""),
+                _ => None,
+            })
+    }
+}
+
+impl Request {
+    /// The borrowing view, on which the checks are implemented.
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect(),
+            head_len: self.head_len,
+            version: self.version,
+        }
+    }
+
+    /// The first value of a header (`lower_name` must be lower-case).
+    pub fn header(&self, lower_name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == lower_name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every value of a header, in order.
+    pub fn headers_named<'a>(&'a self, lower_name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == lower_name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// See [`Head::content_length`].
+    pub fn content_length(&self) -> Result<Option<usize>, HandshakeError> {
+        self.head().content_length()
+    }
+
+    /// See [`Head::is_upgrade`].
+    pub fn is_upgrade(&self) -> bool {
+        self.head().is_upgrade()
+    }
+
+    /// See [`Head::websocket`].
+    pub fn websocket(&self) -> Result<Upgrade, HandshakeError> {
+        self.head().websocket()
+    }
+
+    /// See [`Head::query_param`].
     pub fn query_param(&self, name: &str) -> Option<&str> {
         self.query
             .as_deref()?

@@ -44,8 +44,16 @@ pub enum Route {
 pub enum Phase {
     /// Reading the HTTP request head (bounded by `max_header_bytes`).
     Http {
-        /// Bytes of the request head received so far.
+        /// Bytes of the request head received so far; for a `POST /publish` whose head is
+        /// complete, the body (allocated once, to its Content-Length).
         buf: Vec<u8>,
+        /// How far the search for the end of the head got (`proto::handshake::HeadScan`):
+        /// each receive scans only its own bytes.
+        scan: crate::proto::handshake::HeadScan,
+        /// The request is `HEAD`: responses carry headers only.
+        head_only: bool,
+        /// Set once a publish's head is complete: what its body is for.
+        body: Option<Box<super::http_publish::PendingBody>>,
     },
     /// Upgraded: frames go through the protocol core.
     Ws {
@@ -98,7 +106,12 @@ impl Conn {
     pub fn new(token: Token, tick: u32) -> Self {
         Conn {
             token,
-            phase: Phase::Http { buf: Vec::new() },
+            phase: Phase::Http {
+                buf: Vec::new(),
+                scan: crate::proto::handshake::HeadScan::default(),
+                head_only: false,
+                body: None,
+            },
             queue: VecDeque::new(),
             queued: 0,
             inflight: 0,
@@ -189,5 +202,19 @@ impl Conn {
             self.dirty = true;
             dirty.push(self.token.slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Idle memory per connection depends on it (docs/DESIGN.md, "Memory per idle
+    /// connection"): the request state lives in the padding of the `Ws` variant.
+    #[test]
+    fn conn_stays_240_bytes() {
+        assert!(
+            std::mem::size_of::<super::Conn>() <= 240,
+            "{}",
+            std::mem::size_of::<super::Conn>()
+        );
     }
 }

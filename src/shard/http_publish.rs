@@ -3,8 +3,8 @@
 //!
 //! The decision is made from the head before any body byte is kept: `Transfer-Encoding`
 //! (chunked) → 411, no `Content-Length` → 411, a length above `--max-message-size` → 413.
-//! Otherwise the body is read into the connection's request buffer (so it is bounded by
-//! `max_header_bytes + max_message_size` plus one receive) and must arrive within
+//! Otherwise the body is read into a buffer allocated once to the Content-Length (so it is
+//! bounded by `--max-message-size`; each receive appends, nothing is parsed or copied again) and must arrive within
 //! `--handshake-timeout`, like the rest of the request. `Content-Type: text/*` publishes a
 //! text message (the body must be UTF-8, else 400), anything else a binary message. The
 //! answer is `202 {"queued":N}`, N being the subscribers on the receiving shard the message
@@ -13,15 +13,28 @@
 
 use crate::io::Token;
 use crate::proto::frame::OpCode;
-use crate::proto::handshake::Request;
+use crate::proto::handshake::Head;
 
 use super::conn::Phase;
 use super::{ShardState, conn_mut};
 
+/// A publish whose head has been read and whose body is still arriving (kept in the
+/// connection's request buffer, allocated once to `len`).
+#[derive(Debug)]
+pub struct PendingBody {
+    /// The validated topic.
+    topic: Box<str>,
+    /// `Content-Type: text/*`: a text message (the body must be UTF-8).
+    text: bool,
+    /// The Content-Length.
+    pub len: usize,
+}
+
 impl ShardState {
     /// Route hook for `Routed::Publish`. `rest` is what followed the request head; when the
-    /// body is not complete yet it goes back into the request buffer and we wait.
-    pub(super) fn http_publish(&mut self, token: Token, req: &Request, topic: &str, rest: Vec<u8>) {
+    /// body is not complete yet it is kept in a buffer of exactly the Content-Length, which
+    /// later receives append to ([`ShardState::finish_publish`] once full).
+    pub(super) fn http_publish(&mut self, token: Token, req: &Head<'_>, topic: &str, rest: &[u8]) {
         if req.header("transfer-encoding").is_some() {
             self.respond(
                 token,
@@ -48,29 +61,59 @@ impl ShardState {
             self.respond(token, 413, &body);
             return;
         }
-        if rest.len() < len {
-            let expects_continue = rest.is_empty()
-                && req
-                    .header("expect")
-                    .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-            let Some(c) = conn_mut(&mut self.conns, token) else {
-                return;
-            };
-            if let Phase::Http { buf } = &mut c.phase {
-                buf.extend_from_slice(&rest);
-            }
-            if expects_continue {
-                c.push_control(
-                    bytes::Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                    &mut self.dirty,
-                );
-            }
-            return;
-        }
-        let body = &rest[..len];
         let text = req
             .header("content-type")
             .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
+        if rest.len() >= len {
+            self.publish_body(token, topic, text, &rest[..len]);
+            return;
+        }
+        let expects_continue = rest.is_empty()
+            && req
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        if let Phase::Http { buf, body, .. } = &mut c.phase {
+            let mut b = Vec::with_capacity(len);
+            b.extend_from_slice(rest);
+            *buf = b;
+            *body = Some(Box::new(PendingBody {
+                topic: topic.into(),
+                text,
+                len,
+            }));
+        }
+        if expects_continue {
+            c.push_control(
+                bytes::Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                &mut self.dirty,
+            );
+        }
+    }
+
+    /// The body of a pending publish is complete: publish it.
+    pub(super) fn finish_publish(&mut self, token: Token) {
+        let Some(c) = conn_mut(&mut self.conns, token) else {
+            return;
+        };
+        let Phase::Http { buf, body, .. } = &mut c.phase else {
+            return;
+        };
+        let (Some(pending), buf) = (body.take(), std::mem::take(buf)) else {
+            return;
+        };
+        self.publish_body(
+            token,
+            &pending.topic,
+            pending.text,
+            &buf[..pending.len.min(buf.len())],
+        );
+    }
+
+    fn publish_body(&mut self, token: Token, topic: &str, text: bool, body: &[u8]) {
+        let len = body.len();
         if text && simdutf8::basic::from_utf8(body).is_err() {
             self.respond(
                 token,

@@ -340,6 +340,11 @@ impl ShardState {
         // Nagle would hold back the small frames a broadcast server writes; the loop already
         // coalesces everything queued in a turn into one send.
         let stream = std::net::TcpStream::from(fd);
+        // Refused per IP: answered and closed here, holding no slot and no global count.
+        let Some(peer) = self.admit_peer(&stream) else {
+            self.metrics.accepted.inc();
+            return;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
@@ -355,7 +360,7 @@ impl ShardState {
         self.generations[slot as usize] = generation;
         let token = Token { slot, generation };
         self.conns[slot as usize] = Some(Conn::new(token, self.tick));
-        self.admit_peer(token, &stream);
+        self.count_peer(token, peer);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
         self.metrics.accepted.inc();
@@ -369,7 +374,18 @@ impl ShardState {
         };
         c.last_rx = tick;
         match &mut c.phase {
-            Phase::Http { buf } => {
+            Phase::Http { buf, body, .. } => {
+                if let Some(pending) = body {
+                    // A publish body: appended to its buffer, sized once from the
+                    // Content-Length; bytes past it are ignored (the connection closes after
+                    // the response).
+                    let room = pending.len.saturating_sub(buf.len());
+                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                    if buf.len() >= pending.len {
+                        self.finish_publish(token);
+                    }
+                    return;
+                }
                 buf.extend_from_slice(data);
                 self.on_request_bytes(token);
             }
@@ -378,33 +394,57 @@ impl ShardState {
         }
     }
 
-    /// Parses what is buffered of a request head and acts on it once complete.
+    /// Looks for the end of the request head in what the last receive added (linear in the
+    /// bytes received, whatever the number of receives), then parses it once and acts on it.
     fn on_request_bytes(&mut self, token: Token) {
         let limits = self.handshake_limits;
         let Some(c) = conn_mut(&mut self.conns, token) else {
             return;
         };
-        let Phase::Http { buf } = &mut c.phase else {
+        let Phase::Http {
+            buf,
+            scan,
+            head_only,
+            ..
+        } = &mut c.phase
+        else {
             return;
         };
-        let req = match handshake::parse_request(buf, &limits) {
+        let end = match scan.find(buf, &limits) {
             Ok(None) => return,
-            Ok(Some(req)) => req,
+            Ok(Some(end)) => end,
             Err(e) => {
                 let status = e.status();
                 self.respond(token, status, &format!("{e}\n"));
                 return;
             }
         };
-        let rest = buf.split_off(req.head_len.min(buf.len()));
-        let routed = crate::http::route(&req.method, &req.path, req.query.as_deref());
-        if self.refuse_early(token, &req, &routed) {
+        // The buffer leaves the connection so that the parsed head can borrow it while the
+        // shard acts on it; it is dropped (or becomes the WebSocket's first input) after.
+        let buf = std::mem::take(buf);
+        let head = match handshake::parse_head(&buf[..end], &limits) {
+            Ok(head) => head,
+            Err(e) => {
+                let status = e.status();
+                self.respond(token, status, &format!("{e}\n"));
+                return;
+            }
+        };
+        *head_only = head.method == "HEAD";
+        let rest = &buf[end.min(buf.len())..];
+        let routed = crate::http::route(
+            head.method,
+            head.path,
+            head.query,
+            self.settings.surface.max_topics_per_connection,
+        );
+        if self.refuse_early(token, &head, &routed) {
             return;
         }
         match routed {
             Routed::Health => self.health(token),
             Routed::Demo => self.demo(token),
-            Routed::Publish(topic) => self.http_publish(token, &req, &topic, rest),
+            Routed::Publish(topic) => self.http_publish(token, &head, &topic, rest),
             Routed::Metrics => {
                 let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
                 self.respond_with(
@@ -420,14 +460,14 @@ impl ShardState {
                     self.respond(token, 503, "server at its connection limit\n");
                     return;
                 }
-                let up = match req.websocket() {
+                let up = match head.websocket() {
                     Ok(up) => up,
                     Err(e) => {
                         self.respond(token, e.status(), &format!("{e}\n"));
                         return;
                     }
                 };
-                self.upgrade(token, &up, endpoint, rest);
+                self.upgrade(token, &up, endpoint, rest.to_vec());
             }
         }
     }
@@ -478,12 +518,23 @@ impl ShardState {
         self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
     }
 
+    /// Answers a request and closes after the response; a `HEAD` request gets the headers
+    /// only, with the Content-Length the body would have (RFC 9110 §9.3.2).
     fn respond_with(&mut self, token: Token, status: u16, content_type: &str, body: &[u8]) {
-        let mut out = Vec::with_capacity(128 + body.len());
-        handshake::write_response(status, content_type, &[], body, &mut out);
         let Some(c) = conn_mut(&mut self.conns, token) else {
             return;
         };
+        let mut out = Vec::with_capacity(128 + body.len());
+        handshake::write_response(status, content_type, &[], body, &mut out);
+        if matches!(
+            c.phase,
+            Phase::Http {
+                head_only: true,
+                ..
+            }
+        ) {
+            out.truncate(out.len() - body.len());
+        }
         c.phase = Phase::Done;
         c.push_control(Bytes::from(out), &mut self.dirty);
         c.close_after_flush = true;

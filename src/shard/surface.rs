@@ -6,8 +6,15 @@
 //! Per-IP state is global (one table in [`SurfaceShared`] behind a mutex) so that the limits
 //! mean what they say whatever shard `SO_REUSEPORT` hands a connection to. The table is
 //! touched only when a connection is accepted or released, and only when a per-IP limit is
-//! configured: the per-message path never sees it. A refusal decided at accept is answered
-//! (429) when the request head arrives, so the client reads a proper HTTP response.
+//! configured: the per-message path never sees it. A connection over a per-IP limit is
+//! answered 429 and closed at accept, without reading: it never takes a slot, a buffer or a
+//! place in the global connection count, so one address cannot exhaust what every address
+//! shares (it used to be held until its request head arrived, counted against
+//! `--max-connections`, which let one address make every other one get 503).
+//!
+//! The origin policy (`--allowed-origins`) applies to every request that carries an
+//! `Origin` header, not only upgrades: a cross-site page can `POST /publish` with a
+//! `text/plain` body, which browsers send without a CORS preflight.
 //!
 //! The rest of the surface lives next to this file: `shard/control.rs` (control mode),
 //! `shard/http_publish.rs` (`POST /publish/{topic}`) and `shard/drain.rs` (graceful
@@ -19,10 +26,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::{Endpoint, Routed};
+use crate::http::Routed;
 use crate::io::Token;
 use crate::metrics::RefusalReason;
-use crate::proto::handshake::Request;
+use crate::proto::handshake::{self, Head};
 
 use super::ShardState;
 
@@ -187,8 +194,6 @@ enum PeerSlot {
     None,
     /// Counted against this IP until released.
     Counted(Token, IpAddr),
-    /// Refused at accept: answered with 429 when its request head arrives.
-    Refused(Token, RefusalReason),
 }
 
 /// The IP to count: an IPv4-mapped IPv6 address counts as its IPv4 address.
@@ -200,34 +205,45 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl ShardState {
-    /// Accept hook: counts the connection against its IP's limits (when configured).
-    pub(super) fn admit_peer(&mut self, token: Token, stream: &std::net::TcpStream) {
+    /// Accept hook, before the connection gets a slot: checks its IP's limits (when
+    /// configured). `Some(ip)`: admitted (`ip` to count with [`ShardState::count_peer`],
+    /// `None` when not tracked); `None`: refused, answered 429 and closed here.
+    pub(super) fn admit_peer(&mut self, stream: &std::net::TcpStream) -> Option<Option<IpAddr>> {
         let s = &self.settings.surface;
         if !s.per_ip() {
-            return;
+            return Some(None);
         }
         let ip = match stream.peer_addr() {
             Ok(a) => canonical(a.ip()),
             Err(e) => {
                 tracing::debug!(shard = self.id, error = %e, "getpeername failed; not counted per IP");
-                return;
+                return Some(None);
             }
         };
         let verdict = match self.shared.surface.peers.lock() {
             Ok(mut t) => t.admit(ip, s, Instant::now()),
             Err(poisoned) => poisoned.into_inner().admit(ip, s, Instant::now()),
         };
+        let Err(reason) = verdict else {
+            return Some(Some(ip));
+        };
+        tracing::debug!(shard = self.id, %ip, reason = reason.as_str(), "connection over a per-IP limit");
+        self.metrics.refused(reason);
+        self.metrics.handshake_failure(429);
+        refuse_at_accept(stream, reason);
+        None
+    }
+
+    /// Records an admitted connection's IP against its slot, for [`ShardState::forget_peer`].
+    pub(super) fn count_peer(&mut self, token: Token, ip: Option<IpAddr>) {
+        let Some(ip) = ip else {
+            return;
+        };
         let slot = token.slot as usize;
         if self.surface.peers.len() <= slot {
             self.surface.peers.resize(slot + 1, PeerSlot::None);
         }
-        self.surface.peers[slot] = match verdict {
-            Ok(()) => PeerSlot::Counted(token, ip),
-            Err(reason) => {
-                tracing::debug!(shard = self.id, %ip, reason = reason.as_str(), "connection over a per-IP limit");
-                PeerSlot::Refused(token, reason)
-            }
-        };
+        self.surface.peers[slot] = PeerSlot::Counted(token, ip);
     }
 
     /// Release hook: gives the connection's IP slot back.
@@ -237,10 +253,6 @@ impl ShardState {
         };
         let ip = match *entry {
             PeerSlot::Counted(t, ip) if t == token => ip,
-            PeerSlot::Refused(t, _) if t == token => {
-                *entry = PeerSlot::None;
-                return;
-            }
             _ => return,
         };
         *entry = PeerSlot::None;
@@ -253,18 +265,8 @@ impl ShardState {
 
     /// Decides whether a parsed request is refused before it is routed; if so, answers it
     /// and returns true.
-    pub(super) fn refuse_early(&mut self, token: Token, req: &Request, routed: &Routed) -> bool {
-        if let Routed::Upgrade(Endpoint::Control { subscribe }) = routed
-            && subscribe.len() > self.settings.surface.max_topics_per_connection
-        {
-            self.respond(
-                token,
-                400,
-                "?subscribe= lists more topics than --max-topics-per-connection allows\n",
-            );
-            return true;
-        }
-        let refusal = self.admission(token, req, routed);
+    pub(super) fn refuse_early(&mut self, token: Token, req: &Head<'_>, routed: &Routed) -> bool {
+        let refusal = self.admission(req, routed);
         let Some((status, reason, body)) = refusal else {
             return false;
         };
@@ -275,37 +277,16 @@ impl ShardState {
 
     fn admission(
         &mut self,
-        token: Token,
-        req: &Request,
+        req: &Head<'_>,
         routed: &Routed,
     ) -> Option<(u16, RefusalReason, &'static str)> {
-        if let Some(entry) = self.surface.peers.get_mut(token.slot as usize)
-            && let PeerSlot::Refused(t, reason) = *entry
-            && t == token
-        {
-            *entry = PeerSlot::None;
-            let body = match reason {
-                RefusalReason::IpConnections => "too many connections from your address\n",
-                _ => "too many new connections from your address: slow down\n",
-            };
-            return Some((429, reason, body));
-        }
         let is_work = matches!(routed, Routed::Upgrade(_) | Routed::Publish(_));
         if is_work && self.shared.surface.is_draining() {
             return Some((503, RefusalReason::Draining, "server is shutting down\n"));
         }
-        let Routed::Upgrade(_) = routed else {
-            return None;
-        };
-        if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
-            return Some((
-                503,
-                RefusalReason::MaxConnections,
-                "server at its connection limit\n",
-            ));
-        }
-        // Every upgrade (simple, control, echo) is checked: a page from another site must
-        // not be able to use any of them.
+        // Every request with an Origin is checked, whatever its route: a page from another
+        // site must be able to use none of them (upgrades, and `POST /publish` with a
+        // `text/plain` body, which a browser sends cross-site without a preflight).
         if let Some(allowed) = &self.settings.surface.allowed_origins
             && let Some(origin) = req.header("origin")
         {
@@ -315,7 +296,46 @@ impl ShardState {
                 return Some((403, RefusalReason::Origin, "origin not allowed\n"));
             }
         }
+        if matches!(routed, Routed::Upgrade(_))
+            && self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections
+        {
+            return Some((
+                503,
+                RefusalReason::MaxConnections,
+                "server at its connection limit\n",
+            ));
+        }
         None
+    }
+}
+
+/// Answers a connection refused at accept with 429 and lets it close: one non-blocking send
+/// of a response that fits any fresh socket's send buffer, and a non-blocking read of what
+/// the client already sent (closing with unread bytes would reset the connection, and the
+/// client might lose the response). Nothing waits; a client that has not sent its request
+/// yet may see a reset when it does, after the 429.
+fn refuse_at_accept(stream: &std::net::TcpStream, reason: RefusalReason) {
+    let body = match reason {
+        RefusalReason::IpConnections => "too many connections from your address\n",
+        _ => "too many new connections from your address: slow down\n",
+    };
+    let mut out = Vec::with_capacity(160);
+    handshake::write_response(
+        429,
+        "text/plain; charset=utf-8",
+        &[],
+        body.as_bytes(),
+        &mut out,
+    );
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.send_with_flags(&out, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    for _ in 0..4 {
+        match sock.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
     }
 }
 
