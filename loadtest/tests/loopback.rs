@@ -179,9 +179,16 @@ fn serve(id: usize, mut s: TcpStream, clients: Arc<Mutex<Vec<(usize, TcpStream)>
             let up = req.websocket().unwrap();
             let mut out = Vec::new();
             write_101(&up, None, &mut out);
-            s.write_all(&out).unwrap();
+            // The 101 and the registration happen under the list's lock: a client that has
+            // its 101 is already a receiver (otherwise a broadcast racing the registration
+            // is lost for it, which the generator rightly reports), and no broadcast frame
+            // can be written before the 101.
+            {
+                let mut list = clients.lock().unwrap();
+                s.write_all(&out).unwrap();
+                list.push((id, s.try_clone().unwrap()));
+            }
             buf.drain(..req.head_len);
-            clients.lock().unwrap().push((id, s.try_clone().unwrap()));
             let mut conn = Connection::new(Role::Server, Limits::default());
             let mut out = BytesMut::new();
             loop {
