@@ -147,28 +147,26 @@ impl Server {
         self.child.id()
     }
 
-    /// The server's resident memory now, in bytes (`VmRSS` of `/proc/PID/status`).
-    pub fn rss(&self) -> u64 {
+    /// A `kB` field of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("{field} missing in /proc/PID/status"))
             * 1024
+    }
+
+    /// The server's resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS")
     }
 
     /// The server's peak resident memory so far, in bytes (`VmHWM`).
     pub fn peak_rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM")
-            * 1024
+        self.status_bytes("VmHWM")
     }
 
     /// CPU time the server has used so far (user + system, all threads).
