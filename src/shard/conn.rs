@@ -4,7 +4,10 @@
 //! allocation for every subscriber, so queueing it costs a reference-count increment. The
 //! queue is bounded in bytes (`send_queue_limit`); data frames past the bound go through
 //! the slow-consumer policy, control frames (pong, close, HTTP responses) always pass, so a
-//! close can still be sent to a client that is being dropped for being slow.
+//! close can still be sent to a client that is being dropped for being slow. What keeps
+//! that bounded is the read side: a connection whose queue is backlogged
+//! ([`Conn::backlogged`]) is not read until it drains, and while backlogged a new pong
+//! replaces an unsent one instead of queueing behind it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
