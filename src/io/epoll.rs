@@ -225,11 +225,7 @@ impl EpollDriver {
 impl EpollDriver {
     /// A descriptor was freed: listeners backing off try again this turn.
     fn retry_accept_now(&mut self) {
-        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
-            if b.take().is_some() {
-                self.accept_retry.push(i);
-            }
-        }
+        super::end_accept_backoffs(&mut self.accept_backoff, &mut self.accept_retry);
     }
 }
 
@@ -363,16 +359,12 @@ impl Driver for EpollDriver {
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         let now = std::time::Instant::now();
         let mut timeout = timeout;
-        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
-            if let Some(until) = *b {
-                if until <= now {
-                    *b = None;
-                    self.accept_retry.push(i);
-                } else {
-                    timeout = timeout.min(until - now);
-                }
-            }
-        }
+        timeout = super::expire_accept_backoffs(
+            &mut self.accept_backoff,
+            now,
+            timeout,
+            &mut self.accept_retry,
+        );
         let timeout =
             if self.ready.is_empty() && self.again.is_empty() && self.accept_retry.is_empty() {
                 Some(timeout)

@@ -181,3 +181,36 @@ pub fn accept_backs_off(e: &io::Error) -> bool {
 pub fn frames_len(frames: &[Bytes]) -> usize {
     frames.iter().map(Bytes::len).sum()
 }
+
+/// Listeners whose accept back-off (see [`accept_backs_off`]) has ended by `now` go to
+/// `retry`; returns `timeout` cut to the nearest end still ahead. Shared by both drivers.
+pub(crate) fn expire_accept_backoffs(
+    backoff: &mut [Option<std::time::Instant>],
+    now: std::time::Instant,
+    mut timeout: Duration,
+    retry: &mut Vec<usize>,
+) -> Duration {
+    for (i, b) in backoff.iter_mut().enumerate() {
+        if let Some(until) = *b {
+            if until <= now {
+                *b = None;
+                retry.push(i);
+            } else {
+                timeout = timeout.min(until - now);
+            }
+        }
+    }
+    timeout
+}
+
+/// A descriptor was freed: every listener backing off goes to `retry` at once.
+pub(crate) fn end_accept_backoffs(
+    backoff: &mut [Option<std::time::Instant>],
+    retry: &mut Vec<usize>,
+) {
+    for (i, b) in backoff.iter_mut().enumerate() {
+        if b.take().is_some() {
+            retry.push(i);
+        }
+    }
+}

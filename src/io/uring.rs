@@ -333,11 +333,7 @@ impl UringDriver {
 
     /// A descriptor was freed: listeners backing off at the descriptor limit re-arm now.
     fn retry_accept_now(&mut self) {
-        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
-            if b.take().is_some() {
-                self.accept_rearm.push(i);
-            }
-        }
+        super::end_accept_backoffs(&mut self.accept_backoff, &mut self.accept_rearm);
     }
 
     fn rearm(&mut self) {
@@ -603,16 +599,12 @@ impl Driver for UringDriver {
         }
         let mut timeout = timeout;
         let now = std::time::Instant::now();
-        for (i, b) in self.accept_backoff.iter_mut().enumerate() {
-            if let Some(until) = *b {
-                if until <= now {
-                    *b = None;
-                    self.accept_rearm.push(i);
-                } else {
-                    timeout = timeout.min(until - now);
-                }
-            }
-        }
+        timeout = super::expire_accept_backoffs(
+            &mut self.accept_backoff,
+            now,
+            timeout,
+            &mut self.accept_rearm,
+        );
         self.bufs.replenish();
         self.rearm();
         let want = if self.ready.is_empty() && self.ring.completion().is_empty() {
