@@ -197,16 +197,16 @@ pub struct Config {
     /// (`--connect-burst-per-ip`, `RINGCAST_CONNECT_BURST_PER_IP`,
     /// `connect_burst_per_ip`). Default 20; 1..=1_000_000.
     pub connect_burst_per_ip: u32,
-    /// Most topics one control-mode connection may subscribe to; one more is
+    /// Most topics one mux-mode connection may subscribe to; one more is
     /// refused with `too_many_topics` (`--max-topics-per-connection`,
     /// `RINGCAST_MAX_TOPICS_PER_CONNECTION`, `max_topics_per_connection`).
     /// Default 256; 1..=65536.
     pub max_topics_per_connection: usize,
-    /// Malformed or refused control messages one connection may send per
-    /// 10 seconds; one more closes it with 1008 (`--control-error-budget`,
-    /// `RINGCAST_CONTROL_ERROR_BUDGET`, `control_error_budget`). Default 20;
+    /// Malformed or refused mux messages one connection may send per
+    /// 10 seconds; one more closes it with 1008 (`--mux-error-budget`,
+    /// `RINGCAST_MUX_ERROR_BUDGET`, `mux_error_budget`). Default 20;
     /// 0..=1_000_000 (0: the first malformed message closes).
-    pub control_error_budget: u32,
+    pub mux_error_budget: u32,
     /// Most framed bytes in one topic batch: a publish that would take a batch past it
     /// seals the batch (sent at the end of the turn, even inside a write-delay window) and
     /// starts a new one (`--max-batch-bytes`, `RINGCAST_MAX_BATCH_BYTES`,
@@ -315,7 +315,7 @@ pub const KEYS: [&str; 28] = [
     "connect_rate_per_ip",
     "connect_burst_per_ip",
     "max_topics_per_connection",
-    "control_error_budget",
+    "mux_error_budget",
     "max_batch_bytes",
     "max_inbox_bytes",
 ];
@@ -390,8 +390,8 @@ impl Default for Config {
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 20,
             max_topics_per_connection: 256,
-            control_error_budget: 20,
-            max_batch_bytes: crate::shard::batch::DEFAULT_MAX_BATCH_BYTES,
+            mux_error_budget: 20,
+            max_batch_bytes: crate::pubsub::batch::DEFAULT_MAX_BATCH_BYTES,
             max_inbox_bytes: crate::bus::DEFAULT_MAX_INBOX_BYTES,
         }
     }
@@ -687,13 +687,13 @@ struct Cli {
     #[arg(long, value_name = "N")]
     connect_burst_per_ip: Option<String>,
 
-    /// Most topics one control-mode connection may subscribe to. [default: 256] [env: RINGCAST_MAX_TOPICS_PER_CONNECTION] [toml: max_topics_per_connection]
+    /// Most topics one mux-mode connection may subscribe to. [default: 256] [env: RINGCAST_MAX_TOPICS_PER_CONNECTION] [toml: max_topics_per_connection]
     #[arg(long, value_name = "N")]
     max_topics_per_connection: Option<String>,
 
-    /// Malformed control messages a connection may send per 10 s before close 1008. [default: 20] [env: RINGCAST_CONTROL_ERROR_BUDGET] [toml: control_error_budget]
+    /// Malformed mux messages a connection may send per 10 s before close 1008. [default: 20] [env: RINGCAST_MUX_ERROR_BUDGET] [toml: mux_error_budget]
     #[arg(long, value_name = "N")]
-    control_error_budget: Option<String>,
+    mux_error_budget: Option<String>,
 
     /// Most framed bytes in one topic batch; a fuller batch is sealed and sent at the end of the turn, even inside a write-delay window. [default: 128KiB] [env: RINGCAST_MAX_BATCH_BYTES] [toml: max_batch_bytes]
     #[arg(long, value_name = "SIZE")]
@@ -950,7 +950,7 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("connect_rate_per_ip", &cli.connect_rate_per_ip),
         ("connect_burst_per_ip", &cli.connect_burst_per_ip),
         ("max_topics_per_connection", &cli.max_topics_per_connection),
-        ("control_error_budget", &cli.control_error_budget),
+        ("mux_error_budget", &cli.mux_error_budget),
         ("max_batch_bytes", &cli.max_batch_bytes),
         ("max_inbox_bytes", &cli.max_inbox_bytes),
     ];
@@ -1016,7 +1016,7 @@ struct FileLayer {
     connect_rate_per_ip: Option<toml::Value>,
     connect_burst_per_ip: Option<toml::Value>,
     max_topics_per_connection: Option<toml::Value>,
-    control_error_budget: Option<toml::Value>,
+    mux_error_budget: Option<toml::Value>,
     max_batch_bytes: Option<toml::Value>,
     max_inbox_bytes: Option<toml::Value>,
 }
@@ -1053,7 +1053,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         connect_rate_per_ip,
         connect_burst_per_ip,
         max_topics_per_connection,
-        control_error_budget,
+        mux_error_budget,
         max_batch_bytes,
         max_inbox_bytes,
     } = file;
@@ -1083,7 +1083,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("connect_rate_per_ip", connect_rate_per_ip),
         ("connect_burst_per_ip", connect_burst_per_ip),
         ("max_topics_per_connection", max_topics_per_connection),
-        ("control_error_budget", control_error_budget),
+        ("mux_error_budget", mux_error_budget),
         ("max_batch_bytes", max_batch_bytes),
         ("max_inbox_bytes", max_inbox_bytes),
     ];
@@ -1131,7 +1131,7 @@ fn expected_for(key: &str) -> String {
         | "connect_rate_per_ip"
         | "connect_burst_per_ip"
         | "max_topics_per_connection"
-        | "control_error_budget" => COUNT_EXPECTED.to_owned(),
+        | "mux_error_budget" => COUNT_EXPECTED.to_owned(),
         "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout"
         | "write_delay" => DURATION_EXPECTED.to_owned(),
         "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
@@ -1296,7 +1296,7 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
             raw_count,
             d.max_topics_per_connection,
         )?,
-        control_error_budget: m.int("control_error_budget", raw_count, d.control_error_budget)?,
+        mux_error_budget: m.int("mux_error_budget", raw_count, d.mux_error_budget)?,
         max_batch_bytes: m.int("max_batch_bytes", raw_size, d.max_batch_bytes)?,
         max_inbox_bytes: m.int("max_inbox_bytes", raw_size, d.max_inbox_bytes)?,
     };
@@ -1613,8 +1613,8 @@ impl Config {
             65536,
         )?;
         count_range(
-            "control_error_budget",
-            self.control_error_budget.into(),
+            "mux_error_budget",
+            self.mux_error_budget.into(),
             0,
             1_000_000,
         )?;

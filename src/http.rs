@@ -8,7 +8,7 @@
 //! | request | routed to |
 //! |---|---|
 //! | `GET /ws/{topic}` | simple mode upgrade |
-//! | `GET /ws`, `GET /ws?subscribe=a,b` | control mode upgrade (JSON commands, see `crate::control`) |
+//! | `GET /ws`, `GET /ws?subscribe=a,b` | mux mode upgrade (JSON commands, see `crate::pubsub::mux`) |
 //! | `GET /echo` | echo upgrade |
 //! | `POST /publish/{topic}` | HTTP publish (body = payload) |
 //! | `GET /health`, `HEAD /health` | 200, or 503 while draining |
@@ -18,7 +18,7 @@
 use crate::pubsub::validate_topic;
 
 /// The demo page served at `GET /`: self-contained (no external resources), it opens a
-/// control-mode connection to the server it was loaded from.
+/// mux-mode connection to the server it was loaded from.
 pub const DEMO_HTML: &str = include_str!("demo.html");
 
 /// Where a WebSocket upgrade leads.
@@ -34,8 +34,8 @@ pub enum Endpoint {
     },
     /// `GET /echo`: every message comes back to its sender.
     Echo,
-    /// `GET /ws`: control mode, JSON commands; `?subscribe=a,b` subscribes at once.
-    Control {
+    /// `GET /ws`: mux mode, JSON commands; `?subscribe=a,b` subscribes at once.
+    Mux {
         /// Topics to subscribe to before the 101 is sent (validated, duplicates removed).
         subscribe: Vec<String>,
     },
@@ -73,7 +73,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
         "/" | "/index.html" if is_get => Routed::Demo,
         "/ws" if is_get => match subscribe_param(query, max_topics) {
-            Ok(subscribe) => Routed::Upgrade(Endpoint::Control { subscribe }),
+            Ok(subscribe) => Routed::Upgrade(Endpoint::Mux { subscribe }),
             Err(SubscribeError::Topic(e)) => Routed::Respond {
                 status: 400,
                 body: topic_error_body(e),
@@ -251,11 +251,11 @@ mod tests {
         assert_eq!(route("GET", "/", None, 256), Routed::Demo);
         assert_eq!(
             route("GET", "/ws", None, 256),
-            Routed::Upgrade(Endpoint::Control { subscribe: vec![] })
+            Routed::Upgrade(Endpoint::Mux { subscribe: vec![] })
         );
         assert_eq!(
             route("GET", "/ws", Some("subscribe=a,b%2Fc,a&subscribe=d"), 256),
-            Routed::Upgrade(Endpoint::Control {
+            Routed::Upgrade(Endpoint::Mux {
                 subscribe: vec!["a".into(), "b/c".into(), "d".into()]
             })
         );
@@ -285,7 +285,7 @@ mod tests {
         ));
         assert_eq!(
             route("GET", "/ws", Some("subscribe=a,b,a,b"), 2),
-            Routed::Upgrade(Endpoint::Control {
+            Routed::Upgrade(Endpoint::Mux {
                 subscribe: vec!["a".into(), "b".into()]
             })
         );

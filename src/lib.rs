@@ -8,11 +8,13 @@
 //!   [`config::Config`].
 //! - [`io`]: the driver boundary: io_uring ([`io::uring`]) and epoll ([`io::epoll`])
 //!   behind one completion-shaped [`io::Driver`] trait; the start-up probe.
-//! - [`shard`]: the per-core event loop: connections, send queues, timers.
-//! - [`pubsub`]: a shard's topic table.
-//! - [`bus`]: lock-free inboxes between shards and their wake-ups.
+//! - [`shard`]: the per-core event loop: connection table, phases, timers, flush, drain,
+//!   admission.
+//! - [`pubsub`]: the one way to subscribe and publish: topic ids, batches and delivery
+//!   formats, fan-out and the slow-consumer decision, interest, mux mode's JSON codec.
+//! - [`bus`]: typed messages between shards (batches, interest), bounded lock-free inboxes
+//!   and their wake-ups, from any thread.
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get.
-//! - [`control`]: the control-mode JSON protocol (`GET /ws`), pure parse and serialize.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
 //! - [`alloc`]: tuning of the global allocator (mimalloc).
@@ -26,7 +28,6 @@
 pub mod alloc;
 pub mod bus;
 pub mod config;
-pub mod control;
 pub mod http;
 pub mod io;
 pub mod metrics;

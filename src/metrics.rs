@@ -127,16 +127,27 @@ pub struct ShardMetrics {
     pub loop_turns: Counter,
     /// Kernel entries (io_uring_enter or epoll_wait).
     pub submissions: Counter,
-    /// Batches received from other shards through the bus.
+    /// Batches received from other shards (or non-shard threads) through the bus.
     pub bus_in: Counter,
+    /// Messages queued to local subscribers that came over the bus (one per subscriber per
+    /// message): the cross-shard share of `messages_out`.
+    pub bus_delivered: Counter,
+    /// Batches received for a topic this shard no longer had a subscriber of (its last one
+    /// left while the batch was on its way), dropped.
+    pub bus_stale: Counter,
+    /// Interest announcements sent (a topic's first subscriber arrived on this shard, or
+    /// its last one left).
+    pub announcements: Counter,
+    /// Published messages that no shard subscribes to, taken nowhere.
+    pub unrouted: Counter,
     /// Receive buffers lent out (gauge; zero between events).
     pub buffers_in_use: Counter,
-    /// Control-mode connections opened.
-    pub control_connections: Counter,
-    /// Control-mode messages received, by kind (index in [`crate::control::COMMANDS`]).
-    pub control_commands: [Counter; crate::control::COMMANDS.len()],
-    /// Control-mode error replies, by code (index in [`crate::control::ErrorCode::ALL`]).
-    pub control_errors: [Counter; crate::control::ErrorCode::ALL.len()],
+    /// Mux-mode connections opened.
+    pub mux_connections: Counter,
+    /// Mux-mode messages received, by kind (index in [`crate::pubsub::mux::COMMANDS`]).
+    pub mux_commands: [Counter; crate::pubsub::mux::COMMANDS.len()],
+    /// Mux-mode error replies, by code (index in [`crate::pubsub::mux::ErrorCode::ALL`]).
+    pub mux_errors: [Counter; crate::pubsub::mux::ErrorCode::ALL.len()],
     /// Messages published with `POST /publish/{topic}`.
     pub http_publishes: Counter,
     /// Requests refused by admission, by reason (index in [`RefusalReason::ALL`]).
@@ -159,16 +170,16 @@ impl ShardMetrics {
         self.protocol_errors[i].inc();
     }
 
-    /// Counts a control-mode message of kind `name` (one of [`crate::control::COMMANDS`]).
-    pub fn control_command(&self, name: &str) {
-        if let Some(i) = crate::control::COMMANDS.iter().position(|&c| c == name) {
-            self.control_commands[i].inc();
+    /// Counts a mux-mode message of kind `name` (one of [`crate::pubsub::mux::COMMANDS`]).
+    pub fn mux_command(&self, name: &str) {
+        if let Some(i) = crate::pubsub::mux::COMMANDS.iter().position(|&c| c == name) {
+            self.mux_commands[i].inc();
         }
     }
 
-    /// Counts a control-mode error reply.
-    pub fn control_error(&self, code: crate::control::ErrorCode) {
-        self.control_errors[code.index()].inc();
+    /// Counts a mux-mode error reply.
+    pub fn mux_error(&self, code: crate::pubsub::mux::ErrorCode) {
+        self.mux_errors[code.index()].inc();
     }
 
     /// Counts a request refused by admission.
@@ -194,11 +205,11 @@ type Labelled = (
     fn(&ShardMetrics, usize) -> u64,
 );
 
-const CONTROL_ERROR_LABELS: [&str; crate::control::ErrorCode::ALL.len()] = {
-    let mut out = [""; crate::control::ErrorCode::ALL.len()];
+const MUX_ERROR_LABELS: [&str; crate::pubsub::mux::ErrorCode::ALL.len()] = {
+    let mut out = [""; crate::pubsub::mux::ErrorCode::ALL.len()];
     let mut i = 0;
     while i < out.len() {
-        out[i] = crate::control::ErrorCode::ALL[i].as_str();
+        out[i] = crate::pubsub::mux::ErrorCode::ALL[i].as_str();
         i += 1;
     }
     out
@@ -218,7 +229,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 23] = [
+    let simple: [(&str, &str, &str, Getter); 27] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -321,8 +332,32 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         (
             "ringcast_bus_messages_in_total",
             "counter",
-            "Batches (a topic's messages of one loop turn) received from other shards.",
+            "Batches (a topic's messages of one loop turn) received from other shards, or from threads that are not shards. A shard receives a batch only for a topic it has a subscriber of.",
             |m| m.bus_in.get(),
+        ),
+        (
+            "ringcast_bus_delivered_messages_total",
+            "counter",
+            "Messages queued to local subscribers that came from another shard over the bus (one per subscriber per message; the cross-shard share of ringcast_messages_out_total).",
+            |m| m.bus_delivered.get(),
+        ),
+        (
+            "ringcast_bus_stale_batches_total",
+            "counter",
+            "Batches received for a topic whose last local subscriber had left while they were on their way (dropped).",
+            |m| m.bus_stale.get(),
+        ),
+        (
+            "ringcast_interest_announcements_total",
+            "counter",
+            "Interest announcements sent to the other shards (a topic's first subscriber arrived on this shard, or its last one left).",
+            |m| m.announcements.get(),
+        ),
+        (
+            "ringcast_unrouted_messages_total",
+            "counter",
+            "Published messages for a topic no shard subscribes to, taken nowhere.",
+            |m| m.unrouted.get(),
         ),
         (
             "ringcast_bus_dropped_messages_total",
@@ -337,10 +372,10 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             |m| m.buffers_in_use.get(),
         ),
         (
-            "ringcast_control_connections_total",
+            "ringcast_mux_connections_total",
             "counter",
-            "Control-mode (/ws) connections opened.",
-            |m| m.control_connections.get(),
+            "Mux-mode (/ws) connections opened.",
+            |m| m.mux_connections.get(),
         ),
         (
             "ringcast_http_publishes_total",
@@ -386,18 +421,18 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
     }
     let labelled: [Labelled; 3] = [
         (
-            "ringcast_control_commands_total",
-            "Control-mode messages received, by type.",
+            "ringcast_mux_commands_total",
+            "Mux-mode messages received, by type.",
             "type",
-            &crate::control::COMMANDS,
-            |m, i| m.control_commands[i].get(),
+            &crate::pubsub::mux::COMMANDS,
+            |m, i| m.mux_commands[i].get(),
         ),
         (
-            "ringcast_control_errors_total",
-            "Control-mode error replies, by code.",
+            "ringcast_mux_errors_total",
+            "Mux-mode error replies, by code.",
             "code",
-            &CONTROL_ERROR_LABELS,
-            |m, i| m.control_errors[i].get(),
+            &MUX_ERROR_LABELS,
+            |m, i| m.mux_errors[i].get(),
         ),
         (
             "ringcast_refused_total",

@@ -19,7 +19,8 @@ use crate::io::epoll::EpollDriver;
 use crate::io::uring::{UringDriver, UringSettings};
 use crate::io::{Driver, probe};
 use crate::metrics::ShardMetrics;
-use crate::shard::surface::{SurfaceSettings, SurfaceShared};
+use crate::shard::DrainShared;
+use crate::shard::admission::AdmissionSettings;
 use crate::shard::{Settings, Shard, Shared};
 
 /// Which backend the shards run on.
@@ -155,7 +156,8 @@ impl Server {
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             backend: backend.name(),
-            surface: SurfaceShared::default(),
+            drain: DrainShared::default(),
+            peers: std::sync::Mutex::default(),
         });
         let settings = Settings {
             max_message_size: cfg.max_message_size,
@@ -169,15 +171,15 @@ impl Server {
             max_connections: cfg.max_connections,
             write_delay: (!cfg.write_delay.is_zero()).then_some(cfg.write_delay),
             max_batch_bytes: cfg.max_batch_bytes,
-            surface: SurfaceSettings {
-                drain_timeout: cfg.drain_timeout,
+            max_topics_per_connection: cfg.max_topics_per_connection,
+            mux_error_budget: cfg.mux_error_budget,
+            drain_timeout: cfg.drain_timeout,
+            admission: AdmissionSettings {
                 allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))
                     .then(|| cfg.allowed_origins.clone()),
                 max_connections_per_ip: cfg.max_connections_per_ip,
                 connect_rate_per_ip: cfg.connect_rate_per_ip,
                 connect_burst_per_ip: cfg.connect_burst_per_ip,
-                max_topics_per_connection: cfg.max_topics_per_connection,
-                control_error_budget: cfg.control_error_budget,
             },
         };
         let uring = UringSettings {
@@ -260,7 +262,7 @@ impl Server {
     /// Starts a graceful shutdown: every shard closes its clients with 1001, flushes, and
     /// returns from its loop (see `shard::drain`). Returns at once; see [`Server::finished`].
     pub fn drain(&self) {
-        self.shared.surface.draining.store(true, Ordering::Relaxed);
+        self.shared.drain.draining.store(true, Ordering::Relaxed);
     }
 
     /// Whether every shard thread has returned.

@@ -1,37 +1,86 @@
-//! The cross-shard fan-out bus: one lock-free inbox per shard, and wake-ups that cost at
-//! most one per target shard per loop turn.
+//! The cross-shard bus: typed messages between shards, one lock-free inbox per shard, and
+//! wake-ups that cost at most one per target shard per loop turn.
 //!
-//! A publish is framed once (a [`Bytes`] shared by reference count); the publishing shard
-//! pushes one [`BusMsg`] into every other shard's inbox. Inboxes are crossbeam's
-//! [`SegQueue`] (lock-free, well kept: no reason to hand-write one), bounded here in bytes
-//! (`--max-inbox-bytes`): a push that would take an inbox past its bound is refused
-//! ([`Pushed::Full`]) and the sender counts the batch as dropped for that shard, so a
-//! stalled shard costs at most the bound in memory and never blocks the others. An empty
-//! inbox always takes one batch. [`InboxGauges`] say what each inbox holds now. Each inbox
-//! has a `notified` flag: a sender wakes the target only when it flips the flag from false
-//! to true, and the target clears it *before* draining, so a message pushed during a drain
-//! is either seen by that drain or causes a fresh wake-up. FIFO per queue gives the ordering
-//! guarantee: per publisher and topic, every shard sees messages in publish order.
+//! What travels ([`BusMsg`]): published batches, addressed with the receiving shard's own
+//! topic id and carrying their origin and message boundaries; interest announcements
+//! ("shard N has, or no longer has, subscribers of this topic, under this id"), from which
+//! every shard keeps the list of shards a topic's batches must go to; and batches named by
+//! topic from threads that are not shards. A batch therefore goes only to shards with a
+//! subscriber of its topic: a shard without one receives nothing for it (see
+//! `ringcast_bus_messages_in_total` per shard).
+//!
+//! Inboxes are crossbeam's [`SegQueue`] (lock-free, well kept: no reason to hand-write one),
+//! bounded here by weight (`--max-inbox-bytes`; a batch weighs its frame bytes, an
+//! announcement its name plus a fixed overhead): a push that would take an inbox past its
+//! bound is refused ([`Pushed::Full`]) and the sender counts a batch as dropped for that
+//! shard, or keeps an announcement to retry (coalesced per topic, so what it keeps is
+//! bounded by its topics), so a stalled shard costs at most the bound in memory and never
+//! blocks the others. An empty inbox always takes one message. [`InboxGauges`] say what
+//! each inbox holds now. Each inbox has a `notified` flag: a sender wakes the target only
+//! when it flips the flag from false to true, and the target clears it *before* draining,
+//! so a message pushed during a drain is either seen by that drain or causes a fresh
+//! wake-up. FIFO per queue gives the ordering guarantee: per publisher and topic, every
+//! shard sees messages in publish order, and a shard sees another's announcements in the
+//! order they were made.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
 use crate::io::WakeTarget;
+use crate::pubsub::{Batch, TopicId};
 
-/// One published message on its way to another shard.
+/// What an announcement weighs against the inbox bound, besides its name.
+const ANNOUNCEMENT_WEIGHT: usize = 64;
+
+/// One message between shards (or from a thread that is not a shard).
 #[derive(Debug, Clone)]
-pub struct BusMsg {
-    /// Topic name; shards look it up in their own topic table.
-    pub topic: Arc<str>,
-    /// Complete WebSocket frames, built once by the publisher's shard: all the messages
-    /// published on `topic` in one loop turn of that shard, back to back.
-    pub frame: Bytes,
-    /// How many messages `frame` holds.
-    pub count: u32,
+#[non_exhaustive]
+pub enum BusMsg {
+    /// A batch published on another shard, for a topic the receiver announced interest in.
+    Batch {
+        /// The receiver's id of the topic (from its announcement).
+        topic: TopicId,
+        /// The frames, their boundaries and their origin; shared by every receiver.
+        batch: Arc<Batch>,
+    },
+    /// A batch from a thread that is not a shard, which names its topic (the receiver looks
+    /// it up once per batch and drops it when it has no subscriber).
+    Named {
+        /// The topic's name.
+        topic: Arc<str>,
+        /// The frames, their boundaries and their origin.
+        batch: Arc<Batch>,
+    },
+    /// Shard `from` has subscribers of `topic` under id `id`, or (`None`) no longer has any.
+    Interest {
+        /// The announcing shard.
+        from: u16,
+        /// The topic's name (shared, not copied).
+        topic: Arc<str>,
+        /// The announcer's id for the topic, or `None` when its last subscriber left.
+        id: Option<TopicId>,
+    },
+}
+
+impl BusMsg {
+    /// What the message weighs against the inbox bound.
+    fn weight(&self) -> usize {
+        match self {
+            BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames.len(),
+            BusMsg::Interest { topic, .. } => ANNOUNCEMENT_WEIGHT + topic.len(),
+        }
+    }
+
+    /// The published messages it carries.
+    fn messages(&self) -> u64 {
+        match self {
+            BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => u64::from(batch.count()),
+            BusMsg::Interest { .. } => 0,
+        }
+    }
 }
 
 /// What one inbox holds now (gauges for `/metrics`), written by its senders and its owner.
@@ -39,7 +88,7 @@ pub struct BusMsg {
 pub struct InboxGauges {
     /// Messages (not batches) waiting.
     pub messages: AtomicU64,
-    /// Frame bytes waiting: what the bound is checked against.
+    /// Weight waiting (frame bytes, plus announcements): what the bound is checked against.
     pub bytes: AtomicUsize,
 }
 
@@ -116,7 +165,7 @@ impl Bus {
         let Some(inbox) = self.inboxes.get(to) else {
             return Pushed::Queued;
         };
-        let len = msg.frame.len();
+        let len = msg.weight();
         // Reserve first, so that concurrent senders cannot all pass the check: the bound
         // holds up to one batch per sender racing at the edge.
         let before = inbox.gauges.bytes.fetch_add(len, Ordering::AcqRel);
@@ -127,7 +176,7 @@ impl Bus {
         inbox
             .gauges
             .messages
-            .fetch_add(u64::from(msg.count), Ordering::Relaxed);
+            .fetch_add(msg.messages(), Ordering::Relaxed);
         inbox.queue.push(msg);
         inbox.pushed.fetch_add(1, Ordering::Relaxed);
         if inbox.notified.swap(true, Ordering::AcqRel) {
@@ -137,10 +186,37 @@ impl Bus {
         }
     }
 
-    /// Queues `msg` for shard `to` from a thread that is not a shard (the broker bridge, a
-    /// test) and wakes that shard at once if this push is the first since its last drain
-    /// (one system call: see [`WakeTarget::wake_from_any_thread`]). Shards use [`Bus::push`]
-    /// and batch their wake-ups into their own next submission.
+    /// Publishes one message on `topic` from a thread that is not a shard (the broker
+    /// bridge, a test): framed once, pushed to every shard (a thread outside the shards does
+    /// not see their interest yet; a shard without subscribers drops it after one lookup),
+    /// each woken at once. Returns how many shards refused it (inbox full).
+    pub fn publish_from_any_thread(
+        &self,
+        topic: &str,
+        opcode: crate::proto::frame::OpCode,
+        payload: &[u8],
+    ) -> usize {
+        let batch = Arc::new(Batch::single(
+            crate::pubsub::Origin::External,
+            opcode,
+            payload,
+        ));
+        let topic: Arc<str> = Arc::from(topic);
+        (0..self.shards())
+            .filter(|&to| {
+                let msg = BusMsg::Named {
+                    topic: Arc::clone(&topic),
+                    batch: Arc::clone(&batch),
+                };
+                self.push_from_any_thread(to, msg) == Pushed::Full
+            })
+            .count()
+    }
+
+    /// Queues `msg` for shard `to` from a thread that is not a shard and wakes that shard
+    /// at once if this push is the first since its last drain (one system call: see
+    /// [`WakeTarget::wake_from_any_thread`]). Shards use [`Bus::push`] and batch their
+    /// wake-ups into their own next submission.
     /// Returns what the push did; `Full` is the caller's to count as dropped.
     pub fn push_from_any_thread(&self, to: usize, msg: BusMsg) -> Pushed {
         let pushed = self.push(to, msg);
@@ -160,14 +236,11 @@ impl Bus {
         inbox.notified.store(false, Ordering::SeqCst);
         let mut n = 0;
         while let Some(m) = inbox.queue.pop() {
-            inbox
-                .gauges
-                .bytes
-                .fetch_sub(m.frame.len(), Ordering::AcqRel);
+            inbox.gauges.bytes.fetch_sub(m.weight(), Ordering::AcqRel);
             inbox
                 .gauges
                 .messages
-                .fetch_sub(u64::from(m.count), Ordering::Relaxed);
+                .fetch_sub(m.messages(), Ordering::Relaxed);
             f(m);
             n += 1;
         }
@@ -183,12 +256,29 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::Origin;
+    use bytes::Bytes;
+
+    fn batch(bytes: Vec<u8>, count: usize) -> Arc<Batch> {
+        let len = bytes.len() as u32;
+        Arc::new(Batch::new(
+            Origin::Shard(0),
+            Bytes::from(bytes),
+            vec![len; count].into_boxed_slice(),
+        ))
+    }
 
     fn msg(i: u8) -> BusMsg {
-        BusMsg {
+        BusMsg::Named {
             topic: Arc::from("t"),
-            frame: Bytes::from(vec![i]),
-            count: 1,
+            batch: batch(vec![i], 1),
+        }
+    }
+
+    fn first_byte(m: &BusMsg) -> u8 {
+        match m {
+            BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames[0],
+            BusMsg::Interest { .. } => 0,
         }
     }
 
@@ -202,7 +292,7 @@ mod tests {
             "second push before the drain does not"
         );
         let mut got = Vec::new();
-        assert_eq!(bus.drain(1, |m| got.push(m.frame[0])), 2);
+        assert_eq!(bus.drain(1, |m| got.push(first_byte(&m))), 2);
         assert_eq!(got, [1, 2]);
         assert_eq!(
             bus.push(1, msg(3)),
@@ -212,28 +302,40 @@ mod tests {
     }
 
     #[test]
-    fn inboxes_are_bounded_in_bytes_and_gauged() {
+    fn inboxes_are_bounded_by_weight_and_gauged() {
         let gauges = [Arc::new(InboxGauges::default())];
-        let bus = Bus::with_limit(1, 10, &gauges);
-        let big = |n: usize| BusMsg {
+        let bus = Bus::with_limit(1, 100, &gauges);
+        let big = |n: usize| BusMsg::Named {
             topic: Arc::from("t"),
-            frame: Bytes::from(vec![0u8; n]),
-            count: 2,
+            batch: batch(vec![0u8; n], 2),
         };
         assert_eq!(
-            bus.push(0, big(25)),
+            bus.push(0, big(250)),
             Pushed::Wake,
             "an empty inbox takes one batch"
         );
         assert_eq!(bus.push(0, big(1)), Pushed::Full);
-        assert_eq!(gauges[0].bytes.load(Ordering::Relaxed), 25);
+        assert_eq!(gauges[0].bytes.load(Ordering::Relaxed), 250);
         assert_eq!(gauges[0].messages.load(Ordering::Relaxed), 2);
         assert_eq!(bus.drain(0, |_| {}), 1);
         assert_eq!(gauges[0].bytes.load(Ordering::Relaxed), 0);
         assert_eq!(gauges[0].messages.load(Ordering::Relaxed), 0);
-        assert_eq!(bus.push(0, big(6)), Pushed::Wake);
-        assert_eq!(bus.push(0, big(4)), Pushed::Queued, "up to the bound");
+        assert_eq!(bus.push(0, big(60)), Pushed::Wake);
+        assert_eq!(bus.push(0, big(40)), Pushed::Queued, "up to the bound");
         assert_eq!(bus.push(0, big(1)), Pushed::Full, "past it");
+        assert_eq!(bus.drain(0, |_| {}), 2);
+        let interest = || BusMsg::Interest {
+            from: 1,
+            topic: Arc::from("t"),
+            id: None,
+        };
+        assert_eq!(bus.push(0, interest()), Pushed::Wake);
+        assert_eq!(
+            gauges[0].bytes.load(Ordering::Relaxed),
+            ANNOUNCEMENT_WEIGHT + 1,
+            "announcements weigh too"
+        );
+        assert_eq!(bus.push(0, interest()), Pushed::Full);
     }
 
     #[test]
@@ -252,10 +354,9 @@ mod tests {
                 for i in 0..10_000u32 {
                     bus.push(
                         0,
-                        BusMsg {
+                        BusMsg::Named {
                             topic: Arc::from("t"),
-                            frame: Bytes::copy_from_slice(&i.to_le_bytes()),
-                            count: 1,
+                            batch: batch(i.to_le_bytes().to_vec(), 1),
                         },
                     );
                 }
@@ -264,7 +365,11 @@ mod tests {
         let mut next = 0u32;
         while next < 10_000 {
             bus.drain(0, |m| {
-                let v = u32::from_le_bytes([m.frame[0], m.frame[1], m.frame[2], m.frame[3]]);
+                let BusMsg::Named { batch, .. } = m else {
+                    panic!("unexpected message");
+                };
+                let f = &batch.frames;
+                let v = u32::from_le_bytes([f[0], f[1], f[2], f[3]]);
                 assert_eq!(v, next, "FIFO per producer");
                 next += 1;
             });

@@ -81,7 +81,7 @@ fn defaults_with_no_input() {
     assert_eq!(cfg.connect_rate_per_ip, 0);
     assert_eq!(cfg.connect_burst_per_ip, 20);
     assert_eq!(cfg.max_topics_per_connection, 256);
-    assert_eq!(cfg.control_error_budget, 20);
+    assert_eq!(cfg.mux_error_budget, 20);
     Config::default().validate().unwrap();
 }
 
@@ -139,7 +139,7 @@ fn every_key_from_flags() {
         "9",
         "--max-topics-per-connection",
         "3",
-        "--control-error-budget",
+        "--mux-error-budget",
         "0",
     ])
     .unwrap();
@@ -179,7 +179,7 @@ fn every_key_from_flags() {
     assert_eq!(cfg.connect_rate_per_ip, 5);
     assert_eq!(cfg.connect_burst_per_ip, 9);
     assert_eq!(cfg.max_topics_per_connection, 3);
-    assert_eq!(cfg.control_error_budget, 0);
+    assert_eq!(cfg.mux_error_budget, 0);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn every_key_from_env() {
         ("connect_rate_per_ip", "50"),
         ("connect_burst_per_ip", "60"),
         ("max_topics_per_connection", "10"),
-        ("control_error_budget", "5"),
+        ("mux_error_budget", "5"),
         ("max_batch_bytes", "64KiB"),
         ("max_inbox_bytes", "8MiB"),
     ]
@@ -249,7 +249,7 @@ fn every_key_from_env() {
     assert_eq!(cfg.connect_rate_per_ip, 50);
     assert_eq!(cfg.connect_burst_per_ip, 60);
     assert_eq!(cfg.max_topics_per_connection, 10);
-    assert_eq!(cfg.control_error_budget, 5);
+    assert_eq!(cfg.mux_error_budget, 5);
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn every_key_from_file() {
         connect_rate_per_ip = "4"
         connect_burst_per_ip = 8
         max_topics_per_connection = 1000
-        control_error_budget = 1
+        mux_error_budget = 1
         "#,
     )
     .unwrap();
@@ -314,7 +314,7 @@ fn every_key_from_file() {
     assert_eq!(cfg.connect_rate_per_ip, 4);
     assert_eq!(cfg.connect_burst_per_ip, 8);
     assert_eq!(cfg.max_topics_per_connection, 1000);
-    assert_eq!(cfg.control_error_budget, 1);
+    assert_eq!(cfg.mux_error_budget, 1);
 }
 
 #[test]
@@ -515,7 +515,7 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("connect_rate_per_ip", "10/s"),
         ("connect_burst_per_ip", "ten"),
         ("max_topics_per_connection", "lots"),
-        ("control_error_budget", "1.5"),
+        ("mux_error_budget", "1.5"),
         ("max_batch_bytes", "big"),
         ("max_inbox_bytes", "1 MB"),
     ];

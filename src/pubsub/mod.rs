@@ -1,239 +1,412 @@
-//! Topics and subscriptions of one shard.
+//! The pub/sub layer of one shard: the only way in for subscribing, unsubscribing and
+//! publishing, whoever asks (simple mode, mux mode, HTTP publish, and later the broker
+//! bridge), and everything between a publish and the subscribers' send queues.
 //!
-//! Each shard owns its own table, so subscribing, unsubscribing and fan-out take no lock.
-//! A topic's subscribers are connection slots of this shard; the topic disappears with its
-//! last subscriber, so a shard that has no subscriber for a topic pays one failed hash
-//! lookup per message routed to it by the bus.
+//! # Contract
 //!
-//! A topic keeps two subscriber lists: simple-mode connections (`/ws/{topic}`), which get
-//! the bare payload frame, and control-mode connections (`/ws`), which get the same message
-//! in a topic envelope. Keeping them apart lets the shard build the envelope once per
-//! publish, and only when a control-mode subscriber exists, without a per-subscriber branch.
+//! - [`PubSub::subscribe`], [`PubSub::unsubscribe`] and [`PubSub::publish`] are the entry
+//!   points; refusals are one [`Error`] type, mapped to the wire by [`Error::wire`]. Rights
+//!   checks (access control) belong here, once.
+//! - A publish is framed once into its topic's batch for this turn ([`batch`]); the shard
+//!   calls [`PubSub::fan_out`] when the turn's batches are due: each goes to the local
+//!   subscribers ([`fanout`], built once per needed [`Format`]) and, as one bus message,
+//!   to each other shard that announced a subscriber of the topic ([`crate::bus`]).
+//! - [`PubSub::drain_bus`] takes what other shards sent: batches (fanned out here) and
+//!   interest announcements (kept in the topic table).
+//! - [`PubSub::end_turn`] compacts the subscriber lists that lost members this turn and
+//!   announces the topics this shard no longer has subscribers for.
+//! - After each of these calls the shard applies the slow-consumer policy to
+//!   [`PubSub::slow`] (the decision is made here; closing or dropping is the shard's).
+//!
+//! Topics are interned per shard ([`topic`]); nothing on the per-message path hashes a
+//! topic name: simple-mode connections and batches carry a [`TopicId`], a batch finds its
+//! topic's open buffer through the table, bus messages carry the receiver's id. Mux-mode
+//! and HTTP publishes name their topic in the message itself, so they pay one lookup per
+//! command, in this shard's own table.
+//!
+//! Interest: when a topic gets its first subscriber on this shard, every other shard is told
+//! this shard's id for it; when its last one leaves, they are told it left. A shard's
+//! batches go only to the shards listed for the topic. An announcement is pushed before
+//! the 101 response (or the mux ack) of the subscription that caused it is sent, and a
+//! shard drains its inbox before it reads its sockets, so a publish that a client makes
+//! after seeing that response reaches the new subscriber.
+
+pub mod batch;
+mod error;
+pub mod fanout;
+pub mod mux;
+pub mod topic;
+
+pub use batch::{Batch, Origin};
+pub use error::{Error, Wire};
+pub use topic::{Format, MAX_TOPIC_LEN, TopicError, TopicId, validate_topic};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The longest topic name, in bytes.
-pub const MAX_TOPIC_LEN: usize = 255;
+use crate::bus::{Bus, BusMsg, Pushed};
+use crate::metrics::ShardMetrics;
+use crate::proto::frame::OpCode;
+use batch::{Batcher, Ready};
+use fanout::{FanOut, Subscribers};
+use topic::{InterestChange, Topics};
 
-/// Why a topic name was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicError {
-    /// Zero bytes.
-    Empty,
-    /// More than [`MAX_TOPIC_LEN`] bytes.
-    TooLong,
-    /// A byte outside printable ASCII, or a space.
-    BadByte,
+/// Which topic a publish goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A topic the publisher holds an id of (simple mode: its own topic).
+    Id(TopicId),
+    /// A topic named in the message (mux mode, HTTP): validated and looked up once.
+    Name(&'a str),
 }
 
-impl std::fmt::Display for TopicError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TopicError::Empty => "topic name is empty",
-            TopicError::TooLong => "topic name is longer than 255 bytes",
-            TopicError::BadByte => "topic name must be printable ASCII without spaces",
-        })
-    }
+/// What the pub/sub layer needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Topics one connection may hold (`--max-topics-per-connection`).
+    pub max_topics_per_connection: usize,
+    /// Bound of one batch in framed bytes (`--max-batch-bytes`).
+    pub max_batch_bytes: usize,
 }
 
-/// Checks a topic name: 1–255 bytes of printable ASCII (0x21–0x7e), no spaces.
-pub fn validate_topic(name: &str) -> Result<(), TopicError> {
-    if name.is_empty() {
-        return Err(TopicError::Empty);
-    }
-    if name.len() > MAX_TOPIC_LEN {
-        return Err(TopicError::TooLong);
-    }
-    if !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(TopicError::BadByte);
-    }
-    Ok(())
-}
-
-/// One topic's local subscribers.
+/// The pub/sub state of one shard.
 #[derive(Debug)]
-pub struct Topic {
-    /// The shared name, handed to the bus without copying.
-    pub name: Arc<str>,
-    /// Simple-mode connection slots subscribed on this shard (bare payload frames).
-    pub subscribers: Vec<u32>,
-    /// Control-mode connection slots subscribed on this shard (enveloped frames).
-    pub control: Vec<u32>,
+pub struct PubSub {
+    /// This shard's index (announcements and batch origins name it).
+    shard: u16,
+    /// The inboxes of every shard.
+    bus: Arc<Bus>,
+    limits: Limits,
+    /// Topic ids, subscriber lists by format, other shards' interest.
+    topics: Topics,
+    /// This turn's publishes, one buffer per topic.
+    batcher: Batcher,
+    /// Fan-out scratch.
+    fanout: FanOut,
+    /// Announcements an inbox refused (full), per target shard, latest state per topic;
+    /// retried each turn before any newer announcement to that shard.
+    backlog: Vec<HashMap<Arc<str>, Option<TopicId>>>,
+    metrics: Arc<ShardMetrics>,
+    /// Subscribers that missed messages because their backlog was at the limit:
+    /// (slot, messages). The shard applies `--slow-consumer` to them and clears the list.
+    pub slow: Vec<(u32, u32)>,
+    /// The shard's clock (ticks), for log throttles; set by [`PubSub::begin_turn`].
+    tick: u32,
+    inbox_full_log: crate::throttle::LogThrottle,
 }
 
-/// The topic table of one shard.
-#[derive(Debug, Default)]
-pub struct Topics {
-    map: HashMap<Arc<str>, Topic>,
-}
+impl PubSub {
+    /// The pub/sub state of shard `shard`.
+    pub fn new(shard: usize, bus: Arc<Bus>, limits: Limits, metrics: Arc<ShardMetrics>) -> Self {
+        let shards = bus.shards();
+        let shard = u16::try_from(shard).unwrap_or(u16::MAX);
+        PubSub {
+            shard,
+            bus,
+            limits,
+            topics: Topics::default(),
+            batcher: Batcher::new(Origin::Shard(shard), limits.max_batch_bytes),
+            fanout: FanOut::default(),
+            backlog: vec![HashMap::new(); shards],
+            metrics,
+            slow: Vec::new(),
+            tick: 0,
+            inbox_full_log: crate::throttle::LogThrottle::default(),
+        }
+    }
 
-impl Topics {
-    /// Subscribes `slot` to `name` (which must be valid) and returns the shared name.
-    pub fn subscribe(&mut self, name: &str, slot: u32) -> Arc<str> {
-        if let Some(t) = self.map.get_mut(name) {
-            if !t.subscribers.contains(&slot) {
-                t.subscribers.push(slot);
+    /// Once per loop turn, first: the shard's clock.
+    pub fn begin_turn(&mut self, tick: u32) {
+        self.tick = tick;
+    }
+
+    /// Subscribes connection `slot` to the topic `name` in `format`. `held`: how many
+    /// topics the connection holds already (it must not hold this one: a connection keeps
+    /// its own list and asks [`PubSub::lookup`] first).
+    pub fn subscribe(
+        &mut self,
+        slot: u32,
+        format: Format,
+        name: &str,
+        held: usize,
+    ) -> Result<TopicId, Error> {
+        validate_topic(name)?;
+        let max = self.limits.max_topics_per_connection;
+        if held >= max {
+            return Err(Error::TooManyTopics { max });
+        }
+        let id = self.topics.intern(name);
+        if self.topics.join(id, slot, format) == InterestChange::Gained {
+            self.announce(id, true);
+        }
+        self.gauge();
+        Ok(id)
+    }
+
+    /// Takes connection `slot` out of `id`'s `format` subscribers (applied in one pass per
+    /// topic before its next fan-out and at the end of the turn). Harmless when repeated.
+    pub fn unsubscribe(&mut self, slot: u32, id: TopicId, format: Format) {
+        self.topics.leave(id, slot, format);
+    }
+
+    /// This shard's id for `name`, if it is interned here.
+    pub fn lookup(&self, name: &str) -> Option<TopicId> {
+        self.topics.lookup(name)
+    }
+
+    /// Publishes one message: framed once into its topic's batch for this turn, queued to
+    /// subscribers when the shard calls [`PubSub::fan_out`]. `exclude`: a publisher that
+    /// must not receive it. Returns the local subscribers it will be queued for; a topic
+    /// nobody subscribes to (here or on a shard that announced it) takes nothing and
+    /// returns 0 (counted as unrouted).
+    pub fn publish(
+        &mut self,
+        target: Target<'_>,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+    ) -> Result<usize, Error> {
+        let id = match target {
+            Target::Id(id) => Some(id),
+            Target::Name(name) => {
+                validate_topic(name)?;
+                self.topics.lookup(name)
             }
-            return Arc::clone(&t.name);
-        }
-        let name: Arc<str> = Arc::from(name);
-        self.map.insert(
-            Arc::clone(&name),
-            Topic {
-                name: Arc::clone(&name),
-                subscribers: vec![slot],
-                control: Vec::new(),
-            },
-        );
-        name
+        };
+        let Some((id, local)) = id.and_then(|id| Some((id, self.topics.get(id)?.local()))) else {
+            self.metrics.unrouted.inc();
+            return Ok(0);
+        };
+        self.batcher
+            .append(&mut self.topics, id, opcode, payload, exclude);
+        Ok(local)
     }
 
-    /// Subscribes control-mode `slot` to `name` (which must be valid); returns the shared
-    /// name and whether it is a new subscription.
-    pub fn subscribe_control(&mut self, name: &str, slot: u32) -> (Arc<str>, bool) {
-        if let Some(t) = self.map.get_mut(name) {
-            let new = !t.control.contains(&slot);
-            if new {
-                t.control.push(slot);
+    /// Whether publishes wait for [`PubSub::fan_out`].
+    pub fn has_pending(&self) -> bool {
+        !self.batcher.is_empty()
+    }
+
+    /// Queues this turn's batches (`sealed_only`: only those sealed at the byte bound):
+    /// to local subscribers, and one bus message per batch to each interested shard.
+    /// `wake[i]` is set for each shard that must be woken at the flush.
+    pub fn fan_out<S: Subscribers>(&mut self, subs: &mut S, wake: &mut [bool], sealed_only: bool) {
+        if self.batcher.is_empty() {
+            return;
+        }
+        let mut batcher = std::mem::take(&mut self.batcher);
+        if sealed_only {
+            let mut sealed = Vec::new();
+            batcher.take_sealed(|r| sealed.push(r));
+            for r in sealed {
+                self.fan_out_one(r, subs, wake);
             }
-            return (Arc::clone(&t.name), new);
-        }
-        let name: Arc<str> = Arc::from(name);
-        self.map.insert(
-            Arc::clone(&name),
-            Topic {
-                name: Arc::clone(&name),
-                subscribers: Vec::new(),
-                control: vec![slot],
-            },
-        );
-        (name, true)
-    }
-
-    /// Removes control-mode `slot` from `name`; drops the topic when it was the last
-    /// subscriber of either kind.
-    pub fn unsubscribe_control(&mut self, name: &str, slot: u32) -> bool {
-        let Some(t) = self.map.get_mut(name) else {
-            return false;
-        };
-        let Some(pos) = t.control.iter().position(|&s| s == slot) else {
-            return false;
-        };
-        t.control.swap_remove(pos);
-        if t.subscribers.is_empty() && t.control.is_empty() {
-            self.map.remove(name);
-        }
-        true
-    }
-
-    /// Removes `slot` from `name`; drops the topic when it was the last subscriber.
-    pub fn unsubscribe(&mut self, name: &str, slot: u32) -> bool {
-        let Some(t) = self.map.get_mut(name) else {
-            return false;
-        };
-        let Some(pos) = t.subscribers.iter().position(|&s| s == slot) else {
-            return false;
-        };
-        t.subscribers.swap_remove(pos);
-        if t.subscribers.is_empty() && t.control.is_empty() {
-            self.map.remove(name);
-        }
-        true
-    }
-
-    /// Removes the slots in `sorted` (ascending) from `name`'s simple-mode list (`control`:
-    /// its control-mode list) in one pass; drops the topic when no subscriber is left.
-    /// Returns how many were removed.
-    pub fn remove_slots(&mut self, name: &str, sorted: &[u32], control: bool) -> usize {
-        let Some(t) = self.map.get_mut(name) else {
-            return 0;
-        };
-        let list = if control {
-            &mut t.control
         } else {
-            &mut t.subscribers
-        };
-        let before = list.len();
-        list.retain(|s| sorted.binary_search(s).is_err());
-        let removed = before - list.len();
-        if t.subscribers.is_empty() && t.control.is_empty() {
-            self.map.remove(name);
+            let mut ready = Vec::new();
+            batcher.take(&mut self.topics, |_, r| ready.push(r));
+            for r in ready {
+                self.fan_out_one(r, subs, wake);
+            }
         }
-        removed
+        self.batcher = batcher;
     }
 
-    /// The topic, if anyone on this shard subscribes to it.
-    pub fn get(&self, name: &str) -> Option<&Topic> {
-        self.map.get(name)
+    fn fan_out_one<S: Subscribers>(&mut self, r: Ready, subs: &mut S, wake: &mut [bool]) {
+        self.compact(r.topic);
+        let Some(t) = self.topics.get(r.topic) else {
+            return;
+        };
+        for &(shard, theirs) in &t.remote {
+            let msg = BusMsg::Batch {
+                topic: theirs,
+                batch: Arc::clone(&r.batch),
+            };
+            match self.bus.push(usize::from(shard), msg) {
+                Pushed::Wake => {
+                    if let Some(w) = wake.get_mut(usize::from(shard)) {
+                        *w = true;
+                    }
+                }
+                Pushed::Queued => {}
+                Pushed::Full => {
+                    self.metrics.bus_dropped.add(u64::from(r.batch.count()));
+                    if let Some(suppressed) = self.inbox_full_log.allow(self.tick) {
+                        tracing::warn!(
+                            shard = self.shard,
+                            to = shard,
+                            suppressed,
+                            "a shard's inbox is full (--max-inbox-bytes): batch dropped for its subscribers"
+                        );
+                    }
+                }
+            }
+        }
+        let queued = self.fanout.run(t, &r.batch, &r.parts, &r.excluded, subs);
+        self.metrics.messages_out.add(queued);
+        self.after_fan_out(r.topic);
     }
 
-    /// Number of topics with at least one local subscriber.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Takes what other shards (and non-shard threads) sent this shard, in order.
+    pub fn drain_bus<S: Subscribers>(&mut self, subs: &mut S) {
+        let bus = Arc::clone(&self.bus);
+        let mut batches = 0u64;
+        bus.drain(usize::from(self.shard), |m| match m {
+            BusMsg::Batch { topic, batch } => {
+                batches += 1;
+                self.deliver_remote(topic, &batch, subs);
+            }
+            BusMsg::Named { topic, batch } => {
+                batches += 1;
+                match self.topics.lookup(&topic) {
+                    Some(id) => self.deliver_remote(id, &batch, subs),
+                    None => self.metrics.bus_stale.inc(),
+                }
+            }
+            BusMsg::Interest { from, topic, id } => self.on_interest(from, topic, id),
+        });
+        self.metrics.bus_in.add(batches);
     }
 
-    /// True when no topic has a local subscriber.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    fn deliver_remote<S: Subscribers>(&mut self, id: TopicId, batch: &Batch, subs: &mut S) {
+        self.compact(id);
+        let Some(t) = self.topics.get(id) else {
+            // The topic's last subscriber left after the sender read the announcement.
+            self.metrics.bus_stale.inc();
+            return;
+        };
+        if t.local() == 0 {
+            self.metrics.bus_stale.inc();
+            return;
+        }
+        let queued = self.fanout.run(t, batch, &[], &[], subs);
+        self.metrics.messages_out.add(queued);
+        self.metrics.bus_delivered.add(queued);
+        self.after_fan_out(id);
     }
 
-    /// Total subscriptions on this shard.
-    pub fn subscriptions(&self) -> usize {
-        self.map
-            .values()
-            .map(|t| t.subscribers.len() + t.control.len())
-            .sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names() {
-        assert_eq!(validate_topic("prices.EUR-USD"), Ok(()));
-        assert_eq!(validate_topic(""), Err(TopicError::Empty));
-        assert_eq!(validate_topic(&"a".repeat(255)), Ok(()));
-        assert_eq!(validate_topic(&"a".repeat(256)), Err(TopicError::TooLong));
-        assert_eq!(validate_topic("a b"), Err(TopicError::BadByte));
-        assert_eq!(validate_topic("é"), Err(TopicError::BadByte));
-        assert_eq!(validate_topic("a\x7f"), Err(TopicError::BadByte));
+    /// Another shard's announcement: where batches of `topic` must go from now on.
+    fn on_interest(&mut self, from: u16, topic: Arc<str>, theirs: Option<TopicId>) {
+        let id = match theirs {
+            Some(_) => Some(self.topics.intern_shared(topic)),
+            None => self.topics.lookup(&topic),
+        };
+        if let Some(id) = id {
+            self.topics.set_remote(id, from, theirs);
+        }
     }
 
-    #[test]
-    fn subscribe_unsubscribe() {
-        let mut t = Topics::default();
-        let a = t.subscribe("x", 1);
-        let b = t.subscribe("x", 2);
-        assert!(Arc::ptr_eq(&a, &b), "one shared name per topic");
-        t.subscribe("x", 2);
-        assert_eq!(
-            t.get("x").map(|t| t.subscribers.len()),
-            Some(2),
-            "no duplicates"
-        );
-        assert!(t.unsubscribe("x", 1));
-        assert!(!t.unsubscribe("x", 1));
-        assert!(t.unsubscribe("x", 2));
-        assert!(
-            t.get("x").is_none() && t.is_empty(),
-            "last subscriber removes the topic"
-        );
+    /// Once per loop turn, after everything else: applies the leaves of this turn and
+    /// retries announcements that met a full inbox.
+    pub fn end_turn(&mut self, wake: &mut [bool]) {
+        let list = self.topics.take_to_compact();
+        for &id in &list {
+            self.compact(id);
+        }
+        self.topics.restore_to_compact(list);
+        self.retry_backlog(wake);
+        self.gauge();
     }
 
-    #[test]
-    fn control_subscribers_share_the_topic() {
-        let mut t = Topics::default();
-        t.subscribe("x", 1);
-        assert!(t.subscribe_control("x", 2).1);
-        assert!(!t.subscribe_control("x", 2).1, "idempotent");
-        assert_eq!(t.subscriptions(), 2);
-        assert!(t.unsubscribe("x", 1));
-        assert!(t.get("x").is_some(), "the control subscriber keeps it");
-        assert!(!t.unsubscribe_control("x", 1));
-        assert!(t.unsubscribe_control("x", 2));
-        assert!(t.is_empty());
+    /// Applies `id`'s pending leaves; withdraws the interest when none is left.
+    fn compact(&mut self, id: TopicId) {
+        let Some(t) = self.topics.get(id) else {
+            return;
+        };
+        if !t.has_leavers() {
+            return;
+        }
+        let name = Arc::clone(&t.name);
+        if self.topics.compact(id) == InterestChange::Lost {
+            self.announce_name(name, None);
+        }
+    }
+
+    /// After a fan-out: subscribers found closed leave the topic.
+    fn after_fan_out(&mut self, id: TopicId) {
+        self.slow.append(&mut self.fanout.slow);
+        if self.fanout.closed.is_empty() {
+            return;
+        }
+        let mut closed = std::mem::take(&mut self.fanout.closed);
+        for &(slot, format) in &closed {
+            self.topics.leave(id, slot, format);
+        }
+        closed.clear();
+        self.fanout.closed = closed;
+    }
+
+    fn announce(&mut self, id: TopicId, gained: bool) {
+        let Some(t) = self.topics.get(id) else {
+            return;
+        };
+        let name = Arc::clone(&t.name);
+        self.announce_name(name, gained.then_some(id));
+    }
+
+    /// Tells every other shard that this one has (`Some`) or no longer has subscribers
+    /// of `topic`. Pushed at once (an inbox is drained before its shard reads sockets, so
+    /// no wake is needed for correctness; the flush wakes the targets anyway).
+    fn announce_name(&mut self, topic: Arc<str>, id: Option<TopicId>) {
+        self.metrics.announcements.inc();
+        for to in 0..self.bus.shards() {
+            if to == usize::from(self.shard) {
+                continue;
+            }
+            let backlog = &mut self.backlog[to];
+            if !backlog.is_empty() {
+                backlog.insert(Arc::clone(&topic), id);
+                continue;
+            }
+            let msg = BusMsg::Interest {
+                from: self.shard,
+                topic: Arc::clone(&topic),
+                id,
+            };
+            if self.bus.push(to, msg) == Pushed::Full {
+                backlog.insert(Arc::clone(&topic), id);
+            }
+        }
+    }
+
+    fn retry_backlog(&mut self, wake: &mut [bool]) {
+        for (to, backlog) in self.backlog.iter_mut().enumerate() {
+            if backlog.is_empty() {
+                continue;
+            }
+            let mut sent = Vec::new();
+            for (topic, &id) in backlog.iter() {
+                let msg = BusMsg::Interest {
+                    from: self.shard,
+                    topic: Arc::clone(topic),
+                    id,
+                };
+                match self.bus.push(to, msg) {
+                    Pushed::Full => break,
+                    pushed => {
+                        if pushed == Pushed::Wake
+                            && let Some(w) = wake.get_mut(to)
+                        {
+                            *w = true;
+                        }
+                        sent.push(Arc::clone(topic));
+                    }
+                }
+            }
+            for topic in sent {
+                backlog.remove(&topic);
+            }
+        }
+    }
+
+    fn gauge(&self) {
+        self.metrics
+            .subscriptions
+            .set(self.topics.subscriptions() as u64);
+        self.metrics.topics.set(self.topics.len() as u64);
+    }
+
+    /// The topic table (read-only: tests, the HTTP publish reply, metrics).
+    pub fn topics(&self) -> &Topics {
+        &self.topics
     }
 }

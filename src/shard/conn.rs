@@ -3,14 +3,14 @@
 //! The send queue holds complete frames as [`Bytes`]: a broadcast frame is the same
 //! allocation for every subscriber, so queueing it costs a reference-count increment. The
 //! queue is bounded in bytes (`send_queue_limit`); data frames past the bound go through
-//! the slow-consumer policy, control frames (pong, close, HTTP responses) always pass, so a
+//! the slow-consumer policy; frames that must go out whatever the backlog (pongs, closes,
+//! HTTP responses; see [`Conn::push_control`]) always pass, so a
 //! close can still be sent to a client that is being dropped for being slow. What keeps
 //! that bounded is the read side: a connection whose queue is backlogged
 //! ([`Conn::backlogged`]) is not read until it drains, and while backlogged a new pong
 //! replaces an unsent one instead of queueing behind it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -28,15 +28,15 @@ fn is_pong(frame: &Bytes) -> bool {
 pub enum Route {
     /// Simple mode: subscribed to `topic`, messages are published to it.
     Topic {
-        /// Shared topic name (also the key in the shard's topic table).
-        topic: Arc<str>,
+        /// The topic, in this shard's table.
+        topic: crate::pubsub::TopicId,
         /// Whether the sender receives its own messages.
         echo: bool,
     },
     /// Messages come back to the sender.
     Echo,
-    /// Control mode: JSON commands, any number of topics (see `shard::control`).
-    Control(super::ControlConn),
+    /// Mux mode: JSON commands, any number of topics (see `shard::mux`).
+    Mux(super::MuxConn),
 }
 
 /// What stage the connection is in.
@@ -56,7 +56,7 @@ pub enum Phase {
         /// The request is `HEAD`: responses carry headers only.
         head_only: bool,
         /// Set once a publish's head is complete: what its body is for.
-        body: Option<Box<super::http_publish::PendingBody>>,
+        body: Option<Box<super::http::PendingBody>>,
     },
     /// Upgraded: frames go through the protocol core.
     Ws {

@@ -1,6 +1,6 @@
 //! Graceful shutdown in a shard.
 //!
-//! `main` sets [`super::surface::SurfaceShared::draining`] on the first SIGTERM/SIGINT. On
+//! `main` sets [`DrainShared::draining`] on the first SIGTERM/SIGINT. On
 //! its next turn (at most one tick later) each shard:
 //!
 //! 1. sends close 1001 `server shutting down` to every open WebSocket, queued behind what
@@ -14,42 +14,66 @@
 //!
 //! `main` exits 0 when every shard has returned, or at the drain timeout.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::io::Token;
 use crate::proto::close_code;
 
 use super::conn::Phase;
 use super::{ShardState, TICK, ticks};
 
+/// Drain state shared by every shard.
+#[derive(Debug, Default)]
+pub struct DrainShared {
+    /// Set on the first SIGTERM/SIGINT: shards close their clients with 1001 and exit.
+    pub draining: AtomicBool,
+    /// Shards that have no client left to drain. A shard keeps serving (health checks get
+    /// 503, not a reset from a closed listener) until every shard has drained.
+    pub drained: AtomicUsize,
+}
+
+impl DrainShared {
+    /// Whether a graceful shutdown is under way.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A shard's own drain state.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    /// Tick at which this shard stops waiting for its clients (set when draining starts).
+    deadline: Option<u32>,
+    /// This shard has counted itself in [`DrainShared::drained`].
+    drained: bool,
+}
+
 impl ShardState {
     /// Loop hook, once per turn: starts the drain when asked and says when this shard is
     /// done (its loop then returns).
     pub(super) fn drain_turn(&mut self) -> bool {
-        if !self.shared.surface.is_draining() {
+        if !self.shared.drain.is_draining() {
             return false;
         }
-        let Some(deadline) = self.surface.drain_deadline else {
+        let Some(deadline) = self.drain.deadline else {
             self.start_drain();
             return false;
         };
         let left = self
             .conns
             .iter()
-            .flatten()
             .filter(|c| {
                 !c.releasing
                     && (matches!(c.phase, Phase::Ws { .. }) || !c.queue.is_empty() || c.sending)
             })
             .count();
-        if left == 0 && !self.surface.drained {
-            self.surface.drained = true;
-            self.shared.surface.drained.fetch_add(1, Ordering::Relaxed);
+        if left == 0 && !self.drain.drained {
+            self.drain.drained = true;
+            self.shared.drain.drained.fetch_add(1, Ordering::Relaxed);
             tracing::info!(shard = self.id, "drained");
         }
         // Listeners close when their shard returns: wait for every shard so that none of
         // them resets connections queued on its listener while others still serve.
-        if self.shared.surface.drained.load(Ordering::Relaxed) >= self.shared.bus.shards() {
+        if self.shared.drain.drained.load(Ordering::Relaxed) >= self.shared.bus.shards() {
             return true;
         }
         if self.tick >= deadline {
@@ -68,14 +92,13 @@ impl ShardState {
         // Leave main a little time to exit within --drain-timeout itself.
         let budget = self
             .settings
-            .surface
             .drain_timeout
             .saturating_sub(TICK * 3)
             .max(TICK);
         let deadline = self.tick.saturating_add(ticks(budget).max(1));
-        self.surface.drain_deadline = Some(deadline);
-        let mut closing: Vec<Token> = Vec::new();
-        for c in self.conns.iter_mut().flatten() {
+        self.drain.deadline = Some(deadline);
+        let mut closing = 0usize;
+        for c in self.conns.iter_mut() {
             if c.releasing {
                 continue;
             }
@@ -87,7 +110,7 @@ impl ShardState {
                         &mut self.scratch,
                     );
                     let out = self.scratch.split().freeze();
-                    c.push_control(out, &mut self.dirty);
+                    c.push_control(out, &mut self.outbox.dirty);
                 }
                 // Released when the client answers the close, or at the deadline.
                 c.deadline = if c.deadline == 0 {
@@ -95,33 +118,14 @@ impl ShardState {
                 } else {
                     c.deadline.min(deadline)
                 };
-                closing.push(c.token);
+                closing += 1;
             }
         }
         tracing::info!(
             shard = self.id,
-            websockets = closing.len(),
+            websockets = closing,
             open = self.shared.connections.load(Ordering::Relaxed),
             "draining: sent close 1001 to every client"
-        );
-    }
-
-    /// `/health`: 200 while serving, 503 while draining.
-    pub(super) fn health(&mut self, token: Token) {
-        if self.shared.surface.is_draining() {
-            self.respond_with(token, 503, "text/plain; charset=utf-8", b"draining\n");
-        } else {
-            self.respond_with(token, 200, "text/plain; charset=utf-8", b"ok\n");
-        }
-    }
-
-    /// `GET /`: the demo page.
-    pub(super) fn demo(&mut self, token: Token) {
-        self.respond_with(
-            token,
-            200,
-            "text/html; charset=utf-8",
-            crate::http::DEMO_HTML.as_bytes(),
         );
     }
 }

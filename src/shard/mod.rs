@@ -1,39 +1,44 @@
 //! The per-core event loop: one thread, one driver (io_uring or epoll), its own
-//! connections and topic table. Nothing here takes a lock.
+//! connections and its own pub/sub state. Nothing here takes a lock on the message path.
 //!
 //! A loop turn, in order:
 //! 1. [`Driver::wait`]: one kernel entry submits everything the last turn queued and waits
 //!    for completions (or the next timer tick).
-//! 2. Handle every [`Event`]: accept, read requests, feed frames to the protocol core,
-//!    publish (frame once, queue to local subscribers, push to other shards' inboxes).
-//! 3. Drain this shard's bus inbox (messages other shards published).
-//! 4. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
-//! 5. Flush: register new sockets, one vectored send per connection with queued frames,
-//!    releases, and one wake-up per other shard that got messages this turn.
+//! 2. Drain this shard's bus inbox ([`PubSub::drain_bus`]): batches other shards published,
+//!    and their interest announcements, before any socket is read (so a subscription
+//!    another shard confirmed to its client is known here before that client's peers act).
+//! 3. Handle every [`Event`]: accept, read requests, feed frames to the protocol core,
+//!    subscribe and publish through [`PubSub`].
+//! 4. Fan out this turn's batches ([`PubSub::fan_out`]), unless a write delay holds them.
+//! 5. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
+//! 6. Flush: register new sockets, one vectored send per connection with queued frames,
+//!    releases, [`PubSub::end_turn`], and one wake-up per other shard that got messages.
 //!
-//! The production surface lives beside this file and is called from a few hooks here:
-//! `control.rs` (control mode and its envelopes, hooked into upgrade, receive, fan-out and
-//! release), `http_publish.rs` (`POST /publish/{topic}`), `surface.rs` (admission: origins,
-//! connection and per-IP limits; hooked into accept, request routing and release) and
-//! `drain.rs` (graceful shutdown, one call per loop turn).
+//! The state is split by job: [`table::ConnTable`] (the connections), [`PubSub`] (topics,
+//! batches, fan-out, interest), [`Outbox`] (what the flush hands to the driver). The rest of
+//! the loop lives beside this file: `mux.rs` (mux mode: commands applied through
+//! [`PubSub`]), `http.rs` (the HTTP surface: publish, health, metrics, demo), `admission.rs`
+//! (origins, connection and per-IP limits), `drain.rs` (graceful shutdown) and `conn.rs`
+//! (one connection's state and send queue).
 
-pub mod batch;
+pub mod admission;
 pub mod conn;
-mod control;
 mod drain;
-mod http_publish;
-pub mod surface;
+mod http;
+mod mux;
+pub mod table;
 
-pub use control::ControlConn;
+pub use drain::DrainShared;
+pub use mux::MuxConn;
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::bus::{Bus, BusMsg, Pushed};
+use crate::bus::Bus;
 use crate::config::SlowConsumerPolicy;
 use crate::http::{Endpoint, Routed};
 use crate::io::{Driver, Event, Token};
@@ -42,9 +47,9 @@ use crate::proto::conn::{Event as WsEvent, Limits, Role, State as WsState};
 use crate::proto::frame::{OpCode, encode_frame};
 use crate::proto::handshake::{self, HandshakeLimits};
 use crate::proto::{Connection, close_code};
-use crate::pubsub::Topics;
-use batch::{Batcher, Exclusion, ExclusionIndex, Part, Ready};
-use conn::{Conn, Phase, Route};
+use crate::pubsub::{Format, PubSub, Target};
+use conn::{Phase, Route};
+use table::{ConnTable, Deliveries};
 
 /// Length of a timer tick. Timeouts are checked once per tick, by one pass over the
 /// connection table: O(1) per connection per tick, no timer syscalls.
@@ -82,8 +87,14 @@ pub struct Settings {
     pub write_delay: Option<Duration>,
     /// Bound of one topic batch, in framed bytes (`--max-batch-bytes`).
     pub max_batch_bytes: usize,
-    /// Control mode, limits and drain.
-    pub surface: surface::SurfaceSettings,
+    /// Topics per mux-mode connection (`--max-topics-per-connection`).
+    pub max_topics_per_connection: usize,
+    /// Refused mux messages per connection per 10 seconds (`mux::ERROR_WINDOW`).
+    pub mux_error_budget: u32,
+    /// Longest graceful shutdown.
+    pub drain_timeout: Duration,
+    /// Origins, per-IP limits.
+    pub admission: admission::AdmissionSettings,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -99,8 +110,10 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The backend in use, for metrics labels.
     pub backend: &'static str,
-    /// The draining flag and the per-IP table.
-    pub surface: surface::SurfaceShared,
+    /// The draining flag and the drained count.
+    pub drain: DrainShared,
+    /// Per-IP connection counts and connect token buckets (accept and release only).
+    pub peers: Mutex<admission::PeerTable>,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -112,6 +125,35 @@ fn ticks_ceil(d: Duration) -> u32 {
     ticks(d + TICK - Duration::from_nanos(1)).max(1)
 }
 
+/// What the flush hands to the driver, gathered during the turn.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Slots with something to send (or to close after sending), each listed once.
+    dirty: Vec<u32>,
+    /// Accepted sockets to register with the driver.
+    to_register: Vec<(Token, OwnedFd)>,
+    /// Connections to release.
+    to_release: Vec<Token>,
+    /// Other shards to wake (their inbox got its first message since their last drain).
+    wake: Vec<bool>,
+    /// Receives to pause (`false`) or resume (`true`), applied after each event.
+    recv_switch: Vec<(Token, bool)>,
+    /// Emptied frame vectors of finished sends, for reuse.
+    send_vecs: Vec<Vec<Bytes>>,
+    /// Sends handed to the driver since the last timer tick.
+    sends_since_tick: u64,
+}
+
+/// Log throttles for what clients (or their number) can trigger.
+#[derive(Debug, Default)]
+struct Logs {
+    accept: crate::throttle::LogThrottle,
+    violation: crate::throttle::LogThrottle,
+    slow: crate::throttle::LogThrottle,
+    drop: crate::throttle::LogThrottle,
+    dropped_close: crate::throttle::LogThrottle,
+}
+
 /// Everything of a shard except its driver, so that events borrowed from the driver can be
 /// handled with the rest mutably borrowed.
 struct ShardState {
@@ -119,57 +161,29 @@ struct ShardState {
     settings: Settings,
     shared: Arc<Shared>,
     metrics: Arc<ShardMetrics>,
-    conns: Vec<Option<Conn>>,
-    generations: Vec<u32>,
-    free: Vec<u32>,
-    topics: Topics,
-    dirty: Vec<u32>,
-    to_register: Vec<(Token, OwnedFd)>,
-    to_release: Vec<Token>,
-    wake: Vec<bool>,
+    /// The connections of this shard.
+    conns: ConnTable,
+    /// Topics, batches, fan-out and interest: the one way to subscribe and publish.
+    pubsub: PubSub,
+    /// What the flush hands to the driver.
+    outbox: Outbox,
     /// Output of the protocol core (pongs, closes), split off per connection.
     scratch: BytesMut,
-    /// Where echoed frames are built.
+    /// Where echoed frames and mux replies are built.
     arena: BytesMut,
-    /// Published frames of this turn, one contiguous buffer per topic.
-    batcher: Batcher,
-    send_vecs: Vec<Vec<Bytes>>,
-    /// Sends handed to the driver since the last timer tick.
-    sends_since_tick: u64,
     /// A tick with sends passed since the last idle trim.
     busy_since_trim: bool,
     /// When this shard last fanned out its publishes (for `write_delay`).
     last_fan_out: Option<Instant>,
+    /// Ticks since the shard started, read once per turn.
     tick: u32,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
-    /// Control-mode, per-IP and drain state (`surface.rs`).
-    surface: surface::SurfaceState,
-    /// Receives to pause (`false`) or resume (`true`), applied after each event.
-    recv_switch: Vec<(Token, bool)>,
-    /// Log throttles for what clients (or their number) can trigger.
-    accept_log: crate::throttle::LogThrottle,
-    violation_log: crate::throttle::LogThrottle,
-    /// Fan-out scratch and log throttles.
-    fanout: FanoutState,
-}
-
-/// Per-shard scratch of the fan-out (reused across batches, so a fan-out allocates
-/// nothing in the steady state) and its log throttles.
-#[derive(Debug, Default)]
-struct FanoutState {
-    /// The current batch's excluded publishers, by slot.
-    index: ExclusionIndex,
-    /// Message index → offset in the current batch's envelope run (control mode).
-    env_offsets: Vec<usize>,
-    /// Subscribers found closed during a fan-out, to take out of the topic's list.
-    closed: Vec<u32>,
-    /// Subscribers whose backlog was at the limit: (slot, messages).
-    slow: Vec<(u32, u32)>,
-    slow_log: crate::throttle::LogThrottle,
-    drop_log: crate::throttle::LogThrottle,
-    dropped_close_log: crate::throttle::LogThrottle,
-    inbox_full_log: crate::throttle::LogThrottle,
+    /// Per-IP bookkeeping of each slot.
+    admission: admission::AdmissionState,
+    /// Graceful shutdown.
+    drain: drain::DrainState,
+    logs: Logs,
 }
 
 /// A shard: its driver and its state.
@@ -194,9 +208,6 @@ impl<D: Driver> Shard<D> {
         let metrics = Arc::clone(&shared.metrics[id]);
         shared.bus.set_target(id, driver.wake_target());
         let n = shared.bus.shards();
-        // Reserve the whole table up front: untouched capacity costs address space, not
-        // memory, and growing by doubling would copy the table and leave the old copies
-        // resident in the allocator (measured: hundreds of bytes per idle connection).
         let table = (settings.max_connections / n.max(1) + 1).min(1 << 20);
         let ws_limits = Limits {
             max_frame_size: settings.max_frame_size as u64,
@@ -206,7 +217,15 @@ impl<D: Driver> Shard<D> {
             max_header_bytes: settings.max_header_bytes,
             ..HandshakeLimits::default()
         };
-        let max_batch_bytes = settings.max_batch_bytes;
+        let pubsub = PubSub::new(
+            id,
+            Arc::clone(&shared.bus),
+            crate::pubsub::Limits {
+                max_topics_per_connection: settings.max_topics_per_connection,
+                max_batch_bytes: settings.max_batch_bytes,
+            },
+            Arc::clone(&metrics),
+        );
         Shard {
             driver,
             started: Instant::now(),
@@ -215,29 +234,22 @@ impl<D: Driver> Shard<D> {
                 settings,
                 shared,
                 metrics,
-                conns: Vec::with_capacity(table),
-                generations: Vec::with_capacity(table),
-                free: Vec::new(),
-                topics: Topics::default(),
-                dirty: Vec::new(),
-                to_register: Vec::new(),
-                to_release: Vec::new(),
-                wake: vec![false; n],
+                conns: ConnTable::with_capacity(table),
+                pubsub,
+                outbox: Outbox {
+                    wake: vec![false; n],
+                    ..Outbox::default()
+                },
                 scratch: BytesMut::with_capacity(256),
                 arena: BytesMut::new(),
-                batcher: Batcher::new(max_batch_bytes),
-                send_vecs: Vec::new(),
-                sends_since_tick: 0,
                 busy_since_trim: false,
                 last_fan_out: None,
                 tick: 0,
                 handshake_limits,
                 ws_limits,
-                surface: surface::SurfaceState::default(),
-                recv_switch: Vec::new(),
-                accept_log: crate::throttle::LogThrottle::default(),
-                violation_log: crate::throttle::LogThrottle::default(),
-                fanout: FanoutState::default(),
+                admission: admission::AdmissionState::default(),
+                drain: drain::DrainState::default(),
+                logs: Logs::default(),
             },
         }
     }
@@ -250,11 +262,13 @@ impl<D: Driver> Shard<D> {
             self.driver.wait(timeout)?;
             let now = Instant::now();
             self.st.tick = ticks(now.duration_since(self.started));
+            self.st.pubsub.begin_turn(self.st.tick);
             self.st.metrics.loop_turns.inc();
+            self.st.drain_bus();
             while let Some(ev) = self.driver.next_event() {
                 self.st.on_event(ev);
                 // At once, not at the flush: epoll would read the socket again this turn.
-                for (token, on) in self.st.recv_switch.drain(..) {
+                for (token, on) in self.st.outbox.recv_switch.drain(..) {
                     if on {
                         self.driver.resume_recv(token);
                     } else {
@@ -264,24 +278,23 @@ impl<D: Driver> Shard<D> {
             }
             timeout = match self.st.fan_out_due(now) {
                 None => {
-                    self.st.publish_batches();
+                    self.st.fan_out(false);
                     TICK
                 }
                 Some(wait) => wait.min(TICK),
             };
-            self.st.drain_bus();
             if self.st.tick >= next_timer {
                 next_timer = self.st.tick + 1;
                 self.st.timers();
                 // Pools sized by a burst (10,000 handshake responses in one turn) are freed,
                 // and the receive buffer ring's active set shrinks, once a whole tick passes
                 // without a send; under load they stay warm.
-                if std::mem::take(&mut self.st.sends_since_tick) == 0 {
+                if std::mem::take(&mut self.st.outbox.sends_since_tick) == 0 {
                     self.driver.trim();
                     if std::mem::take(&mut self.st.busy_since_trim) {
                         // First idle tick after activity: also hand the allocator's free
                         // pages back, once (it walks the whole heap).
-                        self.st.send_vecs = Vec::new();
+                        self.st.outbox.send_vecs = Vec::new();
                         crate::alloc::collect();
                     }
                 } else {
@@ -314,7 +327,7 @@ impl ShardState {
                 if backs_off {
                     self.metrics.accept_backoffs.inc();
                 }
-                if let Some(suppressed) = self.accept_log.allow(self.tick) {
+                if let Some(suppressed) = self.logs.accept.allow(self.tick) {
                     tracing::warn!(
                         shard = self.id,
                         error = %e,
@@ -348,28 +361,17 @@ impl ShardState {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                self.generations.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[slot as usize].wrapping_add(1) & 0xff_ffff;
-        self.generations[slot as usize] = generation;
-        let token = Token { slot, generation };
-        self.conns[slot as usize] = Some(Conn::new(token, self.tick));
+        let token = self.conns.insert(self.tick);
         self.count_peer(token, peer);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
         self.metrics.accepted.inc();
-        self.to_register.push((token, OwnedFd::from(stream)));
+        self.outbox.to_register.push((token, OwnedFd::from(stream)));
     }
 
     fn on_data(&mut self, token: Token, data: &mut [u8]) {
         let tick = self.tick;
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.last_rx = tick;
@@ -398,7 +400,7 @@ impl ShardState {
     /// bytes received, whatever the number of receives), then parses it once and acts on it.
     fn on_request_bytes(&mut self, token: Token) {
         let limits = self.handshake_limits;
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         let Phase::Http {
@@ -436,7 +438,7 @@ impl ShardState {
             head.method,
             head.path,
             head.query,
-            self.settings.surface.max_topics_per_connection,
+            self.settings.max_topics_per_connection,
         );
         if self.refuse_early(token, &head, &routed) {
             return;
@@ -445,15 +447,7 @@ impl ShardState {
             Routed::Health => self.health(token),
             Routed::Demo => self.demo(token),
             Routed::Publish(topic) => self.http_publish(token, &head, &topic, rest),
-            Routed::Metrics => {
-                let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
-                self.respond_with(
-                    token,
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body.as_bytes(),
-                );
-            }
+            Routed::Metrics => self.metrics_page(token),
             Routed::Respond { status, body } => self.respond(token, status, body),
             Routed::Upgrade(endpoint) => {
                 if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
@@ -481,63 +475,30 @@ impl ShardState {
     ) {
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
-            Endpoint::Control { subscribe } => self.control_open(token.slot, subscribe),
+            Endpoint::Mux { subscribe } => self.mux_open(token.slot, subscribe),
             Endpoint::Topic { name, echo } => {
-                let topic = self.topics.subscribe(&name, token.slot);
-                self.metrics.subscriptions.add(1);
-                self.metrics.topics.set(self.topics.len() as u64);
-                Route::Topic { topic, echo }
+                match self.pubsub.subscribe(token.slot, Format::Plain, &name, 0) {
+                    Ok(topic) => Route::Topic { topic, echo },
+                    Err(e) => {
+                        self.respond(token, e.wire().http_status, &format!("{e}\n"));
+                        return;
+                    }
+                }
             }
         };
         let mut head = Vec::with_capacity(160);
         handshake::write_101(up, None, &mut head);
         let ws = Connection::new(Role::Server, self.ws_limits);
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.phase = Phase::Ws { ws, route };
-        c.push_control(Bytes::from(head), &mut self.dirty);
+        c.push_control(Bytes::from(head), &mut self.outbox.dirty);
         self.metrics.upgrades.inc();
         tracing::debug!(shard = self.id, slot = token.slot, "websocket open");
         if !rest.is_empty() {
             self.on_ws_data(token, &mut rest);
         }
-    }
-
-    /// Answers a plain HTTP request (or refuses a handshake) and closes after the response.
-    fn respond(&mut self, token: Token, status: u16, body: &str) {
-        if status >= 400 {
-            self.metrics.handshake_failure(status);
-            tracing::debug!(
-                shard = self.id,
-                status,
-                reason = body.trim_end(),
-                "request refused"
-            );
-        }
-        self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
-    }
-
-    /// Answers a request and closes after the response; a `HEAD` request gets the headers
-    /// only, with the Content-Length the body would have (RFC 9110 §9.3.2).
-    fn respond_with(&mut self, token: Token, status: u16, content_type: &str, body: &[u8]) {
-        let Some(c) = conn_mut(&mut self.conns, token) else {
-            return;
-        };
-        let mut out = Vec::with_capacity(128 + body.len());
-        handshake::write_response(status, content_type, &[], body, &mut out);
-        if matches!(
-            c.phase,
-            Phase::Http {
-                head_only: true,
-                ..
-            }
-        ) {
-            out.truncate(out.len() - body.len());
-        }
-        c.phase = Phase::Done;
-        c.push_control(Bytes::from(out), &mut self.dirty);
-        c.close_after_flush = true;
     }
 
     /// Feeds received bytes to the protocol core, one event at a time, then stops reading
@@ -546,22 +507,22 @@ impl ShardState {
     fn on_ws_data(&mut self, token: Token, data: &mut [u8]) {
         self.feed_ws(token, data);
         let limit = self.settings.send_queue_limit;
-        if let Some(c) = conn_mut(&mut self.conns, token)
+        if let Some(c) = self.conns.get_mut(token)
             && !c.paused
             && !c.releasing
             && c.backlogged(limit)
         {
             c.paused = true;
             self.metrics.recv_pauses.inc();
-            self.recv_switch.push((token, false));
+            self.outbox.recv_switch.push((token, false));
         }
     }
 
     fn feed_ws(&mut self, token: Token, data: &mut [u8]) {
         let mut input = data;
         loop {
-            let slot = token.slot as usize;
-            let Some(Some(c)) = self.conns.get_mut(slot) else {
+            let slot = token.slot;
+            let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
             let Phase::Ws { ws, route } = &mut c.phase else {
@@ -573,9 +534,9 @@ impl ShardState {
                     let action = match p.event {
                         None => Action::None,
                         Some(WsEvent::Message { opcode, payload })
-                            if matches!(route, Route::Control(_)) =>
+                            if matches!(route, Route::Mux(_)) =>
                         {
-                            Action::Control(opcode, Bytes::copy_from_slice(payload))
+                            Action::Mux(opcode, Bytes::copy_from_slice(payload))
                         }
                         Some(WsEvent::Message { opcode, payload }) => {
                             self.metrics.messages_in.inc();
@@ -583,14 +544,20 @@ impl ShardState {
                             match route {
                                 Route::Topic { topic, echo } => {
                                     let exclude = (!*echo).then_some(token.slot);
-                                    self.batcher.append(topic, opcode, payload, exclude);
+                                    // Refusals are for named topics; an id cannot be refused.
+                                    let _ = self.pubsub.publish(
+                                        Target::Id(*topic),
+                                        opcode,
+                                        payload,
+                                        exclude,
+                                    );
                                     Action::Published
                                 }
                                 Route::Echo => {
                                     Action::Echo(frame_once(&mut self.arena, opcode, payload))
                                 }
                                 // Taken by the arm above.
-                                Route::Control(_) => Action::None,
+                                Route::Mux(_) => Action::None,
                             }
                         }
                         Some(WsEvent::Ping(_)) => Action::Pong,
@@ -605,7 +572,7 @@ impl ShardState {
                 Err(e) => {
                     let code = e.close_code();
                     self.metrics.protocol_error(code);
-                    if let Some(suppressed) = self.violation_log.allow(self.tick) {
+                    if let Some(suppressed) = self.logs.violation.allow(self.tick) {
                         tracing::info!(shard = self.id, slot, code, error = %e, suppressed, "protocol violation, closing (similar lines suppressed for 10 s)");
                     }
                     (input.len(), Action::Closed)
@@ -617,20 +584,20 @@ impl ShardState {
             if !self.scratch.is_empty() {
                 let out = self.scratch.split().freeze();
                 if matches!(action, Action::Pong) {
-                    c.push_pong(out, self.settings.send_queue_limit, &mut self.dirty);
+                    c.push_pong(out, self.settings.send_queue_limit, &mut self.outbox.dirty);
                 } else {
-                    c.push_control(out, &mut self.dirty);
+                    c.push_control(out, &mut self.outbox.dirty);
                 }
             }
             match action {
                 Action::None | Action::Published | Action::Pong => {}
-                Action::Echo(frame) => self.deliver(token.slot, frame),
-                Action::Control(opcode, payload) => self.on_control(token, opcode, payload),
+                Action::Echo(frame) => self.deliver(token, frame),
+                Action::Mux(opcode, payload) => self.on_mux(token, opcode, payload),
                 Action::Closed => {
-                    if let Some(c) = conn_mut(&mut self.conns, token) {
+                    if let Some(c) = self.conns.get_mut(token) {
                         c.close_after_flush = true;
                         c.deadline = self.tick + ticks_ceil(CLOSE_GRACE);
-                        c.mark_dirty(&mut self.dirty);
+                        c.mark_dirty(&mut self.outbox.dirty);
                     }
                     return;
                 }
@@ -642,18 +609,6 @@ impl ShardState {
                 return;
             }
         }
-    }
-
-    /// Publishes one message: framed once into `topic`'s batch for this turn, queued to
-    /// subscribers at the end of the turn. `exclude`: a publisher that must not receive it.
-    pub(super) fn publish(
-        &mut self,
-        topic: &Arc<str>,
-        opcode: OpCode,
-        payload: &[u8],
-        exclude: Option<u32>,
-    ) {
-        self.batcher.append(topic, opcode, payload, exclude);
     }
 
     /// Whether this turn's publishes go out now (`None`) or wait (for how long).
@@ -668,13 +623,13 @@ impl ShardState {
     /// the turn that filled them (held bytes stay bounded per topic).
     fn fan_out_due(&mut self, now: Instant) -> Option<Duration> {
         let delay = self.settings.write_delay?;
-        if self.batcher.is_empty() || self.shared.surface.is_draining() {
+        if !self.pubsub.has_pending() || self.shared.drain.is_draining() {
             return None;
         }
         if let Some(last) = self.last_fan_out {
             let due = last + delay;
             if now < due {
-                self.publish_ready(true);
+                self.fan_out(true);
                 return Some(due - now);
             }
         }
@@ -682,179 +637,58 @@ impl ShardState {
         None
     }
 
-    /// Queues every batch: to local subscribers, and one bus message per batch to every
-    /// other shard.
-    fn publish_batches(&mut self) {
-        self.publish_ready(false);
-    }
-
-    /// Queues the sealed batches (`sealed_only`) or all of them.
-    fn publish_ready(&mut self, sealed_only: bool) {
-        if self.batcher.is_empty() {
-            return;
-        }
-        let mut batcher = std::mem::take(&mut self.batcher);
-        let bus = Arc::clone(&self.shared.bus);
-        let f = |r: Ready| {
-            self.fan_out_local(&r.topic, &r.frames, r.count, &r.parts, &r.excluded);
-            for shard in 0..bus.shards() {
-                if shard != self.id {
-                    let msg = BusMsg {
-                        topic: Arc::clone(&r.topic),
-                        frame: r.frames.clone(),
-                        count: r.count,
-                    };
-                    match bus.push(shard, msg) {
-                        Pushed::Wake => self.wake[shard] = true,
-                        Pushed::Queued => {}
-                        Pushed::Full => {
-                            self.metrics.bus_dropped.add(u64::from(r.count));
-                            if let Some(suppressed) = self.fanout.inbox_full_log.allow(self.tick) {
-                                tracing::warn!(
-                                    shard = self.id,
-                                    to = shard,
-                                    suppressed,
-                                    "a shard's inbox is full (--max-inbox-bytes): batch dropped for its subscribers"
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+    /// Fans out this turn's batches (`sealed_only`: those sealed at the byte bound) and
+    /// applies the slow-consumer policy to whoever could not take them.
+    fn fan_out(&mut self, sealed_only: bool) {
+        let mut subs = Deliveries {
+            conns: &mut self.conns,
+            dirty: &mut self.outbox.dirty,
+            limit: self.settings.send_queue_limit,
         };
-        if sealed_only {
-            batcher.take_sealed(f);
-        } else {
-            batcher.take(f);
-        }
-        self.batcher = batcher;
-    }
-
-    /// Queues a batch of `count` messages to every local subscriber of `topic`; the
-    /// publishers listed in `excluded` get their `parts` instead of the whole.
-    ///
-    /// Admission is decided on what a subscriber has not taken: a batch goes whole into a
-    /// queue whose unsent backlog (queued plus in flight) is under `--send-queue-limit`,
-    /// and otherwise through the slow-consumer policy. A reader is therefore never judged
-    /// slow because one batch was large, and a queue holds at most the limit plus one
-    /// batch (batches are bounded by `--max-batch-bytes`). The exclusions are indexed once
-    /// per batch (O(subscribers + publishers)); closed connections found on the way are
-    /// taken out of the topic's list.
-    fn fan_out_local(
-        &mut self,
-        topic: &str,
-        frames: &Bytes,
-        count: u32,
-        parts: &[Part],
-        excluded: &[Exclusion],
-    ) {
-        self.fanout.index.build(excluded);
-        if self.surface.control_subs != 0 {
-            self.fan_out_control(topic, frames, count, parts, excluded);
-        }
-        let Some(t) = self.topics.get(topic) else {
-            return;
-        };
-        let limit = self.settings.send_queue_limit;
-        let mut queued = 0u64;
-        let fo = &mut self.fanout;
-        fo.slow.clear();
-        fo.closed.clear();
-        let any_excluded = !excluded.is_empty();
-        for &slot in &t.subscribers {
-            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
-                fo.closed.push(slot);
-                continue;
-            };
-            if !c.accepts_data() {
-                fo.closed.push(slot);
-                continue;
-            }
-            let ex = if any_excluded {
-                fo.index.get(slot).and_then(|i| excluded.get(i))
-            } else {
-                None
-            };
-            match ex {
-                None => {
-                    if c.queued < limit {
-                        c.push_data(frames.clone(), usize::MAX, &mut self.dirty);
-                        queued += u64::from(count);
-                    } else {
-                        fo.slow.push((slot, count));
-                    }
-                }
-                Some(e) if e.count == 0 => {}
-                Some(e) => {
-                    if c.queued < limit {
-                        for p in parts.get(e.parts.clone()).unwrap_or_default() {
-                            c.push_data(frames.slice(p.bytes.clone()), usize::MAX, &mut self.dirty);
-                        }
-                        queued += u64::from(e.count);
-                    } else {
-                        fo.slow.push((slot, e.count));
-                    }
-                }
-            }
-        }
-        self.metrics.messages_out.add(queued);
-        if !self.fanout.closed.is_empty() {
-            self.prune_closed(topic, false);
-        }
+        self.pubsub
+            .fan_out(&mut subs, &mut self.outbox.wake, sealed_only);
         self.apply_slow();
     }
 
-    /// Takes the connections in `fanout.closed` out of `topic`'s simple-mode list
-    /// (`control`: its control-mode list), with the counters, so that later fan-outs do not
-    /// test them again. `release` unsubscribes the rest; removing twice is harmless.
-    pub(super) fn prune_closed(&mut self, topic: &str, control: bool) {
-        let mut closed = std::mem::take(&mut self.fanout.closed);
-        closed.sort_unstable();
-        let removed = self.topics.remove_slots(topic, &closed, control);
-        if removed != 0 {
-            if control {
-                self.surface.control_subs = self.surface.control_subs.saturating_sub(removed);
-            }
-            self.metrics.subscriptions.set(
-                self.metrics
-                    .subscriptions
-                    .get()
-                    .saturating_sub(removed as u64),
-            );
-            self.metrics.topics.set(self.topics.len() as u64);
-        }
-        closed.clear();
-        self.fanout.closed = closed;
+    /// Takes what other shards sent: their batches are fanned out here.
+    fn drain_bus(&mut self) {
+        let mut subs = Deliveries {
+            conns: &mut self.conns,
+            dirty: &mut self.outbox.dirty,
+            limit: self.settings.send_queue_limit,
+        };
+        self.pubsub.drain_bus(&mut subs);
+        self.apply_slow();
     }
 
-    /// Applies the slow-consumer policy to the subscribers in `fanout.slow`.
-    pub(super) fn apply_slow(&mut self) {
-        if self.fanout.slow.is_empty() {
+    /// Applies the slow-consumer policy to the subscribers the pub/sub layer found slow.
+    fn apply_slow(&mut self) {
+        if self.pubsub.slow.is_empty() {
             return;
         }
-        let slow = std::mem::take(&mut self.fanout.slow);
+        let mut slow = std::mem::take(&mut self.pubsub.slow);
         for &(slot, n) in &slow {
             self.slow_consumer(slot, n);
         }
-        self.fanout.slow = slow;
-        self.fanout.slow.clear();
+        slow.clear();
+        self.pubsub.slow = slow;
     }
 
-    /// Queues a frame to one connection (echo), through the same rule: admitted while the
-    /// unsent backlog is under the limit.
-    fn deliver(&mut self, slot: u32, frame: Bytes) {
+    /// Queues a frame to one connection (echo, mux replies), through the same rule as
+    /// fan-out: admitted while the unsent backlog is under the limit.
+    fn deliver(&mut self, token: Token, frame: Bytes) {
         let limit = self.settings.send_queue_limit;
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         if !c.accepts_data() {
             return;
         }
         if c.queued < limit {
-            c.push_data(frame, usize::MAX, &mut self.dirty);
+            c.push_data(frame, usize::MAX, &mut self.outbox.dirty);
             self.metrics.messages_out.inc();
         } else {
-            self.slow_consumer(slot, 1);
+            self.slow_consumer(token.slot, 1);
         }
     }
 
@@ -863,14 +697,14 @@ impl ShardState {
     /// count every case).
     fn slow_consumer(&mut self, slot: u32, messages: u32) {
         let (shard, tick) = (self.id, self.tick);
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.slot_mut(slot) else {
             return;
         };
         match self.settings.slow_consumer {
             SlowConsumerPolicy::Drop => {
                 self.metrics.dropped.add(u64::from(messages));
                 if c.dropped == 0
-                    && let Some(suppressed) = self.fanout.drop_log.allow(tick)
+                    && let Some(suppressed) = self.logs.drop.allow(tick)
                 {
                     tracing::warn!(
                         shard,
@@ -882,8 +716,11 @@ impl ShardState {
                 c.dropped += u64::from(messages);
             }
             SlowConsumerPolicy::Disconnect => {
+                if c.close_after_flush {
+                    return;
+                }
                 self.metrics.slow_disconnects.inc();
-                if let Some(suppressed) = self.fanout.slow_log.allow(tick) {
+                if let Some(suppressed) = self.logs.slow.allow(tick) {
                     tracing::info!(
                         shard,
                         slot,
@@ -901,25 +738,17 @@ impl ShardState {
                     );
                 }
                 let out = self.scratch.split().freeze();
-                c.push_control(out, &mut self.dirty);
+                c.push_control(out, &mut self.outbox.dirty);
                 c.close_after_flush = true;
                 c.deadline = tick + ticks_ceil(CLOSE_GRACE);
             }
         }
     }
 
-    fn drain_bus(&mut self) {
-        let bus = Arc::clone(&self.shared.bus);
-        let n = bus.drain(self.id, |m| {
-            self.fan_out_local(&m.topic, &m.frame, m.count, &[], &[])
-        });
-        self.metrics.bus_in.add(n as u64);
-    }
-
     fn on_recv_closed(&mut self, token: Token, error: Option<std::io::Error>) {
         let id = self.id;
         let tick = self.tick;
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         match &mut c.phase {
@@ -937,7 +766,7 @@ impl ShardState {
         if c.deadline == 0 {
             c.deadline = tick + ticks_ceil(CLOSE_GRACE);
         }
-        c.mark_dirty(&mut self.dirty);
+        c.mark_dirty(&mut self.outbox.dirty);
     }
 
     fn on_sent(&mut self, token: Token, result: std::io::Result<usize>, mut frames: Vec<Bytes>) {
@@ -946,9 +775,9 @@ impl ShardState {
         // with its frames still in it, and the next connection's send would carry them.
         frames.clear();
         if frames.capacity() <= 4 * MAX_FRAMES_PER_SEND {
-            self.send_vecs.push(frames);
+            self.outbox.send_vecs.push(frames);
         }
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.sending = false;
@@ -956,32 +785,28 @@ impl ShardState {
         let sent = std::mem::take(&mut c.inflight);
         if c.paused && c.drained(self.settings.send_queue_limit) {
             c.paused = false;
-            self.recv_switch.push((token, true));
+            self.outbox.recv_switch.push((token, true));
         }
         match result {
             Ok(_) => {
                 self.metrics.bytes_out.add(sent as u64);
-                c.mark_dirty(&mut self.dirty);
+                c.mark_dirty(&mut self.outbox.dirty);
             }
             Err(e) => {
                 tracing::debug!(shard = self.id, slot = token.slot, error = %e, "send failed, closing");
                 c.discard_queued();
                 c.close_after_flush = true;
-                c.mark_dirty(&mut self.dirty);
+                c.mark_dirty(&mut self.outbox.dirty);
             }
         }
     }
 
     fn on_released(&mut self, token: Token) {
-        let Some(slot) = self.conns.get_mut(token.slot as usize) else {
+        let Some(c) = self.conns.remove(token) else {
             return;
         };
-        if slot.as_ref().is_none_or(|c| c.token != token) {
-            return;
-        }
-        if let Some(c) = slot.take()
-            && c.dropped > 0
-            && let Some(suppressed) = self.fanout.dropped_close_log.allow(self.tick)
+        if c.dropped > 0
+            && let Some(suppressed) = self.logs.dropped_close.allow(self.tick)
         {
             tracing::info!(
                 shard = self.id,
@@ -991,7 +816,6 @@ impl ShardState {
                 "closed a subscriber that had messages dropped"
             );
         }
-        self.free.push(token.slot);
         self.forget_peer(token);
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics
@@ -1000,9 +824,10 @@ impl ShardState {
     }
 
     /// Asks the driver to close a connection; unsubscribes it first so no new frame is
-    /// queued to it.
+    /// queued to it (the topic lists are compacted at the end of this turn, before the
+    /// slot can be reused).
     fn release(&mut self, token: Token) {
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         if c.releasing {
@@ -1011,19 +836,16 @@ impl ShardState {
         c.releasing = true;
         c.discard_queued();
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
-        self.control_release(token.slot, &phase);
-        if let Phase::Ws {
-            route: Route::Topic { topic, .. },
-            ..
-        } = phase
-            && self.topics.unsubscribe(&topic, token.slot)
-        {
-            self.metrics
-                .subscriptions
-                .set(self.metrics.subscriptions.get().saturating_sub(1));
-            self.metrics.topics.set(self.topics.len() as u64);
+        if let Phase::Ws { route, .. } = phase {
+            match route {
+                Route::Topic { topic, .. } => {
+                    self.pubsub.unsubscribe(token.slot, topic, Format::Plain);
+                }
+                Route::Mux(mux) => self.mux_release(token.slot, &mux),
+                Route::Echo => {}
+            }
         }
-        self.to_release.push(token);
+        self.outbox.to_release.push(token);
     }
 
     /// Handshake and idle timeouts, pings, close deadlines: one pass per tick.
@@ -1033,7 +855,7 @@ impl ShardState {
         let idle = self.settings.idle_timeout.map(ticks_ceil);
         let ping = self.settings.ping_interval.map(ticks_ceil);
         let mut expired = Vec::new();
-        for c in self.conns.iter_mut().flatten() {
+        for c in self.conns.iter_mut() {
             if c.releasing {
                 continue;
             }
@@ -1074,7 +896,7 @@ impl ShardState {
                     }
                     if !self.scratch.is_empty() {
                         let out = self.scratch.split().freeze();
-                        c.push_control(out, &mut self.dirty);
+                        c.push_control(out, &mut self.outbox.dirty);
                     }
                 }
                 _ => {}
@@ -1085,26 +907,24 @@ impl ShardState {
         }
     }
 
-    /// Hands the turn's work to the driver: registrations, sends, releases, wake-ups.
+    /// Hands the turn's work to the driver: registrations, sends, releases (after the
+    /// topic lists forget them), wake-ups.
     fn flush<D: Driver>(&mut self, driver: &mut D) {
-        for (token, fd) in self.to_register.drain(..) {
+        let out = &mut self.outbox;
+        for (token, fd) in out.to_register.drain(..) {
             if let Err(e) = driver.register(token, fd) {
                 tracing::warn!(shard = self.id, error = %e, "registering a connection failed");
-                if let Some(c) = self
-                    .conns
-                    .get_mut(token.slot as usize)
-                    .and_then(Option::as_mut)
-                {
+                if let Some(c) = self.conns.get_mut(token) {
                     c.releasing = true;
                 }
-                self.to_release.push(token);
+                out.to_release.push(token);
             }
         }
         let mut i = 0;
-        while i < self.dirty.len() {
-            let slot = self.dirty[i];
+        while i < self.outbox.dirty.len() {
+            let slot = self.outbox.dirty[i];
             i += 1;
-            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            let Some(c) = self.conns.slot_mut(slot) else {
                 continue;
             };
             c.dirty = false;
@@ -1112,24 +932,25 @@ impl ShardState {
                 continue;
             }
             if !c.queue.is_empty() {
-                let mut frames = self.send_vecs.pop().unwrap_or_default();
+                let mut frames = self.outbox.send_vecs.pop().unwrap_or_default();
                 let n = c.queue.len().min(MAX_FRAMES_PER_SEND);
                 let mut bytes = 0;
                 frames.extend(c.queue.drain(..n).inspect(|f| bytes += f.len()));
                 c.inflight = bytes;
                 c.sending = true;
-                self.sends_since_tick += 1;
+                self.outbox.sends_since_tick += 1;
                 driver.send(c.token, frames);
             } else if c.close_after_flush {
                 let token = c.token;
                 self.release(token);
             }
         }
-        self.dirty.clear();
-        for token in self.to_release.drain(..) {
+        self.outbox.dirty.clear();
+        self.pubsub.end_turn(&mut self.outbox.wake);
+        for token in self.outbox.to_release.drain(..) {
             driver.release(token);
         }
-        for (shard, wake) in self.wake.iter_mut().enumerate() {
+        for (shard, wake) in self.outbox.wake.iter_mut().enumerate() {
             if std::mem::take(wake)
                 && let Some(t) = self.shared.bus.target(shard)
             {
@@ -1148,17 +969,9 @@ enum Action {
     /// Appended to the topic's batch for this turn.
     Published,
     Echo(Bytes),
-    /// A control-mode message: its opcode and a copy of its payload.
-    Control(OpCode, Bytes),
+    /// A mux-mode message: its opcode and a copy of its payload.
+    Mux(OpCode, Bytes),
     Closed,
-}
-
-/// The live connection named by `token` (not a later one in the same slot).
-fn conn_mut(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
-    conns
-        .get_mut(token.slot as usize)
-        .and_then(Option::as_mut)
-        .filter(|c| c.token.generation == token.generation)
 }
 
 /// Builds a server frame once, in the shard's arena.

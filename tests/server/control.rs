@@ -116,14 +116,14 @@ both!(subscribe_publish_unsubscribe_ping, |io| {
     assert_eq!(next_json(&mut a), json!({"type":"pong","id":7}));
 
     assert_eq!(
-        srv.metric("ringcast_control_commands_total{type=\"subscribe\"}"),
+        srv.metric("ringcast_mux_commands_total{type=\"subscribe\"}"),
         3
     );
     assert_eq!(
-        srv.metric("ringcast_control_commands_total{type=\"binary_publish\"}"),
+        srv.metric("ringcast_mux_commands_total{type=\"binary_publish\"}"),
         1
     );
-    assert_eq!(srv.metric("ringcast_control_connections_total"), 2);
+    assert_eq!(srv.metric("ringcast_mux_connections_total"), 2);
     // a: sport; simple: news.
     assert_eq!(srv.metric("ringcast_subscriptions"), 2);
     drop(a);
@@ -258,42 +258,42 @@ both!(every_error_gets_a_reply_and_the_connection_stays, |io| {
         json!({"type":"message","topic":"t","data":"still here"})
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"bad_json\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"bad_json\"}"),
         2
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"bad_message\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"bad_message\"}"),
         5
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"unknown_type\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"unknown_type\"}"),
         1
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"bad_topic\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"bad_topic\"}"),
         3
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"not_subscribed\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"not_subscribed\"}"),
         1
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"too_many_topics\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"too_many_topics\"}"),
         1
     );
     assert_eq!(
-        srv.metric("ringcast_control_errors_total{code=\"bad_envelope\"}"),
+        srv.metric("ringcast_mux_errors_total{code=\"bad_envelope\"}"),
         2
     );
     // Everything refused while parsing (not the state-dependent refusals).
     assert_eq!(
-        srv.metric("ringcast_control_commands_total{type=\"invalid\"}"),
+        srv.metric("ringcast_mux_commands_total{type=\"invalid\"}"),
         11
     );
 });
 
 both!(abusive_errors_close_with_1008, |io| {
-    let srv = Server::start(io, &["--control-error-budget", "3"]);
+    let srv = Server::start(io, &["--mux-error-budget", "3"]);
     let mut c = srv.ws("/ws");
     let mut other = srv.ws("/ws?subscribe=t");
     for _ in 0..4 {

@@ -142,13 +142,13 @@ both!(metrics_list_every_surface_family, |io| {
     let srv = Server::start(io, &[]);
     let text = srv.get("/metrics");
     for family in [
-        "ringcast_control_connections_total 0",
+        "ringcast_mux_connections_total 0",
         "ringcast_http_publishes_total 0",
         "ringcast_draining 0",
-        "ringcast_control_commands_total{type=\"subscribe\"} 0",
-        "ringcast_control_commands_total{type=\"binary_publish\"} 0",
-        "ringcast_control_errors_total{code=\"bad_json\"} 0",
-        "ringcast_control_errors_total{code=\"too_many_topics\"} 0",
+        "ringcast_mux_commands_total{type=\"subscribe\"} 0",
+        "ringcast_mux_commands_total{type=\"binary_publish\"} 0",
+        "ringcast_mux_errors_total{code=\"bad_json\"} 0",
+        "ringcast_mux_errors_total{code=\"too_many_topics\"} 0",
         "ringcast_refused_total{reason=\"max_connections\"} 0",
         "ringcast_refused_total{reason=\"origin\"} 0",
         "ringcast_refused_total{reason=\"ip_connections\"} 0",
@@ -164,11 +164,8 @@ both!(metrics_list_every_surface_family, |io| {
     c.text("{\"type\":\"ping\"}");
     assert!(matches!(c.recv(), Msg::Text(_)));
     assert_eq!(srv.post("/publish/x", "text/plain", b"y").0, 202);
-    assert_eq!(srv.metric("ringcast_control_connections_total"), 1);
-    assert_eq!(
-        srv.metric("ringcast_control_commands_total{type=\"ping\"}"),
-        1
-    );
+    assert_eq!(srv.metric("ringcast_mux_connections_total"), 1);
+    assert_eq!(srv.metric("ringcast_mux_commands_total{type=\"ping\"}"), 1);
     assert_eq!(srv.metric("ringcast_http_publishes_total"), 1);
     assert_eq!(
         srv.metric("ringcast_messages_in_total"),

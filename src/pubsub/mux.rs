@@ -1,4 +1,4 @@
-//! The control-mode protocol (`GET /ws`): JSON commands in, acknowledgements, errors and
+//! The mux-mode protocol (ringcast's JSON mode, which multiplexes topics over one connection) (`GET /ws`): JSON commands in, acknowledgements, errors and
 //! topic envelopes out. Pure: bytes in, bytes out, no I/O and no shard state, so that every
 //! message and error can be tested here and the shard only applies decisions.
 //!
@@ -27,14 +27,14 @@
 //!   most 255 bytes, so one length byte suffices; the payload is not copied into JSON or
 //!   base64, and a browser decodes it with a `DataView`).
 //!
-//! Both envelopes are built by the shard once per publish (per shard with a control-mode
+//! Both envelopes are built by the shard once per publish (per shard with a mux-mode
 //! subscriber), next to the bare simple-mode frame, and shared by reference count.
 
 use serde_json::{Map, Value};
 
 use crate::pubsub::validate_topic;
 
-/// Command kinds counted in `ringcast_control_commands_total{type}`: the four JSON types,
+/// Command kinds counted in `ringcast_mux_commands_total{type}`: the four JSON types,
 /// binary-envelope publishes, and messages that could not be parsed at all.
 pub const COMMANDS: [&str; 6] = [
     "subscribe",
@@ -52,7 +52,7 @@ pub const COMMAND_INVALID: &str = "invalid";
 /// Longest string `id` echoed back; longer ones are refused with `bad_message`.
 pub const MAX_ID_LEN: usize = 128;
 
-/// Why a control message was refused; the `code` of the error reply.
+/// Why a mux message was refused; the `code` of the error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// Not JSON, or not a JSON object.
@@ -102,7 +102,7 @@ impl ErrorCode {
     }
 }
 
-/// A refused control message: the reply to send.
+/// A refused mux message: the reply to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// The request's `id`, when it could be read.
@@ -165,7 +165,7 @@ impl Command {
     }
 }
 
-/// A parsed control message.
+/// A parsed mux message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// The client's correlation id, echoed in the reply.
@@ -174,7 +174,7 @@ pub struct Request {
     pub command: Command,
 }
 
-/// Parses one text message of a control-mode connection.
+/// Parses one text message of a mux-mode connection.
 pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
     let value: Value = serde_json::from_slice(text)
         .map_err(|e| Refusal::new(None, ErrorCode::BadJson, format!("not valid JSON: {e}")))?;

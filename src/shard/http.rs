@@ -1,4 +1,8 @@
-//! `POST /publish/{topic}`: an HTTP request whose body is published to a topic, for
+//! The HTTP surface in the shard: responses, `/health`, `/metrics`, the demo page, and
+//! `POST /publish/{topic}`.
+//!
+//! Every plain HTTP answer closes the connection after the response (see [`crate::http`]
+//! for the routes). A publish is an HTTP request whose body is published to a topic, for
 //! backends that do not want to hold a WebSocket open.
 //!
 //! The decision is made from the head before any body byte is kept: `Transfer-Encoding`
@@ -8,15 +12,18 @@
 //! `--handshake-timeout`, like the rest of the request. `Content-Type: text/*` publishes a
 //! text message (the body must be UTF-8, else 400), anything else a binary message. The
 //! answer is `202 {"queued":N}`, N being the subscribers on the receiving shard the message
-//! was queued for (other shards queue it for theirs on their next turn). The connection
+//! is queued for (other shards that have subscribers queue it for theirs on their next turn). The connection
 //! closes after the response, as for every plain HTTP request.
+
+use bytes::Bytes;
 
 use crate::io::Token;
 use crate::proto::frame::OpCode;
-use crate::proto::handshake::Head;
+use crate::proto::handshake::{self, Head};
+use crate::pubsub::Target;
 
+use super::ShardState;
 use super::conn::Phase;
-use super::{ShardState, conn_mut};
 
 /// A publish whose head has been read and whose body is still arriving (kept in the
 /// connection's request buffer, allocated once to `len`).
@@ -72,7 +79,7 @@ impl ShardState {
             && req
                 .header("expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         if let Phase::Http { buf, body, .. } = &mut c.phase {
@@ -87,15 +94,15 @@ impl ShardState {
         }
         if expects_continue {
             c.push_control(
-                bytes::Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                &mut self.dirty,
+                Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                &mut self.outbox.dirty,
             );
         }
     }
 
     /// The body of a pending publish is complete: publish it.
     pub(super) fn finish_publish(&mut self, token: Token) {
-        let Some(c) = conn_mut(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         let Phase::Http { buf, body, .. } = &mut c.phase else {
@@ -126,17 +133,90 @@ impl ShardState {
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.add(len as u64);
         self.metrics.http_publishes.inc();
-        let topic = self.shared_name(topic);
         // Queued to subscribers with the rest of this turn's batch, at the end of the turn;
         // the reply counts the local subscribers it is queued for (a slow consumer's policy
         // applies when it is queued).
-        let queued = self
-            .topics
-            .get(&topic)
-            .map_or(0, |t| t.subscribers.len() + t.control.len());
-        self.publish(&topic, opcode, body, None);
-        tracing::debug!(shard = self.id, topic = %topic, bytes = len, queued, "http publish");
+        let queued = match self.pubsub.publish(Target::Name(topic), opcode, body, None) {
+            Ok(n) => n,
+            Err(e) => {
+                self.respond(token, e.wire().http_status, &format!("{e}\n"));
+                return;
+            }
+        };
+        tracing::debug!(shard = self.id, topic, bytes = len, queued, "http publish");
         let reply = format!("{{\"queued\":{queued}}}\n");
         self.respond_with(token, 202, "application/json", reply.as_bytes());
+    }
+
+    /// Answers a plain HTTP request (or refuses a handshake) and closes after the response.
+    pub(super) fn respond(&mut self, token: Token, status: u16, body: &str) {
+        if status >= 400 {
+            self.metrics.handshake_failure(status);
+            tracing::debug!(
+                shard = self.id,
+                status,
+                reason = body.trim_end(),
+                "request refused"
+            );
+        }
+        self.respond_with(token, status, "text/plain; charset=utf-8", body.as_bytes());
+    }
+
+    /// Answers a request and closes after the response; a `HEAD` request gets the headers
+    /// only, with the Content-Length the body would have (RFC 9110 §9.3.2).
+    pub(super) fn respond_with(
+        &mut self,
+        token: Token,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+    ) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(128 + body.len());
+        handshake::write_response(status, content_type, &[], body, &mut out);
+        if matches!(
+            c.phase,
+            Phase::Http {
+                head_only: true,
+                ..
+            }
+        ) {
+            out.truncate(out.len() - body.len());
+        }
+        c.phase = Phase::Done;
+        c.push_control(Bytes::from(out), &mut self.outbox.dirty);
+        c.close_after_flush = true;
+    }
+
+    /// `/health`: 200 while serving, 503 while draining.
+    pub(super) fn health(&mut self, token: Token) {
+        if self.shared.drain.is_draining() {
+            self.respond_with(token, 503, "text/plain; charset=utf-8", b"draining\n");
+        } else {
+            self.respond_with(token, 200, "text/plain; charset=utf-8", b"ok\n");
+        }
+    }
+
+    /// `/metrics`: every shard's counters, summed, in the Prometheus text format.
+    pub(super) fn metrics_page(&mut self, token: Token) {
+        let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
+        self.respond_with(
+            token,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body.as_bytes(),
+        );
+    }
+
+    /// `GET /`: the demo page.
+    pub(super) fn demo(&mut self, token: Token) {
+        self.respond_with(
+            token,
+            200,
+            "text/html; charset=utf-8",
+            crate::http::DEMO_HTML.as_bytes(),
+        );
     }
 }

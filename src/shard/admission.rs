@@ -1,9 +1,8 @@
-//! The production surface's state in a shard, and admission: which requests are refused
-//! before they do anything (draining, `--max-connections`, `--allowed-origins`, per-IP
+//! Admission: which connections and requests are refused before they do anything (draining, `--max-connections`, `--allowed-origins`, per-IP
 //! connection and connect-rate limits), each with a status, a one-line reason, a debug log
 //! line and `ringcast_refused_total{reason}`.
 //!
-//! Per-IP state is global (one table in [`SurfaceShared`] behind a mutex) so that the limits
+//! Per-IP state is global (one [`PeerTable`] in [`super::Shared`] behind a mutex) so that the limits
 //! mean what they say whatever shard `SO_REUSEPORT` hands a connection to. The table is
 //! touched only when a connection is accepted or released, and only when a per-IP limit is
 //! configured: the per-message path never sees it. A connection over a per-IP limit is
@@ -15,16 +14,11 @@
 //! The origin policy (`--allowed-origins`) applies to every request that carries an
 //! `Origin` header, not only upgrades: a cross-site page can `POST /publish` with a
 //! `text/plain` body, which browsers send without a CORS preflight.
-//!
-//! The rest of the surface lives next to this file: `shard/control.rs` (control mode),
-//! `shard/http_publish.rs` (`POST /publish/{topic}`) and `shard/drain.rs` (graceful
-//! shutdown).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::http::Routed;
 use crate::io::Token;
@@ -33,11 +27,9 @@ use crate::proto::handshake::{self, Head};
 
 use super::ShardState;
 
-/// What the surface needs from the configuration.
+/// What admission needs from the configuration.
 #[derive(Debug, Clone)]
-pub struct SurfaceSettings {
-    /// Longest graceful shutdown.
-    pub drain_timeout: Duration,
+pub struct AdmissionSettings {
     /// Allowed browser origins, lower-case; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
     /// Open connections per IP; 0: no limit.
@@ -46,48 +38,22 @@ pub struct SurfaceSettings {
     pub connect_rate_per_ip: u32,
     /// Token bucket size for the connect rate.
     pub connect_burst_per_ip: u32,
-    /// Topics per control-mode connection.
-    pub max_topics_per_connection: usize,
-    /// Refused control messages per connection per 10 seconds (`control::ERROR_WINDOW`).
-    pub control_error_budget: u32,
 }
 
-impl Default for SurfaceSettings {
+impl Default for AdmissionSettings {
     fn default() -> Self {
-        SurfaceSettings {
-            drain_timeout: Duration::from_secs(10),
+        AdmissionSettings {
             allowed_origins: None,
             max_connections_per_ip: 0,
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 20,
-            max_topics_per_connection: 256,
-            control_error_budget: 20,
         }
     }
 }
 
-impl SurfaceSettings {
+impl AdmissionSettings {
     fn per_ip(&self) -> bool {
         self.max_connections_per_ip != 0 || self.connect_rate_per_ip != 0
-    }
-}
-
-/// Surface state shared by every shard.
-#[derive(Debug, Default)]
-pub struct SurfaceShared {
-    /// Set on the first SIGTERM/SIGINT: shards close their clients with 1001 and exit.
-    pub draining: AtomicBool,
-    /// Per-IP connection counts and connect token buckets (accept and release only).
-    pub peers: Mutex<PeerTable>,
-    /// Shards that have no client left to drain. A shard keeps serving (health checks get
-    /// 503, not a reset from a closed listener) until every shard has drained.
-    pub drained: std::sync::atomic::AtomicUsize,
-}
-
-impl SurfaceShared {
-    /// Whether a graceful shutdown is under way.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -112,7 +78,7 @@ impl PeerTable {
     fn admit(
         &mut self,
         ip: IpAddr,
-        s: &SurfaceSettings,
+        s: &AdmissionSettings,
         now: Instant,
     ) -> Result<(), RefusalReason> {
         let burst = f64::from(s.connect_burst_per_ip.max(1));
@@ -138,7 +104,7 @@ impl PeerTable {
     }
 
     /// A connection from `ip` closed.
-    fn release(&mut self, ip: IpAddr, s: &SurfaceSettings, now: Instant) {
+    fn release(&mut self, ip: IpAddr, s: &AdmissionSettings, now: Instant) {
         if let Some(p) = self.map.get_mut(&ip) {
             p.open = p.open.saturating_sub(1);
         }
@@ -171,19 +137,12 @@ impl PeerTable {
     }
 }
 
-/// A shard's own surface state.
+/// A shard's own admission state.
 #[derive(Debug, Default)]
-pub struct SurfaceState {
-    /// Control-mode subscriptions on this shard: while zero, fan-out skips the envelope hook
-    /// entirely (one integer compare per publish).
-    pub control_subs: usize,
+pub struct AdmissionState {
     /// Per-IP bookkeeping of each slot (only with per-IP limits), indexed by slot: O(1) at
     /// request and release time, whatever the number of connections.
     peers: Vec<PeerSlot>,
-    /// Tick at which this shard stops waiting for its clients (set when draining starts).
-    pub drain_deadline: Option<u32>,
-    /// This shard has counted itself in [`SurfaceShared::drained`].
-    pub drained: bool,
 }
 
 /// What a slot's connection means to the per-IP table.
@@ -209,7 +168,7 @@ impl ShardState {
     /// configured). `Some(ip)`: admitted (`ip` to count with [`ShardState::count_peer`],
     /// `None` when not tracked); `None`: refused, answered 429 and closed here.
     pub(super) fn admit_peer(&mut self, stream: &std::net::TcpStream) -> Option<Option<IpAddr>> {
-        let s = &self.settings.surface;
+        let s = &self.settings.admission;
         if !s.per_ip() {
             return Some(None);
         }
@@ -220,7 +179,7 @@ impl ShardState {
                 return Some(None);
             }
         };
-        let verdict = match self.shared.surface.peers.lock() {
+        let verdict = match self.shared.peers.lock() {
             Ok(mut t) => t.admit(ip, s, Instant::now()),
             Err(poisoned) => poisoned.into_inner().admit(ip, s, Instant::now()),
         };
@@ -240,15 +199,15 @@ impl ShardState {
             return;
         };
         let slot = token.slot as usize;
-        if self.surface.peers.len() <= slot {
-            self.surface.peers.resize(slot + 1, PeerSlot::None);
+        if self.admission.peers.len() <= slot {
+            self.admission.peers.resize(slot + 1, PeerSlot::None);
         }
-        self.surface.peers[slot] = PeerSlot::Counted(token, ip);
+        self.admission.peers[slot] = PeerSlot::Counted(token, ip);
     }
 
     /// Release hook: gives the connection's IP slot back.
     pub(super) fn forget_peer(&mut self, token: Token) {
-        let Some(entry) = self.surface.peers.get_mut(token.slot as usize) else {
+        let Some(entry) = self.admission.peers.get_mut(token.slot as usize) else {
             return;
         };
         let ip = match *entry {
@@ -256,8 +215,8 @@ impl ShardState {
             _ => return,
         };
         *entry = PeerSlot::None;
-        let s = &self.settings.surface;
-        match self.shared.surface.peers.lock() {
+        let s = &self.settings.admission;
+        match self.shared.peers.lock() {
             Ok(mut t) => t.release(ip, s, Instant::now()),
             Err(poisoned) => poisoned.into_inner().release(ip, s, Instant::now()),
         }
@@ -281,13 +240,13 @@ impl ShardState {
         routed: &Routed,
     ) -> Option<(u16, RefusalReason, &'static str)> {
         let is_work = matches!(routed, Routed::Upgrade(_) | Routed::Publish(_));
-        if is_work && self.shared.surface.is_draining() {
+        if is_work && self.shared.drain.is_draining() {
             return Some((503, RefusalReason::Draining, "server is shutting down\n"));
         }
         // Every request with an Origin is checked, whatever its route: a page from another
         // site must be able to use none of them (upgrades, and `POST /publish` with a
         // `text/plain` body, which a browser sends cross-site without a preflight).
-        if let Some(allowed) = &self.settings.surface.allowed_origins
+        if let Some(allowed) = &self.settings.admission.allowed_origins
             && let Some(origin) = req.header("origin")
         {
             let ok = std::str::from_utf8(origin)
@@ -342,14 +301,15 @@ fn refuse_at_accept(stream: &std::net::TcpStream, reason: RefusalReason) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn peer_limits() {
-        let s = SurfaceSettings {
+        let s = AdmissionSettings {
             max_connections_per_ip: 2,
             connect_rate_per_ip: 1,
             connect_burst_per_ip: 3,
-            ..SurfaceSettings::default()
+            ..AdmissionSettings::default()
         };
         let ip: IpAddr = [10, 0, 0, 1].into();
         let t0 = Instant::now();

@@ -1,0 +1,526 @@
+//! Per-turn batching of published frames, one contiguous buffer per topic, bounded in bytes.
+//!
+//! Every message published on a topic during one loop turn (or one write-delay window) is
+//! framed (once) at the end of that topic's buffer. When the turn ends the buffer is frozen
+//! into one [`Bytes`] and each subscriber's queue gets that one reference: one
+//! reference-count increment, one queue entry and one iovec per subscriber per batch,
+//! however many messages the batch carried. The kernel then copies one contiguous run per
+//! subscriber instead of walking one small iovec per message.
+//!
+//! A batch is bounded by `--max-batch-bytes`: a frame that would take it past the bound
+//! seals it (it is queued as a [`Ready`] batch, fanned out at the end of the turn even
+//! inside a write-delay window) and starts a new one. So a subscriber's queue grows by at
+//! most one bounded batch at a time, and slowness is judged on what it has not read, not on
+//! how much a turn happened to carry (see [`super::fanout`]).
+//!
+//! A publisher in simple or mux mode must not receive its own messages (unless it asked
+//! for echo), so the batch remembers which byte ranges and message indices each such
+//! publisher wrote; that subscriber gets the batch minus its own parts, as slices of the
+//! same buffer (no copy), and a mux-mode publisher gets slices of the shard's one envelope
+//! run of the batch: parts are runs of messages, located in any format through its message
+//! boundaries. A batch is keyed by [`TopicId`] (the topic's open batch is found through
+//! the topic table, no hash) and carries its message boundaries ([`Batch::ends`]), which
+//! the other formats and the bus use.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
+
+use super::topic::{NO_BATCH, TopicId, Topics};
+
+/// Smallest allocation for a topic's batch buffer.
+const CHUNK: usize = 16 * 1024;
+
+/// Default bound of one batch, in framed bytes (`--max-batch-bytes`).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 * 1024;
+
+/// Where a batch was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// By a connection of this shard (simple mode, mux mode or HTTP).
+    Shard(u16),
+    /// By a thread that is not a shard (the broker bridge, a test).
+    External,
+}
+
+/// The messages one topic got in one turn of one shard: framed once, shared by every
+/// subscriber and every shard it goes to (one allocation for the frames, one for this).
+#[derive(Debug)]
+pub struct Batch {
+    /// Who published it.
+    pub origin: Origin,
+    /// Complete server frames (FIN, unmasked), back to back.
+    pub frames: Bytes,
+    /// Message boundaries: the end offset of each message in `frames`, ascending.
+    pub ends: Box<[u32]>,
+}
+
+impl Batch {
+    /// A batch of complete frames with the end offset of each message.
+    pub fn new(origin: Origin, frames: Bytes, ends: Box<[u32]>) -> Self {
+        Batch {
+            origin,
+            frames,
+            ends,
+        }
+    }
+
+    /// Frames `payload` as a batch of one message (publishers that are not shards).
+    pub fn single(origin: Origin, opcode: OpCode, payload: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(payload.len() + MAX_HEADER_LEN);
+        encode_frame(&mut buf, true, opcode, None, payload);
+        let len = buf.len() as u32;
+        Batch::new(origin, buf.freeze(), Box::new([len]))
+    }
+
+    /// How many messages it holds.
+    pub fn count(&self) -> u32 {
+        self.ends.len() as u32
+    }
+}
+
+/// Byte offset where message `i` of a run with message ends `ends` starts (`i ==
+/// ends.len()`: the end of the run).
+#[inline]
+pub fn msg_start(ends: &[u32], i: u32) -> usize {
+    match i.checked_sub(1) {
+        None => 0,
+        Some(j) => ends.get(j as usize).copied().unwrap_or(0) as usize,
+    }
+}
+
+/// The frames of one topic published during the current turn.
+#[derive(Debug, Default)]
+struct Pending {
+    topic: Option<TopicId>,
+    buf: BytesMut,
+    ends: Vec<u32>,
+    /// What publishers that must not receive them wrote: (slot, message indices).
+    own: Vec<(u32, Range<u32>)>,
+}
+
+/// A piece of a batch an excluded publisher receives: a run of messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Message indices (0-based, in publish order); in any format, the bytes are found
+    /// through that format's message boundaries.
+    pub msgs: Range<u32>,
+}
+
+/// A publisher that gets the batch minus its own messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// Its connection slot.
+    pub slot: u32,
+    /// The parts it gets: a range of [`Ready::parts`].
+    pub parts: Range<usize>,
+    /// How many messages those parts hold.
+    pub count: u32,
+}
+
+/// A topic's batch, ready to be queued.
+#[derive(Debug)]
+pub struct Ready {
+    /// The topic, in this shard's table.
+    pub topic: TopicId,
+    /// The frames and message boundaries, shared with the bus.
+    pub batch: Arc<Batch>,
+    /// The parts every excluded publisher gets, back to back (see [`Exclusion::parts`]).
+    pub parts: Vec<Part>,
+    /// Publishers that must not receive their own messages, sorted by slot.
+    pub excluded: Vec<Exclusion>,
+}
+
+/// The batches of one shard.
+#[derive(Debug)]
+pub struct Batcher {
+    origin: Origin,
+    pending: Vec<Pending>,
+    live: usize,
+    /// Batches sealed at the byte bound, in sealing order; they go out before the open ones.
+    sealed: VecDeque<Ready>,
+    max_bytes: usize,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher::new(Origin::Shard(0), DEFAULT_MAX_BATCH_BYTES)
+    }
+}
+
+impl Batcher {
+    /// A batcher whose batches hold at most `max_bytes` of frames (or one frame, if larger).
+    pub fn new(origin: Origin, max_bytes: usize) -> Self {
+        Batcher {
+            origin,
+            pending: Vec::new(),
+            live: 0,
+            sealed: VecDeque::new(),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Frames `payload` once at the end of `topic`'s batch (the topic must be live in
+    /// `topics`: its open batch is found through it, no hash). `exclude`: the publisher's
+    /// slot when it must not receive its own message.
+    pub fn append(
+        &mut self,
+        topics: &mut Topics,
+        topic: TopicId,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+    ) {
+        let Some(t) = topics.get_mut(topic) else {
+            return;
+        };
+        let i = if t.batch == NO_BATCH {
+            if self.live == self.pending.len() {
+                self.pending.push(Pending::default());
+            }
+            let i = self.live;
+            self.live += 1;
+            self.pending[i].topic = Some(topic);
+            t.batch = i as u32;
+            i
+        } else {
+            t.batch as usize
+        };
+        let origin = self.origin;
+        let p = &mut self.pending[i];
+        let need = payload.len() + MAX_HEADER_LEN;
+        if !p.ends.is_empty() && p.buf.len() + need > self.max_bytes {
+            self.sealed.push_back(seal(origin, p, topic));
+        }
+        if p.buf.capacity() - p.buf.len() < need {
+            p.buf.reserve(need.max(CHUNK).min(self.max_bytes.max(need)));
+        }
+        encode_frame(&mut p.buf, true, opcode, None, payload);
+        let msg = p.ends.len() as u32;
+        p.ends.push(p.buf.len() as u32);
+        if let Some(slot) = exclude {
+            match p.own.last_mut() {
+                Some((s, m)) if *s == slot && m.end == msg => m.end = msg + 1,
+                _ => p.own.push((slot, msg..msg + 1)),
+            }
+        }
+    }
+
+    /// True when nothing was published since the last [`Batcher::take`].
+    pub fn is_empty(&self) -> bool {
+        self.live == 0 && self.sealed.is_empty()
+    }
+
+    /// Takes the batches sealed at the byte bound (the open ones stay).
+    pub fn take_sealed(&mut self, mut f: impl FnMut(Ready)) {
+        while let Some(r) = self.sealed.pop_front() {
+            f(r);
+        }
+    }
+
+    /// Takes every batch: the sealed ones first, then the open ones; closes each topic's
+    /// open batch in `topics`.
+    pub fn take(&mut self, topics: &mut Topics, mut f: impl FnMut(&mut Topics, Ready)) {
+        while let Some(r) = self.sealed.pop_front() {
+            f(topics, r);
+        }
+        let origin = self.origin;
+        for i in 0..self.live {
+            let p = &mut self.pending[i];
+            let Some(topic) = p.topic.take() else {
+                continue;
+            };
+            if let Some(t) = topics.get_mut(topic) {
+                t.batch = NO_BATCH;
+            }
+            if !p.ends.is_empty() {
+                let r = seal(origin, p, topic);
+                f(topics, r);
+            }
+            topics.drop_if_unused(topic);
+        }
+        self.live = 0;
+    }
+}
+
+/// Freezes `p`'s frames into a ready batch and empties it (keeping its spare capacity).
+fn seal(origin: Origin, p: &mut Pending, topic: TopicId) -> Ready {
+    let frames = p.buf.split().freeze();
+    let ends: Box<[u32]> = p.ends.as_slice().into();
+    p.ends.clear();
+    let (parts, excluded) = exclusions(&mut p.own, ends.len() as u32);
+    Ready {
+        topic,
+        batch: Arc::new(Batch::new(origin, frames, ends)),
+        parts,
+        excluded,
+    }
+}
+
+/// For each publisher that wrote messages of a batch of `count` messages that it must not
+/// receive: the complement, as runs of messages.
+fn exclusions(own: &mut Vec<(u32, Range<u32>)>, count: u32) -> (Vec<Part>, Vec<Exclusion>) {
+    if own.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    own.sort_by_key(|(slot, m)| (*slot, m.start));
+    let mut parts = Vec::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < own.len() {
+        let slot = own[i].0;
+        let first = parts.len();
+        let mut at = 0;
+        let mut mine = 0;
+        while i < own.len() && own[i].0 == slot {
+            let m = &own[i].1;
+            if m.start > at {
+                parts.push(Part { msgs: at..m.start });
+            }
+            at = m.end;
+            mine += m.end - m.start;
+            i += 1;
+        }
+        if at < count {
+            parts.push(Part { msgs: at..count });
+        }
+        out.push(Exclusion {
+            slot,
+            parts: first..parts.len(),
+            count: count - mine,
+        });
+    }
+    own.clear();
+    (parts, out)
+}
+
+/// Finds a slot's [`Exclusion`] in O(1): an open-addressing table built once per batch, so
+/// a fan-out costs O(subscribers + excluded publishers), not their product (a chat room in
+/// which everyone publishes). Its memory follows the publishers of one batch, not the
+/// connections.
+#[derive(Debug, Default)]
+pub struct ExclusionIndex {
+    /// (slot + 1, index in the exclusion list); 0: empty.
+    table: Vec<(u32, u32)>,
+    shift: u32,
+}
+
+impl ExclusionIndex {
+    /// Indexes `excluded` (replacing what was indexed before).
+    pub fn build(&mut self, excluded: &[Exclusion]) {
+        self.table.clear();
+        if excluded.is_empty() {
+            return;
+        }
+        let bits = (excluded.len() * 2)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(2);
+        self.table.resize(1 << bits, (0, 0));
+        self.shift = 32 - bits;
+        let mask = self.table.len() - 1;
+        for (i, e) in excluded.iter().enumerate() {
+            let mut h = self.hash(e.slot);
+            while self.table[h].0 != 0 {
+                h = (h + 1) & mask;
+            }
+            self.table[h] = (e.slot.wrapping_add(1), i as u32);
+        }
+    }
+
+    #[inline]
+    fn hash(&self, slot: u32) -> usize {
+        (slot.wrapping_mul(0x9E37_79B9) >> self.shift) as usize
+    }
+
+    /// The index in the exclusion list of `slot`'s entry, if it has one.
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let mask = self.table.len() - 1;
+        let key = slot.wrapping_add(1);
+        let mut h = self.hash(slot);
+        loop {
+            match self.table[h] {
+                (0, _) => return None,
+                (k, i) if k == key => return Some(i as usize),
+                _ => h = (h + 1) & mask,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table with `names` interned and one subscriber each (so they stay).
+    fn table(names: &[&str]) -> (Topics, Vec<TopicId>) {
+        let mut t = Topics::default();
+        let ids = names
+            .iter()
+            .map(|n| {
+                let id = t.intern(n);
+                t.join(id, 1000, super::super::Format::Plain);
+                id
+            })
+            .collect();
+        (t, ids)
+    }
+
+    fn bytes_of(r: &Ready, e: &Exclusion) -> (Vec<u8>, Vec<u32>) {
+        let ends = &r.batch.ends;
+        let mut bytes = Vec::new();
+        let mut msgs = Vec::new();
+        for p in &r.parts[e.parts.clone()] {
+            let (a, b) = (msg_start(ends, p.msgs.start), msg_start(ends, p.msgs.end));
+            bytes.extend_from_slice(&r.batch.frames[a..b]);
+            msgs.extend(p.msgs.clone());
+        }
+        (bytes, msgs)
+    }
+
+    #[test]
+    fn one_buffer_per_topic_per_turn_with_boundaries() {
+        let (mut topics, ids) = table(&["a", "z"]);
+        let mut b = Batcher::default();
+        b.append(&mut topics, ids[0], OpCode::Text, b"1", None);
+        b.append(&mut topics, ids[1], OpCode::Text, b"x", None);
+        b.append(&mut topics, ids[0], OpCode::Binary, b"22", None);
+        let mut got = Vec::new();
+        b.take(&mut topics, |_, r| {
+            got.push((
+                r.topic,
+                r.batch.frames.to_vec(),
+                r.batch.ends.to_vec(),
+                r.excluded.len(),
+            ))
+        });
+        assert_eq!(
+            got,
+            vec![
+                (
+                    ids[0],
+                    vec![0x81, 1, b'1', 0x82, 2, b'2', b'2'],
+                    vec![3, 7],
+                    0
+                ),
+                (ids[1], vec![0x81, 1, b'x'], vec![3], 0),
+            ]
+        );
+        assert!(b.is_empty());
+        let mut n = 0;
+        b.take(&mut topics, |_, _| n += 1);
+        assert_eq!(n, 0, "a taken batch does not come back");
+        b.append(&mut topics, ids[1], OpCode::Text, b"y", None);
+        b.take(&mut topics, |_, r| n += r.batch.count());
+        assert_eq!(n, 1, "the topic's batch slot was reset and reused");
+    }
+
+    #[test]
+    fn publishers_get_the_batch_minus_their_own_messages() {
+        let (mut topics, ids) = table(&["t"]);
+        let t = ids[0];
+        let mut b = Batcher::default();
+        b.append(&mut topics, t, OpCode::Text, b"a", Some(7)); // 7's
+        b.append(&mut topics, t, OpCode::Text, b"b", Some(7)); // 7's, merged
+        b.append(&mut topics, t, OpCode::Text, b"c", Some(9)); // 9's
+        b.append(&mut topics, t, OpCode::Text, b"d", None); // nobody excluded
+        b.append(&mut topics, t, OpCode::Text, b"e", Some(7)); // 7's again
+        let mut seen = 0;
+        b.take(&mut topics, |_, r| {
+            seen += 1;
+            assert_eq!(r.batch.count(), 5);
+            let of = |slot: u32| {
+                let e = r
+                    .excluded
+                    .iter()
+                    .find(|e| e.slot == slot)
+                    .expect("excluded");
+                let (bytes, msgs) = bytes_of(&r, e);
+                (bytes, msgs, e.count)
+            };
+            assert_eq!(
+                of(7),
+                (vec![0x81, 1, b'c', 0x81, 1, b'd'], vec![2, 3], 2),
+                "7 gets c and d"
+            );
+            assert_eq!(
+                of(9),
+                (
+                    vec![0x81, 1, b'a', 0x81, 1, b'b', 0x81, 1, b'd', 0x81, 1, b'e'],
+                    vec![0, 1, 3, 4],
+                    4
+                )
+            );
+        });
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn a_batch_is_sealed_at_its_byte_bound() {
+        let (mut topics, ids) = table(&["t"]);
+        let t = ids[0];
+        let mut b = Batcher::new(Origin::Shard(3), 1024);
+        for i in 0..10u8 {
+            b.append(&mut topics, t, OpCode::Binary, &[i; 300], Some(1));
+        }
+        let mut got = Vec::new();
+        b.take_sealed(|r| got.push((r.batch.count(), r.batch.frames.len(), r.batch.origin)));
+        assert_eq!(
+            got,
+            vec![(3, 3 * 304, Origin::Shard(3)); 3],
+            "three full batches sealed, in order"
+        );
+        got.clear();
+        b.take(&mut topics, |_, r| {
+            got.push((r.batch.count(), r.batch.frames.len(), r.batch.origin))
+        });
+        assert_eq!(
+            got,
+            vec![(1, 304, Origin::Shard(3))],
+            "the open one follows"
+        );
+        // A message larger than the bound makes a batch of its own.
+        b.append(&mut topics, t, OpCode::Binary, &[0; 2000], None);
+        b.append(&mut topics, t, OpCode::Binary, &[0; 10], None);
+        let mut sizes = Vec::new();
+        b.take(&mut topics, |_, r| {
+            sizes.push((r.batch.count(), r.batch.frames.len()))
+        });
+        assert_eq!(sizes, vec![(1, 2004), (1, 12)]);
+    }
+
+    #[test]
+    fn a_topic_dropped_mid_turn_goes_once_its_batch_is_taken() {
+        let mut topics = Topics::default();
+        let t = topics.intern("t");
+        topics.join(t, 1, super::super::Format::Plain);
+        let mut b = Batcher::default();
+        b.append(&mut topics, t, OpCode::Text, b"x", None);
+        topics.leave(t, 1, super::super::Format::Plain);
+        topics.compact(t);
+        assert!(topics.get(t).is_some(), "kept while its batch is open");
+        let mut n = 0;
+        b.take(&mut topics, |_, _| n += 1);
+        assert_eq!(n, 1);
+        assert!(topics.get(t).is_none(), "dropped after");
+    }
+
+    #[test]
+    fn single_message_batches() {
+        let b = Batch::single(Origin::External, OpCode::Text, b"hi");
+        assert_eq!(
+            (&b.frames[..], &b.ends[..]),
+            (&[0x81, 2, b'h', b'i'][..], &[4][..])
+        );
+        assert_eq!(msg_start(&b.ends, 0), 0);
+        assert_eq!(msg_start(&b.ends, 1), 4);
+    }
+}

@@ -1,0 +1,233 @@
+//! Mux mode in the shard: applying [`crate::pubsub::mux`] commands through the pub/sub
+//! layer, and the replies.
+//!
+//! Delivery to mux-mode subscribers is the pub/sub layer's: they are subscribers in the
+//! [`Format::Mux`] format, whose envelopes are built once per batch per shard. What is left
+//! here is the connection's side: a mux-mode connection keeps its own list of topics
+//! ([`MuxConn::topics`], bounded by `--max-topics-per-connection`) so that closing it
+//! unsubscribes exactly those. Refused commands get an error reply; more than
+//! `--mux-error-budget` of them within [`ERROR_WINDOW`] close the connection with 1008.
+
+use bytes::Bytes;
+
+use crate::io::Token;
+use crate::proto::close_code;
+use crate::proto::frame::OpCode;
+use crate::pubsub::mux::{self, Command, Refusal};
+use crate::pubsub::{Error, Format, Target, TopicId};
+
+use super::conn::{Phase, Route};
+use super::table::ConnTable;
+use super::{CLOSE_GRACE, ShardState, frame_once, ticks, ticks_ceil};
+
+/// The window over which refused mux messages are counted.
+pub const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A mux-mode connection's own state.
+#[derive(Debug, Default)]
+pub struct MuxConn {
+    /// Topics this connection is subscribed to (this shard's ids).
+    pub topics: Vec<TopicId>,
+    /// Refused messages in the current window.
+    pub errors: u32,
+    /// Tick the current error window started.
+    pub window_start: u32,
+}
+
+impl ShardState {
+    /// Upgrade hook: the route of a new mux-mode connection, subscribed to the topics of
+    /// `?subscribe=` (already validated; at most `--max-topics-per-connection` are taken).
+    pub(super) fn mux_open(&mut self, slot: u32, subscribe: Vec<String>) -> Route {
+        let mut mux = MuxConn {
+            window_start: self.tick,
+            ..MuxConn::default()
+        };
+        // More than the limit were refused with 400 before the upgrade, and duplicates
+        // removed, so every one is new here.
+        for topic in subscribe {
+            match self
+                .pubsub
+                .subscribe(slot, Format::Mux, &topic, mux.topics.len())
+            {
+                Ok(id) => mux.topics.push(id),
+                Err(e) => {
+                    tracing::debug!(shard = self.id, slot, error = %e, "?subscribe= topic refused")
+                }
+            }
+        }
+        self.metrics.mux_connections.inc();
+        Route::Mux(mux)
+    }
+
+    /// Release hook: unsubscribes a closing mux-mode connection from all its topics.
+    pub(super) fn mux_release(&mut self, slot: u32, mux: &MuxConn) {
+        for &id in &mux.topics {
+            self.pubsub.unsubscribe(slot, id, Format::Mux);
+        }
+    }
+
+    /// A message received on a mux-mode connection (a copy of its payload).
+    pub(super) fn on_mux(&mut self, token: Token, opcode: OpCode, payload: Bytes) {
+        let open = self.conns.get_mut(token).is_some_and(|c| c.accepts_data());
+        if !open {
+            return;
+        }
+        if opcode == OpCode::Binary {
+            self.metrics.mux_command(mux::COMMAND_BINARY_PUBLISH);
+            match mux::parse_binary_envelope(&payload) {
+                Ok((topic, data)) => {
+                    self.metrics.messages_in.inc();
+                    self.metrics.bytes_in.add(data.len() as u64);
+                    let published = self.pubsub.publish(
+                        Target::Name(topic),
+                        OpCode::Binary,
+                        data,
+                        Some(token.slot),
+                    );
+                    if let Err(e) = published {
+                        self.mux_refuse(token, &refusal(None, &e));
+                    }
+                }
+                Err(r) => self.mux_refuse(token, &r),
+            }
+            return;
+        }
+        let req = match mux::parse(&payload) {
+            Ok(r) => r,
+            Err(r) => {
+                self.metrics.mux_command(mux::COMMAND_INVALID);
+                self.mux_refuse(token, &r);
+                return;
+            }
+        };
+        self.metrics.mux_command(req.command.name());
+        let result = match &req.command {
+            Command::Subscribe(topic) => self.mux_subscribe(token, topic),
+            Command::Unsubscribe(topic) => self.mux_unsubscribe(token, topic),
+            Command::Publish { topic, data, echo } => {
+                self.metrics.messages_in.inc();
+                self.metrics.bytes_in.add(data.len() as u64);
+                self.pubsub
+                    .publish(
+                        Target::Name(topic),
+                        OpCode::Text,
+                        data.as_bytes(),
+                        (!*echo).then_some(token.slot),
+                    )
+                    .map(|_| ())
+            }
+            Command::Ping => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let reply = mux::ack(req.id.as_ref(), &req.command);
+                self.mux_reply(token, &reply);
+            }
+            Err(e) => {
+                let r = refusal(req.id, &e);
+                self.mux_refuse(token, &r);
+            }
+        }
+    }
+
+    fn mux_subscribe(&mut self, token: Token, topic: &str) -> Result<(), Error> {
+        let known = self.pubsub.lookup(topic);
+        let Some(mux) = mux_of(&mut self.conns, token) else {
+            return Ok(());
+        };
+        if known.is_some_and(|id| mux.topics.contains(&id)) {
+            return Ok(());
+        }
+        let id = self
+            .pubsub
+            .subscribe(token.slot, Format::Mux, topic, mux.topics.len())?;
+        mux.topics.push(id);
+        Ok(())
+    }
+
+    fn mux_unsubscribe(&mut self, token: Token, topic: &str) -> Result<(), Error> {
+        let known = self.pubsub.lookup(topic);
+        let Some(mux) = mux_of(&mut self.conns, token) else {
+            return Ok(());
+        };
+        let Some(i) = known.and_then(|id| mux.topics.iter().position(|&t| t == id)) else {
+            return Err(Error::NotSubscribed);
+        };
+        let id = mux.topics.swap_remove(i);
+        self.pubsub.unsubscribe(token.slot, id, Format::Mux);
+        Ok(())
+    }
+
+    /// Queues a JSON reply (through the send-queue limit, like any data frame).
+    fn mux_reply(&mut self, token: Token, json: &[u8]) {
+        let frame = frame_once(&mut self.arena, OpCode::Text, json);
+        self.deliver(token, frame);
+    }
+
+    /// Answers a refused command, counts it, and closes the connection (1008) once it has
+    /// used up its error budget.
+    fn mux_refuse(&mut self, token: Token, r: &Refusal) {
+        self.metrics.mux_error(r.code);
+        tracing::debug!(
+            shard = self.id,
+            slot = token.slot,
+            code = r.code.as_str(),
+            reason = %r.message,
+            "mux message refused"
+        );
+        self.mux_reply(token, &mux::error(r));
+        let budget = self.settings.mux_error_budget;
+        let window = ticks(ERROR_WINDOW);
+        let now = self.tick;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Phase::Ws {
+            ws,
+            route: Route::Mux(mux),
+        } = &mut c.phase
+        else {
+            return;
+        };
+        if now.saturating_sub(mux.window_start) >= window {
+            mux.window_start = now;
+            mux.errors = 0;
+        }
+        mux.errors += 1;
+        if mux.errors <= budget {
+            return;
+        }
+        self.metrics.protocol_error(close_code::POLICY);
+        tracing::info!(
+            shard = self.id,
+            slot = token.slot,
+            errors = mux.errors,
+            "too many refused mux messages, closing (1008)"
+        );
+        ws.close(
+            close_code::POLICY,
+            "too many invalid mux messages",
+            &mut self.scratch,
+        );
+        let out = self.scratch.split().freeze();
+        c.push_control(out, &mut self.outbox.dirty);
+        c.close_after_flush = true;
+        c.deadline = now + ticks_ceil(CLOSE_GRACE);
+    }
+}
+
+/// A pub/sub refusal as a mux error reply.
+fn refusal(id: Option<serde_json::Value>, e: &Error) -> Refusal {
+    mux::refuse(id, e.wire().mux_code, e.to_string())
+}
+
+/// The mux-mode state of a live connection (`None` for other routes).
+fn mux_of(conns: &mut ConnTable, token: Token) -> Option<&mut MuxConn> {
+    match &mut conns.get_mut(token)?.phase {
+        Phase::Ws {
+            route: Route::Mux(mux),
+            ..
+        } => Some(mux),
+        _ => None,
+    }
+}
