@@ -28,8 +28,9 @@
 //! this shard's id for it; when its last one leaves, they are told it left. A shard's
 //! batches go only to the shards listed for the topic. An announcement is pushed before
 //! the 101 response (or the mux ack) of the subscription that caused it is sent, and a
-//! shard drains its inbox before it reads its sockets, so a publish that a client makes
-//! after seeing that response reaches the new subscriber.
+//! shard drains its inbox again right before it routes its batches (after reading its
+//! sockets), so a publish that a client makes after seeing that response reaches the new
+//! subscriber, whichever shard it is published on.
 
 pub mod batch;
 mod error;
@@ -156,9 +157,9 @@ impl PubSub {
 
     /// Publishes one message: framed once into its topic's batch for this turn, queued to
     /// subscribers when the shard calls [`PubSub::fan_out`]. `exclude`: a publisher that
-    /// must not receive it. Returns the local subscribers it will be queued for; a topic
-    /// nobody subscribes to (here or on a shard that announced it) takes nothing and
-    /// returns 0 (counted as unrouted).
+    /// must not receive it. Returns the local subscribers it will be queued for; a message
+    /// for a topic nobody subscribes to (here or on a shard that announced it) is dropped at
+    /// the fan-out and counted as unrouted.
     pub fn publish(
         &mut self,
         target: Target<'_>,
@@ -167,13 +168,16 @@ impl PubSub {
         exclude: Option<u32>,
     ) -> Result<usize, Error> {
         let id = match target {
-            Target::Id(id) => Some(id),
+            Target::Id(id) => id,
+            // Interned even when nobody here subscribes: whether another shard does is
+            // decided at the fan-out, after the inbox is drained again (an announcement made
+            // before this message was read is then known). Dropped after the turn if unused.
             Target::Name(name) => {
                 validate_topic(name)?;
-                self.topics.lookup(name)
+                self.topics.intern(name)
             }
         };
-        let Some((id, local)) = id.and_then(|id| Some((id, self.topics.get(id)?.local()))) else {
+        let Some(local) = self.topics.get(id).map(topic::Topic::local) else {
             self.metrics.unrouted.inc();
             return Ok(0);
         };
@@ -216,6 +220,10 @@ impl PubSub {
         let Some(t) = self.topics.get(r.topic) else {
             return;
         };
+        if t.local() == 0 && t.remote.is_empty() {
+            self.metrics.unrouted.add(u64::from(r.batch.count()));
+            return;
+        }
         for &(shard, theirs) in &t.remote {
             let msg = BusMsg::Batch {
                 topic: theirs,

@@ -5,11 +5,13 @@
 //! 1. [`Driver::wait`]: one kernel entry submits everything the last turn queued and waits
 //!    for completions (or the next timer tick).
 //! 2. Drain this shard's bus inbox ([`PubSub::drain_bus`]): batches other shards published,
-//!    and their interest announcements, before any socket is read (so a subscription
-//!    another shard confirmed to its client is known here before that client's peers act).
+//!    and their interest announcements.
 //! 3. Handle every [`Event`]: accept, read requests, feed frames to the protocol core,
 //!    subscribe and publish through [`PubSub`].
-//! 4. Fan out this turn's batches ([`PubSub::fan_out`]), unless a write delay holds them.
+//! 4. Drain the inbox again, then fan out this turn's batches ([`PubSub::fan_out`]) unless
+//!    a write delay holds them: an announcement pushed before a publish was read (another
+//!    shard confirmed a subscription to its client, whose peer then published here) is
+//!    known when that publish is routed.
 //! 5. Timers, at most once per tick: handshake and idle timeouts, pings, close deadlines.
 //! 6. Flush: register new sockets, one vectored send per connection with queued frames,
 //!    releases, [`PubSub::end_turn`], and one wake-up per other shard that got messages.
@@ -276,6 +278,10 @@ impl<D: Driver> Shard<D> {
                     }
                 }
             }
+            // Again before routing this turn's batches: an interest announcement pushed
+            // before a publish was read (a subscription confirmed to its client, whose
+            // peer then published here) must be known when that publish is routed.
+            self.st.drain_bus();
             timeout = match self.st.fan_out_due(now) {
                 None => {
                     self.st.fan_out(false);

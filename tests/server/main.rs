@@ -15,6 +15,7 @@ mod hostile_http;
 mod hostile_io;
 mod hostile_proto;
 mod http_publish;
+mod interest;
 mod lifecycle;
 mod limits;
 mod pubsub;

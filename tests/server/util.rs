@@ -304,7 +304,15 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> std::io::Result<Client> {
-        let mut stream = TcpStream::connect(addr)?;
+        // In-process servers (tests that start `ringcast::server::Server` on their own
+        // thread) probe io_uring from the test thread, whose blocking calls can then see
+        // EINTR from the ring's task work: retried, as for any interrupted call.
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let key = handshake::generate_key();
@@ -314,7 +322,10 @@ impl Client {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head = loop {
-            let n = stream.read(&mut chunk)?;
+            let n = match stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -415,6 +426,7 @@ impl Client {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Some(Msg::Eof),
                 Ok(n) => self.feed(&mut buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
                         e.kind(),
