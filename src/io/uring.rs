@@ -934,4 +934,96 @@ mod tests {
         );
         assert_eq!(d.stats().recv_bad_buffer, 1);
     }
+
+    /// The owner of a frame's bytes: counts its drop, so a test sees when the last
+    /// reference to the frame went.
+    struct Probe {
+        data: Vec<u8>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsRef<[u8]> for Probe {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_released_connection_keeps_its_frames_until_the_send_completes() {
+        let settings = UringSettings {
+            ring_entries: 8,
+            recv_buffers: 16,
+            recv_buffer_size: 4096,
+        };
+        let mut d = match UringDriver::new(settings, Vec::new()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("skipped: io_uring is unavailable here ({e})");
+                return;
+            }
+        };
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gone = || dropped.load(std::sync::atomic::Ordering::SeqCst);
+        // 8 MiB towards a peer that never reads, through a small send buffer: the send
+        // stays in the kernel, reading these bytes, for as long as the test wants.
+        let frame = Bytes::from_owner(Probe {
+            data: vec![0x5a; 8 << 20],
+            dropped: Arc::clone(&dropped),
+        });
+        let (a, peer) = UnixStream::pair().unwrap();
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        d.register(tok(0), OwnedFd::from(a)).unwrap();
+        d.send(tok(0), vec![frame]);
+        // A few turns: the kernel takes what fits, the rest waits for the peer.
+        for _ in 0..5 {
+            d.wait(Duration::from_millis(10)).unwrap();
+            while let Some(ev) = d.next_event() {
+                assert!(
+                    !matches!(ev, Event::Sent { .. } | Event::Released { .. }),
+                    "the send cannot finish while the peer does not read: {ev:?}"
+                );
+            }
+        }
+        assert!(d.slots[0].send.is_some(), "the send is in flight");
+        assert!(!gone(), "frames alive while their send is in flight");
+        d.release(tok(0));
+        assert!(!gone(), "release frees nothing the kernel still reads");
+        // The release shuts the socket down, which fails the send: its completion hands the
+        // frames back (only then may they go), then the slot is released.
+        let (mut sent, mut released) = (false, false);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !released && std::time::Instant::now() < end {
+            d.wait(Duration::from_millis(20)).unwrap();
+            while let Some(ev) = d.next_event() {
+                match ev {
+                    Event::Sent { token, frames, .. } => {
+                        assert_eq!(token, tok(0));
+                        assert!(!gone(), "frames alive until their completion is reported");
+                        assert_eq!(frames.len(), 1, "the frames come back with the completion");
+                        drop(frames);
+                        assert!(gone(), "the completion held the last reference");
+                        sent = true;
+                    }
+                    Event::Released { token } => {
+                        assert_eq!(token, tok(0));
+                        assert!(sent, "released only after the send completed");
+                        released = true;
+                    }
+                    _ => {}
+                }
+                assert!(sent || !gone(), "frames freed before their send completed");
+            }
+        }
+        assert!(released, "the connection is released within 5 s");
+        drop(peer);
+    }
 }

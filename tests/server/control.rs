@@ -93,7 +93,13 @@ both!(subscribe_publish_unsubscribe_ping, |io| {
     );
     assert_eq!(next_json(&mut a)["id"], 5);
     assert_eq!(simple.recv(), Msg::Text("mine".into()));
-    assert_eq!(a.recv_timeout(Duration::from_millis(200)), None);
+    // Published after "mine" went out: "mine" coming back to `a` would arrive first.
+    simple.text("sentinel");
+    assert_eq!(
+        next_json(&mut a),
+        json!({"type":"message","topic":"news","data":"sentinel"}),
+        "no echo of its own publish"
+    );
     cmd(
         &mut a,
         json!({"type":"publish","topic":"news","data":"echoed","echo":true}),
@@ -103,14 +109,32 @@ both!(subscribe_publish_unsubscribe_ping, |io| {
     let mut got = [first["type"].clone(), second["type"].clone()];
     got.sort_by_key(|v| v.to_string());
     assert_eq!(got, [json!("ack"), json!("message")]);
+    assert_eq!(simple.recv(), Msg::Text("echoed".into()));
 
     cmd(&mut a, json!({"type":"unsubscribe","topic":"news","id":6}));
     assert_eq!(
         next_json(&mut a),
         json!({"type":"ack","id":6,"op":"unsubscribe","topic":"news"})
     );
-    simple.text("after unsubscribe");
-    assert_eq!(a.recv_timeout(Duration::from_millis(300)), None);
+    // Both from `b`, each after the previous one's ack (so in separate turns of its shard,
+    // and in this order on every shard): the news message would reach `a` before the sport
+    // sentinel.
+    cmd(
+        &mut b,
+        json!({"type":"publish","topic":"news","data":"after unsubscribe","id":12}),
+    );
+    assert_eq!(next_json(&mut b)["id"], 12);
+    assert_eq!(simple.recv(), Msg::Text("after unsubscribe".into()));
+    cmd(
+        &mut b,
+        json!({"type":"publish","topic":"sport","data":"sentinel","id":13}),
+    );
+    assert_eq!(next_json(&mut b)["id"], 13);
+    assert_eq!(
+        next_json(&mut a),
+        json!({"type":"message","topic":"sport","data":"sentinel"}),
+        "nothing from news after unsubscribing"
+    );
 
     cmd(&mut a, json!({"type":"ping","id":7}));
     assert_eq!(next_json(&mut a), json!({"type":"pong","id":7}));

@@ -12,6 +12,8 @@ use crate::util::{Msg, Server};
 const MSG: usize = 16 * 1024;
 // Well past what loopback socket buffers absorb (a few MiB each way).
 const COUNT: u32 = 2000;
+/// The sequence number of a sentinel published after the COUNT messages.
+const SENTINEL: u32 = u32::MAX;
 
 fn payload(seq: u32) -> Vec<u8> {
     let mut p = vec![0u8; MSG];
@@ -90,25 +92,40 @@ both!(
             io,
             &["--send-queue-limit", "256KiB", "--slow-consumer", "drop"],
         );
-        let (mut slow, _p) = publish_all(&srv);
-        let dropped = srv.metric("ringcast_dropped_messages_total");
+        let (mut slow, mut publisher) = publish_all(&srv);
+        let dropped_total = || srv.metric("ringcast_dropped_messages_total");
+        let mut dropped = dropped_total();
         assert!(dropped > 0, "drops are counted");
         let mut got = 0u64;
         let mut last = None;
-        // Read until the count is complete (a generous timeout: other tests load the machine),
-        // then make sure nothing more arrives.
-        let mut timeout = Duration::from_secs(5);
-        while let Some(m) = slow.recv_timeout(timeout) {
+        // Read until the count is complete, then publish a sentinel (its queue is empty by
+        // then, so it is not dropped): it must be the next message, nothing extra before it.
+        let mut sentinel_sent = false;
+        let mut idle = 0;
+        loop {
+            if !sentinel_sent && got + dropped >= u64::from(COUNT) {
+                publisher.send(OpCode::Binary, &payload(SENTINEL));
+                sentinel_sent = true;
+            }
+            let Some(m) = slow.recv_timeout(Duration::from_secs(1)) else {
+                // Short of the count: the slow subscriber's shard may have dropped more
+                // after `dropped` was read.
+                idle += 1;
+                assert!(idle < 10, "stuck at {got} delivered + {dropped} dropped");
+                dropped = dropped_total();
+                continue;
+            };
             let s = seq_of(&m);
+            if s == SENTINEL {
+                assert!(sentinel_sent, "the sentinel is only published at the end");
+                break;
+            }
             assert!(last.is_none_or(|l| s > l), "what arrives is in order");
             last = Some(s);
             got += 1;
-            if got + dropped >= u64::from(COUNT) {
-                timeout = Duration::from_millis(300);
-            }
         }
         assert_eq!(
-            got + dropped,
+            got + dropped_total(),
             u64::from(COUNT),
             "every message either delivered or counted as dropped"
         );

@@ -169,6 +169,27 @@ impl Server {
         self.status_bytes("VmHWM")
     }
 
+    /// Descriptors the server process has open now (`/proc/PID/fd`): listeners, rings,
+    /// eventfds and one per connection whose socket is not closed yet.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
+    /// Polls (without connecting, so the check adds no descriptor) until the server has
+    /// at most `n` descriptors open or `timeout` passes; the last count.
+    pub fn wait_for_fds(&self, n: usize, timeout: Duration) -> usize {
+        let end = Instant::now() + timeout;
+        loop {
+            let now = self.open_fds();
+            if now <= n || Instant::now() >= end {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// CPU time the server has used so far (user + system, all threads).
     pub fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
