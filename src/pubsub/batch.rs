@@ -223,7 +223,8 @@ impl Batcher {
     }
 
     /// Takes every batch: the sealed ones first, then the open ones; closes each topic's
-    /// open batch in `topics`.
+    /// open batch in `topics` (the caller drops topics nothing refers to any more once it
+    /// has fanned the batches out: [`Topics::drop_if_unused`]).
     pub fn take(&mut self, topics: &mut Topics, mut f: impl FnMut(&mut Topics, Ready)) {
         while let Some(r) = self.sealed.pop_front() {
             f(topics, r);
@@ -241,7 +242,6 @@ impl Batcher {
                 let r = seal(origin, p, topic);
                 f(topics, r);
             }
-            topics.drop_if_unused(topic);
         }
         self.live = 0;
     }
@@ -510,7 +510,8 @@ mod tests {
         let mut n = 0;
         b.take(&mut topics, |_, _| n += 1);
         assert_eq!(n, 1);
-        assert!(topics.get(t).is_none(), "dropped after");
+        topics.drop_if_unused(t);
+        assert!(topics.get(t).is_none(), "dropped once its batch is closed");
     }
 
     #[test]

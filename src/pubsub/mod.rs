@@ -84,6 +84,8 @@ pub struct PubSub {
     batcher: Batcher,
     /// Fan-out scratch.
     fanout: FanOut,
+    /// The batches of the fan-out under way (kept for its allocation).
+    ready: Vec<Ready>,
     /// Announcements an inbox refused (full), per target shard, latest state per topic;
     /// retried each turn before any newer announcement to that shard.
     backlog: Vec<HashMap<Arc<str>, Option<TopicId>>>,
@@ -108,6 +110,7 @@ impl PubSub {
             topics: Topics::default(),
             batcher: Batcher::new(Origin::Shard(shard), limits.max_batch_bytes),
             fanout: FanOut::default(),
+            ready: Vec::new(),
             backlog: vec![HashMap::new(); shards],
             metrics,
             slow: Vec::new(),
@@ -198,21 +201,20 @@ impl PubSub {
         if self.batcher.is_empty() {
             return;
         }
-        let mut batcher = std::mem::take(&mut self.batcher);
+        // The batches are taken first (the batcher needs the topic table to close them),
+        // into a list kept across turns so that a fan-out allocates nothing.
+        let mut ready = std::mem::take(&mut self.ready);
         if sealed_only {
-            let mut sealed = Vec::new();
-            batcher.take_sealed(|r| sealed.push(r));
-            for r in sealed {
-                self.fan_out_one(r, subs, wake);
-            }
+            self.batcher.take_sealed(|r| ready.push(r));
         } else {
-            let mut ready = Vec::new();
-            batcher.take(&mut self.topics, |_, r| ready.push(r));
-            for r in ready {
-                self.fan_out_one(r, subs, wake);
-            }
+            self.batcher.take(&mut self.topics, |_, r| ready.push(r));
         }
-        self.batcher = batcher;
+        for r in ready.drain(..) {
+            let id = r.topic;
+            self.fan_out_one(r, subs, wake);
+            self.topics.drop_if_unused(id);
+        }
+        self.ready = ready;
     }
 
     fn fan_out_one<S: Subscribers>(&mut self, r: Ready, subs: &mut S, wake: &mut [bool]) {

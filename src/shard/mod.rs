@@ -30,6 +30,9 @@ mod http;
 mod mux;
 pub mod table;
 
+#[cfg(test)]
+mod harness;
+
 pub use drain::DrainShared;
 pub use mux::MuxConn;
 
@@ -192,7 +195,10 @@ struct ShardState {
 pub struct Shard<D: Driver> {
     driver: D,
     st: ShardState,
+    /// The clock's origin: ticks count from here.
     started: Instant,
+    /// Tick at which the timers run next.
+    next_timer: u32,
 }
 
 impl<D: Driver> std::fmt::Debug for Shard<D> {
@@ -231,6 +237,7 @@ impl<D: Driver> Shard<D> {
         Shard {
             driver,
             started: Instant::now(),
+            next_timer: 0,
             st: ShardState {
                 id,
                 settings,
@@ -258,68 +265,77 @@ impl<D: Driver> Shard<D> {
 
     /// Runs until [`Shared::stop`] is set. Returns an error only if the driver fails.
     pub fn run(mut self) -> std::io::Result<()> {
-        let mut next_timer = 0u32;
         let mut timeout = TICK;
         while !self.st.shared.stop.load(Ordering::Relaxed) {
             self.driver.wait(timeout)?;
-            let now = Instant::now();
-            self.st.tick = ticks(now.duration_since(self.started));
-            self.st.pubsub.begin_turn(self.st.tick);
-            self.st.metrics.loop_turns.inc();
-            self.st.drain_bus();
-            while let Some(ev) = self.driver.next_event() {
-                self.st.on_event(ev);
-                // At once, not at the flush: epoll would read the socket again this turn.
-                for (token, on) in self.st.outbox.recv_switch.drain(..) {
-                    if on {
-                        self.driver.resume_recv(token);
-                    } else {
-                        self.driver.pause_recv(token);
-                    }
-                }
+            match self.turn(Instant::now()) {
+                Some(next) => timeout = next,
+                None => break,
             }
-            // Again before routing this turn's batches: an interest announcement pushed
-            // before a publish was read (a subscription confirmed to its client, whose
-            // peer then published here) must be known when that publish is routed.
-            self.st.drain_bus();
-            timeout = match self.st.fan_out_due(now) {
-                None => {
-                    self.st.fan_out(false);
-                    TICK
-                }
-                Some(wait) => wait.min(TICK),
-            };
-            if self.st.tick >= next_timer {
-                next_timer = self.st.tick + 1;
-                self.st.timers();
-                // Pools sized by a burst (10,000 handshake responses in one turn) are freed,
-                // and the receive buffer ring's active set shrinks, once a whole tick passes
-                // without a send; under load they stay warm.
-                if std::mem::take(&mut self.st.outbox.sends_since_tick) == 0 {
-                    self.driver.trim();
-                    if std::mem::take(&mut self.st.busy_since_trim) {
-                        // First idle tick after activity: also hand the allocator's free
-                        // pages back, once (it walks the whole heap).
-                        self.st.outbox.send_vecs = Vec::new();
-                        crate::alloc::collect();
-                    }
-                } else {
-                    self.st.busy_since_trim = true;
-                }
-            }
-            if self.st.drain_turn() {
-                break;
-            }
-            self.st.flush(&mut self.driver);
-            let stats = self.driver.stats();
-            self.st.metrics.submissions.set(stats.submissions);
-            self.st.metrics.recv_bad_buffer.set(stats.recv_bad_buffer);
-            self.st
-                .metrics
-                .buffers_in_use
-                .set(u64::from(stats.buffers_in_use));
         }
         Ok(())
+    }
+
+    /// One loop turn after the driver's wait, at `now` (the clock is read once per turn,
+    /// by the caller: tests drive it). Returns how long the next wait may be, or `None` when
+    /// the shard is done (drained).
+    fn turn(&mut self, now: Instant) -> Option<Duration> {
+        self.st.tick = ticks(now.duration_since(self.started));
+        self.st.pubsub.begin_turn(self.st.tick);
+        self.st.metrics.loop_turns.inc();
+        self.st.drain_bus();
+        while let Some(ev) = self.driver.next_event() {
+            self.st.on_event(ev);
+            // At once, not at the flush: epoll would read the socket again this turn.
+            for (token, on) in self.st.outbox.recv_switch.drain(..) {
+                if on {
+                    self.driver.resume_recv(token);
+                } else {
+                    self.driver.pause_recv(token);
+                }
+            }
+        }
+        // Again before routing this turn's batches: an interest announcement pushed
+        // before a publish was read (a subscription confirmed to its client, whose
+        // peer then published here) must be known when that publish is routed.
+        self.st.drain_bus();
+        let timeout = match self.st.fan_out_due(now) {
+            None => {
+                self.st.fan_out(false);
+                TICK
+            }
+            Some(wait) => wait.min(TICK),
+        };
+        if self.st.tick >= self.next_timer {
+            self.next_timer = self.st.tick + 1;
+            self.st.timers();
+            // Pools sized by a burst (10,000 handshake responses in one turn) are freed,
+            // and the receive buffer ring's active set shrinks, once a whole tick passes
+            // without a send; under load they stay warm.
+            if std::mem::take(&mut self.st.outbox.sends_since_tick) == 0 {
+                self.driver.trim();
+                if std::mem::take(&mut self.st.busy_since_trim) {
+                    // First idle tick after activity: also hand the allocator's free
+                    // pages back, once (it walks the whole heap).
+                    self.st.outbox.send_vecs = Vec::new();
+                    crate::alloc::collect();
+                }
+            } else {
+                self.st.busy_since_trim = true;
+            }
+        }
+        if self.st.drain_turn() {
+            return None;
+        }
+        self.st.flush(&mut self.driver);
+        let stats = self.driver.stats();
+        self.st.metrics.submissions.set(stats.submissions);
+        self.st.metrics.recv_bad_buffer.set(stats.recv_bad_buffer);
+        self.st
+            .metrics
+            .buffers_in_use
+            .set(u64::from(stats.buffers_in_use));
+        Some(timeout)
     }
 }
 

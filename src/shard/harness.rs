@@ -1,0 +1,472 @@
+//! An in-memory harness for the shard loop: a fake driver and an injected clock, so that
+//! fan-out, the slow-consumer path and release ordering are tested turn by turn, without
+//! sockets or timing (in the spirit of quinn-proto's `Pair`).
+//!
+//! The fake driver delivers the events the test scripts (accepts, bytes, EOFs), completes
+//! every send at the next turn unless the test stalls that connection (its send then stays
+//! in flight, as against a peer that does not read), and reports a release only once no
+//! send of it is in flight, as the real drivers do. Bytes a connection was sent are kept,
+//! so a test reads back exactly what a client would have received.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Settings, Shard, Shared};
+use crate::bus::Bus;
+use crate::config::SlowConsumerPolicy;
+use crate::io::{Driver, DriverStats, Event, Token, WakeTarget};
+use crate::metrics::ShardMetrics;
+use crate::proto::frame::{FrameHeader, OpCode, encode_frame};
+
+enum Scripted {
+    Accepted(OwnedFd),
+    Data(Token, Vec<u8>),
+    RecvClosed(Token),
+    Sent(Token, Vec<Bytes>),
+    Released(Token),
+}
+
+/// The fake driver.
+struct FakeDriver {
+    events: VecDeque<Scripted>,
+    /// The bytes of the current `Data` event (borrowed by the shard until the next event).
+    current: Vec<u8>,
+    /// Every byte written to each connection, in order.
+    written: HashMap<Token, Vec<u8>>,
+    /// Sends of stalled connections: in flight until the test unstalls them.
+    inflight: HashMap<Token, Vec<Bytes>>,
+    stalled: HashSet<Token>,
+    /// Released with a send in flight: reported once that send completes.
+    releasing: HashSet<Token>,
+    registered: Vec<Token>,
+    released: Vec<Token>,
+    paused: HashSet<Token>,
+    target: WakeTarget,
+}
+
+impl FakeDriver {
+    fn new() -> Self {
+        let event = crate::io::wake::EventFd::new().expect("eventfd");
+        FakeDriver {
+            events: VecDeque::new(),
+            current: Vec::new(),
+            written: HashMap::new(),
+            inflight: HashMap::new(),
+            stalled: HashSet::new(),
+            releasing: HashSet::new(),
+            registered: Vec::new(),
+            released: Vec::new(),
+            paused: HashSet::new(),
+            target: WakeTarget::Ring {
+                ring: -1,
+                event: Arc::new(event),
+            },
+        }
+    }
+
+    fn complete(&mut self, token: Token, frames: Vec<Bytes>) {
+        let out = self.written.entry(token).or_default();
+        for f in &frames {
+            out.extend_from_slice(f);
+        }
+        self.events.push_back(Scripted::Sent(token, frames));
+        if self.releasing.remove(&token) {
+            self.events.push_back(Scripted::Released(token));
+        }
+    }
+}
+
+impl Driver for FakeDriver {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn wake_target(&self) -> WakeTarget {
+        self.target.clone()
+    }
+
+    fn register(&mut self, token: Token, _fd: OwnedFd) -> std::io::Result<()> {
+        self.registered.push(token);
+        Ok(())
+    }
+
+    fn send(&mut self, token: Token, frames: Vec<Bytes>) {
+        assert!(
+            !self.inflight.contains_key(&token),
+            "one send per connection at a time"
+        );
+        if self.stalled.contains(&token) {
+            self.inflight.insert(token, frames);
+        } else {
+            self.complete(token, frames);
+        }
+    }
+
+    fn release(&mut self, token: Token) {
+        if self.inflight.contains_key(&token) {
+            self.releasing.insert(token);
+        } else {
+            self.events.push_back(Scripted::Released(token));
+        }
+    }
+
+    fn pause_recv(&mut self, token: Token) {
+        self.paused.insert(token);
+    }
+
+    fn resume_recv(&mut self, token: Token) {
+        self.paused.remove(&token);
+    }
+
+    fn wake(&mut self, _target: &WakeTarget) {}
+
+    fn wait(&mut self, _timeout: Duration) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn next_event(&mut self) -> Option<Event<'_>> {
+        Some(match self.events.pop_front()? {
+            Scripted::Accepted(fd) => Event::Accepted(fd),
+            Scripted::Data(token, bytes) => {
+                self.current = bytes;
+                Event::Data {
+                    token,
+                    data: &mut self.current,
+                }
+            }
+            Scripted::RecvClosed(token) => Event::RecvClosed { token, error: None },
+            Scripted::Sent(token, frames) => {
+                let result = Ok(crate::io::frames_len(&frames));
+                Event::Sent {
+                    token,
+                    result,
+                    frames,
+                }
+            }
+            Scripted::Released(token) => {
+                self.released.push(token);
+                Event::Released { token }
+            }
+        })
+    }
+
+    fn stats(&self) -> DriverStats {
+        DriverStats::default()
+    }
+}
+
+/// What a client received, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(u16),
+    Other(OpCode),
+}
+
+/// Shards on fake drivers, sharing one bus, turned by the test.
+struct Harness {
+    shards: Vec<Shard<FakeDriver>>,
+    shared: Arc<Shared>,
+    now: Instant,
+}
+
+fn settings() -> Settings {
+    Settings {
+        max_message_size: 1 << 20,
+        max_frame_size: 1 << 20,
+        max_header_bytes: 8192,
+        send_queue_limit: 1 << 20,
+        slow_consumer: SlowConsumerPolicy::Disconnect,
+        ping_interval: None,
+        idle_timeout: None,
+        handshake_timeout: Duration::from_secs(10),
+        max_connections: 10_000,
+        write_delay: None,
+        max_batch_bytes: crate::pubsub::batch::DEFAULT_MAX_BATCH_BYTES,
+        max_topics_per_connection: 256,
+        mux_error_budget: 20,
+        drain_timeout: Duration::from_secs(10),
+        admission: super::admission::AdmissionSettings::default(),
+    }
+}
+
+impl Harness {
+    fn new(shards: usize, settings: &Settings) -> Self {
+        let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            bus: Bus::new(shards),
+            metrics,
+            connections: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            backend: "fake",
+            drain: super::DrainShared::default(),
+            peers: std::sync::Mutex::default(),
+        });
+        let shards = (0..shards)
+            .map(|i| Shard::new(i, FakeDriver::new(), settings.clone(), Arc::clone(&shared)))
+            .collect();
+        Harness {
+            shards,
+            shared,
+            now: Instant::now(),
+        }
+    }
+
+    fn driver(&mut self, shard: usize) -> &mut FakeDriver {
+        &mut self.shards[shard].driver
+    }
+
+    /// One turn of every shard, in order.
+    fn turn(&mut self) {
+        for s in &mut self.shards {
+            assert!(s.turn(self.now).is_some(), "the shard keeps running");
+        }
+    }
+
+    /// Turns until no shard has an event or an inbox message left (at most 20 rounds).
+    fn settle(&mut self) {
+        for _ in 0..20 {
+            self.turn();
+            if self.shards.iter().all(|s| s.driver.events.is_empty())
+                && (0..self.shards.len()).all(|i| self.shared.bus.depth(i) == 0)
+            {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    /// A client on `shard` that completed the upgrade to `path`; its 101 is consumed.
+    fn connect(&mut self, shard: usize, path: &str) -> Token {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        self.driver(shard).events.push_back(Scripted::Accepted(fd));
+        self.turn();
+        let token = *self.driver(shard).registered.last().expect("registered");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.driver(shard)
+            .events
+            .push_back(Scripted::Data(token, req.into_bytes()));
+        self.settle();
+        let out = self.driver(shard).written.entry(token).or_default();
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        assert!(out.starts_with(b"HTTP/1.1 101"), "upgraded");
+        out.drain(..end + 4);
+        token
+    }
+
+    /// A client sends one masked frame.
+    fn send(&mut self, shard: usize, token: Token, opcode: OpCode, payload: &[u8]) {
+        let mut b = BytesMut::new();
+        encode_frame(&mut b, true, opcode, Some([1, 2, 3, 4]), payload);
+        self.driver(shard)
+            .events
+            .push_back(Scripted::Data(token, b.to_vec()));
+    }
+
+    fn text(&mut self, shard: usize, token: Token, s: &str) {
+        self.send(shard, token, OpCode::Text, s.as_bytes());
+    }
+
+    /// Takes what `token` received since the last call, decoded.
+    fn received(&mut self, shard: usize, token: Token) -> Vec<Msg> {
+        let out = self.driver(shard).written.entry(token).or_default();
+        let mut msgs = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((h, n))) = FrameHeader::parse(&out[at..]) {
+            let len = h.payload_len as usize;
+            let Some(p) = out.get(at + n..at + n + len) else {
+                break;
+            };
+            msgs.push(match h.opcode {
+                OpCode::Text => Msg::Text(String::from_utf8_lossy(p).into_owned()),
+                OpCode::Binary => Msg::Binary(p.to_vec()),
+                OpCode::Close => Msg::Close(u16::from_be_bytes([p[0], p[1]])),
+                op => Msg::Other(op),
+            });
+            at += n + len;
+        }
+        out.drain(..at);
+        msgs
+    }
+
+    fn metrics(&self, shard: usize) -> &ShardMetrics {
+        &self.shared.metrics[shard]
+    }
+}
+
+fn texts(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| match m {
+            Msg::Text(t) => t.clone(),
+            other => panic!("not text: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_chat_room_gets_everything_but_its_own_in_one_turn() {
+    let mut h = Harness::new(1, &settings());
+    let members: Vec<Token> = (0..50).map(|_| h.connect(0, "/ws/room")).collect();
+    for (i, &m) in members.iter().enumerate() {
+        h.text(0, m, &format!("from {i}"));
+    }
+    h.settle();
+    for (i, &m) in members.iter().enumerate() {
+        let got = texts(&h.received(0, m));
+        let want: Vec<String> = (0..50)
+            .filter(|&j| j != i)
+            .map(|j| format!("from {j}"))
+            .collect();
+        assert_eq!(got, want, "member {i}: everyone else's, in order, once");
+    }
+    assert_eq!(h.metrics(0).messages_out.get(), 50 * 49);
+}
+
+#[test]
+fn a_slow_subscriber_is_disconnected_and_the_others_are_not_held_back() {
+    let mut s = settings();
+    s.send_queue_limit = 4096;
+    let mut h = Harness::new(1, &s);
+    let slow = h.connect(0, "/ws/t");
+    let fast = h.connect(0, "/ws/t");
+    let publisher = h.connect(0, "/ws/t");
+    h.driver(0).stalled.insert(slow);
+    let payload = "x".repeat(500);
+    for _ in 0..40 {
+        h.text(0, publisher, &payload);
+        h.settle();
+    }
+    assert_eq!(
+        texts(&h.received(0, fast)).len(),
+        40,
+        "the fast one got all"
+    );
+    assert_eq!(h.metrics(0).slow_disconnects.get(), 1, "counted once");
+    // The slow one had a batch in flight; once that completes it gets the close, and only
+    // after that is it released.
+    assert!(
+        h.driver(0).released.is_empty(),
+        "not released with a send in flight"
+    );
+    h.driver(0).stalled.remove(&slow);
+    let frames = h
+        .driver(0)
+        .inflight
+        .remove(&slow)
+        .expect("a send in flight");
+    h.driver(0).complete(slow, frames);
+    h.advance(Duration::from_millis(100));
+    h.settle();
+    let got = h.received(0, slow);
+    assert_eq!(got.last(), Some(&Msg::Close(1008)), "closed as too slow");
+    assert!(
+        got.len() < 40,
+        "its queued messages were discarded, not all sent"
+    );
+    assert_eq!(h.driver(0).released, vec![slow]);
+    // The others go on.
+    h.text(0, publisher, "after");
+    h.settle();
+    assert_eq!(texts(&h.received(0, fast)), ["after"]);
+}
+
+#[test]
+fn a_slot_is_reused_only_after_its_release_completes() {
+    let mut h = Harness::new(1, &settings());
+    let a = h.connect(0, "/ws/t");
+    let publisher = h.connect(0, "/ws/t");
+    h.driver(0).stalled.insert(a);
+    h.text(0, publisher, "one");
+    h.settle();
+    assert!(
+        h.driver(0).inflight.contains_key(&a),
+        "a's send is in flight"
+    );
+    // a's peer goes away; the shard waits for the send, then the close grace ends.
+    h.driver(0).events.push_back(Scripted::RecvClosed(a));
+    h.settle();
+    h.advance(Duration::from_secs(3));
+    h.settle();
+    assert!(
+        h.driver(0).released.is_empty(),
+        "released only once the send completes"
+    );
+    // Meanwhile a new connection does not get a's slot.
+    let b = h.connect(0, "/ws/t");
+    assert_ne!(b.slot, a.slot);
+    h.text(0, publisher, "two");
+    h.settle();
+    assert_eq!(texts(&h.received(0, b)), ["two"]);
+    // The send completes: only now is a released and its slot free again.
+    h.driver(0).stalled.remove(&a);
+    let frames = h.driver(0).inflight.remove(&a).expect("in flight");
+    h.driver(0).complete(a, frames);
+    h.settle();
+    assert_eq!(h.driver(0).released, vec![a]);
+    assert_eq!(
+        texts(&h.received(0, a)),
+        ["one"],
+        "a got nothing after it closed"
+    );
+    let c = h.connect(0, "/ws/other");
+    assert_eq!(c.slot, a.slot, "the freed slot is reused");
+    assert_ne!(c.generation, a.generation);
+    h.text(0, publisher, "three");
+    h.settle();
+    assert!(
+        h.received(0, c).is_empty(),
+        "a's old subscription does not follow its slot"
+    );
+    assert_eq!(texts(&h.received(0, b)), ["three"]);
+}
+
+#[test]
+fn batches_cross_shards_only_where_a_subscriber_is() {
+    let mut h = Harness::new(3, &settings());
+    let sub1 = h.connect(1, "/ws/t");
+    let publisher = h.connect(0, "/ws/t");
+    h.text(0, publisher, "hello");
+    h.settle();
+    assert_eq!(texts(&h.received(1, sub1)), ["hello"]);
+    assert_eq!(h.metrics(1).bus_in.get(), 1);
+    assert_eq!(
+        h.metrics(2).bus_in.get(),
+        0,
+        "shard 2 has no subscriber of t"
+    );
+    assert_eq!(h.metrics(1).bus_delivered.get(), 1);
+    // The subscriber leaves: shard 0 stops sending.
+    h.driver(1).events.push_back(Scripted::RecvClosed(sub1));
+    h.settle();
+    h.text(0, publisher, "nobody");
+    h.settle();
+    assert_eq!(h.metrics(1).bus_in.get(), 1, "withdrawn: nothing more sent");
+    assert_eq!(
+        h.metrics(1).bus_stale.get(),
+        0,
+        "and nothing was sent in vain"
+    );
+    // A topic nobody subscribes to anywhere: a named (mux) publish is taken nowhere.
+    let mux = h.connect(2, "/ws");
+    h.text(2, mux, r#"{"type":"publish","topic":"void","data":"x"}"#);
+    h.settle();
+    assert_eq!(h.metrics(2).unrouted.get(), 1);
+    assert_eq!(h.metrics(0).bus_in.get() + h.metrics(1).bus_in.get(), 1);
+}
