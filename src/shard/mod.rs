@@ -524,7 +524,7 @@ impl ShardState {
     }
 
     /// Feeds received bytes to the protocol core, one event at a time, then stops reading
-    /// from the connection if what it asked for (pongs, echoes, control-mode replies) left
+    /// from the connection if what it asked for (pongs, echoes, mux-mode replies) left
     /// its queue backlogged: TCP backpressure then reaches the client.
     fn on_ws_data(&mut self, token: Token, data: &mut [u8]) {
         self.feed_ws(token, data);

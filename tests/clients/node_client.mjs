@@ -2,7 +2,7 @@
 //
 // Usage: node node_client.mjs HOST:PORT
 //
-// Simple mode and control mode, text and binary, and HTTP publish. Every wait is bounded;
+// Simple mode and mux mode, text and binary, and HTTP publish. Every wait is bounded;
 // exits non-zero on the first mismatch.
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -55,10 +55,10 @@ assert.deepEqual(await c.next(), Buffer.from([4, ...Buffer.from("node"), 0, 1, 2
 
 c.send(JSON.stringify({ type: "subscribe", topic: "node2", id: "s1" }));
 assert.deepEqual(await c.nextJson(), { type: "ack", id: "s1", op: "subscribe", topic: "node2" });
-c.send(JSON.stringify({ type: "publish", topic: "node", data: "from control", id: 2 }));
+c.send(JSON.stringify({ type: "publish", topic: "node", data: "from mux", id: 2 }));
 assert.equal((await c.nextJson()).type, "ack");
-assert.equal(await a.next(), "from control");
-assert.equal(await b.next(), "from control");
+assert.equal(await a.next(), "from mux");
+assert.equal(await b.next(), "from mux");
 // Binary publish in the envelope.
 c.send(Buffer.from([4, ...Buffer.from("node"), 9, 9]));
 assert.deepEqual(await a.next(), Buffer.from([9, 9]));

@@ -3,7 +3,7 @@
 
 Usage: python_client.py HOST:PORT
 
-Simple mode (/ws/{topic}) and control mode (/ws, JSON commands, topic envelopes), text and
+Simple mode (/ws/{topic}) and mux mode (/ws, JSON commands, topic envelopes), text and
 binary, plus a message published with HTTP POST /publish/{topic}. Every wait is bounded;
 exits non-zero on the first mismatch.
 """
@@ -54,13 +54,13 @@ async def main(base):
         assert await recv(b) == b"\x00\x01\xfe"
         assert await recv(c) == b"\x02py\x00\x01\xfe", "binary envelope"
 
-        # Control mode: subscribe with an id, publish, acks.
+        # Mux mode: subscribe with an id, publish, acks.
         await c.send(json.dumps({"type": "subscribe", "topic": "py2", "id": 1}))
         assert await recv_json(c) == {"type": "ack", "id": 1, "op": "subscribe", "topic": "py2"}
-        await c.send(json.dumps({"type": "publish", "topic": "py", "data": "from control", "id": 2}))
+        await c.send(json.dumps({"type": "publish", "topic": "py", "data": "from mux", "id": 2}))
         assert (await recv_json(c))["type"] == "ack"
-        assert await recv(a) == "from control"
-        assert await recv(b) == "from control"
+        assert await recv(a) == "from mux"
+        assert await recv(b) == "from mux"
         await c.send("not json")
         err = await recv_json(c)
         assert err["type"] == "error" and err["code"] == "bad_json", err

@@ -17,7 +17,7 @@ fn payload(seq: u32) -> Vec<u8> {
     p
 }
 
-/// The sequence number of a simple-mode binary message, or of a control-mode binary
+/// The sequence number of a simple-mode binary message, or of a mux-mode binary
 /// envelope (`[len]["t"][payload]`).
 fn seq(m: &Msg, envelope: bool) -> u32 {
     let Msg::Binary(b) = m else {
@@ -65,7 +65,7 @@ fn publish_at_10mb(p: &mut Client, count: u32) {
 /// batch larger than the send-queue limit, and the whole batch was refused: reading
 /// subscribers were closed with 1008 (or, under `drop`, lost nearly everything). Now
 /// batches are bounded in bytes and slowness is decided on the unsent backlog: two reading
-/// subscribers (simple and control mode) get every message in order, while one that does
+/// subscribers (simple and mux mode) get every message in order, while one that does
 /// not read is still disconnected.
 fn big_batches(io: &str, drop: bool) {
     // A 1 s window at 10 MB/s held 10 MB per batch before the fix, past an 8 MiB limit;
@@ -121,7 +121,7 @@ both!(big_write_delay_batches_drop_nothing_for_readers, |io| {
     big_batches(io, true);
 });
 
-// Defect 5: each control-mode publisher excluded from its own messages got a private
+// Defect 5: each mux-mode publisher excluded from its own messages got a private
 // envelope copy of the whole batch: 64 publishers of 16 KiB messages made peak memory
 // quadratic (about 64 copies of each turn). Now they share slices of one envelope run.
 both!(control_publishers_share_one_envelope_run, |io| {

@@ -245,7 +245,7 @@ both!(absolute_form_and_head, |io| {
     assert!(head.contains("Content-Length: 3\r\n"), "{head}");
 });
 
-// Control mode: an integer `id` past 2^64 was echoed back as a float (serde_json turns it
+// Mux mode: an integer `id` past 2^64 was echoed back as a float (serde_json turns it
 // into an `f64`). Ids are opaque: only integers that survive exactly, or strings, are taken.
 both!(control_ids_echo_exactly_or_are_refused, |io| {
     let srv = Server::start(io, &[]);

@@ -6,7 +6,6 @@
 mod util;
 
 mod bad_input;
-mod control;
 mod drain;
 mod external_wake;
 mod fallback;
@@ -18,6 +17,7 @@ mod http_publish;
 mod interest;
 mod lifecycle;
 mod limits;
+mod mux;
 mod pubsub;
 mod slow;
 mod timeouts;

@@ -1,4 +1,4 @@
-//! Control mode (`GET /ws`): every command, its acknowledgement, every error reply, the
+//! Mux mode (`GET /ws`): every command, its acknowledgement, every error reply, the
 //! envelopes, the error budget, and the metrics that count them.
 
 use std::time::Duration;
@@ -71,7 +71,7 @@ both!(subscribe_publish_unsubscribe_ping, |io| {
         json!({"type":"message","topic":"sport","data":"{\"score\":[1,2]}"})
     );
 
-    // A simple-mode publisher reaches control subscribers in the envelope.
+    // A simple-mode publisher reaches mux subscribers in the envelope.
     simple.text("from simple");
     assert_eq!(
         next_json(&mut a),
@@ -340,7 +340,7 @@ both!(abusive_errors_close_with_1008, |io| {
     );
 });
 
-both!(slow_control_subscribers_meet_the_policy, |io| {
+both!(slow_mux_subscribers_meet_the_policy, |io| {
     let srv = Server::start(
         io,
         &[
@@ -368,7 +368,7 @@ both!(slow_control_subscribers_meet_the_policy, |io| {
             break;
         }
     }
-    assert!(closed, "the slow control-mode subscriber was disconnected");
+    assert!(closed, "the slow mux-mode subscriber was disconnected");
     drop(slow);
     assert!(srv.wait_for(Duration::from_secs(5), |s| {
         s.metric("ringcast_subscriptions") == 2
@@ -376,7 +376,7 @@ both!(slow_control_subscribers_meet_the_policy, |io| {
 });
 
 both!(
-    largest_message_fits_an_idle_control_subscriber_at_the_minimum_queue,
+    largest_message_fits_an_idle_mux_subscriber_at_the_minimum_queue,
     |io| {
         let srv = Server::start(
             io,
