@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ringcast::proto::frame::OpCode;
 
 use crate::both;
-use crate::control::next_json;
+use crate::mux::next_json;
 use crate::util::{Msg, Server};
 
 both!(queued_messages_are_flushed_then_1001_then_exit_0, |io| {

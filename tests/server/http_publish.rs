@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::both;
-use crate::control::next_json;
+use crate::mux::next_json;
 use crate::util::{Msg, Server, read_to_close, split_response};
 
 both!(text_and_binary_bodies_reach_both_modes, |io| {
