@@ -132,8 +132,8 @@ pub struct ShardMetrics {
     /// Messages queued to local subscribers that came over the bus (one per subscriber per
     /// message): the cross-shard share of `messages_out`.
     pub bus_delivered: Counter,
-    /// Batches received for a topic this shard no longer had a subscriber of (its last one
-    /// left while the batch was on its way), dropped.
+    /// Batches received for a topic without a local subscriber, dropped (its last one left
+    /// while the batch was on its way, or a non-shard publisher sent it to every shard).
     pub bus_stale: Counter,
     /// Interest announcements sent (a topic's first subscriber arrived on this shard, or
     /// its last one left).
@@ -344,7 +344,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         (
             "ringcast_bus_stale_batches_total",
             "counter",
-            "Batches received for a topic whose last local subscriber had left while they were on their way (dropped).",
+            "Batches received for a topic without a local subscriber, dropped: its last one left while the batch was on its way, or a publisher outside the shards sent it to every shard.",
             |m| m.bus_stale.get(),
         ),
         (

@@ -357,7 +357,9 @@ impl PubSub {
     /// of `topic`. Pushed at once (an inbox is drained before its shard reads sockets, so
     /// no wake is needed for correctness; the flush wakes the targets anyway).
     fn announce_name(&mut self, topic: Arc<str>, id: Option<TopicId>) {
-        self.metrics.announcements.inc();
+        if self.bus.shards() > 1 {
+            self.metrics.announcements.inc();
+        }
         for to in 0..self.bus.shards() {
             if to == usize::from(self.shard) {
                 continue;
