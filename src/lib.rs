@@ -31,7 +31,7 @@ pub mod config;
 pub mod http;
 pub mod io;
 pub mod metrics;
-pub mod proto;
+pub use ringcast_proto as proto;
 pub mod pubsub;
 pub mod server;
 pub mod shard;

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ringcast::proto::{Connection, Event, FrameHeader, Limits, OpCode, Role, encode_frame};
+use ringcast_proto::{Connection, Event, FrameHeader, Limits, OpCode, Role, encode_frame};
 
 fn bench(c: &mut Criterion) {
     let payload = b"{\"topic\":\"prices\",\"price\":\"42.17\",\"seq\":1234567890,\"ok\":true}xxx";

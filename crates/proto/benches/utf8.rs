@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use ringcast::proto::utf8::{self, Utf8Validator};
+use ringcast_proto::utf8::{self, Utf8Validator};
 
 const SIZES: &[usize] = &[1024, 4096, 64 << 10];
 

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use ringcast::proto::mask;
+use ringcast_proto::mask;
 
 const SIZES: &[usize] = &[
     16,
