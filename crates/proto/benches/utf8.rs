@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-/// `BEST_OF=30 cargo bench --bench utf8`: best of N interleaved rounds instead of criterion
+/// `BEST_OF=30 cargo bench -p ringcast-proto --bench utf8`: best of N interleaved rounds instead of criterion
 /// (stable on a shared, noisy machine).
 fn best_of(rounds: usize) {
     type Variant = (&'static str, fn(&[u8]) -> bool);
