@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! - [`proto`]: the sans-I/O RFC 6455 core: handshake, frames, masking, UTF-8, the
-//!   connection state machine. No sockets, no clock.
+//!   connection state machine. No sockets, no clock, no random generator. Its own crate,
+//!   `ringcast-proto` (`crates/proto`), re-exported here as `proto` (docs/DESIGN.md,
+//!   "Crates and process boundaries").
 //! - [`config`]: flags, TOML file and `RINGCAST_*` environment merged into one validated
 //!   [`config::Config`].
 //! - [`io`]: the driver boundary: io_uring ([`io::uring`]) and epoll ([`io::epoll`])
@@ -21,8 +23,9 @@
 //! - [`throttle`]: log lines a peer can cause, at most one per interval per kind.
 //!
 //! `unsafe` is denied crate-wide and allowed only in `io::uring`, `io::bufring`,
-//! `io::probe` (the ring and its buffers), `proto::mask` (SIMD) and `alloc` (two FFI calls
-//! to mimalloc's option table); every block there carries a `// SAFETY:` comment.
+//! `io::probe`, `io::wake` (the ring, its buffers, the eventfd) and `alloc` (mimalloc's
+//! option table, `prctl`); every block there carries a `// SAFETY:` comment. The protocol
+//! core's SIMD unmasking (`proto::mask`) is in its own crate, which denies it elsewhere.
 #![deny(unsafe_code)]
 
 pub mod alloc;
@@ -31,7 +34,7 @@ pub mod config;
 pub mod http;
 pub mod io;
 pub mod metrics;
-pub mod proto;
+pub use ringcast_proto as proto;
 pub mod pubsub;
 pub mod server;
 pub mod shard;

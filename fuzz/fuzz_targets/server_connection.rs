@@ -1,4 +1,4 @@
-//! Fuzz target: see `ringcast::proto::fuzzing::server_connection` (the body, also run by the unit tests).
+//! Fuzz target: see `ringcast_proto::fuzzing::server_connection` (the body, also run by the unit tests).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ringcast::proto::fuzzing::server_connection(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringcast_proto::fuzzing::server_connection(data));

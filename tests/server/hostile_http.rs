@@ -46,7 +46,7 @@ both!(per_ip_refusals_hold_no_global_slot, |io| {
     std::thread::sleep(Duration::from_millis(300));
     // Another address must still get its upgrade and its /health.
     let mut s = connect_from([127, 0, 0, 2], srv.addr);
-    let key = ringcast::proto::handshake::generate_key();
+    let key = ringcast::proto::handshake::generate_key(crate::util::nonce());
     let mut req = Vec::new();
     ringcast::proto::handshake::write_client_request("x", "/ws/t", &key, &[], &mut req);
     s.write_all(&req).unwrap();

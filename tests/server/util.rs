@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringcast::proto::Connection;
-use ringcast::proto::conn::{Event, Limits, Role};
+use ringcast::proto::conn::{Event, Limits, MaskSource, Role};
 use ringcast::proto::frame::OpCode;
 use ringcast::proto::handshake;
 
@@ -306,10 +306,47 @@ pub enum Msg {
     Eof,
 }
 
+/// The test client's masking keys: the OS generator (RFC 6455 §5.3 asks for a strong
+/// source; the protocol core has none of its own), 64 keys per `getrandom` call.
+pub struct OsMasks {
+    buf: [u8; 256],
+    /// Next unused byte of `buf`; `buf.len()` when it is used up.
+    at: usize,
+}
+
+impl OsMasks {
+    pub fn new() -> Self {
+        OsMasks {
+            buf: [0; 256],
+            at: 256,
+        }
+    }
+}
+
+impl MaskSource for OsMasks {
+    fn next_key(&mut self) -> [u8; 4] {
+        if self.at == self.buf.len() {
+            getrandom::fill(&mut self.buf).expect("the OS random generator");
+            self.at = 0;
+        }
+        let mut key = [0; 4];
+        key.copy_from_slice(&self.buf[self.at..self.at + 4]);
+        self.at += 4;
+        key
+    }
+}
+
+/// A Sec-WebSocket-Key nonce from the OS generator.
+pub fn nonce() -> [u8; 16] {
+    let mut n = [0; 16];
+    getrandom::fill(&mut n).expect("the OS random generator");
+    n
+}
+
 /// A blocking WebSocket client over std, on ringcast's own client role.
 pub struct Client {
     pub stream: TcpStream,
-    ws: Connection,
+    ws: Connection<OsMasks>,
     out: BytesMut,
     inbox: VecDeque<Msg>,
     leftover: Vec<u8>,
@@ -336,7 +373,7 @@ impl Client {
         };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let key = handshake::generate_key();
+        let key = handshake::generate_key(nonce());
         let mut req = Vec::new();
         handshake::write_client_request(&addr.to_string(), path, &key, headers, &mut req);
         stream.write_all(&req)?;
@@ -371,7 +408,7 @@ impl Client {
         };
         Ok(Client {
             stream,
-            ws: Connection::new(Role::Client, limits),
+            ws: Connection::with_role(Role::Client(OsMasks::new()), limits),
             out: BytesMut::new(),
             inbox: VecDeque::new(),
             leftover: buf.split_off(head),

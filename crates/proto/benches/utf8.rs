@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use ringcast::proto::utf8::{self, Utf8Validator};
+use ringcast_proto::utf8::{self, Utf8Validator};
 
 const SIZES: &[usize] = &[1024, 4096, 64 << 10];
 
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-/// `BEST_OF=30 cargo bench --bench utf8`: best of N interleaved rounds instead of criterion
+/// `BEST_OF=30 cargo bench -p ringcast-proto --bench utf8`: best of N interleaved rounds instead of criterion
 /// (stable on a shared, noisy machine).
 fn best_of(rounds: usize) {
     type Variant = (&'static str, fn(&[u8]) -> bool);

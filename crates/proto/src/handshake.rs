@@ -698,11 +698,11 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
-/// Client role: a fresh Sec-WebSocket-Key, base64 of 16 random bytes.
-pub fn generate_key() -> String {
-    let mut k = [0u8; 16];
-    fastrand::fill(&mut k);
-    BASE64.encode(k)
+/// Client role: the Sec-WebSocket-Key for `nonce`, base64 of its 16 bytes. RFC 6455 §4.1
+/// wants a nonce "randomly selected" per connection; the protocol core owns no random
+/// generator, so the caller draws it (the OS generator, or any source it trusts).
+pub fn generate_key(nonce: [u8; 16]) -> String {
+    BASE64.encode(nonce)
 }
 
 /// Client role: append the upgrade request.
@@ -951,8 +951,13 @@ Sec-WebSocket-Version: 13\r\n\r\n";
 
     #[test]
     fn client_round_trip() {
-        let key = generate_key();
-        assert_eq!(BASE64.decode(&key).unwrap().len(), 16);
+        assert_eq!(
+            generate_key(*b"the sample nonce"),
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "RFC 6455 §1.3's example key"
+        );
+        let key = generate_key(*b"0123456789abcdef");
+        assert_eq!(BASE64.decode(&key).unwrap(), b"0123456789abcdef");
         let mut req = Vec::new();
         write_client_request(
             "h:1",

@@ -7,10 +7,27 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::close::close_code;
-use super::conn::{Connection, Event, Limits, Role, State};
+use super::conn::{Connection, Event, Limits, MaskSource, Role, State};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode, encode_close, encode_frame};
 use super::handshake;
+
+/// Known, distinct masking keys for the client role in these tests (a Weyl sequence: never
+/// repeats within 2^32 keys). Real clients draw theirs from a strong source.
+#[derive(Debug, Default)]
+pub(crate) struct TestMasks(u32);
+
+impl MaskSource for TestMasks {
+    fn next_key(&mut self) -> [u8; 4] {
+        self.0 = self.0.wrapping_add(0x9E37_79B9);
+        self.0.to_le_bytes()
+    }
+}
+
+/// A client-role connection masking with [`TestMasks`].
+pub(crate) fn client(limits: Limits) -> Connection<TestMasks> {
+    Connection::with_role(Role::Client(TestMasks::default()), limits)
+}
 
 /// An owned copy of an [`Event`] (or the error that ended the stream).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +51,12 @@ impl From<Event<'_>> for Ev {
 }
 
 /// Feed one read to `conn` until it is consumed; collect events. Stops at the first error.
-pub(crate) fn feed_read(conn: &mut Connection, read: &[u8], out: &mut BytesMut, evs: &mut Vec<Ev>) {
+pub(crate) fn feed_read<M: MaskSource>(
+    conn: &mut Connection<M>,
+    read: &[u8],
+    out: &mut BytesMut,
+    evs: &mut Vec<Ev>,
+) {
     let mut buf = read.to_vec();
     let mut at = 0;
     while at < buf.len() {
@@ -55,8 +77,8 @@ pub(crate) fn feed_read(conn: &mut Connection, read: &[u8], out: &mut BytesMut, 
 }
 
 /// Feed `stream` to `conn` as reads cut at `cuts` (sorted positions).
-pub(crate) fn feed_split(
-    conn: &mut Connection,
+pub(crate) fn feed_split<M: MaskSource>(
+    conn: &mut Connection<M>,
     stream: &[u8],
     cuts: &[usize],
     out: &mut BytesMut,
@@ -76,7 +98,7 @@ pub(crate) fn feed_split(
 
 /// A client-role and a server-role connection wired back to back.
 pub(crate) struct Pair {
-    pub client: Connection,
+    pub client: Connection<TestMasks>,
     pub server: Connection,
     /// Bytes written by the client, not yet delivered to the server.
     pub to_server: BytesMut,
@@ -87,7 +109,7 @@ pub(crate) struct Pair {
 impl Pair {
     pub fn new(limits: Limits) -> Self {
         Pair {
-            client: Connection::new(Role::Client, limits),
+            client: client(limits),
             server: Connection::new(Role::Server, limits),
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
@@ -255,7 +277,7 @@ fn whole_frame_is_delivered_zero_copy() {
 #[test]
 fn assembly_buffer_is_reused() {
     let mut server = Connection::new(Role::Server, Limits::default());
-    let mut client = Connection::new(Role::Client, Limits::default());
+    let mut client = client(Limits::default());
     let mut out = BytesMut::new();
     let mut ptrs = Vec::new();
     for _ in 0..5 {
@@ -467,7 +489,7 @@ fn input_after_failure_or_close_is_ignored() {
 
 #[test]
 fn send_rules() {
-    let mut c = Connection::new(Role::Client, Limits::default());
+    let mut c = client(Limits::default());
     let mut out = BytesMut::new();
     assert_eq!(
         c.send(OpCode::Close, b"", &mut out),
@@ -488,13 +510,13 @@ fn send_rules() {
 // ---- One regression test per bug of issue 2 ----
 
 /// Bug 1: a client built its mask by appending integers to a byte string and crashed when it
-/// sent a close frame. Ours makes a fresh random mask per frame; client connections close
+/// sent a close frame. Ours takes a fresh key per frame from its mask source; client connections close
 /// cleanly on every path: normal close, close after an error, close while a message is half
 /// sent.
 #[test]
 fn regression_bug1_client_fresh_mask_per_frame_and_close_on_every_path() {
     // Fresh mask for every frame, including close frames.
-    let mut c = Connection::new(Role::Client, Limits::default());
+    let mut c = client(Limits::default());
     let mut out = BytesMut::new();
     let mut masks = Vec::new();
     for _ in 0..64 {
@@ -607,7 +629,7 @@ fn regression_bug2_frame_split_anywhere_and_truncated_frame_is_abnormal_closure(
     // Same from the client side: the server's unmasked 202-byte frame cut short.
     let mut f = Vec::new();
     encode_frame(&mut f, true, OpCode::Binary, None, &payload);
-    let mut client = Connection::new(Role::Client, Limits::default());
+    let mut client = client(Limits::default());
     assert_eq!(
         feed_split(&mut client, &f[..f.len() - 3], &[50], &mut BytesMut::new()),
         vec![]
@@ -755,4 +777,155 @@ proptest! {
         let len = pair.to_server.len();
         prop_assert_eq!(pair.deliver_to_server(&[cut.index(len + 1)]), want);
     }
+}
+
+// ---- Masking keys come from the caller (RFC 6455 §5.3; the core draws no randomness) ----
+
+/// Every frame in `wire`: its header and its (still masked) payload.
+fn frames(wire: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at < wire.len() {
+        let (h, n) = FrameHeader::parse(&wire[at..]).unwrap().unwrap();
+        let end = at + n + h.payload_len as usize;
+        v.push((h, wire[at + n..end].to_vec()));
+        at = end;
+    }
+    v
+}
+
+/// The client role masks every frame it writes, the automatic pong and the close included,
+/// with exactly the keys its source gives, in order, one per frame, and draws no other key.
+#[test]
+fn client_masks_with_exactly_the_injected_keys() {
+    let keys: Vec<[u8; 4]> = (1u8..=6)
+        .map(|i| [i, 0xA0 | i, 0x50 ^ i, 0xFF - i])
+        .collect();
+    let mut next = keys.clone().into_iter();
+    let mut drawn = 0;
+    let source = || {
+        drawn += 1;
+        next.next().unwrap_or([0; 4])
+    };
+    let mut c = Connection::with_role(Role::Client(source), Limits::default());
+    assert!(c.is_client());
+    let mut out = BytesMut::new();
+    c.send(OpCode::Text, b"one", &mut out).unwrap();
+    c.send(OpCode::Binary, &[7; 300], &mut out).unwrap();
+    c.send_frame(false, OpCode::Text, b"frag", &mut out)
+        .unwrap();
+    c.send_frame(true, OpCode::Continuation, b"ment", &mut out)
+        .unwrap();
+    // A server ping: the client's automatic pong is masked with the next key.
+    let mut ping = Vec::new();
+    encode_frame(&mut ping, true, OpCode::Ping, None, b"p");
+    let evs = feed_split(&mut c, &ping, &[], &mut out);
+    assert_eq!(evs, vec![Ev::Ping(b"p".to_vec())]);
+    c.close(close_code::NORMAL, "bye", &mut out);
+    // Nothing else draws a key: an unmasked server message, a refused send.
+    let mut msg = Vec::new();
+    encode_frame(&mut msg, true, OpCode::Text, None, b"in");
+    assert_eq!(
+        c.send(OpCode::Text, b"late", &mut out),
+        Err(ProtocolError::SendAfterClose)
+    );
+    let _ = feed_split(&mut c, &msg, &[], &mut out);
+    drop(c);
+    assert_eq!(drawn, keys.len(), "one key per frame written, no more");
+
+    let got = frames(&out);
+    let masks: Vec<_> = got.iter().map(|(h, _)| h.mask).collect();
+    assert_eq!(masks, keys.iter().copied().map(Some).collect::<Vec<_>>());
+    let opcodes: Vec<_> = got.iter().map(|(h, _)| h.opcode).collect();
+    assert_eq!(
+        opcodes,
+        [
+            OpCode::Text,
+            OpCode::Binary,
+            OpCode::Text,
+            OpCode::Continuation,
+            OpCode::Pong,
+            OpCode::Close
+        ]
+    );
+    // Each payload is the plain payload masked with its own frame's key.
+    for ((h, masked), plain) in got.iter().zip([
+        &b"one"[..],
+        &[7; 300][..],
+        b"frag",
+        b"ment",
+        b"p",
+        b"\x03\xe8bye",
+    ]) {
+        let mut p = masked.clone();
+        super::mask::unmask_scalar(&mut p, h.mask.unwrap());
+        assert_eq!(p, plain, "{:?}", h.opcode);
+    }
+    // And a server reads them back.
+    let mut server = Connection::new(Role::Server, Limits::default());
+    let evs = feed_split(&mut server, &out, &[5, 77], &mut BytesMut::new());
+    assert_eq!(
+        evs,
+        vec![
+            Ev::Msg(OpCode::Text, b"one".to_vec()),
+            Ev::Msg(OpCode::Binary, vec![7; 300]),
+            Ev::Msg(OpCode::Text, b"fragment".to_vec()),
+            Ev::Pong(b"p".to_vec()),
+            Ev::Close(Some(1000), "bye".into()),
+        ]
+    );
+}
+
+/// The server role never masks: not its sends, not its automatic pong and close reply, not
+/// the close frame of a violation.
+#[test]
+fn server_never_masks() {
+    let mut server = Connection::new(Role::Server, Limits::default());
+    assert!(!server.is_client());
+    let mut out = BytesMut::new();
+    server.send(OpCode::Text, b"t", &mut out).unwrap();
+    server.send(OpCode::Ping, b"p", &mut out).unwrap();
+    server
+        .send_frame(false, OpCode::Binary, &[1; 200], &mut out)
+        .unwrap();
+    server
+        .send_frame(true, OpCode::Continuation, b"", &mut out)
+        .unwrap();
+    let mut wire = BytesMut::new();
+    let mut c = client(Limits::default());
+    c.send(OpCode::Ping, b"q", &mut wire).unwrap();
+    c.close(close_code::GOING_AWAY, "", &mut wire);
+    let evs = feed_split(&mut server, &wire, &[], &mut out);
+    assert_eq!(
+        evs,
+        vec![
+            Ev::Ping(b"q".to_vec()),
+            Ev::Close(Some(1001), String::new())
+        ]
+    );
+    // A violation on another server connection: its close frame is unmasked too.
+    let mut bad = Connection::new(Role::Server, Limits::default());
+    let mut unmasked = Vec::new();
+    encode_frame(&mut unmasked, true, OpCode::Text, None, b"x");
+    let evs = feed_split(&mut bad, &unmasked, &[], &mut out);
+    assert_eq!(evs, vec![Ev::Err(ProtocolError::UnmaskedFrame)]);
+
+    let got = frames(&out);
+    assert_eq!(
+        got.len(),
+        7,
+        "text, ping, 2 fragments, pong, close reply, 1002 close"
+    );
+    assert!(
+        got.iter().all(|(h, _)| h.mask.is_none()),
+        "{:?}",
+        got.iter().map(|(h, _)| h.mask).collect::<Vec<_>>()
+    );
+}
+
+/// The server role carries no key source: `Role<NoMasks>` takes no byte of a server
+/// connection (idle memory per connection counts every byte).
+#[test]
+fn server_role_costs_no_byte() {
+    assert_eq!(std::mem::size_of::<Role>(), 0);
 }

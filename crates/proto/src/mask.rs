@@ -20,7 +20,7 @@
 //! on the machine measured (docs/benchmarks/2026-11-21-proto-kernels.md) none of them beat the
 //! auto-vectorised loop compiled for the same instruction set, and the rule is to keep
 //! hand-written SIMD only where it wins. (NEON was not measured: no aarch64 machine here; the
-//! word loop auto-vectorises to NEON the same way it does to SSE2.) Re-run `cargo bench --bench unmask` on a new target
+//! word loop auto-vectorises to NEON the same way it does to SSE2.) Re-run `cargo bench -p ringcast-proto --bench unmask` on a new target
 //! before changing the dispatch.
 #![allow(unsafe_code)]
 

@@ -55,7 +55,7 @@ pub fn server_connection(data: &[u8]) {
         Some((s, rest)) => (u64::from_le_bytes(*s), rest),
         None => (0, data),
     };
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = SplitMix64(seed);
     let limits = Limits {
         max_frame_size: 300,
         max_message_size: 500,
@@ -65,7 +65,7 @@ pub fn server_connection(data: &[u8]) {
     let mut failed = false;
     let mut rest = stream;
     while !rest.is_empty() {
-        let n = rng.usize(1..=rest.len().min(64));
+        let n = 1 + (rng.next_u64() % rest.len().min(64) as u64) as usize;
         let mut read = rest[..n].to_vec();
         rest = &rest[n..];
         let mut at = 0;
@@ -113,4 +113,18 @@ fn server_frames_unmasked(out: &BytesMut, before: usize) -> bool {
     let written = &out[before..];
     written.is_empty()
         || matches!(FrameHeader::parse(written), Ok(Some((h, _))) if h.mask.is_none())
+}
+
+/// The read sizes of [`server_connection`]: a deterministic function of the input's seed
+/// (SplitMix64), so a failing input replays exactly; the core uses no random generator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }

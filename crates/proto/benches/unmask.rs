@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use ringcast::proto::mask;
+use ringcast_proto::mask;
 
 const SIZES: &[usize] = &[
     16,
@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-/// `BEST_OF=30 cargo bench --bench unmask`: instead of criterion, print the best of N rounds per
+/// `BEST_OF=30 cargo bench -p ringcast-proto --bench unmask`: instead of criterion, print the best of N rounds per
 /// variant, variants interleaved round-robin: on a shared, noisy machine the minimum is the
 /// stable statistic (criterion's means drift with the neighbours' load).
 fn best_of(rounds: usize) {

@@ -4,7 +4,8 @@
 //!
 //! # Call order
 //! The caller owns the socket and the buffers:
-//! 1. After the handshake, [`Connection::new`].
+//! 1. After the handshake, [`Connection::new`] (server role) or [`Connection::with_role`]
+//!    with [`Role::Client`] and the [`MaskSource`] that supplies every masking key.
 //! 2. For every received buffer, call [`Connection::feed`] until it has consumed the whole
 //!    buffer, handling at most one [`Event`] per call. Then flush `out` (pongs, close replies).
 //! 3. To send, [`Connection::send`] / [`Connection::close`] append frames to `out`.
@@ -30,13 +31,49 @@ use super::frame::{self, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCod
 use super::mask;
 use super::utf8::{self, Utf8Validator};
 
-/// Which end of the connection this is. Decides the masking rules (RFC 6455 §5.1).
+/// Which end of the connection this is. Decides the masking rules (RFC 6455 §5.1), and for
+/// a client, where its masking keys come from.
+///
+/// `Role` without a parameter is `Role<NoMasks>`, whose `Client` variant cannot be built:
+/// [`Connection::new`] makes servers only, and a client cannot exist without a key source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum Role<M = NoMasks> {
     /// Accepts connections: receives masked frames, sends unmasked ones.
     Server,
-    /// Opens connections: receives unmasked frames, masks every frame it sends.
-    Client,
+    /// Opens connections: receives unmasked frames, masks every frame it sends with a key
+    /// drawn from `M`, one call per frame.
+    Client(M),
+}
+
+/// Where a client-role connection gets its masking keys: [`MaskSource::next_key`] is called
+/// once for every frame the client writes (data, ping, the automatic pong, close).
+///
+/// RFC 6455 §5.3 asks for keys that the application choosing the payload cannot predict,
+/// "derived from a strong source of entropy". The protocol core reads no clock and owns no
+/// random generator, so the caller supplies them: the OS generator (`getrandom`), drawn in
+/// batches so that a key costs a copy, is the usual choice. A closure `FnMut() -> [u8; 4]`
+/// is a `MaskSource`, which suits tests that want known keys.
+pub trait MaskSource {
+    /// The masking key for the next frame.
+    fn next_key(&mut self) -> [u8; 4];
+}
+
+impl<F: FnMut() -> [u8; 4]> MaskSource for F {
+    fn next_key(&mut self) -> [u8; 4] {
+        self()
+    }
+}
+
+/// The key source of a server: there is none. This type has no values, so a
+/// `Connection<NoMasks>` (the default, `Connection`) is a server by construction and costs no
+/// byte for a source it never uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoMasks {}
+
+impl MaskSource for NoMasks {
+    fn next_key(&mut self) -> [u8; 4] {
+        match *self {}
+    }
 }
 
 /// Size limits on what the peer may send. A frame or message of exactly the limit is accepted.
@@ -133,9 +170,13 @@ enum Pending {
 }
 
 /// A sans-I/O WebSocket connection. See the module docs for the call order.
+///
+/// `M` is the client's masking key source; the server role, `Connection` (= `Connection<NoMasks>`),
+/// has none.
 #[derive(Debug)]
-pub struct Connection {
-    role: Role,
+pub struct Connection<M = NoMasks> {
+    /// Server, or client with its key source.
+    role: Role<M>,
     limits: Limits,
     state: State,
     /// RSV bits the negotiated extensions allow (none until permessage-deflate exists).
@@ -159,8 +200,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection in the given role, open, after a successful handshake.
+    /// A server-role connection, open, after a successful handshake. (`role` can only be
+    /// [`Role::Server`]: a client needs a key source, see [`Connection::with_role`].)
     pub fn new(role: Role, limits: Limits) -> Self {
+        Connection::with_role(role, limits)
+    }
+}
+
+impl<M: MaskSource> Connection<M> {
+    /// A connection in the given role, open, after a successful handshake. A client,
+    /// `Role::Client(masks)`, takes every masking key from `masks`.
+    pub fn with_role(role: Role<M>, limits: Limits) -> Self {
         Connection {
             role,
             limits,
@@ -182,9 +232,9 @@ impl Connection {
         self.state
     }
 
-    /// This connection's role.
-    pub fn role(&self) -> Role {
-        self.role
+    /// This is the client end (it masks what it sends).
+    pub fn is_client(&self) -> bool {
+        matches!(self.role, Role::Client(_))
     }
 
     /// Bytes held by the message assembly buffer (its capacity).
@@ -253,8 +303,8 @@ impl Connection {
         }
     }
 
-    /// Send one whole (FIN) Text, Binary, Ping or Pong frame. The client role masks with a
-    /// fresh random key per frame. `Err(SendAfterClose)` once a close frame was sent or
+    /// Send one whole (FIN) Text, Binary, Ping or Pong frame. The client role masks with the
+    /// next key of its [`MaskSource`], one per frame. `Err(SendAfterClose)` once a close frame was sent or
     /// received; `Err(InvalidSend)` for Close/Continuation (use [`Connection::close`] /
     /// [`Connection::send_frame`]) or a control payload over 125 bytes.
     pub fn send(
@@ -305,14 +355,16 @@ impl Connection {
         self.state = State::CloseSent;
     }
 
-    fn new_mask(&self) -> Option<[u8; 4]> {
-        match self.role {
+    /// The mask of the next frame written: none for a server, the source's next key for a
+    /// client.
+    fn new_mask(&mut self) -> Option<[u8; 4]> {
+        match &mut self.role {
             Role::Server => None,
-            Role::Client => Some(fastrand::u32(..).to_ne_bytes()),
+            Role::Client(masks) => Some(masks.next_key()),
         }
     }
 
-    fn write_close(&self, code: Option<u16>, reason: &str, out: &mut BytesMut) {
+    fn write_close(&mut self, code: Option<u16>, reason: &str, out: &mut BytesMut) {
         match code {
             Some(code) => frame::encode_close(out, self.new_mask(), code, reason),
             None => frame::encode_frame_bytes(out, true, OpCode::Close, self.new_mask(), &[]),
@@ -511,9 +563,9 @@ impl Connection {
         if h.rsv & !self.allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBits(h.rsv));
         }
-        match (self.role, h.mask.is_some()) {
+        match (&self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
-            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            (Role::Client(_), true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
         if h.opcode.is_control() {
