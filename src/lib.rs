@@ -9,7 +9,8 @@
 //! - [`config`]: flags, TOML file and `RINGCAST_*` environment merged into one validated
 //!   [`config::Config`].
 //! - [`io`]: the driver boundary: io_uring ([`io::uring`]) and epoll ([`io::epoll`])
-//!   behind one completion-shaped [`io::Driver`] trait; the start-up probe.
+//!   behind one completion-shaped [`io::Driver`] trait; the start-up probe. Its own crate,
+//!   `ringcast-io` (`crates/io`), re-exported here as `io`, with [`alloc`].
 //! - [`shard`]: the per-core event loop: connection table, phases, timers, flush, drain,
 //!   admission.
 //! - [`pubsub`]: the one way to subscribe and publish: topic ids, batches and delivery
@@ -19,20 +20,20 @@
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
-//! - [`alloc`]: tuning of the global allocator (mimalloc).
+//! - [`alloc`]: tuning of the global allocator (mimalloc), in `ringcast-io`.
 //! - [`throttle`]: log lines a peer can cause, at most one per interval per kind.
 //!
-//! `unsafe` is denied crate-wide and allowed only in `io::uring`, `io::bufring`,
-//! `io::probe`, `io::wake` (the ring, its buffers, the eventfd) and `alloc` (mimalloc's
-//! option table, `prctl`); every block there carries a `// SAFETY:` comment. The protocol
-//! core's SIMD unmasking (`proto::mask`) is in its own crate, which denies it elsewhere.
-#![deny(unsafe_code)]
+//! This crate forbids `unsafe`. All of the server's unsafe code is in `ringcast-io` (the
+//! ring, its buffers, the eventfd, the probe, mimalloc's option table and `prctl`) and in
+//! `ringcast-proto`'s SIMD unmasking (`proto::mask`); each of those crates denies it
+//! outside those modules, and every block there carries a `// SAFETY:` comment.
+#![forbid(unsafe_code)]
 
-pub mod alloc;
+pub use ringcast_io::alloc;
 pub mod bus;
 pub mod config;
 pub mod http;
-pub mod io;
+pub use ringcast_io as io;
 pub mod metrics;
 pub use ringcast_proto as proto;
 pub mod pubsub;

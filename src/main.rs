@@ -4,6 +4,7 @@
 //! after what is queued for them; `/health` answers 503) and the process exits 0 once every
 //! shard has drained, or at `--drain-timeout`. A second signal exits at once with
 //! 128 + the signal number.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -14,8 +14,13 @@
 //! descriptor after [`Driver::register`], and it frees a connection slot only when
 //! [`Event::Released`] says the driver (and the kernel) hold nothing of it any more.
 //!
-//! This module and its children are the only place besides the SIMD kernels where `unsafe`
-//! is allowed: every block carries a `// SAFETY:` line.
+//! This crate (`ringcast-io`) holds ringcast's unsafe code besides the protocol core's SIMD
+//! kernels: the ring and its provided buffers, the eventfd, the start-up probe, and the
+//! allocator tuning ([`alloc`]); every block carries a `// SAFETY:` line. Being its own
+//! crate lets the server crate forbid unsafe outright (docs/DESIGN.md, "Crates and process
+//! boundaries").
+
+#![deny(unsafe_code)]
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -23,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub mod alloc;
 pub mod bufring;
 pub mod epoll;
 pub mod probe;
