@@ -266,10 +266,7 @@ def cross_shard(data: dict | None) -> dict:
             if outs.get(shard):
                 out["share_per_shard"][shard] = v / outs[shard]
     elif via_bus is None:
-        out["why"] = (
-            f"the server has no {BUS_DELIVERED} (deliveries of messages that came over the bus); "
-            "ringcast_bus_messages_in_total counts batches, and messages in/out are summed over shards"
-        )
+        out["why"] = f"the server exposes no {BUS_DELIVERED}"
     else:
         out["why"] = "no deliveries in the window"
     return out
@@ -705,7 +702,11 @@ def shards_section(title: str, scen: str, runs: list[Run], out: list[str], chart
         )
         missing = missing or c["why"]
     if missing:
-        out.append(f"\nCross-shard share n/a: {missing}.")
+        out.append(
+            f"\nCross-shard share n/a: {missing} (deliveries of messages that came over the bus from "
+            "another shard). No other metric tells it: `ringcast_bus_messages_in_total` counts batches, "
+            "not messages, and messages in and out are summed over the shards."
+        )
     out.append("")
 
 
