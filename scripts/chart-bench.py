@@ -187,9 +187,11 @@ def fmt_num(v: float | None, unit: str = "") -> str:
 # ---------------------------------------------------------------- server metrics
 
 # The counter that makes the cross-shard share exact: deliveries (one per subscriber
-# per message) of messages that came over the bus from another shard. ringcast does
-# not expose it yet; the day it does (summed or per shard), the share is exact.
-BUS_DELIVERED = "ringcast_bus_messages_delivered_total"
+# per message) of messages that came over the bus from another shard. ringcast has it
+# since the pub/sub rewrite (summed over shards); older servers do not, and their share
+# is n/a. Per shard when the counters carry a `shard` label.
+BUS_DELIVERED = "ringcast_bus_delivered_messages_total"
+BUS_DELIVERED_NAMES = (BUS_DELIVERED, "ringcast_bus_messages_delivered_total")
 
 
 def series_name(key: str) -> str:
@@ -258,15 +260,16 @@ def cross_shard(data: dict | None) -> dict:
         out_per_shard={k: m.rate(v) for k, v in m.per_shard("ringcast_messages_out_total").items()},
         messages_per_batch=(msgs_in / bus_in) if msgs_in and bus_in else None,
     )
-    via_bus = m.delta(BUS_DELIVERED)
+    name = next((n for n in BUS_DELIVERED_NAMES if m.has(n)), BUS_DELIVERED)
+    via_bus = m.delta(name)
     if via_bus is not None and msgs_out:
         out["share"] = via_bus / msgs_out
         outs = m.per_shard("ringcast_messages_out_total")
-        for shard, v in m.per_shard(BUS_DELIVERED).items():
+        for shard, v in m.per_shard(name).items():
             if outs.get(shard):
                 out["share_per_shard"][shard] = v / outs[shard]
     elif via_bus is None:
-        out["why"] = f"the server exposes no {BUS_DELIVERED}"
+        out["why"] = f"the server exposes no {BUS_DELIVERED} (a build older than the pub/sub rewrite)"
     else:
         out["why"] = "no deliveries in the window"
     return out

@@ -364,6 +364,19 @@ mod tests {
                 s.get("ringcast_messages_out_total").copied().unwrap_or(0.0)
             };
             assert!(out(&m.after) > out(&m.before), "{io}: {m:?}");
+            // 20 members over two shards (all on one: probability 2^-19): some of the
+            // deliveries came over the bus, which the server counts (what scripts/bench
+            // divides by messages out for the cross-shard share).
+            let bus = |s: &std::collections::BTreeMap<String, f64>| {
+                s.get("ringcast_bus_delivered_messages_total")
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            assert!(bus(&m.after) > bus(&m.before), "{io}: {m:?}");
+            assert!(
+                bus(&m.after) - bus(&m.before) < out(&m.after) - out(&m.before),
+                "{io}: {m:?}"
+            );
             srv.stop();
         }
     }
