@@ -6,6 +6,12 @@
         sustained (delivered/expected >= min-delivered and p99 <= the limit),
         1 if delivery fell behind, 2 if the file is missing or unreadable.
 
+    chart-bench.py cross-shard RUN.json
+        One line about the server metrics a run scraped around its window
+        (`--metrics-url`): the share of deliveries whose message came over the bus
+        from another shard, where the server exposes what that needs, else "n/a"
+        with the counters it does have. Always exits 0 (a missing metric is n/a).
+
     chart-bench.py report RECORD_DIR
         Reads RECORD_DIR/meta.json, RECORD_DIR/runs.jsonl and the raw JSON files
         they name; writes RECORD_DIR/README.md (summary tables with ratios to the
@@ -176,6 +182,132 @@ def fmt_num(v: float | None, unit: str = "") -> str:
     if v is None:
         return "?"
     return f"{v:,.0f}{unit}"
+
+
+# ---------------------------------------------------------------- server metrics
+
+# The counter that makes the cross-shard share exact: deliveries (one per subscriber
+# per message) of messages that came over the bus from another shard. ringcast has it
+# since the pub/sub rewrite (summed over shards); older servers do not, and their share
+# is n/a. Per shard when the counters carry a `shard` label.
+BUS_DELIVERED = "ringcast_bus_delivered_messages_total"
+BUS_DELIVERED_NAMES = (BUS_DELIVERED, "ringcast_bus_messages_delivered_total")
+
+
+def series_name(key: str) -> str:
+    return key.split("{", 1)[0]
+
+
+def label(key: str, name: str) -> str | None:
+    """The value of label `name` in a `metric{a="x",b="y"}` key, or None."""
+    if "{" not in key:
+        return None
+    for part in key[key.index("{") + 1 : key.rindex("}")].split(","):
+        k, _, v = part.partition("=")
+        if k.strip() == name:
+            return v.strip().strip('"')
+    return None
+
+
+class Metrics:
+    """Deltas of the server's metrics over a run's window (`server_metrics` in its JSON)."""
+
+    def __init__(self, data: dict | None):
+        m = get(data, "server_metrics")
+        self.ok = isinstance(m, dict) and isinstance(m.get("before"), dict) and isinstance(m.get("after"), dict)
+        self.before = m["before"] if self.ok else {}
+        self.after = m["after"] if self.ok else {}
+        self.secs = num(get(m, "interval_s")) if self.ok else None
+
+    def has(self, name: str) -> bool:
+        return any(series_name(k) == name for k in self.after)
+
+    def delta(self, name: str) -> float | None:
+        """Growth of a counter over the window, summed over its series; None when absent."""
+        keys = [k for k in self.after if series_name(k) == name]
+        if not keys:
+            return None
+        return sum(self.after[k] - (num(self.before.get(k)) or 0.0) for k in keys)
+
+    def per_shard(self, name: str) -> dict[str, float]:
+        """Growth per `shard` label ({} when the metric has no shard label)."""
+        out: dict[str, float] = {}
+        for k, v in self.after.items():
+            shard = label(k, "shard")
+            if series_name(k) == name and shard is not None:
+                out[shard] = out.get(shard, 0.0) + v - (num(self.before.get(k)) or 0.0)
+        return out
+
+    def rate(self, v: float | None) -> float | None:
+        return v / self.secs if v is not None and self.secs else None
+
+
+def cross_shard(data: dict | None) -> dict:
+    """What the metrics say about the cross-shard path; every figure None when unknown."""
+    m = Metrics(data)
+    out = {"scraped": m.ok, "share": None, "share_per_shard": {}, "why": ""}
+    if not m.ok:
+        out["why"] = "no server metrics in the result (not ringcast, or a scrape failed: see its notes)"
+        return out
+    msgs_in, msgs_out = m.delta("ringcast_messages_in_total"), m.delta("ringcast_messages_out_total")
+    bus_in, bus_dropped = m.delta("ringcast_bus_messages_in_total"), m.delta("ringcast_bus_dropped_messages_total")
+    out.update(
+        in_per_s=m.rate(msgs_in),
+        out_per_s=m.rate(msgs_out),
+        bus_batches_per_s=m.rate(bus_in),
+        bus_dropped=bus_dropped,
+        bus_batches_per_shard={k: m.rate(v) for k, v in m.per_shard("ringcast_bus_messages_in_total").items()},
+        out_per_shard={k: m.rate(v) for k, v in m.per_shard("ringcast_messages_out_total").items()},
+        messages_per_batch=(msgs_in / bus_in) if msgs_in and bus_in else None,
+    )
+    name = next((n for n in BUS_DELIVERED_NAMES if m.has(n)), BUS_DELIVERED)
+    via_bus = m.delta(name)
+    if via_bus is not None and msgs_out:
+        out["share"] = via_bus / msgs_out
+        outs = m.per_shard("ringcast_messages_out_total")
+        for shard, v in m.per_shard(name).items():
+            if outs.get(shard):
+                out["share_per_shard"][shard] = v / outs[shard]
+    elif via_bus is None:
+        out["why"] = f"the server exposes no {BUS_DELIVERED} (a build older than the pub/sub rewrite)"
+    else:
+        out["why"] = "no deliveries in the window"
+    return out
+
+
+def fmt_share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def fmt_per_shard(d: dict) -> str:
+    return ", ".join(f"shard {k} {fmt_rate(v)}/s" for k, v in sorted(d.items())) if d else ""
+
+
+def cross_shard_line(data: dict | None) -> str:
+    c = cross_shard(data)
+    if not c["scraped"]:
+        return f"cross-shard share n/a: {c['why']}"
+    line = f"cross-shard share {fmt_share(c['share'])}"
+    if c["share_per_shard"]:
+        line += " (" + ", ".join(f"shard {k} {fmt_share(v)}" for k, v in sorted(c["share_per_shard"].items())) + ")"
+    if c["why"]:
+        line += f" ({c['why']})"
+    line += (
+        f"; server: messages in {fmt_rate(c['in_per_s'])}/s, out {fmt_rate(c['out_per_s'])}/s, "
+        f"bus batches received {fmt_rate(c['bus_batches_per_s'])}/s"
+    )
+    if c["bus_batches_per_shard"]:
+        line += f" ({fmt_per_shard(c['bus_batches_per_shard'])})"
+    if c["messages_per_batch"]:
+        line += f", {c['messages_per_batch']:.1f} messages published per bus batch"
+    if c["bus_dropped"]:
+        line += f", bus dropped {fmt_num(c['bus_dropped'])}"
+    return line
+
+
+def cmd_cross_shard(args: argparse.Namespace) -> int:
+    print(cross_shard_line(load_json(Path(args.file))))
+    return 0
 
 
 # ---------------------------------------------------------------- verdict
@@ -538,6 +670,90 @@ def slow_section(title: str, scen: str, runs: list[Run], out: list[str], chart: 
     out.append("")
 
 
+def shards_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    """A sweep with two shards: the usual table, then the server's own counters per step."""
+    sweep_section(title, scen, runs, out, chart)
+    pin = runs[0].entry.get("pinning")
+    out.append(
+        f"Pinning: {pin or 'see meta.json'}. The generator shares the server's cores, so these figures "
+        "are not comparable with the one-core scenarios; compare the two ringcast backends, and read "
+        "the cross-shard columns.\n"
+    )
+    out.append(
+        "| server | step | delivered/s | p50 / p99 / p99.9 | cross-shard share | server msgs in/s | "
+        "server msgs out/s | bus batches in/s | msgs per bus batch | bus dropped | verdict |"
+    )
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    missing = ""
+    for r in runs:
+        if r.data is None or r.entry.get("status") in ("n/a", "skipped"):
+            continue
+        c = cross_shard(r.data)
+        p999 = num(get(r.data, "latency_us", "p999"))
+        share = fmt_share(c["share"])
+        if c["share_per_shard"]:
+            share += " (" + ", ".join(f"{k}: {fmt_share(v)}" for k, v in sorted(c["share_per_shard"].items())) + ")"
+        batches = fmt_rate(c.get("bus_batches_per_s"))
+        if c.get("bus_batches_per_shard"):
+            batches += f" ({fmt_per_shard(c['bus_batches_per_shard'])})"
+        mpb = c.get("messages_per_batch")
+        out.append(
+            f"| {r.entry.get('server')} | {r.entry.get('step', '')} | {fmt_rate(r.delivered_per_s)} | "
+            f"{fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} / {fmt_ms(p999 / 1000 if p999 is not None else None)} | {share} | "
+            f"{fmt_rate(c.get('in_per_s'))} | {fmt_rate(c.get('out_per_s'))} | {batches} | "
+            f"{'?' if not mpb else f'{mpb:.1f}'} | {fmt_num(c.get('bus_dropped'))} | {r.entry.get('verdict', '')} |"
+        )
+        missing = missing or c["why"]
+    if missing:
+        out.append(
+            f"\nCross-shard share n/a: {missing} (deliveries of messages that came over the bus from "
+            "another shard). No other metric tells it: `ringcast_bus_messages_in_total` counts batches, "
+            "not messages, and messages in and out are summed over the shards."
+        )
+    out.append("")
+
+
+def chat_section(title: str, scen: str, runs: list[Run], out: list[str], chart: dict) -> None:
+    first = runs[0].entry
+    members = first.get("members", "?")
+    out.append(f"## {scen}: {title}\n")
+    out.append(
+        f"{members} members on one connection each, all on one topic; each publishes "
+        f"{first.get('rate_per_member', '?')} message/s of {first.get('size', '?')} bytes and receives every "
+        "other member's (no echo: each message is due at every member but its sender). Delivered = "
+        "deliveries/s in the window; lost, duplicated, out of order and own messages sent back are over "
+        "the whole run.\n"
+    )
+    out.append(
+        "| server | members | published/s | expected/s | delivered/s | delivered | p50 / p99 / p99.9 "
+        "| lost | dup / out of order | own sent back | server CPU | CPU ns/delivery | generator CPU | notes |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in runs:
+        e, d = r.entry, r.data
+        if d is None:
+            out.append(f"| {e.get('server')} | {members} | | | | | | | | | | | | {e.get('status', '')} {e.get('note', '')} |")
+            continue
+        p999 = num(get(d, "latency_us", "p999"))
+        ratio = r.delivered_ratio
+        notes = r.notes + counter_notes(r.counters) + (["generator-limited"] if r.generator_limited else [])
+        cpu = r.cpu_ns_per_delivery
+        out.append(
+            f"| {e.get('server')} | {fmt_num(num(get(d, 'subscribers')))} | {fmt_rate(num(get(d, 'published_per_s')))} | "
+            f"{fmt_rate(r.expected_per_s)} | {fmt_rate(r.delivered_per_s)} | {'?' if ratio is None else f'{ratio * 100:.2f}%'} | "
+            f"{fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} / {fmt_ms(p999 / 1000 if p999 is not None else None)} | "
+            f"{fmt_num(r.lost)} | {fmt_num(num(get(d, 'duplicated')))} / {fmt_num(num(get(d, 'out_of_order')))} | "
+            f"{fmt_num(num(get(d, 'self_delivered')))} | {fmt_pct(r.server_pct)} | {'?' if cpu is None else f'{cpu:.0f}'} | "
+            f"{fmt_pct(r.generator_pct)} | {'; '.join(notes)} |"
+        )
+        label = f"S{scen} · chat, {members} members"
+        if r.delivered_per_s and e.get("status") == "ok":
+            chart.setdefault("rate", {}).setdefault(label, {})[e.get("server")] = r.delivered_per_s
+            if r.p99_ms is not None:
+                chart.setdefault("p99", {}).setdefault(label, {})[e.get("server")] = r.p99_ms
+    out.append("")
+
+
 def all_runs_section(runs: list[Run], out: list[str]) -> None:
     out.append("## Every run\n")
     out.append(
@@ -610,9 +826,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     for scen, scen_title in scenarios_in(runs):
         srs = by(runs, scenario=scen)
         kind = srs[0].entry.get("kind", "sweep")
-        section = {"sweep": sweep_section, "idle": idle_section, "storm": storm_section, "slow": slow_section}.get(
-            kind, sweep_section
-        )
+        section = {
+            "sweep": sweep_section,
+            "idle": idle_section,
+            "storm": storm_section,
+            "slow": slow_section,
+            "chat": chat_section,
+        }.get(kind, sweep_section)
+        if kind == "sweep" and (num(srs[0].entry.get("shards")) or 1) > 1:
+            section = shards_section
         section(scen_title, scen, srs, out, chart)
     all_runs_section(runs, out)
     out.append(
@@ -746,10 +968,12 @@ def main() -> int:
     v.add_argument("file")
     v.add_argument("--p99-ms", type=float, required=True)
     v.add_argument("--min-delivered", type=float, default=0.999)
+    c = sub.add_parser("cross-shard", help="what a run's server metrics say about the cross-shard path")
+    c.add_argument("file")
     r = sub.add_parser("report", help="write README.md and chart.svg of a record directory")
     r.add_argument("dir")
     args = ap.parse_args()
-    return {"verdict": cmd_verdict, "report": cmd_report}[args.cmd](args)
+    return {"verdict": cmd_verdict, "cross-shard": cmd_cross_shard, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 //! What a subscriber does with each stamped message: find the publisher's
 //! sequence slot, classify the number (seq.rs), record latency, and, for the
 //! probe subscriber of a topic, publish how far it got so closed-loop
-//! publishers know how many of their messages are still in flight.
+//! publishers know how many of their messages are still in flight. In `chat`
+//! every member is also a publisher: its own messages are set apart (the
+//! server must not send them back unless it echoes) and counted, not checked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,10 +45,14 @@ pub struct Checker {
     record: bool,
     /// Whether to check at all (false for publisher connections draining broadcasts).
     enabled: bool,
+    /// This connection's own publisher id (chat without echo): its messages must not come back.
+    own: Option<u32>,
     /// Verdict totals.
     pub counts: SeqCounts,
     /// Messages that were not generator payloads or came from unknown publishers.
     pub foreign: u64,
+    /// Messages from `own` that came back (an echo the server should not have sent).
+    pub own_received: u64,
 }
 
 impl Checker {
@@ -67,9 +73,19 @@ impl Checker {
             probe,
             record,
             enabled: true,
+            own: None,
             counts: SeqCounts::default(),
             foreign: 0,
+            own_received: 0,
         }
+    }
+
+    /// Sets apart publisher `own` (this connection itself, in chat without echo): its
+    /// messages are counted in `own_received` instead of being checked, and its slot
+    /// is left out of [`Checker::progress`], so nothing of it is expected.
+    pub fn excluding_own(mut self, own: u32) -> Self {
+        self.own = Some(own);
+        self
     }
 
     /// A checker that only counts (publisher connections).
@@ -81,10 +97,12 @@ impl Checker {
 
     /// Next expected sequence number per publisher of this topic: (publisher id, next).
     pub fn progress(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let own = self.own.map(|o| o as usize);
         self.slots
             .iter()
             .enumerate()
             .map(|(i, s)| (i * self.topics + self.topic, s.next()))
+            .filter(move |&(pid, _)| Some(pid) != own)
     }
 
     /// Whether this subscriber saw a blast stream.
@@ -107,6 +125,10 @@ impl Checker {
             return;
         }
         let pid = st.publisher;
+        if self.own == Some(pid) {
+            self.own_received += 1;
+            return;
+        }
         let verdict = if pid & BLAST_FLAG != 0 {
             let cycle = u64::from(pid & !BLAST_FLAG);
             let (slot, cyc, next_mod) = self.blast.get_or_insert((SeqSlot::default(), cycle, 0));
@@ -279,6 +301,39 @@ mod tests {
         assert_eq!(c.counts.missing(), 2);
         assert_eq!(c.counts.duplicated, 1);
         assert_eq!(c.counts.out_of_order(), 0);
+    }
+
+    #[test]
+    fn own_messages_are_set_apart() {
+        // A chat member (publisher 2 of 4) without echo.
+        let mut c = Checker::new(0, 1, 4, false, true).excluding_own(2);
+        let mut h = hist();
+        let mut ctx = CheckCtx {
+            now_ns: 10,
+            window: (0, u64::MAX),
+            hist: &mut h,
+            acks: &[],
+            acked: false,
+        };
+        for (publisher, seq) in [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (2, 1)] {
+            c.check(
+                Stamp {
+                    publisher,
+                    seq,
+                    sent_ns: 5,
+                },
+                &mut ctx,
+            );
+        }
+        assert_eq!(c.own_received, 2);
+        assert_eq!(c.counts.received, 4);
+        assert_eq!(c.foreign, 0);
+        assert_eq!(h.len(), 4, "own messages carry no latency");
+        // Its own slot is not expected at all.
+        assert_eq!(
+            c.progress().collect::<Vec<_>>(),
+            vec![(0, 2), (1, 1), (3, 1)]
+        );
     }
 
     #[test]

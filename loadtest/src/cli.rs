@@ -1,4 +1,4 @@
-//! The command line (clap): `run`, `idle`, `storm`, `blast`, with the flag
+//! The command line (clap): `run`, `chat`, `idle`, `storm`, `blast`, with the flag
 //! names fixed by CONTRACT section 2 (flags may be added, never renamed), plus
 //! the duration/size parsers and the cross-flag validation clap cannot express.
 
@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Subscribers + publishers: deliveries/s, latency, loss, order, CPU.
     Run(RunArgs),
+    /// N members of one topic, each publishing at a fixed rate and receiving everyone else's.
+    Chat(ChatArgs),
     /// Open N idle connections and hold them: server RSS per connection.
     Idle(IdleArgs),
     /// Open N connections as fast as the server completes handshakes.
@@ -147,9 +149,109 @@ pub struct RunArgs {
     /// empty with 1000+ busy connections.
     #[arg(long, default_value_t = 2048)]
     pub recv_bufs: u16,
+    /// The server's Prometheus text metrics (http://, e.g. ringcast's /metrics),
+    /// scraped when the measured window opens and when it closes; kept raw in the
+    /// JSON (`server_metrics`).
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// Connection flags.
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `chat` flags.
+#[derive(Clone, Debug, Args)]
+pub struct ChatArgs {
+    /// Member URL (ws://), may contain {topic} (every member uses t0).
+    #[arg(long)]
+    pub url: String,
+    /// Number of members: each one publishes and receives on the same connection.
+    #[arg(long)]
+    pub members: usize,
+    /// Messages per second EACH member sends (spread evenly over the members).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_per_member: f64,
+    /// Members receive their own messages too (ringcast `?echo=1` in the URL);
+    /// without it a member expects everyone's messages but its own.
+    #[arg(long)]
+    pub expect_echo: bool,
+    /// Message size in bytes (>= 42: the payload stamp).
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub size: usize,
+    /// Send binary frames (default: text).
+    #[arg(long)]
+    pub binary: bool,
+    /// Measured duration.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Publishing before the measured window (not counted in rates or latency).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Time allowed after publishing stops for the last messages to arrive.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Threads the members are spread over (each receives and sends for its members).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// I/O backend of the receive threads.
+    #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+    /// Server process to measure; 0 = none.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the result as one JSON object to this file (the keys of `run`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No live line, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Size of each provided receive buffer (io_uring) / the read buffer (epoll).
+    #[arg(long, default_value = "32KiB", value_parser = parse_size)]
+    pub recv_buf: usize,
+    /// Number of provided receive buffers per io_uring thread (power of two).
+    #[arg(long, default_value_t = 2048)]
+    pub recv_bufs: u16,
+    /// The server's Prometheus text metrics (http://), scraped at both ends of the window.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// Connection flags.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+impl ChatArgs {
+    /// Cross-flag checks clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=100_000).contains(&self.members) {
+            return Err("--members must be in 2..=100000".into());
+        }
+        let r = self.rate_per_member;
+        if !(r > 0.0 && r.is_finite() && r * self.members as f64 <= 1e7) {
+            return Err(
+                "--rate-per-member must be positive, and members x rate at most 10 M/s".into(),
+            );
+        }
+        if !(crate::payload::STAMP_LEN..=MAX_SIZE).contains(&self.size) {
+            return Err(format!(
+                "--size must be in {}..={MAX_SIZE} bytes (the payload stamp takes {})",
+                crate::payload::STAMP_LEN,
+                crate::payload::STAMP_LEN
+            ));
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err("--threads must be in 1..=256".into());
+        }
+        if !self.recv_bufs.is_power_of_two() || self.recv_bufs > 32768 {
+            return Err("--recv-bufs must be a power of two up to 32768".into());
+        }
+        if !(4096..=(1 << 24)).contains(&self.recv_buf) {
+            return Err("--recv-buf must be between 4KiB and 16MiB".into());
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// `idle` flags.
@@ -484,6 +586,41 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn chat_line() {
+        let c = parse(&[
+            "chat",
+            "--url",
+            "ws://127.0.0.1:1/ws/{topic}",
+            "--members",
+            "1000",
+            "--duration",
+            "3s",
+            "--metrics-url",
+            "http://127.0.0.1:1/metrics",
+        ])
+        .unwrap();
+        let Command::Chat(a) = c.command else {
+            panic!("not chat");
+        };
+        assert_eq!(a.members, 1000);
+        assert_eq!(a.rate_per_member, 1.0);
+        assert_eq!(a.size, 64);
+        assert!(!a.expect_echo);
+        a.validate().unwrap();
+        for bad in [
+            &["--members", "1"][..],
+            &["--members", "10", "--rate-per-member", "0"],
+            &["--members", "10", "--size", "8"],
+        ] {
+            let args = [&["chat", "--url", "ws://127.0.0.1:1/"][..], bad].concat();
+            match parse(&args).unwrap().command {
+                Command::Chat(a) => assert!(a.validate().is_err(), "{bad:?}"),
+                other => panic!("not chat: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! - [`receivers`]: backend choice and the group of receive threads.
 //! - [`connect`]: non-blocking connects, source-address spreading, the upgrade.
 //! - [`publish`]: the publisher thread (WebSocket or HTTP POST, rate or closed loop).
-//! - [`run`], [`idle_storm`], [`blast`]: the subcommands.
+//! - [`chat_send`]: chat members publishing from their receive threads, on a schedule.
+//! - [`window`]: snapshots, warm-up and measured window, drain, CPU over the window.
+//! - [`scrape`]: the server's Prometheus `/metrics` at both ends of the window.
+//! - [`run`], [`chat`], [`idle_storm`], [`blast`]: the subcommands.
 //! - [`tally`]: per-subscriber results to run totals (loss, order, slow subscribers).
 //! - [`stats`], [`procstat`], [`report`]: counters, CPU/RSS from /proc, JSON and summaries.
 //! - [`sys`]: the few libc calls std lacks.
@@ -29,6 +32,8 @@
 #![deny(unsafe_code)]
 
 pub mod blast;
+pub mod chat;
+pub mod chat_send;
 pub mod checker;
 pub mod cli;
 pub mod connect;
@@ -41,10 +46,12 @@ pub mod receivers;
 pub mod report;
 pub mod run;
 pub mod rx;
+pub mod scrape;
 pub mod seq;
 pub mod stats;
 pub mod sys;
 pub mod tally;
 pub mod target;
 pub mod uring;
+pub mod window;
 pub mod worker;

@@ -4,12 +4,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringcast_loadtest::cli::{Cli, Command};
-use ringcast_loadtest::{blast, idle_storm, run};
+use ringcast_loadtest::{blast, chat, idle_storm, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(a) => run::run(a, std::env::args().collect()).map(|r| {
+            if !a.quiet {
+                eprintln!();
+            }
+            print!("{}", r.summary());
+        }),
+        Command::Chat(a) => chat::chat(a, std::env::args().collect()).map(|r| {
             if !a.quiet {
                 eprintln!();
             }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::connect::ConnectStats;
+use crate::scrape::MetricsReport;
 use crate::stats::Percentiles;
 
 /// Connection statistics.
@@ -96,7 +97,18 @@ pub struct SlowReport {
     pub gaps: u64,
 }
 
-/// The result of `run`.
+/// What a `chat` run was (null in `run` results).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChatReport {
+    /// Members asked for (each one publishes and receives).
+    pub members: u64,
+    /// Messages per second each member sends.
+    pub rate_per_member: f64,
+    /// Whether members were expected to receive their own messages (`--expect-echo`).
+    pub expect_echo: bool,
+}
+
+/// The result of `run` (and of `chat`, which reports the same figures).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
     /// Delivered messages per second in the measured window (all subscribers).
@@ -133,6 +145,13 @@ pub struct RunReport {
     pub generator_limited: bool,
     /// Slow subscribers.
     pub slow: SlowReport,
+    /// Chat: messages that came back to their own sender although no echo was
+    /// expected (each one is a server bug); always 0 in `run`.
+    pub self_delivered: u64,
+    /// The server's metrics around the window (`--metrics-url`), null without it or when a scrape failed.
+    pub server_metrics: Option<MetricsReport>,
+    /// The chat parameters (null in `run`).
+    pub chat: Option<ChatReport>,
     /// Receive backend.
     pub io: String,
     /// Measured window length (s).
@@ -195,6 +214,18 @@ impl RunReport {
             self.publishers,
             self.io
         );
+        if let Some(c) = &self.chat {
+            s += &format!(
+                "chat: {} members asked for, {} msg/s each, {}\n",
+                c.members,
+                c.rate_per_member,
+                if c.expect_echo {
+                    "each receives every message, its own too"
+                } else {
+                    "each receives every message but its own"
+                }
+            );
+        }
         s += &format!(
             "totals: published {}  delivered {}  lost {}  duplicated {}  out-of-order {}  foreign {}  errors {}  publish-skipped {}\n",
             self.published,
@@ -240,6 +271,20 @@ impl RunReport {
         );
         if let (Some(b), Some(a)) = (self.server_rss_kib.before, self.server_rss_kib.after) {
             s += &format!("server rss: before {b} KiB  after {a} KiB\n");
+        }
+        if self.self_delivered > 0 {
+            s += &format!(
+                "own messages sent back to their sender: {} (no echo was expected)\n",
+                self.self_delivered
+            );
+        }
+        if let Some(m) = &self.server_metrics {
+            s += &format!(
+                "server metrics: {} samples at both ends of the window ({:.1}s apart) from {}\n",
+                m.after.len(),
+                m.interval_s,
+                m.url
+            );
         }
         if self.slow.count > 0 {
             s += &format!(

@@ -3,14 +3,13 @@
 //! 2. start the receive threads and connect every subscriber (rate-limited),
 //!    handing each to a thread as soon as its handshake is done;
 //! 3. connect the publishers and start the publisher thread at t0;
-//! 4. warm up, then measure [t0 + warmup, + duration) with a live line per second;
+//! 4. warm up, then measure [t0 + warmup, + duration) with a live line per second
+//!    (and the server's `--metrics-url` scraped at both ends), see [`crate::window`];
 //! 5. stop publishing, let the last messages arrive (`--drain`), close every
 //!    connection with a close handshake, and tally the per-subscriber results.
 //!
 //! A run ends by itself: every phase has a deadline.
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -18,76 +17,21 @@ use std::time::{Duration, Instant};
 
 use crate::cli::RunArgs;
 use crate::connect::{ConnectOpts, Established, connect_many};
-use crate::procstat::{self, pct};
+use crate::procstat;
 use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats};
 use crate::receivers::{Backend, BufConfig, Receivers, choose_backend};
-use crate::report::{ConnectReport, CpuReport, RunReport, si, us, write_json};
-use crate::stats::{Percentiles, new_hist};
+use crate::report::{ConnectReport, RunReport, write_json};
+use crate::scrape::Scraper;
+use crate::stats::Percentiles;
 use crate::sys::now_ns;
 use crate::tally::Tally;
 use crate::target::{Scheme, Target};
+use crate::window::{self, Probe};
 use crate::worker::{NewSub, RunShared};
 
 /// Whether subscriber i is slow: evenly spread, `fraction` of them.
 pub fn is_slow(i: usize, fraction: f64) -> bool {
     fraction > 0.0 && ((i + 1) as f64 * fraction).floor() > (i as f64 * fraction).floor()
-}
-
-/// Counters at one instant.
-#[derive(Clone, Debug, Default)]
-struct Snap {
-    t_ns: u64,
-    delivered: u64,
-    published: Vec<u64>,
-    self_cpu: u64,
-    server_cpu: Option<u64>,
-    threads: Vec<(String, Option<u64>)>,
-}
-
-struct Ctx<'a> {
-    args: &'a RunArgs,
-    recv: &'a Receivers,
-    pstats: &'a PubStats,
-}
-
-impl Ctx<'_> {
-    fn snap(&self) -> Snap {
-        let mut threads: Vec<(String, Option<u64>)> = self
-            .recv
-            .stats
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                (
-                    format!("recv-{i}"),
-                    procstat::thread_cpu_ns(s.tid.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
-        if !self.pstats.published.is_empty() {
-            threads.push((
-                "publish".into(),
-                procstat::thread_cpu_ns(self.pstats.tid.load(Ordering::Relaxed)),
-            ));
-        }
-        Snap {
-            t_ns: now_ns(),
-            delivered: self.recv.sum(|s| s.delivered.load(Ordering::Relaxed)),
-            published: self
-                .pstats
-                .published
-                .iter()
-                .map(|p| p.load(Ordering::Relaxed))
-                .collect(),
-            self_cpu: procstat::sample("self").map(|s| s.cpu_ns).unwrap_or(0),
-            server_cpu: self
-                .args
-                .server_pid
-                .and_then(|p| procstat::sample(&p.to_string()).ok())
-                .map(|s| s.cpu_ns),
-            threads,
-        }
-    }
 }
 
 /// Runs `run` and returns the report (also written to --json, summary printed by the caller).
@@ -120,6 +64,11 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         return Err("--pub-http must be an http:// URL".into());
     }
     let publishers = if pub_t.is_some() { args.publishers } else { 0 };
+    let scraper = args
+        .metrics_url
+        .as_deref()
+        .map(|u| Scraper::new(u, allow_remote))
+        .transpose()?;
     let mut notes = Vec::new();
     let needed = (args.subscribers + publishers + 64) as u64;
     match crate::sys::raise_nofile_limit() {
@@ -309,65 +258,21 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     }
 
     // Timeline.
-    let t0 = now_ns();
-    let win_start = t0 + args.warmup.as_nanos() as u64;
-    let win_end = win_start + args.duration.as_nanos() as u64;
-    shared.window_start.store(win_start, Ordering::Relaxed);
-    shared.window_end.store(win_end, Ordering::Relaxed);
-    let ctx = Ctx {
-        args,
+    let probe = Probe {
+        server_pid: args.server_pid,
         recv: &recv,
         pstats: &pstats,
+        publish_thread: publishers > 0,
     };
-    let mut start_snap: Option<Snap> = None;
-    let mut prev = ctx.snap();
-    let mut live = new_hist();
-    let mut next_tick = t0 + 1_000_000_000;
-    let end_snap = loop {
-        let now = now_ns();
-        let target = if start_snap.is_none() {
-            next_tick.min(win_start)
-        } else {
-            next_tick.min(win_end)
-        };
-        if target > now {
-            thread::sleep(Duration::from_nanos(target - now));
-        }
-        let now = now_ns();
-        if start_snap.is_none() && now >= win_start {
-            start_snap = Some(ctx.snap());
-        }
-        if now >= win_end {
-            break ctx.snap();
-        }
-        if now >= next_tick {
-            next_tick += 1_000_000_000;
-            let cur = ctx.snap();
-            for s in &recv.stats {
-                s.take_live(&mut live);
-            }
-            if !quiet {
-                eprintln!(
-                    "{}",
-                    live_line(&cur, &prev, t0, (win_start, win_end), &recv, &pstats, &live)
-                );
-            }
-            live.reset();
-            prev = cur;
-        }
-        if recv.any_exited() {
-            break ctx.snap();
-        }
-    };
-    let start_snap = start_snap.unwrap_or_else(|| end_snap.clone());
-    let measured = end_snap.t_ns.saturating_sub(start_snap.t_ns);
-    if (measured as f64) < args.duration.as_nanos() as f64 * 0.9 {
-        notes.push(format!(
-            "the measured window lasted {:.3}s instead of {:.3}s (this process was not scheduled in time, or a receive thread stopped)",
-            measured as f64 / 1e9,
-            args.duration.as_secs_f64()
-        ));
-    }
+    let w = window::measure(
+        &probe,
+        now_ns(),
+        args.warmup,
+        args.duration,
+        quiet,
+        scraper.as_ref(),
+        &mut notes,
+    );
     let server_rss_after = args
         .server_pid
         .and_then(|p| procstat::sample(&p.to_string()).ok())
@@ -375,20 +280,9 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
 
     // Stop publishing, drain, close.
     pstats.stop.store(true, Ordering::Relaxed);
-    let drain_deadline = Instant::now() + args.drain;
-    let mut last = recv.sum(|s| s.delivered.load(Ordering::Relaxed));
-    let mut still = Instant::now();
-    while Instant::now() < drain_deadline {
-        thread::sleep(Duration::from_millis(20));
-        let d = recv.sum(|s| s.delivered.load(Ordering::Relaxed));
-        let flushed = publishers == 0 || pstats.flushed.load(Ordering::Relaxed);
-        if d != last || !flushed {
-            last = d;
-            still = Instant::now();
-        } else if still.elapsed() >= Duration::from_millis(200) {
-            break;
-        }
-    }
+    window::drain(&recv, args.drain, || {
+        publishers == 0 || pstats.flushed.load(Ordering::Relaxed)
+    });
     let recv_errors = recv.sum(|s| s.errors.load(Ordering::Relaxed));
     let results = recv.close_and_join(Duration::from_secs(2))?;
     if let Some(h) = pub_thread {
@@ -416,50 +310,21 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     if backend == Backend::Uring && t.backend != "io_uring" {
         notes.push("io_uring threads reported another backend".into());
     }
-    let window_s = (end_snap.t_ns.saturating_sub(start_snap.t_ns)) as f64 / 1e9;
-    let per_s = |a: u64, b: u64| {
-        if window_s > 0.0 {
-            b.saturating_sub(a) as f64 / window_s
-        } else {
-            0.0
-        }
-    };
-    let delivered_per_s = per_s(start_snap.delivered, end_snap.delivered);
-    let published_in_window: u64 = end_snap
-        .published
-        .iter()
-        .zip(&start_snap.published)
-        .map(|(e, s)| e.saturating_sub(*s))
-        .sum();
+    let window_s = w.secs();
+    let delivered_per_s = w.per_s(w.start.delivered, w.end.delivered);
+    let published_in_window: u64 = w.published().sum();
     let expected_per_s = if publishers == 0 {
         delivered_per_s
     } else {
-        let exp: f64 = end_snap
-            .published
-            .iter()
-            .zip(&start_snap.published)
+        let exp: f64 = w
+            .published()
             .enumerate()
-            .map(|(j, (e, s))| e.saturating_sub(*s) as f64 * healthy_on_topic[j % topics] as f64)
+            .map(|(j, n)| n as f64 * healthy_on_topic[j % topics] as f64)
             .sum();
         if window_s > 0.0 { exp / window_s } else { 0.0 }
     };
-    let wall = end_snap.t_ns.saturating_sub(start_snap.t_ns);
-    let mut threads = BTreeMap::new();
-    for ((name, a), (_, b)) in start_snap.threads.iter().zip(&end_snap.threads) {
-        if let (Some(a), Some(b)) = (a, b) {
-            threads.insert(name.clone(), pct(*a, *b, wall));
-        }
-    }
-    let max_thread = threads.values().copied().fold(0.0, f64::max);
-    let cpu = CpuReport {
-        generator_pct: pct(start_snap.self_cpu, end_snap.self_cpu, wall),
-        server_pct: match (start_snap.server_cpu, end_snap.server_cpu) {
-            (Some(a), Some(b)) => Some(pct(a, b, wall)),
-            _ => None,
-        },
-        generator_max_thread_pct: max_thread,
-        threads,
-    };
+    let cpu = w.cpu();
+    let max_thread = cpu.generator_max_thread_pct;
     let skipped = pstats.skipped.load(Ordering::Relaxed);
     if skipped > 0 {
         notes.push(format!(
@@ -475,7 +340,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             0.0
         },
         published: pstats.total.load(Ordering::Relaxed),
-        delivered: t.counts.received + t.slow.delivered + t.foreign,
+        delivered: t.counts.received + t.slow.delivered + t.foreign + t.own,
         lost: t.lost,
         duplicated: t.counts.duplicated,
         out_of_order: t.counts.out_of_order(),
@@ -491,6 +356,9 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             after: server_rss_after,
         },
         slow: t.slow,
+        self_delivered: t.own,
+        server_metrics: w.metrics,
+        chat: None,
         io: t.backend,
         duration_s: window_s,
         subscribers: cstats.ok,
@@ -503,59 +371,6 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         write_json(path, &report)?;
     }
     Ok(report)
-}
-
-fn live_line(
-    cur: &Snap,
-    prev: &Snap,
-    t0: u64,
-    window: (u64, u64),
-    recv: &Receivers,
-    pstats: &PubStats,
-    live: &hdrhistogram::Histogram<u64>,
-) -> String {
-    let dt = cur.t_ns.saturating_sub(prev.t_ns).max(1) as f64 / 1e9;
-    let sent: u64 = cur
-        .published
-        .iter()
-        .sum::<u64>()
-        .saturating_sub(prev.published.iter().sum());
-    let p = Percentiles::of(live);
-    let gen_cpu = pct(
-        prev.self_cpu,
-        cur.self_cpu,
-        cur.t_ns.saturating_sub(prev.t_ns),
-    );
-    let srv = match (prev.server_cpu, cur.server_cpu) {
-        (Some(a), Some(b)) => format!(" srv {:.0}%", pct(a, b, cur.t_ns.saturating_sub(prev.t_ns))),
-        _ => String::new(),
-    };
-    let _ = std::io::stderr().flush();
-    format!(
-        "[{:>4.0}s] conns {}  sent {}/s  delivered {}/s  p50 {}  p99 {}  errors {}  cpu gen {:.0}%{}{}",
-        cur.t_ns.saturating_sub(t0) as f64 / 1e9,
-        recv.sum(|s| s.open.load(Ordering::Relaxed)),
-        si(sent as f64 / dt),
-        si(cur.delivered.saturating_sub(prev.delivered) as f64 / dt),
-        if live.is_empty() {
-            "-".to_string()
-        } else {
-            us(p.p50)
-        },
-        if live.is_empty() {
-            "-".to_string()
-        } else {
-            us(p.p99)
-        },
-        recv.sum(|s| s.errors.load(Ordering::Relaxed)) + pstats.errors.load(Ordering::Relaxed),
-        gen_cpu,
-        srv,
-        if cur.t_ns < window.0 {
-            "  (warmup)"
-        } else {
-            ""
-        }
-    )
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct Tally {
     pub lost: u64,
     /// Foreign messages at healthy subscribers.
     pub foreign: u64,
+    /// Own messages that came back to healthy chat members (no echo expected).
+    pub own: u64,
     /// Slow subscribers.
     pub slow: SlowReport,
     /// Backend name reported by the threads.
@@ -44,6 +46,7 @@ impl Tally {
             counts: SeqCounts::default(),
             lost: 0,
             foreign: 0,
+            own: 0,
             slow: SlowReport::default(),
             backend: String::new(),
             unclean: 0,
@@ -98,6 +101,7 @@ impl Tally {
     fn add_healthy(&mut self, s: &SubResult, published: &[u64]) {
         self.counts.merge(&s.counts);
         self.foreign += s.foreign;
+        self.own += s.own;
         let tail: u64 = s
             .progress
             .iter()
@@ -153,6 +157,7 @@ mod tests {
             slow,
             counts,
             foreign: 0,
+            own: 0,
             progress,
             blast: false,
             end,

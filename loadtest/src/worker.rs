@@ -2,7 +2,12 @@
 //! connections, what happens to received bytes (rx + checks), pongs and the
 //! close handshake, slow subscribers, and handing counters to the main thread.
 //! The io_uring (`uring::recv`) and epoll (`epoll`) loops only move bytes and
-//! call into [`Core`].
+//! call into [`Core`]. In `chat` every connection also publishes: the core asks
+//! its [`ChatSender`] each turn for what is due.
+//!
+//! Writes on a connection keep their order: what the kernel does not take at
+//! once waits in the connection's queue and goes out first on a later turn, so
+//! a pong or a close frame never lands inside a half-written message.
 //!
 //! Phases (set by the main thread in [`RunShared::phase`]): `RUN` receive;
 //! `CLOSE` send a close frame on every open connection and drain until the
@@ -13,11 +18,12 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use ringcast::proto::close::close_code;
 use ringcast::proto::frame::{OpCode, encode_close, encode_frame};
 
+use crate::chat_send::{ChatPlan, ChatSender};
 use crate::checker::{CheckCtx, Checker};
 use crate::cli::SlowMode;
 use crate::rx::RxConn;
@@ -45,6 +51,8 @@ pub struct RunShared {
     pub acks: Vec<AtomicU64>,
     /// Wakes the publisher thread when an ack moves.
     pub pub_waker: Option<Arc<mio::Waker>>,
+    /// `chat`: every connection also publishes, as this plan says.
+    pub chat: Option<Arc<ChatPlan>>,
 }
 
 impl RunShared {
@@ -56,7 +64,14 @@ impl RunShared {
             window_end: AtomicU64::new(u64::MAX),
             acks: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
             pub_waker,
+            chat: None,
         }
+    }
+
+    /// The same state for a chat run: the receive threads also send, as `plan` says.
+    pub fn with_chat(mut self, plan: Arc<ChatPlan>) -> Self {
+        self.chat = Some(plan);
+        self
     }
 
     /// Current phase.
@@ -115,6 +130,8 @@ pub struct SubResult {
     pub counts: SeqCounts,
     /// Foreign messages.
     pub foreign: u64,
+    /// Its own messages that came back (chat without echo).
+    pub own: u64,
     /// Next expected sequence per publisher of its topic.
     pub progress: Vec<(usize, u64)>,
     /// Saw a blast stream.
@@ -150,6 +167,8 @@ pub struct Conn {
     pub slow: Option<SlowMode>,
     close_sent: bool,
     server_first: bool,
+    /// Bytes written by the generator that the kernel has not taken yet, in order.
+    out: BytesMut,
     /// Some once no more input is wanted.
     pub end: Option<End>,
 }
@@ -183,6 +202,12 @@ pub struct Core {
     scratch: Vec<u8>,
     publishers: usize,
     topics: usize,
+    /// Connections with queued output.
+    backlog: Vec<usize>,
+    /// Queued output bytes last reported in the chat plan's `unsent`.
+    unsent_reported: u64,
+    /// `chat`: this thread's members also publish.
+    chat: Option<ChatSender>,
 }
 
 impl Core {
@@ -211,12 +236,21 @@ impl Core {
             scratch: vec![0; 64 * 1024],
             publishers,
             topics,
+            backlog: Vec::new(),
+            unsent_reported: 0,
+            chat: None,
         }
+        .with_chat_from_shared()
+    }
+
+    fn with_chat_from_shared(mut self) -> Self {
+        self.chat = self.shared.chat.clone().map(ChatSender::new);
+        self
     }
 
     /// Adds a connection; returns its local index. Leftover bytes are fed at once.
     pub fn add(&mut self, sub: NewSub) -> usize {
-        let checker = Checker::new(
+        let mut checker = Checker::new(
             sub.topic,
             self.topics,
             self.publishers,
@@ -224,6 +258,12 @@ impl Core {
             sub.slow.is_none(),
         );
         let idx = self.conns.len();
+        if let Some(chat) = &mut self.chat {
+            if chat.excludes_own() {
+                checker = checker.excluding_own(sub.id as u32);
+            }
+            chat.add(idx, sub.id);
+        }
         self.conns.push(Conn {
             id: sub.id,
             topic: sub.topic,
@@ -232,6 +272,7 @@ impl Core {
             slow: sub.slow,
             close_sent: false,
             server_first: false,
+            out: BytesMut::new(),
             end: None,
         });
         self.open += 1;
@@ -284,7 +325,9 @@ impl Core {
                 close_code::PROTOCOL,
                 "",
             );
-            write_small(c, &self.out);
+            if write_ordered(c, &self.out) {
+                self.backlog.push(idx);
+            }
             self.finish(idx, End::Protocol(e.to_string()));
             return;
         }
@@ -297,7 +340,9 @@ impl Core {
                 Some(fastrand::u32(..).to_ne_bytes()),
                 ping,
             );
-            write_small(c, &self.out);
+            if write_ordered(c, &self.out) {
+                self.backlog.push(idx);
+            }
         }
         if let Some(code) = c.rx.close_received {
             if !c.close_sent {
@@ -311,7 +356,9 @@ impl Core {
                     code.unwrap_or(close_code::NORMAL),
                     "",
                 );
-                write_small(c, &self.out);
+                if write_ordered(c, &self.out) {
+                    self.backlog.push(idx);
+                }
             }
             let server_first = c.server_first;
             self.finish(idx, End::Closed { code, server_first });
@@ -363,12 +410,46 @@ impl Core {
             close_code::NORMAL,
             "",
         );
-        write_small(c, &self.out);
+        if write_ordered(c, &self.out) {
+            self.backlog.push(idx);
+        }
     }
 
-    /// Once per loop turn: counters, live histogram, slow readers, phase.
-    /// Returns false when the thread should stop.
+    /// Once per loop turn: queued output, chat sends, counters, live histogram,
+    /// slow readers, phase. Returns false when the thread should stop.
     pub fn tick(&mut self, now: u64) -> bool {
+        if !self.backlog.is_empty() {
+            let conns = &mut self.conns;
+            self.backlog
+                .retain(|&i| conns.get_mut(i).is_some_and(flush_queued));
+        }
+        if let Some(mut chat) = self.chat.take() {
+            if self.shared.phase() == RUN {
+                let (conns, backlog) = (&mut self.conns, &mut self.backlog);
+                chat.produce(now_ns(), |i, frame| match conns.get_mut(i) {
+                    Some(c) if c.end.is_none() && !c.close_sent => {
+                        if write_ordered(c, frame) {
+                            backlog.push(i);
+                        }
+                        true
+                    }
+                    _ => false,
+                });
+            }
+            let unsent: u64 = self
+                .backlog
+                .iter()
+                .filter_map(|&i| self.conns.get(i))
+                .map(|c| c.out.len() as u64)
+                .sum();
+            if unsent != self.unsent_reported {
+                let u = &chat.plan().unsent;
+                u.fetch_add(unsent, Ordering::Relaxed);
+                u.fetch_sub(self.unsent_reported, Ordering::Relaxed);
+                self.unsent_reported = unsent;
+            }
+            self.chat = Some(chat);
+        }
         if self.delivered_pending > 0 {
             self.stats.delivered.fetch_add(
                 std::mem::take(&mut self.delivered_pending),
@@ -483,6 +564,7 @@ impl Core {
                 slow: c.slow,
                 counts: c.rx.checker.counts,
                 foreign: c.rx.checker.foreign,
+                own: c.rx.checker.own_received,
                 progress: c.rx.checker.progress().collect(),
                 blast: c.rx.checker.saw_blast(),
                 end: c.end.unwrap_or(End::Open),
@@ -497,10 +579,47 @@ impl Core {
     }
 }
 
-/// Writes a small control frame on a non-blocking socket; a full socket buffer
-/// drops it (the close handshake then times out and is reported as such).
-fn write_small(c: &Conn, bytes: &[u8]) {
-    if let Some(s) = &c.stream {
-        let _ = (&*s).write(bytes);
+/// Writes on a non-blocking socket in order: behind what is already queued, or
+/// at once with the rest queued. Returns true when the connection's queue went
+/// from empty to not (the caller lists it for [`flush_queued`]). A write error
+/// drops the bytes: the receive side sees the connection end.
+fn write_ordered(c: &mut Conn, bytes: &[u8]) -> bool {
+    if !c.out.is_empty() {
+        c.out.extend_from_slice(bytes);
+        return false;
     }
+    let Some(s) = &c.stream else { return false };
+    let mut done = 0;
+    while done < bytes.len() {
+        match (&*s).write(&bytes[done..]) {
+            Ok(0) => return false,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    if done < bytes.len() {
+        c.out.extend_from_slice(&bytes[done..]);
+        return true;
+    }
+    false
+}
+
+/// Writes what a connection has queued; true while some is left.
+fn flush_queued(c: &mut Conn) -> bool {
+    let Some(s) = &c.stream else {
+        c.out.clear();
+        return false;
+    };
+    while !c.out.is_empty() {
+        match (&*s).write(&c.out) {
+            Ok(0) => c.out.clear(),
+            Ok(n) => c.out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => c.out.clear(),
+        }
+    }
+    false
 }
