@@ -74,12 +74,11 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/" | "/index.html" if is_get => Routed::Demo,
         "/ws" if is_get => match subscribe_param(query, max_topics) {
             Ok(subscribe) => Routed::Upgrade(Endpoint::Mux { subscribe }),
-            Err(SubscribeError::Topic(e)) => Routed::Respond {
-                status: 400,
-                body: topic_error_body(e),
-            },
+            Err(SubscribeError::Topic(e)) => bad_topic(e),
             Err(SubscribeError::TooMany) => Routed::Respond {
-                status: 400,
+                status: crate::pubsub::Error::TooManyTopics { max: max_topics }
+                    .wire()
+                    .http_status,
                 body: "?subscribe= lists more topics than --max-topics-per-connection allows\n",
             },
         },
@@ -97,10 +96,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
             }
             match validate_topic(topic) {
                 Ok(()) => Routed::Publish(topic.to_owned()),
-                Err(e) => Routed::Respond {
-                    status: 400,
-                    body: topic_error_body(e),
-                },
+                Err(e) => bad_topic(e),
             }
         }
         _ => match path.strip_prefix("/ws/") {
@@ -109,10 +105,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                     name: topic.to_owned(),
                     echo: wants_echo(query),
                 }),
-                Err(e) => Routed::Respond {
-                    status: 400,
-                    body: topic_error_body(e),
-                },
+                Err(e) => bad_topic(e),
             },
             Some(_) => Routed::Respond {
                 status: 405,
@@ -123,6 +116,14 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                 body: "not found\n",
             },
         },
+    }
+}
+
+/// A refused topic name, with the status the pub/sub layer maps it to.
+fn bad_topic(e: crate::pubsub::TopicError) -> Routed {
+    Routed::Respond {
+        status: crate::pubsub::Error::BadTopic(e).wire().http_status,
+        body: topic_error_body(e),
     }
 }
 
