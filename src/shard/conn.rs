@@ -4,7 +4,7 @@
 //! allocation for every subscriber, so queueing it costs a reference-count increment. The
 //! queue is bounded in bytes (`send_queue_limit`); data frames past the bound go through
 //! the slow-consumer policy; frames that must go out whatever the backlog (pongs, closes,
-//! HTTP responses; see [`Conn::push_control`]) always pass, so a
+//! HTTP responses; see [`Conn::push_exempt`]) always pass, so a
 //! close can still be sent to a client that is being dropped for being slow. What keeps
 //! that bounded is the read side: a connection whose queue is backlogged
 //! ([`Conn::backlogged`]) is not read until it drains, and while backlogged a new pong
@@ -138,8 +138,10 @@ impl Conn {
             && matches!(&self.phase, Phase::Ws { ws, .. } if ws.state() == crate::proto::conn::State::Open)
     }
 
-    /// Queues a frame regardless of the limit (control frames, responses).
-    pub fn push_control(&mut self, frame: Bytes, dirty: &mut Vec<u32>) {
+    /// Queues a frame exempt from the send-queue limit: the protocol's own replies (pongs,
+    /// closes), the 101 and HTTP responses, which must go out whatever the backlog. What
+    /// bounds them is the read side: a backlogged connection is not read (see the module doc).
+    pub fn push_exempt(&mut self, frame: Bytes, dirty: &mut Vec<u32>) {
         if frame.is_empty() {
             return;
         }
@@ -161,7 +163,7 @@ impl Conn {
             *last = pong;
             return;
         }
-        self.push_control(pong, dirty);
+        self.push_exempt(pong, dirty);
     }
 
     /// Whether reading from this connection should stop: more than half its limit queued,

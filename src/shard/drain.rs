@@ -110,7 +110,7 @@ impl ShardState {
                         &mut self.scratch,
                     );
                     let out = self.scratch.split().freeze();
-                    c.push_control(out, &mut self.outbox.dirty);
+                    c.push_exempt(out, &mut self.outbox.dirty);
                 }
                 // Released when the client answers the close, or at the deadline.
                 c.deadline = if c.deadline == 0 {

@@ -93,7 +93,7 @@ impl ShardState {
             }));
         }
         if expects_continue {
-            c.push_control(
+            c.push_exempt(
                 Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
                 &mut self.outbox.dirty,
             );
@@ -186,7 +186,7 @@ impl ShardState {
             out.truncate(out.len() - body.len());
         }
         c.phase = Phase::Done;
-        c.push_control(Bytes::from(out), &mut self.outbox.dirty);
+        c.push_exempt(Bytes::from(out), &mut self.outbox.dirty);
         c.close_after_flush = true;
     }
 

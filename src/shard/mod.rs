@@ -515,7 +515,7 @@ impl ShardState {
             return;
         };
         c.phase = Phase::Ws { ws, route };
-        c.push_control(Bytes::from(head), &mut self.outbox.dirty);
+        c.push_exempt(Bytes::from(head), &mut self.outbox.dirty);
         self.metrics.upgrades.inc();
         tracing::debug!(shard = self.id, slot = token.slot, "websocket open");
         if !rest.is_empty() {
@@ -608,7 +608,7 @@ impl ShardState {
                 if matches!(action, Action::Pong) {
                     c.push_pong(out, self.settings.send_queue_limit, &mut self.outbox.dirty);
                 } else {
-                    c.push_control(out, &mut self.outbox.dirty);
+                    c.push_exempt(out, &mut self.outbox.dirty);
                 }
             }
             match action {
@@ -760,7 +760,7 @@ impl ShardState {
                     );
                 }
                 let out = self.scratch.split().freeze();
-                c.push_control(out, &mut self.outbox.dirty);
+                c.push_exempt(out, &mut self.outbox.dirty);
                 c.close_after_flush = true;
                 c.deadline = tick + ticks_ceil(CLOSE_GRACE);
             }
@@ -918,7 +918,7 @@ impl ShardState {
                     }
                     if !self.scratch.is_empty() {
                         let out = self.scratch.split().freeze();
-                        c.push_control(out, &mut self.outbox.dirty);
+                        c.push_exempt(out, &mut self.outbox.dirty);
                     }
                 }
                 _ => {}

@@ -210,7 +210,7 @@ impl ShardState {
             &mut self.scratch,
         );
         let out = self.scratch.split().freeze();
-        c.push_control(out, &mut self.outbox.dirty);
+        c.push_exempt(out, &mut self.outbox.dirty);
         c.close_after_flush = true;
         c.deadline = now + ticks_ceil(CLOSE_GRACE);
     }
