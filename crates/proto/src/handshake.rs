@@ -13,6 +13,7 @@
 //! permessage-deflate will be negotiated; today it accepts none.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -259,14 +260,17 @@ impl HeadScan {
         limits: &HandshakeLimits,
     ) -> Result<Option<usize>, HandshakeError> {
         let max = limits.max_header_bytes.min(buf.len());
-        let from = (self.scanned as usize).min(max);
-        for (i, &b) in buf[..max].iter().enumerate().skip(from) {
-            if b == b'\n'
-                && i > 0
+        let mut from = (self.scanned as usize).min(max);
+        // Line ends only: a head has a few dozen, so the bytes between them are skipped a
+        // word at a time.
+        while let Some(off) = find_lf(&buf[from..max]) {
+            let i = from + off;
+            if i > 0
                 && (buf[i - 1] == b'\n' || (buf[i - 1] == b'\r' && i > 1 && buf[i - 2] == b'\n'))
             {
                 return Ok(Some(i + 1));
             }
+            from = i + 1;
         }
         self.scanned = u32::try_from(max).unwrap_or(u32::MAX);
         if buf.len() >= limits.max_header_bytes {
@@ -274,6 +278,32 @@ impl HeadScan {
         }
         Ok(None)
     }
+}
+
+/// The index of the first LF in `hay`, eight bytes at a time (the lowest zero byte of
+/// `word ^ LF...`, found exactly by the borrow trick), the tail byte by byte. Its scalar twin
+/// is `hay.iter().position(|&b| b == b'\n')`; the tests compare them on every length and
+/// position up to 64.
+fn find_lf(hay: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const LFS: u64 = ONES * b'\n' as u64;
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) ^ LFS;
+        // Borrows only run upwards from a zero byte, so the lowest flagged byte is a real one.
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + i)
 }
 
 /// A parsed request head borrowing the buffer it was parsed from: no allocation per header
@@ -303,17 +333,21 @@ pub fn parse_head<'a>(
     if head.len() > limits.max_header_bytes {
         return Err(HandshakeError::TooLarge);
     }
-    // Most requests fit the stack array; httparse needs its slots up front.
-    let mut stack = [httparse::EMPTY_HEADER; 64];
+    // Most requests fit the stack array; httparse needs its slots up front (left
+    // uninitialised: it writes those it fills and hands back only them).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'a>>::uninit() }; 64];
     let mut heap;
-    let slots: &mut [httparse::Header<'a>] = if limits.max_headers <= stack.len() {
+    let slots: &mut [MaybeUninit<httparse::Header<'a>>] = if limits.max_headers <= stack.len() {
         &mut stack[..limits.max_headers]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        heap = vec![MaybeUninit::uninit(); limits.max_headers];
         &mut heap
     };
-    let mut req = httparse::Request::new(slots);
-    let head_len = match req.parse(head).map_err(map_httparse)? {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req
+        .parse_with_uninit_headers(head, slots)
+        .map_err(map_httparse)?
+    {
         httparse::Status::Complete(n) => n,
         // Only empty lines before the "end": not a request.
         httparse::Status::Partial => return Err(HandshakeError::Malformed("no request line")),
@@ -341,10 +375,16 @@ pub fn parse_head<'a>(
 /// (`http://host:port/path?query`) loses its scheme and authority (RFC 9112 §3.2.2 says a
 /// server must accept it); an authority without a path means `/`.
 fn origin_form(target: &str) -> &str {
-    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
-    let rest = if lower(7).as_deref() == Some("http://") {
+    let starts = |scheme: &str| {
+        target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+    };
+    // The prefix matched is ASCII, so slicing after it is on a character boundary.
+    let rest = if starts("http://") {
         &target[7..]
-    } else if lower(8).as_deref() == Some("https://") {
+    } else if starts("https://") {
         &target[8..]
     } else {
         return target;
@@ -456,8 +496,11 @@ impl<'a> Head<'a> {
         let (Some(key), None) = (keys.next(), keys.next()) else {
             return Err(HandshakeError::MissingKey);
         };
-        match BASE64.decode(key) {
-            Ok(k) if k.len() == 16 => {}
+        // Decoded on the stack: 16 bytes are 24 characters, which decode into at most 18;
+        // anything longer does not fit and is invalid anyway.
+        let mut decoded = [0u8; 18];
+        match BASE64.decode_slice(key, &mut decoded) {
+            Ok(16) => {}
             _ => return Err(HandshakeError::InvalidKey),
         }
         let origin = match self.header("origin") {
@@ -787,6 +830,7 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeE
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use proptest::strategy::Just;
 
     const RFC_REQUEST: &[u8] = b"GET /chat?room=a&x HTTP/1.1\r\nHost: server.example.com\r\n\
 Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -874,6 +918,145 @@ Sec-WebSocket-Version: 13\r\n\r\n";
             parse_request(b"GET / HTTP/1.1\r\nbad header\r\n\r\n", &limits()),
             Err(HandshakeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn find_lf_matches_its_scalar_twin() {
+        // Every length 0-64 at every alignment, with no LF, one LF at each position, and a
+        // second one after it; the filler cycles through every byte value except LF (0x0b
+        // and 0x8a sit one bit away from it, where a word-at-a-time search could go wrong).
+        let filler: Vec<u8> = (0..=255u8).filter(|&b| b != b'\n').collect();
+        let mut backing = [0u8; 64 + 8];
+        for align in 0..8 {
+            for len in 0..=64 {
+                for lf in (0..=len).chain([usize::MAX]) {
+                    let hay = &mut backing[align..align + len];
+                    for (i, b) in hay.iter_mut().enumerate() {
+                        *b = filler[(i * 7 + align + len) % filler.len()];
+                    }
+                    if lf < len {
+                        hay[lf] = b'\n';
+                        if lf + 3 < len {
+                            hay[lf + 3] = b'\n';
+                        }
+                    }
+                    let scalar = hay.iter().position(|&b| b == b'\n');
+                    assert_eq!(find_lf(hay), scalar, "align {align} len {len} lf {lf}");
+                }
+            }
+        }
+    }
+
+    /// The scalar twin of `HeadScan::find` (the byte-by-byte search it replaced).
+    fn scalar_head_end(
+        buf: &[u8],
+        limits: &HandshakeLimits,
+    ) -> Result<Option<usize>, HandshakeError> {
+        let max = limits.max_header_bytes.min(buf.len());
+        for i in 1..max {
+            if buf[i] == b'\n'
+                && (buf[i - 1] == b'\n' || (buf[i - 1] == b'\r' && i > 1 && buf[i - 2] == b'\n'))
+            {
+                return Ok(Some(i + 1));
+            }
+        }
+        if buf.len() >= limits.max_header_bytes {
+            return Err(HandshakeError::TooLarge);
+        }
+        Ok(None)
+    }
+
+    proptest::proptest! {
+        // Bytes drawn mostly from CR, LF and letters, so that empty lines of every kind are
+        // common; the head arrives in two receives split anywhere.
+        #[test]
+        fn head_scan_matches_its_scalar_twin(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a'), proptest::num::u8::ANY],
+                0..300,
+            ),
+            split in 0usize..300,
+            max in 1usize..320,
+        ) {
+            let limits = HandshakeLimits { max_header_bytes: max, max_headers: 64 };
+            let split = split.min(bytes.len());
+            let mut scan = HeadScan::default();
+            let first = scan.find(&bytes[..split], &limits);
+            let want_first = scalar_head_end(&bytes[..split], &limits);
+            proptest::prop_assert_eq!(&first, &want_first);
+            if let Ok(None) = first {
+                proptest::prop_assert_eq!(scan.find(&bytes, &limits), scalar_head_end(&bytes, &limits));
+            }
+        }
+    }
+
+    #[test]
+    fn head_scan_is_incremental() {
+        // One byte at a time through one scan: the end is found at the first empty line,
+        // whatever the line ends (CRLF, bare LF, mixed), and never before.
+        let heads: [&[u8]; 4] = [
+            RFC_REQUEST,
+            b"GET / HTTP/1.1\nHost: a\n\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n\x81\x00",
+            b"GET /a-path-longer-than-one-word HTTP/1.1\nHost: a\r\n\r\nbody\r\n\r\n",
+        ];
+        let ends = [RFC_REQUEST.len(), 24, 26, 53];
+        for (head, want) in heads.into_iter().zip(ends) {
+            let mut scan = HeadScan::default();
+            let mut found = None;
+            for n in 1..=head.len() {
+                if let Some(end) = scan.find(&head[..n], &limits()).unwrap() {
+                    found = Some((n, end));
+                    break;
+                }
+            }
+            assert_eq!(
+                found,
+                Some((want, want)),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+            assert_eq!(
+                HeadScan::default().find(head, &limits()),
+                Ok(Some(want)),
+                "all at once"
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        for (target, path) in [
+            ("/p?q", "/p?q"),
+            ("http://h:1/p?q", "/p?q"),
+            ("HTTP://h/p", "/p"),
+            ("hTtPs://h/a/b", "/a/b"),
+            ("http://h", "/"),
+            ("https://h?q", "/"),
+            ("http:/p", "http:/p"),
+            ("http", "http"),
+            ("httpé://h/p", "httpé://h/p"),
+            ("", ""),
+        ] {
+            assert_eq!(origin_form(target), path, "{target}");
+        }
+    }
+
+    #[test]
+    fn key_must_decode_to_16_bytes() {
+        for len in [0usize, 1, 15, 17, 18, 19, 32] {
+            let key = BASE64.encode(vec![7u8; len]);
+            let req = with_header("dGhlIHNhbXBsZSBub25jZQ==", &key);
+            assert_eq!(upgrade_err(&req), HandshakeError::InvalidKey, "{len} bytes");
+        }
+        let req = with_header("dGhlIHNhbXBsZSBub25jZQ==", &BASE64.encode([7u8; 16]));
+        assert!(
+            parse_request(&req, &limits())
+                .unwrap()
+                .unwrap()
+                .websocket()
+                .is_ok()
+        );
     }
 
     #[test]
