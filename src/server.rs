@@ -95,6 +95,10 @@ fn listener(addr: SocketAddr) -> std::io::Result<Socket> {
     )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Nagle would hold back the small frames a broadcast server writes (the loop already
+    // coalesces a turn's frames into one send). Set once here: Linux copies it to every
+    // accepted socket, which saves a setsockopt per connection in a reconnect storm.
+    s.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -312,4 +316,28 @@ fn fail(id: usize, e: std::io::Error, barrier: &Barrier, ready: &Ready) -> std::
     let _ = ready.send(Err((id, std::io::Error::new(e.kind(), e.to_string()))));
     barrier.wait();
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection TCP_NODELAY call was dropped because accepted sockets inherit the
+    /// listener's: if a kernel stopped doing that, this fails.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let l =
+            listener("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())).expect("listener");
+        let addr = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound address");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = l.accept().expect("accept");
+        assert!(
+            accepted.tcp_nodelay().expect("getsockopt"),
+            "TCP_NODELAY inherited"
+        );
+    }
 }

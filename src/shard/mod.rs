@@ -372,17 +372,14 @@ impl ShardState {
     }
 
     fn on_accept(&mut self, fd: OwnedFd) {
-        // Nagle would hold back the small frames a broadcast server writes; the loop already
-        // coalesces everything queued in a turn into one send.
+        // TCP_NODELAY comes from the listener (`server::listener`): Linux copies it to
+        // accepted sockets, so there is no setsockopt per connection.
         let stream = std::net::TcpStream::from(fd);
         // Refused per IP: answered and closed here, holding no slot and no global count.
         let Some(peer) = self.admit_peer(&stream) else {
             self.metrics.accepted.inc();
             return;
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
         let token = self.conns.insert(self.tick);
         self.count_peer(token, peer);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);

@@ -57,7 +57,7 @@ pub struct EpollDriver {
     events: mio::Events,
     /// This turn's readiness, copied out of `events` once (token, readable, writable), so
     /// that walking it is O(n) per turn.
-    turn: Vec<(MioToken, bool, bool)>,
+    turn: Vec<(MioToken, bool, bool, bool)>,
     /// Position in `turn` of the next readiness to look at.
     cursor: usize,
     /// Reads left in this turn (all sockets).
@@ -67,7 +67,7 @@ pub struct EpollDriver {
     slots: Vec<Slot>,
     buf: Vec<u8>,
     /// The socket being drained now and how many reads it had this turn.
-    reading: Option<(u32, u32)>,
+    reading: Option<(u32, u32, bool)>,
     /// Listener being drained now.
     accepting: Option<usize>,
     /// Sockets still readable at the end of their share; read first next turn.
@@ -174,7 +174,7 @@ impl EpollDriver {
     }
 
     /// One read of a socket; the caller turns `Data(n)` into an event borrowing `buf`.
-    fn read_one(&mut self, slot: u32, reads: u32) -> ReadOutcome {
+    fn read_one(&mut self, slot: u32, reads: u32, may_stop_short: bool) -> ReadOutcome {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return ReadOutcome::Nothing;
         };
@@ -201,13 +201,17 @@ impl EpollDriver {
                 }
                 Ok(n) => {
                     self.budget -= 1;
+                    if may_stop_short && n < self.buf.len() {
+                        // The queue was drained: the next arrival raises a new edge.
+                        return ReadOutcome::Data(token, n);
+                    }
                     if reads + 1 >= READS_PER_TURN {
                         if !s.listed {
                             s.listed = true;
                             self.again.push(slot);
                         }
                     } else {
-                        self.reading = Some((slot, reads + 1));
+                        self.reading = Some((slot, reads + 1, may_stop_short));
                     }
                     return ReadOutcome::Data(token, n);
                 }
@@ -255,8 +259,8 @@ impl Driver for EpollDriver {
                 "slot still in use",
             ));
         }
+        // Already non-blocking: accepted with accept4(SOCK_NONBLOCK) (mio).
         let std_s = std::net::TcpStream::from(fd);
-        std_s.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(std_s);
         self.poll.registry().register(
             &mut stream,
@@ -269,10 +273,9 @@ impl Driver for EpollDriver {
             send: None,
             recv_open: true,
             paused: false,
-            listed: true,
+            listed: false,
         };
-        // Data may have arrived before registration; the edge would be lost otherwise.
-        self.again.push(token.slot);
+        // EPOLL_CTL_ADD reports what is already readable (edge-triggered too): no read now.
         Ok(())
     }
 
@@ -396,6 +399,9 @@ impl Driver for EpollDriver {
                 ev.token(),
                 ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                 ev.is_writable() || ev.is_error(),
+                // A short read may end this edge's reading only when no EOF or error came
+                // with it (else the EOF, queued behind the data, would raise no new edge).
+                ev.is_readable() && !ev.is_read_closed() && !ev.is_error(),
             )
         }));
         r
@@ -406,8 +412,8 @@ impl Driver for EpollDriver {
             if let Some(ev) = self.ready.pop_front() {
                 return Some(ev);
             }
-            if let Some((slot, reads)) = self.reading.take() {
-                match self.read_one(slot, reads) {
+            if let Some((slot, reads, short)) = self.reading.take() {
+                match self.read_one(slot, reads, short) {
                     ReadOutcome::Nothing => continue,
                     ReadOutcome::Data(token, n) => {
                         return Some(Event::Data {
@@ -449,10 +455,10 @@ impl Driver for EpollDriver {
                 continue;
             }
             if let Some(slot) = self.carried.pop() {
-                self.reading = Some((slot, 0));
+                self.reading = Some((slot, 0, false));
                 continue;
             }
-            let &(tok, readable, writable) = self.turn.get(self.cursor)?;
+            let &(tok, readable, writable, clean) = self.turn.get(self.cursor)?;
             self.cursor += 1;
             if tok == WAKER {
                 return Some(Event::Wake);
@@ -472,7 +478,7 @@ impl Driver for EpollDriver {
                 return Some(ev);
             }
             if readable {
-                self.reading = Some((slot, 0));
+                self.reading = Some((slot, 0, clean));
             }
         }
     }
