@@ -691,12 +691,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        // RFC 9110 §15: a client must treat an unknown status as the x00 of its class; the
+        // phrase is informational, but "Unknown" reads like a bug in a log.
+        s if (400..500).contains(&s) => "Client Error",
+        s if (500..600).contains(&s) => "Server Error",
         _ => "Unknown",
     }
 }
@@ -838,6 +846,29 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\n\
 Sec-WebSocket-Protocol: chat, superchat\r\n\
 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-foo; a=\"1\"\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn every_status_the_server_sends_has_its_phrase() {
+        // 411 went out as "411 Unknown" (operations issue).
+        for (status, phrase) in [
+            (202, "Accepted"),
+            (400, "Bad Request"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (426, "Upgrade Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (503, "Service Unavailable"),
+        ] {
+            assert_eq!(reason_phrase(status), phrase, "{status}");
+        }
+        assert_eq!(reason_phrase(418), "Client Error", "an unlisted 4xx");
+        assert_eq!(reason_phrase(599), "Server Error");
+    }
 
     fn limits() -> HandshakeLimits {
         HandshakeLimits::default()
