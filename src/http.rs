@@ -61,6 +61,12 @@ pub enum Routed {
     Publish(String),
     /// `GET /`: the demo page.
     Demo,
+    /// 405: the path exists, the method does not; `allow` is the `Allow` header's value
+    /// (RFC 9110 §15.5.6 requires it).
+    NotAllowed {
+        /// The methods the path takes.
+        allow: &'static str,
+    },
 }
 
 /// Decides what a request for `path` with `method` gets. `max_topics`: a `?subscribe=` list
@@ -82,17 +88,12 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                 body: "?subscribe= lists more topics than --max-topics-per-connection allows\n",
             },
         },
-        "/health" | "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::Respond {
-            status: 405,
-            body: "method not allowed\n",
-        },
+        "/health" => Routed::NotAllowed { allow: "GET, HEAD" },
+        "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::NotAllowed { allow: "GET" },
         _ if path.starts_with("/publish/") => {
             let topic = &path["/publish/".len()..];
             if method != "POST" {
-                return Routed::Respond {
-                    status: 405,
-                    body: "method not allowed: use POST\n",
-                };
+                return Routed::NotAllowed { allow: "POST" };
             }
             match validate_topic(topic) {
                 Ok(()) => Routed::Publish(topic.to_owned()),
@@ -107,10 +108,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                 }),
                 Err(e) => bad_topic(e),
             },
-            Some(_) => Routed::Respond {
-                status: 405,
-                body: "method not allowed\n",
-            },
+            Some(_) => Routed::NotAllowed { allow: "GET" },
             None => Routed::Respond {
                 status: 404,
                 body: "not found\n",
@@ -239,11 +237,11 @@ mod tests {
         ));
         assert!(matches!(
             route("POST", "/ws/a", None, 256),
-            Routed::Respond { status: 405, .. }
+            Routed::NotAllowed { .. }
         ));
         assert!(matches!(
             route("DELETE", "/health", None, 256),
-            Routed::Respond { status: 405, .. }
+            Routed::NotAllowed { .. }
         ));
     }
 
@@ -270,7 +268,7 @@ mod tests {
         );
         assert!(matches!(
             route("GET", "/publish/news", None, 256),
-            Routed::Respond { status: 405, .. }
+            Routed::NotAllowed { .. }
         ));
         assert!(matches!(
             route("POST", "/publish/", None, 256),
@@ -278,7 +276,7 @@ mod tests {
         ));
         assert!(matches!(
             route("POST", "/ws", None, 256),
-            Routed::Respond { status: 405, .. }
+            Routed::NotAllowed { .. }
         ));
         assert!(matches!(
             route("GET", "/ws", Some("subscribe=a,b,a,c"), 2),

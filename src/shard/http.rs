@@ -171,11 +171,31 @@ impl ShardState {
         content_type: &str,
         body: &[u8],
     ) {
+        self.respond_with_headers(token, status, content_type, &[], body);
+    }
+
+    /// `405 Method Not Allowed`, with the `Allow` header naming what the path takes.
+    pub(super) fn not_allowed(&mut self, token: Token, allow: &str) {
+        self.metrics.handshake_failure(405);
+        let body = format!("method not allowed: use {allow}\n");
+        let ct = "text/plain; charset=utf-8";
+        self.respond_with_headers(token, 405, ct, &[("Allow", allow)], body.as_bytes());
+    }
+
+    /// [`ShardState::respond_with`] with extra response headers.
+    fn respond_with_headers(
+        &mut self,
+        token: Token,
+        status: u16,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         let mut out = Vec::with_capacity(128 + body.len());
-        handshake::write_response(status, content_type, &[], body, &mut out);
+        handshake::write_response(status, content_type, headers, body, &mut out);
         if matches!(
             c.phase,
             Phase::Http {

@@ -468,6 +468,7 @@ impl ShardState {
             Routed::Publish(topic) => self.http_publish(token, &head, &topic, rest),
             Routed::Metrics => self.metrics_page(token),
             Routed::Respond { status, body } => self.respond(token, status, body),
+            Routed::NotAllowed { allow } => self.not_allowed(token, allow),
             Routed::Upgrade(endpoint) => {
                 if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
                     self.respond(token, 503, "server at its connection limit\n");

@@ -100,8 +100,22 @@ both!(refusals, |io| {
     let (status, body) = srv.post("/publish/t", "text/plain", &[0xff, 0xfe]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("UTF-8"), "{body}");
-    let (status, _) = srv.request(b"GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(status, 405);
+    let raw = srv.exchange(b"GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = String::from_utf8_lossy(&raw);
+    assert!(
+        head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nAllow: POST\r\n"),
+        "405 names what the path takes: {head}"
+    );
+    let raw = srv.exchange(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(
+        String::from_utf8_lossy(&raw).contains("\r\nAllow: GET, HEAD\r\n"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     let (status, _) = srv.request(b"PUT /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 404);
     // Each refusal was answered after its request was handled, so anything it had
@@ -121,7 +135,7 @@ both!(refusals, |io| {
     assert_eq!(m("413"), 1);
     assert_eq!(m("411"), 2);
     assert_eq!(m("400"), 5);
-    assert_eq!(m("405"), 1);
+    assert_eq!(m("405"), 2);
     // The 1024-byte body and the sentinel.
     assert_eq!(srv.metric("ringcast_http_publishes_total"), 2);
 });
