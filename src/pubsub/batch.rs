@@ -32,8 +32,11 @@ use crate::proto::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
 
 use super::topic::{NO_BATCH, TopicId, Topics};
 
-/// Smallest allocation for a topic's batch buffer.
-const CHUNK: usize = 16 * 1024;
+/// Smallest reservation for a topic's batch buffer; it grows geometrically from there.
+const MIN_RESERVE: usize = 256;
+/// Batch buffers (with their spare capacity) kept for reuse after a turn; a turn that named
+/// more topics frees the rest.
+const KEEP_PENDING: usize = 64;
 
 /// Default bound of one batch, in framed bytes (`--max-batch-bytes`).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 * 1024;
@@ -197,7 +200,13 @@ impl Batcher {
             self.sealed.push_back(seal(origin, p, topic));
         }
         if p.buf.capacity() - p.buf.len() < need {
-            p.buf.reserve(need.max(CHUNK).min(self.max_bytes.max(need)));
+            // Geometric growth from what the batch holds: a topic named once in a turn costs
+            // about its message, not a whole chunk (a client that names thousands of topics
+            // in one turn must not turn 60-byte publishes into 16 KiB reservations each); a
+            // busy topic reaches chunk-sized reservations after a few messages and keeps its
+            // spare capacity across turns.
+            let grow = need.max(p.buf.len()).max(MIN_RESERVE);
+            p.buf.reserve(grow.min(self.max_bytes.max(need)));
         }
         encode_frame(&mut p.buf, true, opcode, None, payload);
         let msg = p.ends.len() as u32;
@@ -208,6 +217,12 @@ impl Batcher {
                 _ => p.own.push((slot, msg..msg + 1)),
             }
         }
+    }
+
+    /// Bytes reserved by the open batch buffers (tests: memory per distinct topic).
+    #[cfg(test)]
+    fn reserved(&self) -> usize {
+        self.pending.iter().map(|p| p.buf.capacity()).sum()
     }
 
     /// True when nothing was published since the last [`Batcher::take`].
@@ -244,6 +259,7 @@ impl Batcher {
             }
         }
         self.live = 0;
+        self.pending.truncate(KEEP_PENDING);
     }
 }
 
@@ -296,64 +312,6 @@ fn exclusions(own: &mut Vec<(u32, Range<u32>)>, count: u32) -> (Vec<Part>, Vec<E
     }
     own.clear();
     (parts, out)
-}
-
-/// Finds a slot's [`Exclusion`] in O(1): an open-addressing table built once per batch, so
-/// a fan-out costs O(subscribers + excluded publishers), not their product (a chat room in
-/// which everyone publishes). Its memory follows the publishers of one batch, not the
-/// connections.
-#[derive(Debug, Default)]
-pub struct ExclusionIndex {
-    /// (slot + 1, index in the exclusion list); 0: empty.
-    table: Vec<(u32, u32)>,
-    shift: u32,
-}
-
-impl ExclusionIndex {
-    /// Indexes `excluded` (replacing what was indexed before).
-    pub fn build(&mut self, excluded: &[Exclusion]) {
-        self.table.clear();
-        if excluded.is_empty() {
-            return;
-        }
-        let bits = (excluded.len() * 2)
-            .next_power_of_two()
-            .trailing_zeros()
-            .max(2);
-        self.table.resize(1 << bits, (0, 0));
-        self.shift = 32 - bits;
-        let mask = self.table.len() - 1;
-        for (i, e) in excluded.iter().enumerate() {
-            let mut h = self.hash(e.slot);
-            while self.table[h].0 != 0 {
-                h = (h + 1) & mask;
-            }
-            self.table[h] = (e.slot.wrapping_add(1), i as u32);
-        }
-    }
-
-    #[inline]
-    fn hash(&self, slot: u32) -> usize {
-        (slot.wrapping_mul(0x9E37_79B9) >> self.shift) as usize
-    }
-
-    /// The index in the exclusion list of `slot`'s entry, if it has one.
-    #[inline]
-    pub fn get(&self, slot: u32) -> Option<usize> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let mask = self.table.len() - 1;
-        let key = slot.wrapping_add(1);
-        let mut h = self.hash(slot);
-        loop {
-            match self.table[h] {
-                (0, _) => return None,
-                (k, i) if k == key => return Some(i as usize),
-                _ => h = (h + 1) & mask,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -523,5 +481,31 @@ mod tests {
         );
         assert_eq!(msg_start(&b.ends, 0), 0);
         assert_eq!(msg_start(&b.ends, 1), 4);
+    }
+
+    #[test]
+    fn many_topics_in_one_turn_cost_about_their_messages() {
+        // A client naming 10,000 topics in one turn used to get a 16 KiB reservation per
+        // topic (160 MB for 600 KB of publishes).
+        let mut topics = Topics::default();
+        let ids: Vec<TopicId> = (0..10_000)
+            .map(|i| topics.intern(&format!("t{i}")))
+            .collect();
+        let mut b = Batcher::default();
+        for &id in &ids {
+            b.append(&mut topics, id, OpCode::Text, b"0123456789", None);
+        }
+        assert!(
+            b.reserved() <= 10_000 * 2 * MIN_RESERVE,
+            "{} bytes",
+            b.reserved()
+        );
+        let mut n = 0;
+        b.take(&mut topics, |_, _| n += 1);
+        assert_eq!(n, 10_000);
+        assert!(
+            b.pending.len() <= KEEP_PENDING,
+            "buffers past the reuse pool are freed"
+        );
     }
 }

@@ -475,4 +475,26 @@ mod tests {
         mux::envelope_text("t", "hi \"there\"", &mut want);
         assert_eq!((h.opcode, &rest[at..]), (OpCode::Text, &want[..]));
     }
+
+    #[test]
+    fn exclusion_index_finds_every_publisher() {
+        for n in [1usize, 2, 3, 7, 64, 1000] {
+            let excluded: Vec<Exclusion> = (0..n as u32)
+                .map(|i| Exclusion {
+                    slot: i * 7 + 3,
+                    parts: 0..0,
+                    count: 0,
+                })
+                .collect();
+            let mut index = ExclusionIndex::default();
+            index.build(&excluded);
+            for (i, e) in excluded.iter().enumerate() {
+                assert_eq!(index.get(e.slot), Some(i));
+                assert_eq!(index.get(e.slot + 1), None);
+            }
+        }
+        let mut index = ExclusionIndex::default();
+        index.build(&[]);
+        assert_eq!(index.get(0), None);
+    }
 }

@@ -5,26 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringcast::config::{Config, IoBackend};
 use ringcast::proto::frame::OpCode;
-use ringcast::server::Server;
 
 use crate::both;
 use crate::util::{Client, Msg};
 
 both!(a_plain_thread_publishes_and_the_shard_wakes_at_once, |io| {
-    let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shards: 2,
-        io: if io == "uring" {
-            IoBackend::Uring
-        } else {
-            IoBackend::Epoll
-        },
-        pin_cores: false,
-        ..Config::default()
-    };
-    let server = Server::start(&cfg).expect("server starts");
+    let server = crate::util::in_process(io, 2);
     let mut sub = Client::connect(server.addrs[0], "/ws/news").expect("subscriber");
     // The subscription is made by the upgrade; a sentinel through the normal path proves it.
     let mut publisher = Client::connect(server.addrs[0], "/ws/news").expect("publisher");

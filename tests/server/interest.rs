@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringcast::config::{Config, IoBackend};
 use ringcast::metrics::ShardMetrics;
 use ringcast::server::Server;
 
@@ -14,18 +13,7 @@ use crate::both;
 use crate::util::{Client, Msg};
 
 fn start(io: &str) -> Server {
-    let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shards: 2,
-        io: if io == "uring" {
-            IoBackend::Uring
-        } else {
-            IoBackend::Epoll
-        },
-        pin_cores: false,
-        ..Config::default()
-    };
-    Server::start(&cfg).expect("server starts")
+    crate::util::in_process(io, 2)
 }
 
 fn metrics(server: &Server, shard: usize) -> &Arc<ShardMetrics> {

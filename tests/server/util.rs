@@ -515,3 +515,20 @@ impl Client {
         }
     }
 }
+
+/// A server started in this process (its bus and metrics reachable), on `127.0.0.1:0`, with
+/// `shards` shards on backend `io` ("uring" or "epoll"), unpinned.
+pub fn in_process(io: &str, shards: usize) -> ringcast::server::Server {
+    let cfg = ringcast::config::Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        shards,
+        io: if io == "uring" {
+            ringcast::config::IoBackend::Uring
+        } else {
+            ringcast::config::IoBackend::Epoll
+        },
+        pin_cores: false,
+        ..ringcast::config::Config::default()
+    };
+    ringcast::server::Server::start(&cfg).expect("server starts")
+}
