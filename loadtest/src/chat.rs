@@ -103,6 +103,7 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
         timeout: args.connect.connect_timeout,
         sources: args.connect.sources.clone(),
         deadline: Some(Instant::now() + Duration::from_secs_f64(budget_s)),
+        tokens: None,
     };
     let quiet = args.quiet;
     let mut dispatch_err: Option<String> = None;
@@ -268,6 +269,7 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
         subscribers: cstats.ok,
         publishers: cstats.ok,
         subscriber_ends: t.subscriber_ends,
+        token: None,
         notes,
         command,
     };

@@ -1,4 +1,4 @@
-//! The command line (clap): `run`, `chat`, `idle`, `storm`, `blast`, with the flag
+//! The command line (clap): `run`, `chat`, `idle`, `storm`, `pubhttp`, `blast`, with the flag
 //! names fixed by CONTRACT section 2 (flags may be added, never renamed), plus
 //! the duration/size parsers and the cross-flag validation clap cannot express.
 
@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::pubhttp_args::PubHttpArgs;
+pub use crate::token::TokenArgs;
 
 /// Load generator for WebSocket broadcast servers (ringcast or any other).
 #[derive(Debug, Parser)]
@@ -28,6 +31,8 @@ pub enum Command {
     Idle(IdleArgs),
     /// Open N connections as fast as the server completes handshakes.
     Storm(StormArgs),
+    /// HTTP publish load: `POST /publish/{topic}` (or batches to `POST /publish`), messages/s accepted.
+    Pubhttp(PubHttpArgs),
     /// The floor server: writes pre-built frames to every subscriber on io_uring.
     Blast(BlastArgs),
 }
@@ -157,6 +162,9 @@ pub struct RunArgs {
     /// Connection flags.
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// A JWT on every connection (`--token-*`).
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// `chat` flags.
@@ -275,6 +283,9 @@ pub struct IdleArgs {
     /// Connection flags.
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// A JWT on every connection (`--token-*`).
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// `storm` flags.
@@ -295,6 +306,9 @@ pub struct StormArgs {
     /// Connection flags (`--concurrency` = handshakes in flight; the rate is unlimited unless given).
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// A JWT on every connection (`--token-*`), minted before the storm starts.
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// `blast` flags.

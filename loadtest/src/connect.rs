@@ -4,12 +4,15 @@
 //! a cap on handshakes in flight, with per-connection latency and failure
 //! reasons. Driven by one mio poll on the calling thread; each finished
 //! connection is handed to a callback as a non-blocking std socket together
-//! with any bytes that followed the 101 response.
+//! with any bytes that followed the 101 response. With [`ConnectOpts::tokens`]
+//! each upgrade request carries its connection's JWT (header, subprotocol or
+//! query; see [`crate::token`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,6 +22,7 @@ use ringcast::proto::handshake::{generate_key, parse_response, write_client_requ
 
 use crate::stats::new_hist;
 use crate::target::{Scheme, Target};
+use crate::token::{TokenIn, Tokens, check_chosen_subprotocol};
 
 /// How to open connections.
 #[derive(Clone, Debug)]
@@ -33,6 +37,8 @@ pub struct ConnectOpts {
     pub sources: Vec<Ipv4Addr>,
     /// Overall deadline for the whole batch.
     pub deadline: Option<Instant>,
+    /// A JWT per connection index (minted beforehand), or none.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// One connection ready for use.
@@ -108,6 +114,8 @@ struct Pending {
     written: usize,
     inbuf: Vec<u8>,
     started: Instant,
+    /// The token went in `Sec-WebSocket-Protocol`: the 101 must choose `ringcast.v1`.
+    want_protocol: bool,
 }
 
 /// Connections per automatically added source address: the kernel's search
@@ -228,14 +236,19 @@ pub fn connect_many(
                     // The nonce only shows the server speaks WebSocket (RFC 6455 §4.1); it
                     // guards nothing, so the load generator's cheap generator is enough.
                     let key = generate_key(fastrand::u128(..).to_ne_bytes());
+                    let want_protocol = target.scheme == Scheme::Ws
+                        && opts
+                            .tokens
+                            .as_ref()
+                            .is_some_and(|t| t.placement() == TokenIn::Subprotocol);
                     if target.scheme == Scheme::Ws {
-                        write_client_request(
-                            &target.host_header,
-                            &path_for(idx),
-                            &key,
-                            &[],
-                            &mut out,
-                        );
+                        let (path, header) = match &opts.tokens {
+                            Some(t) => t.ws_parts(idx, &path_for(idx)),
+                            None => (path_for(idx), None),
+                        };
+                        let extra: Vec<(&str, &str)> =
+                            header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                        write_client_request(&target.host_header, &path, &key, &extra, &mut out);
                     }
                     let slot = free.pop().unwrap_or_else(|| {
                         slots.push(None);
@@ -256,6 +269,7 @@ pub fn connect_many(
                         written: 0,
                         inbuf: Vec::new(),
                         started: now,
+                        want_protocol,
                     });
                     in_flight += 1;
                 }
@@ -400,7 +414,12 @@ fn advance(p: &mut Pending, scheme: Scheme) -> Result<Option<usize>, String> {
             Ok(k) => {
                 p.inbuf.extend_from_slice(&chunk[..k]);
                 match parse_response(&p.inbuf, &p.key) {
-                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(Some(head)) => {
+                        if p.want_protocol {
+                            check_chosen_subprotocol(&p.inbuf[..head])?;
+                        }
+                        return Ok(Some(head));
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(format!("handshake refused: {} ({e:?})", e.status())),
                 }

@@ -2,7 +2,9 @@
 //! read the server's RSS per connection) and `storm` (open N connections with
 //! many handshakes in flight and report handshakes per second). Both hand the
 //! open connections to a receive thread so pings are answered and every
-//! connection ends with a close handshake.
+//! connection ends with a close handshake. With `--token-*` every connection
+//! presents its own JWT, minted before the first connect (the mint time is
+//! reported apart, never in `handshakes_per_s`).
 
 use std::sync::Arc;
 use std::thread;
@@ -17,6 +19,7 @@ use crate::receivers::{BufConfig, Receivers, choose_backend};
 use crate::report::{ConnectReport, RssReport, write_json};
 use crate::sys::now_ns;
 use crate::target::{Scheme, Target};
+use crate::token::{TokenReport, Tokens, mint};
 use crate::worker::{NewSub, RunShared};
 
 /// Result of `idle`.
@@ -36,6 +39,8 @@ pub struct IdleReport {
     pub errors: u64,
     /// Hold length (s).
     pub hold_s: f64,
+    /// The tokens presented (`--token-alg`), null without.
+    pub token: Option<TokenReport>,
 }
 
 /// Result of `storm`.
@@ -51,6 +56,8 @@ pub struct StormReport {
     pub server_cpu_pct: Option<f64>,
     /// Storm wall time (s).
     pub duration_s: f64,
+    /// The tokens presented (`--token-alg`), null without; minting is not in the storm's time.
+    pub token: Option<TokenReport>,
 }
 
 struct Opened {
@@ -58,7 +65,13 @@ struct Opened {
     stats: ConnectStats,
 }
 
-fn open(url: &str, n: usize, c: &ConnectArgs, default_rate: u32) -> Result<Opened, String> {
+fn open(
+    url: &str,
+    n: usize,
+    c: &ConnectArgs,
+    default_rate: u32,
+    tokens: Option<Arc<Tokens>>,
+) -> Result<Opened, String> {
     if n == 0 || n > 1_000_000 {
         return Err("--connections must be in 1..=1000000".into());
     }
@@ -96,6 +109,7 @@ fn open(url: &str, n: usize, c: &ConnectArgs, default_rate: u32) -> Result<Opene
         timeout: c.connect_timeout,
         sources: c.sources.clone(),
         deadline: Some(Instant::now() + Duration::from_secs(120)),
+        tokens,
     };
     let mut err = None;
     let mut on_ok = |e: Established| {
@@ -140,6 +154,13 @@ fn open(url: &str, n: usize, c: &ConnectArgs, default_rate: u32) -> Result<Opene
     Ok(Opened { recv, stats })
 }
 
+fn split(m: Option<(Tokens, TokenReport)>) -> (Option<Arc<Tokens>>, Option<TokenReport>) {
+    match m {
+        Some((t, r)) => (Some(Arc::new(t)), Some(r)),
+        None => (None, None),
+    }
+}
+
 fn server(pid: Option<u32>) -> Option<procstat::ProcSample> {
     pid.and_then(|p| procstat::sample(&p.to_string()).ok())
 }
@@ -153,8 +174,9 @@ pub fn idle(args: &IdleArgs) -> Result<IdleReport, String> {
     if let Some(p) = args.server_pid {
         procstat::sample(&p.to_string()).map_err(|e| format!("--server-pid {p}: {e}"))?;
     }
+    let (tokens, token) = split(mint(&args.token, 0, args.connections)?);
     let before = server(args.server_pid);
-    let o = open(&args.url, args.connections, &args.connect, 20_000)?;
+    let o = open(&args.url, args.connections, &args.connect, 20_000, tokens)?;
     // Let the server settle (buffers released after the handshakes) before the hold.
     thread::sleep(Duration::from_millis(200));
     let hold_start = (now_ns(), server(args.server_pid));
@@ -183,6 +205,7 @@ pub fn idle(args: &IdleArgs) -> Result<IdleReport, String> {
         },
         errors,
         hold_s: (hold_end.0 - hold_start.0) as f64 / 1e9,
+        token,
     };
     if let Some(p) = &args.json {
         write_json(p, &report)?;
@@ -196,9 +219,10 @@ pub fn storm(args: &StormArgs) -> Result<StormReport, String> {
         server_pid: args.server_pid.filter(|&p| p != 0),
         ..args.clone()
     };
+    let (tokens, token) = split(mint(&args.token, 0, args.connections)?);
     let before = server(args.server_pid);
     let t0 = now_ns();
-    let o = open(&args.url, args.connections, &args.connect, 0)?;
+    let o = open(&args.url, args.connections, &args.connect, 0, tokens)?;
     let t1 = now_ns();
     let after = server(args.server_pid);
     let _ = o.recv.close_and_join(Duration::from_secs(2))?;
@@ -211,6 +235,7 @@ pub fn storm(args: &StormArgs) -> Result<StormReport, String> {
             _ => None,
         },
         duration_s: o.stats.elapsed.as_secs_f64(),
+        token,
     };
     if let Some(p) = &args.json {
         write_json(p, &report)?;

@@ -23,6 +23,9 @@
 //! - [`chat_send`]: chat members publishing from their receive threads, on a schedule.
 //! - [`window`]: snapshots, warm-up and measured window, drain, CPU over the window.
 //! - [`scrape`]: the server's Prometheus `/metrics` at both ends of the window.
+//! - [`token`]: `--token-*`: JWTs minted before the timed part, placed in header, subprotocol or query.
+//! - [`pubhttp`] (flags in [`pubhttp_args`]): HTTP publish load over keep-alive or per-request
+//!   connections, with [`http_req`] (pre-built requests) and [`http_in`] (pipelined answers).
 //! - [`run`], [`chat`], [`idle_storm`], [`blast`]: the subcommands.
 //! - [`tally`]: per-subscriber results to run totals (loss, order, slow subscribers).
 //! - [`stats`], [`procstat`], [`report`]: counters, CPU/RSS from /proc, JSON and summaries.
@@ -38,9 +41,13 @@ pub mod checker;
 pub mod cli;
 pub mod connect;
 pub mod epoll;
+pub mod http_in;
+pub mod http_req;
 pub mod idle_storm;
 pub mod payload;
 pub mod procstat;
+pub mod pubhttp;
+pub mod pubhttp_args;
 pub mod publish;
 pub mod receivers;
 pub mod report;
@@ -52,6 +59,7 @@ pub mod stats;
 pub mod sys;
 pub mod tally;
 pub mod target;
+pub mod token;
 pub mod uring;
 pub mod window;
 pub mod worker;

@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringcast_loadtest::cli::{Cli, Command};
-use ringcast_loadtest::{blast, chat, idle_storm, run};
+use ringcast_loadtest::{blast, chat, idle_storm, pubhttp, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ringcast_loadtest::token::install_provider();
     let result = match &cli.command {
         Command::Run(a) => run::run(a, std::env::args().collect()).map(|r| {
             if !a.quiet {
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
                 "storm: {} of {} connections in {:.2}s: {:.0} handshakes/s  p50 {:.0}us  p99 {:.0}us  failed {}",
                 r.connect.ok, r.connections, r.duration_s, r.handshakes_per_s, r.connect.p50_us, r.connect.p99_us, r.connect.failed
             )
+        }),
+        Command::Pubhttp(a) => pubhttp::pubhttp(a, std::env::args().collect()).map(|r| {
+            print!("{}", r.summary());
         }),
         Command::Blast(a) => blast::main(a),
     };

@@ -484,12 +484,19 @@ pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
     Ok((poll, waker))
 }
 
-/// The HTTP POST request head for one publisher.
-pub fn http_head(host: &str, path: &str, size: usize, binary: bool) -> Vec<u8> {
+/// The HTTP POST request head for one publisher (`extra`: e.g. its token's `Authorization`).
+pub fn http_head(
+    host: &str,
+    path: &str,
+    size: usize,
+    binary: bool,
+    extra: Option<&(&'static str, String)>,
+) -> Vec<u8> {
     let ctype = if binary {
         "application/octet-stream"
     } else {
         "text/plain; charset=utf-8"
     };
-    format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nContent-Length: {size}\r\n\r\n").into_bytes()
+    let extra = extra.map_or(String::new(), |(n, v)| format!("{n}: {v}\r\n"));
+    format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nContent-Length: {size}\r\n{extra}\r\n").into_bytes()
 }

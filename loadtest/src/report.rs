@@ -162,6 +162,8 @@ pub struct RunReport {
     pub publishers: u64,
     /// How healthy subscribers ended ("closed 1000", "eof", "protocol: ...") -> count.
     pub subscriber_ends: BTreeMap<String, u64>,
+    /// The tokens presented (`--token-alg`, subscribers then publishers), null without.
+    pub token: Option<crate::token::TokenReport>,
     /// Things worth knowing about this run.
     pub notes: Vec<String>,
     /// The command line.

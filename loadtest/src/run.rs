@@ -1,5 +1,6 @@
 //! `run`: the whole measurement. Order of events:
 //! 1. check flags and targets, raise the open-file limit, pick the backend;
+//!    With `--token-*`, mint one JWT per subscriber and publisher now, before anything is timed;
 //! 2. start the receive threads and connect every subscriber (rate-limited),
 //!    handing each to a thread as soon as its handshake is done;
 //! 3. connect the publishers and start the publisher thread at t0;
@@ -26,6 +27,7 @@ use crate::stats::Percentiles;
 use crate::sys::now_ns;
 use crate::tally::Tally;
 use crate::target::{Scheme, Target};
+use crate::token::mint;
 use crate::window::{self, Probe};
 use crate::worker::{NewSub, RunShared};
 
@@ -81,6 +83,15 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         Err(e) => notes.push(format!("could not raise RLIMIT_NOFILE: {e}")),
     }
     let backend = choose_backend(args.io)?;
+    // One token per connection: subscribers 0..n, publishers n..n+publishers.
+    let (sub_tokens, pub_tokens, token_report) =
+        match mint(&args.token, 0, args.subscribers + publishers)? {
+            Some((mut t, r)) => {
+                let p = t.split_off(args.subscribers);
+                (Some(Arc::new(t)), Some(Arc::new(p)), Some(r))
+            }
+            None => (None, None, None),
+        };
     let server_rss_before = args
         .server_pid
         .map(|p| procstat::sample(&p.to_string()).map_err(|e| format!("--server-pid {p}: {e}")))
@@ -129,6 +140,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         timeout: args.connect.connect_timeout,
         sources: args.connect.sources.clone(),
         deadline: Some(Instant::now() + Duration::from_secs_f64(budget_s)),
+        tokens: sub_tokens,
     };
     let quiet = args.quiet;
     let mut healthy_on_topic = vec![0u64; topics];
@@ -203,6 +215,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         let popts = ConnectOpts {
             rate: 0,
             deadline: Some(Instant::now() + Duration::from_secs(30)),
+            tokens: pub_tokens.clone(),
             ..opts.clone()
         };
         let http = t.scheme == Scheme::Http;
@@ -217,11 +230,17 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
                     stream: e.stream,
                     leftover: e.leftover,
                     http_head: if http {
+                        let path = t.path_for(e.idx % topics);
+                        let (path, header) = match &pub_tokens {
+                            Some(tk) => tk.http_parts(e.idx, &path),
+                            None => (path, None),
+                        };
                         publish::http_head(
                             &t.host_header,
-                            &t.path_for(e.idx % topics),
+                            &path,
                             args.size,
                             args.binary,
+                            header.as_ref(),
                         )
                     } else {
                         Vec::new()
@@ -364,6 +383,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         subscribers: cstats.ok,
         publishers: publishers as u64,
         subscriber_ends: t.subscriber_ends,
+        token: token_report,
         notes,
         command,
     };

@@ -484,6 +484,7 @@ fn abrupt_stop_with_receives_in_flight() {
             timeout: Duration::from_secs(5),
             sources: vec![],
             deadline: Some(Instant::now() + Duration::from_secs(10)),
+            tokens: None,
         };
         let stats = connect_many(
             &target,
