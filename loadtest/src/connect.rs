@@ -460,6 +460,116 @@ mod tests {
         assert!(s.exhausted(None).is_err());
     }
 
+    /// A one-shot upgrade server: reads each request head, hands it to `check`,
+    /// and answers 101 (with `protocol` chosen, if any). Stops after `n` connections.
+    fn upgrade_server(
+        n: usize,
+        protocol: Option<&'static str>,
+    ) -> (Target, std::thread::JoinHandle<Vec<String>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            for _ in 0..n {
+                let Ok((mut s, _)) = l.accept() else { break };
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let accept = ringcast::proto::handshake::accept_key(key.as_bytes());
+                let proto = protocol.map_or(String::new(), |p| {
+                    format!("Sec-WebSocket-Protocol: {p}\r\n")
+                });
+                let _ = s.write_all(
+                    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{proto}\r\n").as_bytes(),
+                );
+                heads.push(head);
+            }
+            heads
+        });
+        let t = Target::parse(&format!("ws://{addr}/ws/t0?echo=1"), false).unwrap();
+        (t, h)
+    }
+
+    fn connect_with(t: &Target, n: usize, tokens: Tokens) -> ConnectStats {
+        let opts = ConnectOpts {
+            rate: 0,
+            concurrency: 4,
+            timeout: Duration::from_secs(5),
+            sources: vec![],
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            tokens: Some(Arc::new(tokens)),
+        };
+        let mut kept = Vec::new();
+        let stats =
+            connect_many(t, n, &|_| t.path_for(0), &opts, &mut |e| kept.push(e), None).unwrap();
+        drop(kept);
+        stats
+    }
+
+    #[test]
+    fn tokens_ride_in_the_upgrade_request() {
+        let toks = || {
+            vec![
+                "h.p.s0".to_string(),
+                "h.p.s1".to_string(),
+                "h.p.s2".to_string(),
+            ]
+        };
+        // Header: each connection its own token.
+        let (t, h) = upgrade_server(3, None);
+        let st = connect_with(&t, 3, Tokens::new(toks(), TokenIn::Header));
+        assert_eq!((st.ok, st.failed), (3, 0), "{:?}", st.reasons);
+        let heads = h.join().unwrap();
+        let mut seen: Vec<&str> = heads
+            .iter()
+            .map(|h| {
+                h.lines()
+                    .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+                    .unwrap()
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, ["h.p.s0", "h.p.s1", "h.p.s2"]);
+        // Query: appended with & to the existing query.
+        let (t, h) = upgrade_server(1, None);
+        let st = connect_with(&t, 1, Tokens::new(toks(), TokenIn::Query));
+        assert_eq!(st.ok, 1);
+        assert!(h.join().unwrap()[0].starts_with("GET /ws/t0?echo=1&token=h.p.s0 HTTP/1.1"));
+        // Subprotocol: offered, and the 101 must choose ringcast.v1.
+        let (t, h) = upgrade_server(1, Some("ringcast.v1"));
+        let st = connect_with(&t, 1, Tokens::new(toks(), TokenIn::Subprotocol));
+        assert_eq!(st.ok, 1, "{:?}", st.reasons);
+        assert!(
+            h.join().unwrap()[0]
+                .contains("Sec-WebSocket-Protocol: ringcast.v1, ringcast.token.h.p.s0\r\n")
+        );
+        // A 101 without the subprotocol is a failed connection, and the reason hides the token.
+        for chosen in [None, Some("ringcast.token.h.p.s0")] {
+            let (t, h) = upgrade_server(1, chosen);
+            let st = connect_with(&t, 1, Tokens::new(toks(), TokenIn::Subprotocol));
+            assert_eq!((st.ok, st.failed), (0, 1));
+            let reason = st.top_reason().unwrap();
+            assert!(
+                reason.contains("ringcast.v1") && !reason.contains("h.p.s0"),
+                "{reason}"
+            );
+            h.join().unwrap();
+        }
+    }
+
     #[test]
     fn explicit_sources_round_robin() {
         let a = Ipv4Addr::new(127, 0, 0, 1);

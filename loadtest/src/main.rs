@@ -6,6 +6,16 @@ use clap::Parser;
 use ringcast_loadtest::cli::{Cli, Command};
 use ringcast_loadtest::{blast, chat, idle_storm, pubhttp, run};
 
+/// "  tokens: ES256 x10000 (header), minted in 0.52s before the timed part", or nothing.
+fn minted(t: Option<&ringcast_loadtest::token::TokenReport>) -> String {
+    t.map_or(String::new(), |t| {
+        format!(
+            "  tokens: {} x{} ({:?}), minted in {:.2}s before the timed part",
+            t.alg, t.count, t.placement, t.mint_s
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ringcast_loadtest::token::install_provider();
@@ -24,19 +34,21 @@ fn main() -> ExitCode {
         }),
         Command::Idle(a) => idle_storm::idle(a).map(|r| {
             println!(
-                "idle: {} connections held {:.1}s  server rss before {:?} KiB after {:?} KiB  per connection {} bytes  server cpu {}",
+                "idle: {} connections held {:.1}s  server rss before {:?} KiB after {:?} KiB  per connection {} bytes  server cpu {}{}",
                 r.connections,
                 r.hold_s,
                 r.server_rss_kib.before,
                 r.server_rss_kib.after,
                 r.rss_per_connection_bytes.map_or("n/a".into(), |v| format!("{v:.0}")),
                 r.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%")),
+                minted(r.token.as_ref()),
             )
         }),
         Command::Storm(a) => idle_storm::storm(a).map(|r| {
             println!(
-                "storm: {} of {} connections in {:.2}s: {:.0} handshakes/s  p50 {:.0}us  p99 {:.0}us  failed {}",
-                r.connect.ok, r.connections, r.duration_s, r.handshakes_per_s, r.connect.p50_us, r.connect.p99_us, r.connect.failed
+                "storm: {} of {} connections in {:.2}s: {:.0} handshakes/s  p50 {:.0}us  p99 {:.0}us  failed {}{}",
+                r.connect.ok, r.connections, r.duration_s, r.handshakes_per_s, r.connect.p50_us, r.connect.p99_us, r.connect.failed,
+                minted(r.token.as_ref())
             )
         }),
         Command::Pubhttp(a) => pubhttp::pubhttp(a, std::env::args().collect()).map(|r| {

@@ -216,6 +216,12 @@ impl RunReport {
             self.publishers,
             self.io
         );
+        if let Some(t) = &self.token {
+            s += &format!(
+                "tokens: {} x{} ({:?}), minted in {:.2}s before the run\n",
+                t.alg, t.count, t.placement, t.mint_s
+            );
+        }
         if let Some(c) = &self.chat {
             s += &format!(
                 "chat: {} members asked for, {} msg/s each, {}\n",
