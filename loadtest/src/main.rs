@@ -10,8 +10,11 @@ use ringcast_loadtest::{blast, chat, idle_storm, pubhttp, run};
 fn minted(t: Option<&ringcast_loadtest::token::TokenReport>) -> String {
     t.map_or(String::new(), |t| {
         format!(
-            "  tokens: {} x{} ({:?}), minted in {:.2}s before the timed part",
-            t.alg, t.count, t.placement, t.mint_s
+            "  tokens: {} x{} ({}), minted in {:.2}s before the timed part",
+            t.alg,
+            t.count,
+            t.placement.name(),
+            t.mint_s
         )
     })
 }

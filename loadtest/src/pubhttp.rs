@@ -124,7 +124,6 @@ struct Plan {
 #[derive(Debug, Default)]
 struct Live {
     accepted: AtomicU64,
-    answers: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -141,7 +140,9 @@ struct Tally {
     hist: Histogram<u64>,
     cpu_at: [Option<u64>; 2],
     first_ok_body: Option<Vec<u8>>,
+    /// Accepted over the whole run, and how much of it went to [`Live`] already.
     live_accepted: u64,
+    live_reported: u64,
 }
 
 impl Tally {
@@ -158,6 +159,7 @@ impl Tally {
             cpu_at: [None, None],
             first_ok_body: None,
             live_accepted: 0,
+            live_reported: 0,
         }
     }
 
@@ -301,8 +303,10 @@ fn per_request_loop(plan: &Plan, live: &Live) -> Tally {
                 break;
             }
         }
-        live.accepted.store(t.live_accepted, Ordering::Relaxed);
-        live.answers.fetch_add(1, Ordering::Relaxed);
+        // Threads add what they accepted since their last report (several threads, one total).
+        live.accepted
+            .fetch_add(t.live_accepted - t.live_reported, Ordering::Relaxed);
+        t.live_reported = t.live_accepted;
     }
     t.mark_cpu(u64::MAX, plan.window);
     t
@@ -469,7 +473,6 @@ fn keepalive_thread(plan: &Plan, n: usize, live: &Live) -> io::Result<Tally> {
             inbuf: HttpIn::new(64 * 1024),
         })
         .collect();
-    let mut last_live = 0u64;
     loop {
         let now = now_ns();
         t.mark_cpu(now, plan.window);
@@ -507,16 +510,16 @@ fn keepalive_thread(plan: &Plan, n: usize, live: &Live) -> io::Result<Tally> {
                 drop_conn(c, &poll, &mut t);
             }
         }
-        if t.live_accepted != last_live {
-            last_live = t.live_accepted;
-            live.accepted.store(t.live_accepted, Ordering::Relaxed);
+        if t.live_accepted != t.live_reported {
+            live.accepted
+                .fetch_add(t.live_accepted - t.live_reported, Ordering::Relaxed);
+            t.live_reported = t.live_accepted;
         }
     }
     for c in conns.iter_mut() {
         drop_conn(c, &poll, &mut t);
     }
     t.mark_cpu(u64::MAX, plan.window);
-    live.accepted.store(t.live_accepted, Ordering::Relaxed);
     Ok(t)
 }
 

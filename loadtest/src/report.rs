@@ -218,8 +218,11 @@ impl RunReport {
         );
         if let Some(t) = &self.token {
             s += &format!(
-                "tokens: {} x{} ({:?}), minted in {:.2}s before the run\n",
-                t.alg, t.count, t.placement, t.mint_s
+                "tokens: {} x{} ({}), minted in {:.2}s before the run\n",
+                t.alg,
+                t.count,
+                t.placement.name(),
+                t.mint_s
             );
         }
         if let Some(c) = &self.chat {

@@ -105,6 +105,17 @@ pub enum TokenIn {
     Query,
 }
 
+impl TokenIn {
+    /// The flag value (`header`, `subprotocol`, `query`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenIn::Header => "header",
+            TokenIn::Subprotocol => "subprotocol",
+            TokenIn::Query => "query",
+        }
+    }
+}
+
 /// `--token-*` flags (storm, idle, run).
 #[derive(Clone, Debug, Args)]
 pub struct TokenArgs {
