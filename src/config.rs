@@ -1378,7 +1378,7 @@ where
 /// Show a size the way a person would write it: `64KiB`, `1MiB`, `1000`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, mult) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }

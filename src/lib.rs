@@ -15,6 +15,7 @@
 //!   admission.
 //! - [`pubsub`]: the one way to subscribe and publish: topic ids, batches and delivery
 //!   formats, fan-out and the slow-consumer decision, interest, mux mode's JSON codec.
+//! - [`auth`]: pure JWT and API-key verification into rights; key sets swapped in atomically.
 //! - [`bus`]: typed messages between shards (batches, interest), bounded lock-free inboxes
 //!   and their wake-ups, from any thread.
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get.
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub use ringcast_io::alloc;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;

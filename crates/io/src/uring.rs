@@ -312,11 +312,12 @@ impl UringDriver {
             if self.fail_submit {
                 return false;
             }
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::warn!(error = %e, "io_uring submit with a full submission queue failed; retried next turn");
-                    return false;
-                }
+            if let Err(e) = self.ring.submit()
+                && e.raw_os_error() != Some(libc::EBUSY)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                tracing::warn!(error = %e, "io_uring submit with a full submission queue failed; retried next turn");
+                return false;
             }
         }
     }
