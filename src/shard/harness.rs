@@ -193,6 +193,10 @@ fn settings() -> Settings {
         mux_error_budget: 20,
         drain_timeout: Duration::from_secs(10),
         admission: super::admission::AdmissionSettings::default(),
+        http_idle_timeout: Some(Duration::from_secs(30)),
+        http_max_requests_per_connection: 0,
+        max_publish_batch_bytes: 4 << 20,
+        max_publish_batch_items: 10_000,
     }
 }
 
@@ -469,4 +473,178 @@ fn batches_cross_shards_only_where_a_subscriber_is() {
     h.settle();
     assert_eq!(h.metrics(2).unrouted.get(), 1);
     assert_eq!(h.metrics(0).bus_in.get() + h.metrics(1).bus_in.get(), 1);
+}
+
+impl Harness {
+    /// A plain-HTTP client on `shard`: accepted and registered, nothing sent yet.
+    fn accept(&mut self, shard: usize) -> Token {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        self.driver(shard).events.push_back(Scripted::Accepted(fd));
+        self.turn();
+        *self.driver(shard).registered.last().expect("registered")
+    }
+
+    fn push(&mut self, shard: usize, token: Token, bytes: &[u8]) {
+        self.driver(shard)
+            .events
+            .push_back(Scripted::Data(token, bytes.to_vec()));
+    }
+
+    /// Takes the complete HTTP answers `token` received: (status, body) in order.
+    fn answers(&mut self, shard: usize, token: Token) -> Vec<(u16, String)> {
+        let out = self.driver(shard).written.entry(token).or_default();
+        let mut got = Vec::new();
+        let mut at = 0;
+        while let Some(end) = out[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[at..at + end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let body_at = at + end + 4;
+            let Some(body) = out.get(body_at..body_at + len) else {
+                break;
+            };
+            let status = head[9..12].parse().unwrap_or(0);
+            got.push((status, String::from_utf8_lossy(body).into_owned()));
+            at = body_at + len;
+        }
+        out.drain(..at);
+        got
+    }
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_deferred_answer_holds_what_is_pipelined_behind_it_in_order() {
+    let mut h = Harness::new(1, &settings());
+    let t = h.accept(0);
+    h.push(
+        0,
+        t,
+        b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    h.settle();
+    assert!(
+        h.answers(0, t).is_empty(),
+        "nothing answered before the deferred answer"
+    );
+    assert!(!h.driver(0).paused.contains(&t), "a few bytes: still read");
+    // More pipelined requests arrive meanwhile: kept unparsed; past --max-header-bytes of
+    // them the connection is no longer read.
+    let more = HEALTH.repeat(8192 / HEALTH.len() + 1);
+    h.push(0, t, &more);
+    h.settle();
+    assert!(h.answers(0, t).is_empty());
+    assert!(h.driver(0).paused.contains(&t), "paused while deferred");
+    assert!(
+        h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"later\n")
+    );
+    h.settle();
+    let got = h.answers(0, t);
+    assert_eq!(got[0], (200, "later\n".into()), "the deferred answer first");
+    assert_eq!(got[1], (200, "ok\n".into()));
+    assert_eq!(got[2].0, 404);
+    assert_eq!(
+        got.len(),
+        3 + more.len() / HEALTH.len(),
+        "then every one behind it"
+    );
+    assert!(got[3..].iter().all(|a| *a == (200, "ok\n".into())));
+    assert!(!h.driver(0).paused.contains(&t), "read again");
+    assert!(
+        !h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"twice\n"),
+        "no answer is pending any more"
+    );
+    // The connection is still open for more.
+    h.push(0, t, HEALTH);
+    h.settle();
+    assert_eq!(h.answers(0, t), vec![(200, "ok\n".into())]);
+    // A deferred answer to a connection that went away is dropped.
+    h.push(0, t, b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.settle();
+    h.driver(0).events.push_back(Scripted::RecvClosed(t));
+    h.settle();
+    h.advance(Duration::from_secs(3));
+    h.settle();
+    assert_eq!(
+        h.driver(0).released,
+        vec![t],
+        "released after the close grace"
+    );
+    assert!(
+        !h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"late\n")
+    );
+}
+
+#[test]
+fn a_deferred_answer_still_goes_out_after_the_client_half_closes() {
+    let mut h = Harness::new(1, &settings());
+    let t = h.accept(0);
+    h.push(0, t, b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.driver(0).events.push_back(Scripted::RecvClosed(t));
+    h.settle();
+    assert!(
+        h.driver(0).released.is_empty(),
+        "kept for the answer it is owed"
+    );
+    assert!(
+        h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"later\n")
+    );
+    h.settle();
+    assert_eq!(h.answers(0, t), vec![(200, "later\n".into())]);
+    assert_eq!(h.driver(0).released, vec![t], "then closed");
+}
+
+#[test]
+fn pipelining_without_reading_pauses_then_every_answer_goes_out_in_order() {
+    let mut s = settings();
+    s.send_queue_limit = 4096;
+    let mut h = Harness::new(1, &s);
+    let t = h.accept(0);
+    h.driver(0).stalled.insert(t);
+    let mut reqs = Vec::new();
+    // Alternating answers, so that their order shows.
+    let want: Vec<u16> = (0..200)
+        .map(|i| if i % 3 == 0 { 404 } else { 200 })
+        .collect();
+    for &w in &want {
+        let path = if w == 404 { "/nope" } else { "/health" };
+        reqs.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    h.push(0, t, &reqs);
+    h.settle();
+    assert!(
+        h.driver(0).paused.contains(&t),
+        "paused: its answers back up"
+    );
+    let queued = h.shards[0].st.conns.get_mut(t).expect("open").queued;
+    assert!(
+        queued <= 4096 / 2 + 256,
+        "at most half the limit plus one answer queued: {queued}"
+    );
+    let parsed = h.metrics(0).http_requests.get();
+    assert!(parsed < 200, "the rest is kept unparsed: {parsed}");
+    // The client reads: everything goes out, in order.
+    h.driver(0).stalled.remove(&t);
+    let frames = h.driver(0).inflight.remove(&t).expect("a send in flight");
+    h.driver(0).complete(t, frames);
+    for _ in 0..20 {
+        h.settle();
+    }
+    let got: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(got, want, "every request answered, in order");
+    assert_eq!(h.metrics(0).http_requests.get(), 200);
+    assert_eq!(h.metrics(0).http_keepalive_reuses.get(), 199);
+    assert!(!h.driver(0).paused.contains(&t));
 }
