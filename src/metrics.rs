@@ -43,7 +43,7 @@ impl Counter {
 /// Close codes counted individually in `ringcast_protocol_errors_total`.
 pub const CLOSE_CODES: [u16; 8] = [1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011];
 /// HTTP statuses counted individually in `ringcast_handshake_failures_total`.
-pub const HTTP_STATUSES: [u16; 10] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503];
+pub const HTTP_STATUSES: [u16; 12] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503, 415, 401];
 
 /// Why a request was refused by admission (`ringcast_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

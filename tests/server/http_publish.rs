@@ -296,6 +296,11 @@ both!(batch_refusals, |io| {
     assert_eq!(a.status, 400, "{}", a.text());
     let a = batch(&mut Http::connect(&srv), "text/plain", "[]");
     assert_eq!(a.status, 415, "{}", a.text());
+    assert_eq!(
+        srv.metric("ringcast_handshake_failures_total{status=\"415\"}"),
+        1,
+        "counted"
+    );
     let (status, _) =
         srv.request(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n");
     assert_eq!(status, 411);

@@ -343,7 +343,9 @@ impl ShardState {
         let Phase::Http { buf, flow, .. } = &c.phase else {
             return;
         };
-        if flow.eof && !flow.deferred && !(backlogged && !buf.is_empty()) {
+        // Requests still buffered behind a backlog are answered once it drains.
+        let held = backlogged && !buf.is_empty();
+        if flow.eof && !flow.deferred && !held {
             // Nothing more will arrive, and every complete request is answered: an
             // unfinished one is dropped.
             c.phase = Phase::Done;
