@@ -671,7 +671,7 @@ struct Cli {
     #[arg(long, value_name = "DURATION")]
     idle_timeout: Option<String>,
 
-    /// Drop a connection whose HTTP upgrade takes longer than this. [default: 10s] [env: RINGCAST_HANDSHAKE_TIMEOUT] [toml: handshake_timeout]
+    /// Drop a connection whose HTTP upgrade (or, on a keep-alive connection, whose next request) takes longer than this. [default: 10s] [env: RINGCAST_HANDSHAKE_TIMEOUT] [toml: handshake_timeout]
     #[arg(long, value_name = "DURATION")]
     handshake_timeout: Option<String>,
 

@@ -648,3 +648,31 @@ fn pipelining_without_reading_pauses_then_every_answer_goes_out_in_order() {
     assert_eq!(h.metrics(0).http_keepalive_reuses.get(), 199);
     assert!(!h.driver(0).paused.contains(&t));
 }
+
+#[test]
+fn an_upgrade_may_follow_keepalive_requests_on_one_connection() {
+    let mut h = Harness::new(1, &settings());
+    let publisher = h.connect(0, "/ws/room");
+    let t = h.accept(0);
+    let mut bytes = HEALTH.to_vec();
+    bytes.extend_from_slice(
+        b"GET /ws/room HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    // A frame right behind the upgrade, in the same receive: the WebSocket's first input.
+    let mut frame = BytesMut::new();
+    encode_frame(&mut frame, true, OpCode::Text, Some([1, 2, 3, 4]), b"hi");
+    bytes.extend_from_slice(&frame);
+    h.push(0, t, &bytes);
+    h.settle();
+    let out = h.driver(0).written.entry(t).or_default().clone();
+    let text = String::from_utf8_lossy(&out);
+    let ok = text.find("HTTP/1.1 200 OK").expect("the /health answer");
+    let up = text.find("HTTP/1.1 101").expect("then the upgrade");
+    assert!(ok < up, "in order: {text}");
+    assert_eq!(
+        texts(&h.received(0, publisher)),
+        ["hi"],
+        "the frame was published"
+    );
+}
