@@ -676,3 +676,72 @@ fn an_upgrade_may_follow_keepalive_requests_on_one_connection() {
         "the frame was published"
     );
 }
+
+#[test]
+fn pipelined_requests_cut_anywhere_get_the_same_answers() {
+    let mut h = Harness::new(1, &settings());
+    let sub = h.connect(0, "/ws/cut");
+    let mut stream = Vec::new();
+    let mut want = Vec::new();
+    let mut published = Vec::new();
+    for i in 0..40 {
+        match i % 5 {
+            0 => {
+                let body = format!("p{i}");
+                stream.extend_from_slice(
+                    format!(
+                        "POST /publish/cut HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                want.push(202);
+                published.push(body);
+            }
+            1 => {
+                let body = format!(r#"[{{"topic":"cut","data":"b{i}"}},{{"topic":"cut"}}]"#);
+                stream.extend_from_slice(
+                    format!(
+                        "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                want.push(200);
+                published.push(format!("b{i}"));
+            }
+            2 => {
+                stream.extend_from_slice(HEALTH);
+                want.push(200);
+            }
+            3 => {
+                stream.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+                want.push(404);
+            }
+            _ => {
+                // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                stream.extend_from_slice(
+                    b"\r\nGET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                );
+                want.push(200);
+            }
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..50 {
+        let t = h.accept(0);
+        let mut at = 0;
+        while at < stream.len() {
+            let n = rng.usize(1..=64).min(stream.len() - at);
+            h.push(0, t, &stream[at..at + n]);
+            h.turn();
+            at += n;
+        }
+        h.settle();
+        let got: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(got, want, "round {round}");
+        assert_eq!(texts(&h.received(0, sub)), published, "round {round}");
+        h.driver(0).events.push_back(Scripted::RecvClosed(t));
+        h.settle();
+    }
+}
