@@ -576,4 +576,29 @@ mod tests {
             assert_eq!(e.code(), ItemError::CODES[i]);
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the bytes: no panic, one call per item when the body is taken, none
+        /// when it is refused whole.
+        #[test]
+        fn any_body(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            jsonish in r#"[\[\]{},:" \n\\a-z0-9=+/]{0,300}"#,
+            ndjson in proptest::prelude::any::<bool>(),
+        ) {
+            let format = if ndjson { Format::Ndjson } else { Format::Json };
+            let limits = Limits { max_items: 5, max_message_size: 16 };
+            for body in [&bytes[..], jsonish.as_bytes()] {
+                let mut calls = 0;
+                let r = parse(body, format, &limits, &mut Vec::new(), |i, _| {
+                    assert_eq!(i, calls);
+                    calls += 1;
+                });
+                match r {
+                    Ok(n) => proptest::prop_assert_eq!(n, calls),
+                    Err(_) => proptest::prop_assert_eq!(calls, 0),
+                }
+            }
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub enum Phase {
     Http {
         /// Received bytes not parsed yet: the current request's head so far, and whatever
         /// was pipelined after it. For a publish whose head is complete and whose body is
-        /// still arriving, the body (allocated once, to its Content-Length).
+        /// still arriving, the body (growing to its Content-Length at most).
         buf: Vec<u8>,
         /// How far the search for the end of the head at the start of `buf` got
         /// (`proto::handshake::HeadScan`): each receive scans only its own bytes.

@@ -745,3 +745,50 @@ fn pipelined_requests_cut_anywhere_get_the_same_answers() {
         h.settle();
     }
 }
+
+#[test]
+fn a_large_body_buffer_grows_with_its_bytes_never_past_its_length() {
+    let mut s = settings();
+    s.max_message_size = 4 << 20;
+    s.max_frame_size = 4 << 20;
+    s.send_queue_limit = 8 << 20;
+    let mut h = Harness::new(1, &s);
+    let sub = h.connect(0, "/ws/big");
+    let t = h.accept(0);
+    let len = 3_000_001;
+    let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /publish/big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let mut first = head.into_bytes();
+    first.extend_from_slice(&body[..10]);
+    h.push(0, t, &first);
+    h.settle();
+    let cap = |h: &mut Harness| match &h.shards[0].st.conns.get_mut(t).expect("open").phase {
+        super::conn::Phase::Http { buf, .. } => buf.capacity(),
+        _ => panic!("still reading the body"),
+    };
+    assert!(
+        cap(&mut h) <= 64 * 1024,
+        "a head alone reserves little: {}",
+        cap(&mut h)
+    );
+    let mut at = 10;
+    while at < len - 100_000 {
+        h.push(0, t, &body[at..at + 100_000]);
+        h.settle();
+        at += 100_000;
+        assert!(cap(&mut h) <= len, "never past the Content-Length");
+    }
+    // The rest, and a pipelined request in the same receive.
+    let mut last = body[at..].to_vec();
+    last.extend_from_slice(HEALTH);
+    h.push(0, t, &last);
+    h.settle();
+    let statuses: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(statuses, [202, 200]);
+    assert_eq!(
+        h.received(0, sub),
+        vec![Msg::Text(String::from_utf8(body).unwrap())]
+    );
+}

@@ -22,8 +22,8 @@
 //!   other shards answers in a later turn with [`ShardState::http_answer_deferred`], which
 //!   writes the answer and runs the loop again. Meanwhile later bytes are buffered, and the
 //!   connection is paused once they pass `--max-header-bytes`;
-//! - a publish body is still arriving: it goes to a buffer of its own, allocated once to
-//!   its Content-Length (the bytes after it, in the same receive, are the next request).
+//! - a publish body is still arriving: it goes to a buffer of its own, at most its
+//!   Content-Length (the bytes after it, in the same receive, are the next request).
 //!
 //! # Keep-alive
 //!
@@ -214,9 +214,15 @@ impl ShardState {
             flow.mark = tick;
         }
         if let Some(pending) = body {
-            // A publish body: appended to its buffer, sized once from the Content-Length.
+            // A publish body: appended to its buffer, which doubles as needed but never
+            // past the Content-Length.
             let room = pending.len.saturating_sub(buf.len());
             let take = room.min(data.len());
+            let need = buf.len() + take;
+            if need > buf.capacity() {
+                let cap = (buf.capacity() * 2).max(need).min(pending.len);
+                buf.reserve_exact(cap - buf.len());
+            }
             buf.extend_from_slice(&data[..take]);
             if buf.len() < pending.len {
                 return;

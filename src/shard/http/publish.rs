@@ -6,9 +6,11 @@
 //! `Content-Length` → 411, an invalid one → 400, one above the bound → 413
 //! (`--max-message-size` for one message, `--max-publish-batch-bytes` for a batch, whose
 //! `Content-Type` must also be JSON or NDJSON, else 415). A body already in the request
-//! buffer is used where it lies; one still arriving goes to a buffer allocated once to the
-//! Content-Length (each receive appends, nothing is parsed or copied again), and must arrive
-//! within `--handshake-timeout` of the request's start.
+//! buffer is used where it lies; one still arriving goes to a buffer of its own, which each
+//! receive appends to (nothing is parsed again) and which grows by doubling, from
+//! [`BODY_FIRST_ALLOC`], up to exactly the Content-Length: a head that claims a 4 MiB body
+//! reserves 64 KiB until the bytes come, and the copies stay linear in the body. The body
+//! must arrive within `--handshake-timeout` of the request's start.
 //!
 //! One message: `Content-Type: text/*` publishes a text message (the body must be UTF-8,
 //! else 400), anything else a binary message; the answer is `202 {"queued":N}`, N being
@@ -31,8 +33,12 @@ use super::super::ShardState;
 use super::super::conn::Phase;
 use super::BackendGrant;
 
+/// The first allocation for a body that is still arriving (the most a head alone can make
+/// the server reserve).
+pub const BODY_FIRST_ALLOC: usize = 64 * 1024;
+
 /// A publish whose head has been read and whose body is still arriving (kept in the
-/// connection's request buffer, allocated once to `len`).
+/// connection's request buffer, which grows to `len` at most).
 #[derive(Debug)]
 pub struct PendingBody {
     /// What the body is.
@@ -163,8 +169,8 @@ impl ShardState {
         }
     }
 
-    /// The body is not all here: it goes to a buffer of exactly `len` bytes, which later
-    /// receives append to ([`ShardState::finish_body`] once full).
+    /// The body is not all here: it goes to a buffer of its own (at most `len` bytes), which
+    /// later receives append to ([`ShardState::finish_body`] once full).
     fn await_body(
         &mut self,
         token: Token,
@@ -181,7 +187,7 @@ impl ShardState {
             return;
         };
         if let Phase::Http { buf, body, .. } = &mut c.phase {
-            let mut b = Vec::with_capacity(len);
+            let mut b = Vec::with_capacity(len.min(rest.len().max(BODY_FIRST_ALLOC)));
             b.extend_from_slice(rest);
             *buf = b;
             *body = Some(Box::new(PendingBody { kind, len }));
