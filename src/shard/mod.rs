@@ -19,9 +19,9 @@
 //! The state is split by job: [`table::ConnTable`] (the connections), [`PubSub`] (topics,
 //! batches, fan-out, interest), [`Outbox`] (what the flush hands to the driver). The rest of
 //! the loop lives beside this file: `mux.rs` (mux mode: commands applied through
-//! [`PubSub`]), `http/` (the HTTP surface: keep-alive, publish, batch, health, metrics), `admission.rs`
-//! (origins, connection and per-IP limits), `drain.rs` (graceful shutdown) and `conn.rs`
-//! (one connection's state and send queue).
+//! [`PubSub`]), `http/` (the HTTP surface: keep-alive request loop, publish, batch publish,
+//! health, metrics, demo), `admission.rs` (origins, connection and per-IP limits),
+//! `drain.rs` (graceful shutdown) and `conn.rs` (one connection's state and send queue).
 
 pub mod admission;
 pub mod conn;

@@ -268,6 +268,10 @@ impl ShardState {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
+            if c.releasing || c.close_after_flush {
+                // Closing (a failed send, say): nothing more is answered.
+                return;
+            }
             let backlogged = c.backlogged(limit);
             let Phase::Http {
                 scan,
