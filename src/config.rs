@@ -219,6 +219,26 @@ pub struct Config {
     /// `RINGCAST_MAX_INBOX_BYTES`, `max_inbox_bytes`). Default 64 MiB; at least
     /// `max_batch_bytes`, at most 4 GiB.
     pub max_inbox_bytes: usize,
+    /// How long a keep-alive HTTP connection (publish, health, metrics...) may wait for its
+    /// next request, counted from its last answer; then it is closed
+    /// (`--http-idle-timeout`, `RINGCAST_HTTP_IDLE_TIMEOUT`, `http_idle_timeout`).
+    /// Default 30s; zero turns keep-alive off (every answer closes its connection);
+    /// otherwise 10ms..=24h.
+    pub http_idle_timeout: Duration,
+    /// Requests one HTTP connection may make; the answer to the last one closes it, so a
+    /// long-lived backend connection reconnects now and then and lands on another shard
+    /// (`--http-max-requests-per-connection`, `RINGCAST_HTTP_MAX_REQUESTS_PER_CONNECTION`,
+    /// `http_max_requests_per_connection`). Default 0 (no limit); 0..=4_294_967_295.
+    pub http_max_requests_per_connection: u32,
+    /// Largest body of a batch publish (`POST /publish`): a larger Content-Length is
+    /// refused with 413 before a byte of the body is read (`--max-publish-batch-bytes`,
+    /// `RINGCAST_MAX_PUBLISH_BATCH_BYTES`, `max_publish_batch_bytes`). Default 4 MiB;
+    /// 1 KiB..=1 GiB.
+    pub max_publish_batch_bytes: usize,
+    /// Most items in one batch publish; a batch with more is refused whole with 413
+    /// (`--max-publish-batch-items`, `RINGCAST_MAX_PUBLISH_BATCH_ITEMS`,
+    /// `max_publish_batch_items`). Default 10000; 1..=1_000_000.
+    pub max_publish_batch_items: usize,
 }
 
 /// The I/O backend shards run on.
@@ -289,7 +309,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 28] = [
+pub const KEYS: [&str; 32] = [
     "listen",
     "shards",
     "io",
@@ -318,6 +338,10 @@ pub const KEYS: [&str; 28] = [
     "mux_error_budget",
     "max_batch_bytes",
     "max_inbox_bytes",
+    "http_idle_timeout",
+    "http_max_requests_per_connection",
+    "max_publish_batch_bytes",
+    "max_publish_batch_items",
 ];
 
 /// The environment variable that names a config file when `--config` is absent.
@@ -393,6 +417,10 @@ impl Default for Config {
             mux_error_budget: 20,
             max_batch_bytes: crate::pubsub::batch::DEFAULT_MAX_BATCH_BYTES,
             max_inbox_bytes: crate::bus::DEFAULT_MAX_INBOX_BYTES,
+            http_idle_timeout: Duration::from_secs(30),
+            http_max_requests_per_connection: 0,
+            max_publish_batch_bytes: 4 * MIB as usize,
+            max_publish_batch_items: 10_000,
         }
     }
 }
@@ -643,7 +671,7 @@ struct Cli {
     #[arg(long, value_name = "DURATION")]
     idle_timeout: Option<String>,
 
-    /// Drop a connection whose HTTP upgrade takes longer than this. [default: 10s] [env: RINGCAST_HANDSHAKE_TIMEOUT] [toml: handshake_timeout]
+    /// Drop a connection whose HTTP upgrade (or, on a keep-alive connection, whose next request) takes longer than this. [default: 10s] [env: RINGCAST_HANDSHAKE_TIMEOUT] [toml: handshake_timeout]
     #[arg(long, value_name = "DURATION")]
     handshake_timeout: Option<String>,
 
@@ -702,6 +730,22 @@ struct Cli {
     /// Most frame bytes waiting in one shard's inbox from other shards; a batch that does not fit is dropped for that shard and counted, at least max-batch-bytes. [default: 64MiB] [env: RINGCAST_MAX_INBOX_BYTES] [toml: max_inbox_bytes]
     #[arg(long, value_name = "SIZE")]
     max_inbox_bytes: Option<String>,
+
+    /// Close a keep-alive HTTP connection idle this long after its last answer; 0 turns keep-alive off. [default: 30s] [env: RINGCAST_HTTP_IDLE_TIMEOUT] [toml: http_idle_timeout]
+    #[arg(long, value_name = "DURATION")]
+    http_idle_timeout: Option<String>,
+
+    /// Requests one HTTP connection may make (the last answer closes it); 0 = no limit. [default: 0] [env: RINGCAST_HTTP_MAX_REQUESTS_PER_CONNECTION] [toml: http_max_requests_per_connection]
+    #[arg(long, value_name = "N")]
+    http_max_requests_per_connection: Option<String>,
+
+    /// Largest body of a batch publish (POST /publish); larger gets 413. [default: 4MiB] [env: RINGCAST_MAX_PUBLISH_BATCH_BYTES] [toml: max_publish_batch_bytes]
+    #[arg(long, value_name = "SIZE")]
+    max_publish_batch_bytes: Option<String>,
+
+    /// Most items in one batch publish; more gets 413. [default: 10000] [env: RINGCAST_MAX_PUBLISH_BATCH_ITEMS] [toml: max_publish_batch_items]
+    #[arg(long, value_name = "N")]
+    max_publish_batch_items: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -926,7 +970,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 26] = [
+    let strings: [(&'static str, &Option<String>); 30] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -953,6 +997,13 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("mux_error_budget", &cli.mux_error_budget),
         ("max_batch_bytes", &cli.max_batch_bytes),
         ("max_inbox_bytes", &cli.max_inbox_bytes),
+        ("http_idle_timeout", &cli.http_idle_timeout),
+        (
+            "http_max_requests_per_connection",
+            &cli.http_max_requests_per_connection,
+        ),
+        ("max_publish_batch_bytes", &cli.max_publish_batch_bytes),
+        ("max_publish_batch_items", &cli.max_publish_batch_items),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
@@ -1019,6 +1070,10 @@ struct FileLayer {
     mux_error_budget: Option<toml::Value>,
     max_batch_bytes: Option<toml::Value>,
     max_inbox_bytes: Option<toml::Value>,
+    http_idle_timeout: Option<toml::Value>,
+    http_max_requests_per_connection: Option<toml::Value>,
+    max_publish_batch_bytes: Option<toml::Value>,
+    max_publish_batch_items: Option<toml::Value>,
 }
 
 fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
@@ -1056,6 +1111,10 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         mux_error_budget,
         max_batch_bytes,
         max_inbox_bytes,
+        http_idle_timeout,
+        http_max_requests_per_connection,
+        max_publish_batch_bytes,
+        max_publish_batch_items,
     } = file;
     let fields = [
         ("listen", listen),
@@ -1086,6 +1145,13 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("mux_error_budget", mux_error_budget),
         ("max_batch_bytes", max_batch_bytes),
         ("max_inbox_bytes", max_inbox_bytes),
+        ("http_idle_timeout", http_idle_timeout),
+        (
+            "http_max_requests_per_connection",
+            http_max_requests_per_connection,
+        ),
+        ("max_publish_batch_bytes", max_publish_batch_bytes),
+        ("max_publish_batch_items", max_publish_batch_items),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -1131,9 +1197,11 @@ fn expected_for(key: &str) -> String {
         | "connect_rate_per_ip"
         | "connect_burst_per_ip"
         | "max_topics_per_connection"
-        | "mux_error_budget" => COUNT_EXPECTED.to_owned(),
+        | "mux_error_budget"
+        | "http_max_requests_per_connection"
+        | "max_publish_batch_items" => COUNT_EXPECTED.to_owned(),
         "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout"
-        | "write_delay" => DURATION_EXPECTED.to_owned(),
+        | "write_delay" | "http_idle_timeout" => DURATION_EXPECTED.to_owned(),
         "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
         _ => SIZE_EXPECTED.to_owned(),
     }
@@ -1299,6 +1367,24 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
         mux_error_budget: m.int("mux_error_budget", raw_count, d.mux_error_budget)?,
         max_batch_bytes: m.int("max_batch_bytes", raw_size, d.max_batch_bytes)?,
         max_inbox_bytes: m.int("max_inbox_bytes", raw_size, d.max_inbox_bytes)?,
+        http_idle_timeout: m
+            .take("http_idle_timeout", raw_duration)?
+            .unwrap_or(d.http_idle_timeout),
+        http_max_requests_per_connection: m.int(
+            "http_max_requests_per_connection",
+            raw_count,
+            d.http_max_requests_per_connection,
+        )?,
+        max_publish_batch_bytes: m.int(
+            "max_publish_batch_bytes",
+            raw_size,
+            d.max_publish_batch_bytes,
+        )?,
+        max_publish_batch_items: m.int(
+            "max_publish_batch_items",
+            raw_count,
+            d.max_publish_batch_items,
+        )?,
     };
     Ok((cfg, m.provenance))
 }
@@ -1629,6 +1715,19 @@ impl Config {
                 format_size(self.max_batch_bytes as u64),
             ));
         }
+        timer("http_idle_timeout", self.http_idle_timeout, true)?;
+        size_range(
+            "max_publish_batch_bytes",
+            self.max_publish_batch_bytes,
+            KIB,
+            GIB,
+        )?;
+        count_range(
+            "max_publish_batch_items",
+            self.max_publish_batch_items as u64,
+            1,
+            1_000_000,
+        )?;
         if !self.ping_interval.is_zero()
             && !self.idle_timeout.is_zero()
             && self.idle_timeout <= self.ping_interval

@@ -43,7 +43,7 @@ impl Counter {
 /// Close codes counted individually in `ringcast_protocol_errors_total`.
 pub const CLOSE_CODES: [u16; 8] = [1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011];
 /// HTTP statuses counted individually in `ringcast_handshake_failures_total`.
-pub const HTTP_STATUSES: [u16; 10] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503];
+pub const HTTP_STATUSES: [u16; 12] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503, 415, 401];
 
 /// Why a request was refused by admission (`ringcast_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,16 @@ pub struct ShardMetrics {
     pub bus_dropped: Counter,
     /// What this shard's bus inbox holds now (written by the bus).
     pub inbox: std::sync::Arc<crate::bus::InboxGauges>,
+    /// Plain HTTP request heads read (upgrade requests included).
+    pub http_requests: Counter,
+    /// Requests that were not the first on their connection (keep-alive reuse).
+    pub http_keepalive_reuses: Counter,
+    /// Keep-alive connections closed by `--http-idle-timeout`.
+    pub http_idle_timeouts: Counter,
+    /// Messages published by batch publishes (`POST /publish`).
+    pub http_batch_items: Counter,
+    /// Batch items refused, by code (index in [`crate::http::batch::ItemError::CODES`]).
+    pub http_batch_refused: [Counter; crate::http::batch::ItemError::CODES.len()],
 }
 
 impl ShardMetrics {
@@ -229,7 +239,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 27] = [
+    let simple: [(&str, &str, &str, Getter); 31] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -389,6 +399,30 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "Shards draining for a graceful shutdown.",
             |m| m.draining.get(),
         ),
+        (
+            "ringcast_http_requests_total",
+            "counter",
+            "Plain HTTP request heads read, WebSocket upgrade requests included.",
+            |m| m.http_requests.get(),
+        ),
+        (
+            "ringcast_http_keepalive_reuses_total",
+            "counter",
+            "HTTP requests that were not the first on their connection (keep-alive reuse).",
+            |m| m.http_keepalive_reuses.get(),
+        ),
+        (
+            "ringcast_http_idle_timeouts_total",
+            "counter",
+            "Keep-alive HTTP connections closed by --http-idle-timeout.",
+            |m| m.http_idle_timeouts.get(),
+        ),
+        (
+            "ringcast_http_batch_items_total",
+            "counter",
+            "Messages published by batch publishes (POST /publish).",
+            |m| m.http_batch_items.get(),
+        ),
     ];
     for (name, kind, help, f) in simple {
         let _ = writeln!(
@@ -419,7 +453,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             sum(&|m| m.handshake_failures[i].get())
         );
     }
-    let labelled: [Labelled; 3] = [
+    let labelled: [Labelled; 4] = [
         (
             "ringcast_mux_commands_total",
             "Mux-mode messages received, by type.",
@@ -440,6 +474,13 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "reason",
             &REFUSAL_LABELS,
             |m, i| m.refused[i].get(),
+        ),
+        (
+            "ringcast_http_batch_refused_items_total",
+            "Batch publish items refused, by code.",
+            "code",
+            &crate::http::batch::ItemError::CODES,
+            |m, i| m.http_batch_refused[i].get(),
         ),
     ];
     for (name, help, label, values, f) in labelled {

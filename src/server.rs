@@ -185,6 +185,10 @@ impl Server {
                 connect_rate_per_ip: cfg.connect_rate_per_ip,
                 connect_burst_per_ip: cfg.connect_burst_per_ip,
             },
+            http_idle_timeout: (!cfg.http_idle_timeout.is_zero()).then_some(cfg.http_idle_timeout),
+            http_max_requests_per_connection: cfg.http_max_requests_per_connection,
+            max_publish_batch_bytes: cfg.max_publish_batch_bytes,
+            max_publish_batch_items: cfg.max_publish_batch_items,
         };
         let uring = UringSettings {
             ring_entries: cfg.ring_entries,

@@ -213,6 +213,10 @@ fn every_key_from_env() {
         ("mux_error_budget", "5"),
         ("max_batch_bytes", "64KiB"),
         ("max_inbox_bytes", "8MiB"),
+        ("http_idle_timeout", "5s"),
+        ("http_max_requests_per_connection", "1000"),
+        ("max_publish_batch_bytes", "1MiB"),
+        ("max_publish_batch_items", "500"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -225,6 +229,10 @@ fn every_key_from_env() {
     let cfg = load_env(&refs).unwrap();
     assert_eq!(cfg.max_batch_bytes, 64 << 10);
     assert_eq!(cfg.max_inbox_bytes, 8 << 20);
+    assert_eq!(cfg.http_idle_timeout, Duration::from_secs(5));
+    assert_eq!(cfg.http_max_requests_per_connection, 1000);
+    assert_eq!(cfg.max_publish_batch_bytes, 1 << 20);
+    assert_eq!(cfg.max_publish_batch_items, 500);
     assert_eq!(cfg.listen.len(), 2);
     assert_eq!(cfg.shards, 2);
     assert_eq!(cfg.io, IoBackend::Uring);
@@ -489,7 +497,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 28] = [
+    let cases: [(&str, &str); 32] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -518,6 +526,10 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("mux_error_budget", "1.5"),
         ("max_batch_bytes", "big"),
         ("max_inbox_bytes", "1 MB"),
+        ("http_idle_timeout", "a while"),
+        ("http_max_requests_per_connection", "many"),
+        ("max_publish_batch_bytes", "4 MB"),
+        ("max_publish_batch_items", "10k"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {
@@ -849,4 +861,74 @@ fn batch_and_inbox_bounds() {
         (cfg.max_batch_bytes, cfg.max_inbox_bytes),
         (256 << 10, 1 << 20)
     );
+}
+
+#[test]
+fn http_keepalive_and_batch_publish_keys() {
+    let d = Config::default();
+    assert_eq!(d.http_idle_timeout, Duration::from_secs(30));
+    assert_eq!(d.http_max_requests_per_connection, 0);
+    assert_eq!(d.max_publish_batch_bytes, 4 << 20);
+    assert_eq!(d.max_publish_batch_items, 10_000);
+    let cfg = load_args(&[
+        "--http-idle-timeout",
+        "0",
+        "--http-max-requests-per-connection",
+        "7",
+        "--max-publish-batch-bytes",
+        "64KiB",
+        "--max-publish-batch-items",
+        "3",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.http_idle_timeout,
+        Duration::ZERO,
+        "0 turns keep-alive off"
+    );
+    assert_eq!(cfg.http_max_requests_per_connection, 7);
+    assert_eq!(cfg.max_publish_batch_bytes, 64 << 10);
+    assert_eq!(cfg.max_publish_batch_items, 3);
+    let cfg = load_file(
+        "http_idle_timeout = \"2s\"\nhttp_max_requests_per_connection = 9\n\
+         max_publish_batch_bytes = \"2MiB\"\nmax_publish_batch_items = 20\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            cfg.http_idle_timeout,
+            cfg.http_max_requests_per_connection,
+            cfg.max_publish_batch_bytes,
+            cfg.max_publish_batch_items
+        ),
+        (Duration::from_secs(2), 9, 2 << 20, 20)
+    );
+    for (argv, key) in [
+        (&["--http-idle-timeout", "1ms"][..], "http_idle_timeout"),
+        (&["--http-idle-timeout", "2days"], "http_idle_timeout"),
+        (
+            &["--max-publish-batch-bytes", "512"],
+            "max_publish_batch_bytes",
+        ),
+        (
+            &["--max-publish-batch-bytes", "2GiB"],
+            "max_publish_batch_bytes",
+        ),
+        (
+            &["--max-publish-batch-items", "0"],
+            "max_publish_batch_items",
+        ),
+        (
+            &["--max-publish-batch-items", "1000001"],
+            "max_publish_batch_items",
+        ),
+        (
+            &["--http-max-requests-per-connection", "4294967296"],
+            "http_max_requests_per_connection",
+        ),
+    ] {
+        let (msg, k) = err_of(load_args(argv));
+        assert_eq!(k, Some(key), "{argv:?}: {msg}");
+        assert!(msg.contains(&format!("from {}", flag_name(key))), "{msg}");
+    }
 }

@@ -239,7 +239,10 @@ impl ShardState {
         req: &Head<'_>,
         routed: &Routed,
     ) -> Option<(u16, RefusalReason, &'static str)> {
-        let is_work = matches!(routed, Routed::Upgrade(_) | Routed::Publish(_));
+        let is_work = matches!(
+            routed,
+            Routed::Upgrade(_) | Routed::Publish(_) | Routed::PublishBatch
+        );
         if is_work && self.shared.drain.is_draining() {
             return Some((503, RefusalReason::Draining, "server is shutting down\n"));
         }

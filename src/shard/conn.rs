@@ -45,18 +45,22 @@ pub enum Route {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Phase {
-    /// Reading the HTTP request head (bounded by `max_header_bytes`).
+    /// Plain HTTP: reading requests (each head bounded by `max_header_bytes`) and answering
+    /// them in order, on a keep-alive connection any number of them (see `shard::http`).
     Http {
-        /// Bytes of the request head received so far; for a `POST /publish` whose head is
-        /// complete, the body (allocated once, to its Content-Length).
+        /// Received bytes not parsed yet: the current request's head so far, and whatever
+        /// was pipelined after it. For a publish whose head is complete and whose body is
+        /// still arriving, the body (growing to its Content-Length at most).
         buf: Vec<u8>,
-        /// How far the search for the end of the head got (`proto::handshake::HeadScan`):
-        /// each receive scans only its own bytes.
+        /// How far the search for the end of the head at the start of `buf` got
+        /// (`proto::handshake::HeadScan`): each receive scans only its own bytes.
         scan: crate::proto::handshake::HeadScan,
-        /// The request is `HEAD`: responses carry headers only.
+        /// The current request is `HEAD`: its answer carries headers only.
         head_only: bool,
         /// Set once a publish's head is complete: what its body is for.
         body: Option<Box<super::http::PendingBody>>,
+        /// Keep-alive bookkeeping: timers, requests served, the current request's answer.
+        flow: super::http::Flow,
     },
     /// Upgraded: frames go through the protocol core.
     Ws {
@@ -114,6 +118,7 @@ impl Conn {
                 scan: crate::proto::handshake::HeadScan::default(),
                 head_only: false,
                 body: None,
+                flow: super::http::Flow::new(tick),
             },
             queue: VecDeque::new(),
             queued: 0,
@@ -179,6 +184,16 @@ impl Conn {
     #[inline]
     pub fn drained(&self, limit: usize) -> bool {
         self.queued <= limit / 4 && self.queue.len() <= super::MAX_FRAMES_PER_SEND / 4
+    }
+
+    /// Whether a paused connection may be read again: drained, and not an HTTP connection
+    /// waiting for a deferred answer (which keeps later pipelined bytes unparsed, so reading
+    /// more would only grow its buffer).
+    #[inline]
+    pub fn may_resume(&self, limit: usize) -> bool {
+        self.paused
+            && self.drained(limit)
+            && !matches!(&self.phase, Phase::Http { flow, .. } if flow.deferred())
     }
 
     /// Queues a data frame if it fits under `limit`; returns false when it does not.

@@ -193,6 +193,10 @@ fn settings() -> Settings {
         mux_error_budget: 20,
         drain_timeout: Duration::from_secs(10),
         admission: super::admission::AdmissionSettings::default(),
+        http_idle_timeout: Some(Duration::from_secs(30)),
+        http_max_requests_per_connection: 0,
+        max_publish_batch_bytes: 4 << 20,
+        max_publish_batch_items: 10_000,
     }
 }
 
@@ -469,4 +473,322 @@ fn batches_cross_shards_only_where_a_subscriber_is() {
     h.settle();
     assert_eq!(h.metrics(2).unrouted.get(), 1);
     assert_eq!(h.metrics(0).bus_in.get() + h.metrics(1).bus_in.get(), 1);
+}
+
+impl Harness {
+    /// A plain-HTTP client on `shard`: accepted and registered, nothing sent yet.
+    fn accept(&mut self, shard: usize) -> Token {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        self.driver(shard).events.push_back(Scripted::Accepted(fd));
+        self.turn();
+        *self.driver(shard).registered.last().expect("registered")
+    }
+
+    fn push(&mut self, shard: usize, token: Token, bytes: &[u8]) {
+        self.driver(shard)
+            .events
+            .push_back(Scripted::Data(token, bytes.to_vec()));
+    }
+
+    /// Takes the complete HTTP answers `token` received: (status, body) in order.
+    fn answers(&mut self, shard: usize, token: Token) -> Vec<(u16, String)> {
+        let out = self.driver(shard).written.entry(token).or_default();
+        let mut got = Vec::new();
+        let mut at = 0;
+        while let Some(end) = out[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[at..at + end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let body_at = at + end + 4;
+            let Some(body) = out.get(body_at..body_at + len) else {
+                break;
+            };
+            let status = head[9..12].parse().unwrap_or(0);
+            got.push((status, String::from_utf8_lossy(body).into_owned()));
+            at = body_at + len;
+        }
+        out.drain(..at);
+        got
+    }
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_deferred_answer_holds_what_is_pipelined_behind_it_in_order() {
+    let mut h = Harness::new(1, &settings());
+    let t = h.accept(0);
+    h.push(
+        0,
+        t,
+        b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    h.settle();
+    assert!(
+        h.answers(0, t).is_empty(),
+        "nothing answered before the deferred answer"
+    );
+    assert!(!h.driver(0).paused.contains(&t), "a few bytes: still read");
+    // More pipelined requests arrive meanwhile: kept unparsed; past --max-header-bytes of
+    // them the connection is no longer read.
+    let more = HEALTH.repeat(8192 / HEALTH.len() + 1);
+    h.push(0, t, &more);
+    h.settle();
+    assert!(h.answers(0, t).is_empty());
+    assert!(h.driver(0).paused.contains(&t), "paused while deferred");
+    assert!(
+        h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"later\n")
+    );
+    h.settle();
+    let got = h.answers(0, t);
+    assert_eq!(got[0], (200, "later\n".into()), "the deferred answer first");
+    assert_eq!(got[1], (200, "ok\n".into()));
+    assert_eq!(got[2].0, 404);
+    assert_eq!(
+        got.len(),
+        3 + more.len() / HEALTH.len(),
+        "then every one behind it"
+    );
+    assert!(got[3..].iter().all(|a| *a == (200, "ok\n".into())));
+    assert!(!h.driver(0).paused.contains(&t), "read again");
+    assert!(
+        !h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"twice\n"),
+        "no answer is pending any more"
+    );
+    // The connection is still open for more.
+    h.push(0, t, HEALTH);
+    h.settle();
+    assert_eq!(h.answers(0, t), vec![(200, "ok\n".into())]);
+    // A deferred answer to a connection that went away is dropped.
+    h.push(0, t, b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.settle();
+    h.driver(0).events.push_back(Scripted::RecvClosed(t));
+    h.settle();
+    h.advance(Duration::from_secs(3));
+    h.settle();
+    assert_eq!(
+        h.driver(0).released,
+        vec![t],
+        "released after the close grace"
+    );
+    assert!(
+        !h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"late\n")
+    );
+}
+
+#[test]
+fn a_deferred_answer_still_goes_out_after_the_client_half_closes() {
+    let mut h = Harness::new(1, &settings());
+    let t = h.accept(0);
+    h.push(0, t, b"GET /__test/deferred HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.driver(0).events.push_back(Scripted::RecvClosed(t));
+    h.settle();
+    assert!(
+        h.driver(0).released.is_empty(),
+        "kept for the answer it is owed"
+    );
+    assert!(
+        h.shards[0]
+            .st
+            .http_answer_deferred(t, 200, "text/plain", b"later\n")
+    );
+    h.settle();
+    assert_eq!(h.answers(0, t), vec![(200, "later\n".into())]);
+    assert_eq!(h.driver(0).released, vec![t], "then closed");
+}
+
+#[test]
+fn pipelining_without_reading_pauses_then_every_answer_goes_out_in_order() {
+    let mut s = settings();
+    s.send_queue_limit = 4096;
+    let mut h = Harness::new(1, &s);
+    let t = h.accept(0);
+    h.driver(0).stalled.insert(t);
+    let mut reqs = Vec::new();
+    // Alternating answers, so that their order shows.
+    let want: Vec<u16> = (0..200)
+        .map(|i| if i % 3 == 0 { 404 } else { 200 })
+        .collect();
+    for &w in &want {
+        let path = if w == 404 { "/nope" } else { "/health" };
+        reqs.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    h.push(0, t, &reqs);
+    h.settle();
+    assert!(
+        h.driver(0).paused.contains(&t),
+        "paused: its answers back up"
+    );
+    let queued = h.shards[0].st.conns.get_mut(t).expect("open").queued;
+    assert!(
+        queued <= 4096 / 2 + 256,
+        "at most half the limit plus one answer queued: {queued}"
+    );
+    let parsed = h.metrics(0).http_requests.get();
+    assert!(parsed < 200, "the rest is kept unparsed: {parsed}");
+    // The client reads: everything goes out, in order.
+    h.driver(0).stalled.remove(&t);
+    let frames = h.driver(0).inflight.remove(&t).expect("a send in flight");
+    h.driver(0).complete(t, frames);
+    for _ in 0..20 {
+        h.settle();
+    }
+    let got: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(got, want, "every request answered, in order");
+    assert_eq!(h.metrics(0).http_requests.get(), 200);
+    assert_eq!(h.metrics(0).http_keepalive_reuses.get(), 199);
+    assert!(!h.driver(0).paused.contains(&t));
+}
+
+#[test]
+fn an_upgrade_may_follow_keepalive_requests_on_one_connection() {
+    let mut h = Harness::new(1, &settings());
+    let publisher = h.connect(0, "/ws/room");
+    let t = h.accept(0);
+    let mut bytes = HEALTH.to_vec();
+    bytes.extend_from_slice(
+        b"GET /ws/room HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    // A frame right behind the upgrade, in the same receive: the WebSocket's first input.
+    let mut frame = BytesMut::new();
+    encode_frame(&mut frame, true, OpCode::Text, Some([1, 2, 3, 4]), b"hi");
+    bytes.extend_from_slice(&frame);
+    h.push(0, t, &bytes);
+    h.settle();
+    let out = h.driver(0).written.entry(t).or_default().clone();
+    let text = String::from_utf8_lossy(&out);
+    let ok = text.find("HTTP/1.1 200 OK").expect("the /health answer");
+    let up = text.find("HTTP/1.1 101").expect("then the upgrade");
+    assert!(ok < up, "in order: {text}");
+    assert_eq!(
+        texts(&h.received(0, publisher)),
+        ["hi"],
+        "the frame was published"
+    );
+}
+
+#[test]
+fn pipelined_requests_cut_anywhere_get_the_same_answers() {
+    let mut h = Harness::new(1, &settings());
+    let sub = h.connect(0, "/ws/cut");
+    let mut stream = Vec::new();
+    let mut want = Vec::new();
+    let mut published = Vec::new();
+    for i in 0..40 {
+        match i % 5 {
+            0 => {
+                let body = format!("p{i}");
+                stream.extend_from_slice(
+                    format!(
+                        "POST /publish/cut HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                want.push(202);
+                published.push(body);
+            }
+            1 => {
+                let body = format!(r#"[{{"topic":"cut","data":"b{i}"}},{{"topic":"cut"}}]"#);
+                stream.extend_from_slice(
+                    format!(
+                        "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                want.push(200);
+                published.push(format!("b{i}"));
+            }
+            2 => {
+                stream.extend_from_slice(HEALTH);
+                want.push(200);
+            }
+            3 => {
+                stream.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+                want.push(404);
+            }
+            _ => {
+                // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                stream.extend_from_slice(
+                    b"\r\nGET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                );
+                want.push(200);
+            }
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..50 {
+        let t = h.accept(0);
+        let mut at = 0;
+        while at < stream.len() {
+            let n = rng.usize(1..=64).min(stream.len() - at);
+            h.push(0, t, &stream[at..at + n]);
+            h.turn();
+            at += n;
+        }
+        h.settle();
+        let got: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(got, want, "round {round}");
+        assert_eq!(texts(&h.received(0, sub)), published, "round {round}");
+        h.driver(0).events.push_back(Scripted::RecvClosed(t));
+        h.settle();
+    }
+}
+
+#[test]
+fn a_large_body_buffer_grows_with_its_bytes_never_past_its_length() {
+    let mut s = settings();
+    s.max_message_size = 4 << 20;
+    s.max_frame_size = 4 << 20;
+    s.send_queue_limit = 8 << 20;
+    let mut h = Harness::new(1, &s);
+    let sub = h.connect(0, "/ws/big");
+    let t = h.accept(0);
+    let len = 3_000_001;
+    let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /publish/big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let mut first = head.into_bytes();
+    first.extend_from_slice(&body[..10]);
+    h.push(0, t, &first);
+    h.settle();
+    let cap = |h: &mut Harness| match &h.shards[0].st.conns.get_mut(t).expect("open").phase {
+        super::conn::Phase::Http { buf, .. } => buf.capacity(),
+        _ => panic!("still reading the body"),
+    };
+    assert!(
+        cap(&mut h) <= 64 * 1024,
+        "a head alone reserves little: {}",
+        cap(&mut h)
+    );
+    let mut at = 10;
+    while at < len - 100_000 {
+        h.push(0, t, &body[at..at + 100_000]);
+        h.settle();
+        at += 100_000;
+        assert!(cap(&mut h) <= len, "never past the Content-Length");
+    }
+    // The rest, and a pipelined request in the same receive.
+    let mut last = body[at..].to_vec();
+    last.extend_from_slice(HEALTH);
+    h.push(0, t, &last);
+    h.settle();
+    let statuses: Vec<u16> = h.answers(0, t).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(statuses, [202, 200]);
+    assert_eq!(
+        h.received(0, sub),
+        vec![Msg::Text(String::from_utf8(body).unwrap())]
+    );
 }

@@ -19,9 +19,9 @@
 //! The state is split by job: [`table::ConnTable`] (the connections), [`PubSub`] (topics,
 //! batches, fan-out, interest), [`Outbox`] (what the flush hands to the driver). The rest of
 //! the loop lives beside this file: `mux.rs` (mux mode: commands applied through
-//! [`PubSub`]), `http.rs` (the HTTP surface: publish, health, metrics, demo), `admission.rs`
-//! (origins, connection and per-IP limits), `drain.rs` (graceful shutdown) and `conn.rs`
-//! (one connection's state and send queue).
+//! [`PubSub`]), `http/` (the HTTP surface: keep-alive request loop, publish, batch publish,
+//! health, metrics, demo), `admission.rs` (origins, connection and per-IP limits),
+//! `drain.rs` (graceful shutdown) and `conn.rs` (one connection's state and send queue).
 
 pub mod admission;
 pub mod conn;
@@ -100,6 +100,16 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Origins, per-IP limits.
     pub admission: admission::AdmissionSettings,
+    /// How long a keep-alive HTTP connection may wait for its next request, from its last
+    /// answer (`--http-idle-timeout`); `None`: no keep-alive, every answer closes.
+    pub http_idle_timeout: Option<Duration>,
+    /// Requests one HTTP connection may make; the answer to the last closes it
+    /// (`--http-max-requests-per-connection`, 0: no limit).
+    pub http_max_requests_per_connection: u32,
+    /// Largest `POST /publish` (batch) body (`--max-publish-batch-bytes`).
+    pub max_publish_batch_bytes: usize,
+    /// Most items in one batch publish (`--max-publish-batch-items`).
+    pub max_publish_batch_items: usize,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -395,95 +405,60 @@ impl ShardState {
         };
         c.last_rx = tick;
         match &mut c.phase {
-            Phase::Http { buf, body, .. } => {
-                if let Some(pending) = body {
-                    // A publish body: appended to its buffer, sized once from the
-                    // Content-Length; bytes past it are ignored (the connection closes after
-                    // the response).
-                    let room = pending.len.saturating_sub(buf.len());
-                    buf.extend_from_slice(&data[..data.len().min(room)]);
-                    if buf.len() >= pending.len {
-                        self.finish_publish(token);
-                    }
-                    return;
-                }
-                buf.extend_from_slice(data);
-                self.on_request_bytes(token);
-            }
+            Phase::Http { .. } => self.http_data(token, data),
             Phase::Ws { .. } => self.on_ws_data(token, data),
             Phase::Done => {}
         }
     }
 
-    /// Looks for the end of the request head in what the last receive added (linear in the
-    /// bytes received, whatever the number of receives), then parses it once and acts on it.
-    fn on_request_bytes(&mut self, token: Token) {
-        let limits = self.handshake_limits;
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
-        let Phase::Http {
-            buf,
-            scan,
-            head_only,
-            ..
-        } = &mut c.phase
-        else {
-            return;
-        };
-        let end = match scan.find(buf, &limits) {
-            Ok(None) => return,
-            Ok(Some(end)) => end,
-            Err(e) => {
-                let status = e.status();
-                self.respond(token, status, &format!("{e}\n"));
-                return;
-            }
-        };
-        // The buffer leaves the connection so that the parsed head can borrow it while the
-        // shard acts on it; it is dropped (or becomes the WebSocket's first input) after.
-        let buf = std::mem::take(buf);
-        let head = match handshake::parse_head(&buf[..end], &limits) {
-            Ok(head) => head,
-            Err(e) => {
-                let status = e.status();
-                self.respond(token, status, &format!("{e}\n"));
-                return;
-            }
-        };
-        *head_only = head.method == "HEAD";
-        let rest = &buf[end.min(buf.len())..];
+    /// Acts on one complete request head (found and parsed by `shard::http`'s request loop,
+    /// which also set what its answer may do: keep-alive, `HEAD`). `rest` is what followed
+    /// the head: a body, the next pipelined requests, or WebSocket frames after an upgrade.
+    /// Returns how many bytes of `rest` the request used (its body), or `None` when the
+    /// connection moved on (upgraded, answered and closing, or reading a body into a buffer
+    /// of its own) and `rest` is not the next request's.
+    fn on_request(
+        &mut self,
+        token: Token,
+        head: &handshake::Head<'_>,
+        rest: &[u8],
+    ) -> Option<usize> {
         let routed = crate::http::route(
             head.method,
             head.path,
             head.query,
             self.settings.max_topics_per_connection,
         );
-        if self.refuse_early(token, &head, &routed) {
-            return;
+        if self.refuse_early(token, head, &routed) {
+            return None;
         }
         match routed {
             Routed::Health => self.health(token),
             Routed::Demo => self.demo(token),
-            Routed::Publish(topic) => self.http_publish(token, &head, &topic, rest),
+            Routed::Publish(topic) => return self.http_publish(token, head, &topic, rest),
+            Routed::PublishBatch => return self.http_publish_batch(token, head, rest),
             Routed::Metrics => self.metrics_page(token),
             Routed::Respond { status, body } => self.respond(token, status, body),
             Routed::NotAllowed { allow } => self.not_allowed(token, allow),
+            #[cfg(test)]
+            Routed::TestDeferred => self.http_defer(token),
             Routed::Upgrade(endpoint) => {
                 if self.shared.connections.load(Ordering::Relaxed) > self.settings.max_connections {
                     self.respond(token, 503, "server at its connection limit\n");
-                    return;
+                    return None;
                 }
                 let up = match head.websocket() {
                     Ok(up) => up,
                     Err(e) => {
                         self.respond(token, e.status(), &format!("{e}\n"));
-                        return;
+                        return None;
                     }
                 };
                 self.upgrade(token, &up, endpoint, rest.to_vec());
+                return None;
             }
         }
+        Some(0)
     }
 
     fn upgrade(
@@ -771,6 +746,11 @@ impl ShardState {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        if matches!(c.phase, Phase::Http { .. }) {
+            // Answers still owed (a deferred one, pipelined requests) go out first.
+            self.http_recv_closed(token);
+            return;
+        }
         match &mut c.phase {
             // The phase (and with it the subscription) ends in `release`, nowhere else.
             Phase::Ws { ws, .. } => {
@@ -779,8 +759,7 @@ impl ShardState {
                     self.metrics.protocol_error(close_code::ABNORMAL);
                 }
             }
-            Phase::Http { .. } => c.phase = Phase::Done,
-            Phase::Done => {}
+            Phase::Http { .. } | Phase::Done => {}
         }
         c.close_after_flush = true;
         if c.deadline == 0 {
@@ -803,7 +782,8 @@ impl ShardState {
         c.sending = false;
         c.queued = c.queued.saturating_sub(c.inflight);
         let sent = std::mem::take(&mut c.inflight);
-        if c.paused && c.drained(self.settings.send_queue_limit) {
+        let resumed = c.may_resume(self.settings.send_queue_limit);
+        if resumed {
             c.paused = false;
             self.outbox.recv_switch.push((token, true));
         }
@@ -818,6 +798,10 @@ impl ShardState {
                 c.close_after_flush = true;
                 c.mark_dirty(&mut self.outbox.dirty);
             }
+        }
+        if resumed {
+            // Pipelined requests held while the answers backed up.
+            self.http_resumed(token);
         }
     }
 
@@ -872,6 +856,7 @@ impl ShardState {
     fn timers(&mut self) {
         let now = self.tick;
         let hs = ticks_ceil(self.settings.handshake_timeout);
+        let http_idle = self.settings.http_idle_timeout.map(ticks_ceil);
         let idle = self.settings.idle_timeout.map(ticks_ceil);
         let ping = self.settings.ping_interval.map(ticks_ceil);
         let mut expired = Vec::new();
@@ -894,10 +879,33 @@ impl ShardState {
                 ws.release_memory();
             }
             match &mut c.phase {
-                Phase::Http { .. } if now.saturating_sub(c.since) >= hs => {
-                    self.metrics.handshake_timeouts.inc();
-                    tracing::debug!(shard = self.id, slot = c.token.slot, "handshake timeout");
-                    expired.push(c.token);
+                Phase::Http {
+                    flow, buf, body, ..
+                } => {
+                    // From the start of the current request (or the accept), or, between
+                    // keep-alive requests, from the last answer.
+                    let between = buf.is_empty() && body.is_none();
+                    match flow.timed_out(now, hs, http_idle, between) {
+                        Some(http::Timeout::Request) => {
+                            self.metrics.handshake_timeouts.inc();
+                            tracing::debug!(
+                                shard = self.id,
+                                slot = c.token.slot,
+                                "handshake timeout"
+                            );
+                            expired.push(c.token);
+                        }
+                        Some(http::Timeout::Idle) => {
+                            self.metrics.http_idle_timeouts.inc();
+                            tracing::debug!(
+                                shard = self.id,
+                                slot = c.token.slot,
+                                "http keep-alive idle timeout"
+                            );
+                            expired.push(c.token);
+                        }
+                        None => {}
+                    }
                 }
                 Phase::Ws { ws, .. } if ws.state() == WsState::Open => {
                     if let Some(idle) = idle

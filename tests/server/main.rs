@@ -13,6 +13,7 @@ mod hostile_fanout;
 mod hostile_http;
 mod hostile_io;
 mod hostile_proto;
+mod http_keepalive;
 mod http_publish;
 mod interest;
 mod lifecycle;

@@ -112,9 +112,12 @@ impl Server {
     }
 
     /// Sends raw bytes, returns everything the server sends until it closes (or 5 s).
+    /// The sending side is shut after the bytes: a keep-alive answer then ends with the
+    /// connection, as the server closes an HTTP connection at EOF once it has answered.
     pub fn exchange(&self, bytes: &[u8]) -> Vec<u8> {
         let mut s = self.raw();
         let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
         read_to_close(&mut s)
     }
 

@@ -1,9 +1,10 @@
 //! The small HTTP surface on the WebSocket port: which request goes where.
 //!
 //! Pure decisions, no I/O: the shard parses the request head with the protocol core and
-//! asks [`route`] what to do with it. Plain HTTP answers close the connection after the
-//! response (no keep-alive: these endpoints are for health checks and tools, and a closed
-//! connection cannot be left idle by a misbehaving client).
+//! asks [`route`] what to do with it. Plain HTTP answers keep the connection open for the
+//! next request (HTTP/1.1 keep-alive, pipelining) unless the client or an error closes it;
+//! the shard side (`shard::http`) owns that. Beside the routes: [`batch`], the parser of
+//! `POST /publish` bodies, and [`credential`], what a backend presents to authenticate.
 //!
 //! | request | routed to |
 //! |---|---|
@@ -11,15 +12,21 @@
 //! | `GET /ws`, `GET /ws?subscribe=a,b` | mux mode upgrade (JSON commands, see `crate::pubsub::mux`) |
 //! | `GET /echo` | echo upgrade |
 //! | `POST /publish/{topic}` | HTTP publish (body = payload) |
+//! | `POST /publish` | batch publish (body = JSON array or NDJSON of items, see [`batch`]) |
 //! | `GET /health`, `HEAD /health` | 200, or 503 while draining |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | the demo page |
+
+pub mod batch;
+pub mod credential;
+
+pub use credential::{Credential, CredentialError, presented_credential};
 
 use crate::pubsub::validate_topic;
 
 /// The demo page served at `GET /`: self-contained (no external resources), it opens a
 /// mux-mode connection to the server it was loaded from.
-pub const DEMO_HTML: &str = include_str!("demo.html");
+pub const DEMO_HTML: &str = include_str!("../demo.html");
 
 /// Where a WebSocket upgrade leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub enum Routed {
     Metrics,
     /// `POST /publish/{topic}`: the body is published to the (validated) topic.
     Publish(String),
+    /// `POST /publish`: the body is a batch of items, each naming its topic.
+    PublishBatch,
     /// `GET /`: the demo page.
     Demo,
     /// 405: the path exists, the method does not; `allow` is the `Allow` header's value
@@ -67,6 +76,11 @@ pub enum Routed {
         /// The methods the path takes.
         allow: &'static str,
     },
+    /// Test builds only: an answer that is deferred (the shape of a handler that needs
+    /// replies from other shards), answered by the test through
+    /// `ShardState::http_answer_deferred`.
+    #[cfg(test)]
+    TestDeferred,
 }
 
 /// Decides what a request for `path` with `method` gets. `max_topics`: a `?subscribe=` list
@@ -88,8 +102,12 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                 body: "?subscribe= lists more topics than --max-topics-per-connection allows\n",
             },
         },
+        "/publish" if method == "POST" => Routed::PublishBatch,
+        #[cfg(test)]
+        "/__test/deferred" => Routed::TestDeferred,
         "/health" => Routed::NotAllowed { allow: "GET, HEAD" },
         "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::NotAllowed { allow: "GET" },
+        "/publish" => Routed::NotAllowed { allow: "POST" },
         _ if path.starts_with("/publish/") => {
             let topic = &path["/publish/".len()..];
             if method != "POST" {
@@ -270,6 +288,11 @@ mod tests {
             route("GET", "/publish/news", None, 256),
             Routed::NotAllowed { .. }
         ));
+        assert_eq!(route("POST", "/publish", None, 256), Routed::PublishBatch);
+        assert_eq!(
+            route("GET", "/publish", None, 256),
+            Routed::NotAllowed { allow: "POST" }
+        );
         assert!(matches!(
             route("POST", "/publish/", None, 256),
             Routed::Respond { status: 400, .. }

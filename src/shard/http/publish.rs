@@ -1,0 +1,353 @@
+//! `POST /publish/{topic}` (the body is one message) and `POST /publish` (the body is a
+//! batch of items, each naming its topic: see [`crate::http::batch`]).
+//!
+//! Both are decided from the head before any body byte is kept: the authorization hook
+//! ([`ShardState::authorize_backend`]), then `Transfer-Encoding` (chunked) → 411, no
+//! `Content-Length` → 411, an invalid one → 400, one above the bound → 413
+//! (`--max-message-size` for one message, `--max-publish-batch-bytes` for a batch, whose
+//! `Content-Type` must also be JSON or NDJSON, else 415). A body already in the request
+//! buffer is used where it lies; one still arriving goes to a buffer of its own, which each
+//! receive appends to (nothing is parsed again) and which grows by doubling, from
+//! [`BODY_FIRST_ALLOC`], up to exactly the Content-Length: a head that claims a 4 MiB body
+//! reserves 64 KiB until the bytes come, and the copies stay linear in the body. The body
+//! must arrive within `--handshake-timeout` of the request's start.
+//!
+//! One message: `Content-Type: text/*` publishes a text message (the body must be UTF-8,
+//! else 400), anything else a binary message; the answer is `202 {"queued":N}`, N being
+//! the subscribers on the receiving shard the message is queued for (other shards that
+//! have subscribers queue it for theirs on their next turn).
+//!
+//! A batch: every item is published in order through the same pub/sub call; the answer is
+//! `200 {"results":[...]}` with one result per item, `{"queued":N}` or
+//! `{"index":i,"error":"code","message":"..."}`.
+
+use bytes::Bytes;
+
+use crate::http::batch::{self, ItemError};
+use crate::io::Token;
+use crate::proto::frame::OpCode;
+use crate::proto::handshake::Head;
+use crate::pubsub::Target;
+
+use super::super::ShardState;
+use super::super::conn::Phase;
+use super::BackendGrant;
+
+/// The first allocation for a body that is still arriving (the most a head alone can make
+/// the server reserve).
+pub const BODY_FIRST_ALLOC: usize = 64 * 1024;
+
+/// A publish whose head has been read and whose body is still arriving (kept in the
+/// connection's request buffer, which grows to `len` at most).
+#[derive(Debug)]
+pub struct PendingBody {
+    /// What the body is.
+    kind: BodyKind,
+    /// The Content-Length.
+    pub len: usize,
+}
+
+#[derive(Debug)]
+enum BodyKind {
+    /// One message to the (validated) topic; `text`: `Content-Type: text/*`.
+    Message { topic: Box<str>, text: bool },
+    /// A batch, with what the backend may publish to.
+    Batch {
+        format: batch::Format,
+        grant: BackendGrant,
+    },
+}
+
+impl ShardState {
+    /// Route hook for `Routed::Publish`. `rest` is what followed the request head. Returns
+    /// the body's length when it was in `rest` (and is published), `None` when the
+    /// connection answered and closes or reads the body into its own buffer.
+    pub(in crate::shard) fn http_publish(
+        &mut self,
+        token: Token,
+        req: &Head<'_>,
+        topic: &str,
+        rest: &[u8],
+    ) -> Option<usize> {
+        if let Err(r) = self.authorize_backend(req, Some(topic)) {
+            self.refuse_backend(token, &r);
+            return None;
+        }
+        let max = self.settings.max_message_size;
+        let len = self.body_length(token, req, max, "the message size limit")?;
+        let text = req
+            .header("content-type")
+            .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
+        if rest.len() >= len {
+            self.body_read(token);
+            self.publish_body(token, topic, text, &rest[..len]);
+            return Some(len);
+        }
+        let kind = BodyKind::Message {
+            topic: topic.into(),
+            text,
+        };
+        self.await_body(token, req, rest, len, kind);
+        None
+    }
+
+    /// Route hook for `Routed::PublishBatch`, as [`ShardState::http_publish`].
+    pub(in crate::shard) fn http_publish_batch(
+        &mut self,
+        token: Token,
+        req: &Head<'_>,
+        rest: &[u8],
+    ) -> Option<usize> {
+        let grant = match self.authorize_backend(req, None) {
+            Ok(grant) => grant,
+            Err(r) => {
+                self.refuse_backend(token, &r);
+                return None;
+            }
+        };
+        let Some(format) = batch::Format::from_content_type(req.header("content-type")) else {
+            self.respond(
+                token,
+                415,
+                "a batch is application/json (an array of items) or application/x-ndjson\n",
+            );
+            return None;
+        };
+        let max = self.settings.max_publish_batch_bytes;
+        let len = self.body_length(token, req, max, "the batch size limit")?;
+        if rest.len() >= len {
+            self.body_read(token);
+            self.publish_batch(token, format, &grant, &rest[..len]);
+            return Some(len);
+        }
+        self.await_body(token, req, rest, len, BodyKind::Batch { format, grant });
+        None
+    }
+
+    /// The Content-Length of a publish, at most `max`; otherwise answers (and closes) and
+    /// returns `None`.
+    fn body_length(
+        &mut self,
+        token: Token,
+        req: &Head<'_>,
+        max: usize,
+        what: &str,
+    ) -> Option<usize> {
+        if req.header("transfer-encoding").is_some() {
+            self.respond(
+                token,
+                411,
+                "send the body with a Content-Length (Transfer-Encoding is not supported)\n",
+            );
+            return None;
+        }
+        match req.content_length() {
+            Ok(Some(len)) if len > max => {
+                let body = format!("body of {len} bytes is over {what} of {max} bytes\n");
+                self.respond(token, 413, &body);
+                None
+            }
+            Ok(Some(len)) => Some(len),
+            Ok(None) => {
+                self.respond(token, 411, "Content-Length required\n");
+                None
+            }
+            Err(_) => {
+                self.respond(token, 400, "invalid Content-Length\n");
+                None
+            }
+        }
+    }
+
+    /// The request's body is consumed: what follows is the next request, so the answer may
+    /// keep the connection open.
+    fn body_read(&mut self, token: Token) {
+        if let Some(c) = self.conns.get_mut(token)
+            && let Phase::Http { flow, .. } = &mut c.phase
+        {
+            flow.in_sync = true;
+        }
+    }
+
+    /// The body is not all here: it goes to a buffer of its own (at most `len` bytes), which
+    /// later receives append to ([`ShardState::finish_body`] once full).
+    fn await_body(
+        &mut self,
+        token: Token,
+        req: &Head<'_>,
+        rest: &[u8],
+        len: usize,
+        kind: BodyKind,
+    ) {
+        let expects_continue = rest.is_empty()
+            && req
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if let Phase::Http { buf, body, .. } = &mut c.phase {
+            let mut b = Vec::with_capacity(len.min(rest.len().max(BODY_FIRST_ALLOC)));
+            b.extend_from_slice(rest);
+            *buf = b;
+            *body = Some(Box::new(PendingBody { kind, len }));
+        }
+        if expects_continue {
+            c.push_exempt(
+                Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                &mut self.outbox.dirty,
+            );
+        }
+    }
+
+    /// The body of a pending publish is complete: publish it. The connection's buffer is
+    /// left empty, for the next request.
+    pub(super) fn finish_body(&mut self, token: Token) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Phase::Http {
+            buf, body, flow, ..
+        } = &mut c.phase
+        else {
+            return;
+        };
+        let (Some(pending), buf) = (body.take(), std::mem::take(buf)) else {
+            return;
+        };
+        flow.in_sync = true;
+        let body = &buf[..pending.len.min(buf.len())];
+        match &pending.kind {
+            BodyKind::Message { topic, text } => self.publish_body(token, topic, *text, body),
+            BodyKind::Batch { format, grant } => self.publish_batch(token, *format, grant, body),
+        }
+    }
+
+    fn publish_body(&mut self, token: Token, topic: &str, text: bool, body: &[u8]) {
+        let len = body.len();
+        if text && simdutf8::basic::from_utf8(body).is_err() {
+            self.respond(
+                token,
+                400,
+                "Content-Type is text/* but the body is not UTF-8\n",
+            );
+            return;
+        }
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.add(len as u64);
+        self.metrics.http_publishes.inc();
+        // Queued to subscribers with the rest of this turn's batch, at the end of the turn;
+        // the reply counts the local subscribers it is queued for (a slow consumer's policy
+        // applies when it is queued).
+        let queued = match self.pubsub.publish(Target::Name(topic), opcode, body, None) {
+            Ok(n) => n,
+            Err(e) => {
+                self.respond(token, e.wire().http_status, &format!("{e}\n"));
+                return;
+            }
+        };
+        tracing::debug!(shard = self.id, topic, bytes = len, queued, "http publish");
+        let mut reply = Vec::with_capacity(24);
+        reply.extend_from_slice(b"{\"queued\":");
+        push_decimal(&mut reply, queued as u64);
+        reply.extend_from_slice(b"}\n");
+        self.respond_with(token, 202, "application/json", &reply);
+    }
+
+    /// Publishes a batch's items in order and answers with one result per item.
+    fn publish_batch(
+        &mut self,
+        token: Token,
+        format: batch::Format,
+        grant: &BackendGrant,
+        body: &[u8],
+    ) {
+        let limits = batch::Limits {
+            max_items: self.settings.max_publish_batch_items,
+            max_message_size: self.settings.max_message_size,
+        };
+        let mut results = Vec::with_capacity(64 + body.len() / 4);
+        results.extend_from_slice(b"{\"results\":[");
+        let (mut published, mut bytes, mut refused) = (0u64, 0u64, 0u64);
+        let pubsub = &mut self.pubsub;
+        let metrics = &self.metrics;
+        let mut scratch = Vec::new();
+        let parsed = batch::parse(body, format, &limits, &mut scratch, |i, item| {
+            if i > 0 {
+                results.push(b',');
+            }
+            let item = item.and_then(|m| {
+                if grant.may_publish(m.topic) {
+                    Ok(m)
+                } else {
+                    Err(ItemError::Forbidden)
+                }
+            });
+            let refused_item = match item {
+                Ok(m) => match pubsub.publish(Target::Name(m.topic), m.opcode, m.payload, None) {
+                    Ok(queued) => {
+                        published += 1;
+                        bytes += m.payload.len() as u64;
+                        results.extend_from_slice(b"{\"queued\":");
+                        push_decimal(&mut results, queued as u64);
+                        results.push(b'}');
+                        return;
+                    }
+                    // The parser validated the topic already; kept for the day the layer
+                    // refuses more.
+                    Err(crate::pubsub::Error::BadTopic(t)) => ItemError::BadTopic(t),
+                    Err(e) => ItemError::BadMessage(e.to_string()),
+                },
+                Err(e) => e,
+            };
+            metrics.http_batch_refused[refused_item.index()].inc();
+            refused += 1;
+            results.extend_from_slice(b"{\"index\":");
+            push_decimal(&mut results, i as u64);
+            results.extend_from_slice(b",\"error\":\"");
+            results.extend_from_slice(refused_item.code().as_bytes());
+            results.extend_from_slice(b"\",\"message\":");
+            // Serializing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut results, &refused_item.to_string());
+            results.push(b'}');
+        });
+        if let Err(e) = parsed {
+            self.respond(token, e.status(), &format!("{e}\n"));
+            return;
+        }
+        self.metrics.messages_in.add(published);
+        self.metrics.bytes_in.add(bytes);
+        self.metrics.http_batch_items.add(published);
+        tracing::debug!(shard = self.id, published, refused, "http batch publish");
+        results.extend_from_slice(b"]}\n");
+        self.respond_with(token, 200, "application/json", &results);
+    }
+}
+
+/// Appends `n` in decimal (the results of a 10,000-item batch are 10,000 of these).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
+            let mut v = Vec::new();
+            super::push_decimal(&mut v, n);
+            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
+        }
+    }
+}
