@@ -18,7 +18,7 @@ use ringcast::proto::frame::OpCode;
 use ringcast::pubsub::Format;
 use ringcast::pubsub::batch::Batcher;
 use ringcast::pubsub::fanout::{ExclusionIndex, FanOut, Queue, Refused, Subscribers};
-use ringcast::pubsub::topic::Topics;
+use ringcast::pubsub::topic::{TopicOptions, Topics};
 
 const PAYLOAD: &[u8; 64] =
     b"{\"topic\":\"prices\",\"price\":\"42.17\",\"seq\":1234567890,\"ok\":true}xxx";
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     ];
     for &(kind, subs, msgs, format, chat) in cases {
         let mut topics = Topics::default();
-        let id = topics.intern("prices");
+        let id = topics.intern("prices", TopicOptions::OPEN);
         for slot in 0..subs as u32 {
             topics.join(id, slot, format);
         }

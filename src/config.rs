@@ -61,6 +61,7 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
+mod access;
 #[cfg(test)]
 mod tests;
 
@@ -239,6 +240,94 @@ pub struct Config {
     /// (`--max-publish-batch-items`, `RINGCAST_MAX_PUBLISH_BATCH_ITEMS`,
     /// `max_publish_batch_items`). Default 10000; 1..=1_000_000.
     pub max_publish_batch_items: usize,
+    /// HMAC secret for HS256/384/512 connection tokens (`--jwt-hmac-secret`,
+    /// `RINGCAST_JWT_HMAC_SECRET`, `jwt_hmac_secret`). Prefer the file form: a flag shows
+    /// in `ps`. Never logged.
+    pub jwt_hmac_secret: Option<Secret>,
+    /// File holding the HMAC secret (trailing newline ignored) (`--jwt-hmac-secret-file`,
+    /// `RINGCAST_JWT_HMAC_SECRET_FILE`, `jwt_hmac_secret_file`).
+    pub jwt_hmac_secret_file: Option<PathBuf>,
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519) for RS*/PS*/ES*/EdDSA tokens
+    /// (`--jwt-public-key-file`, repeatable; `RINGCAST_JWT_PUBLIC_KEY_FILE`,
+    /// comma-separated; `jwt_public_key_file`, a string or an array).
+    pub jwt_public_key_file: Vec<PathBuf>,
+    /// A JWK Set file; a token's `kid` picks the key (`--jwks-file`, `RINGCAST_JWKS_FILE`,
+    /// `jwks_file`).
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set URL, fetched off the shard threads and cached; refetched on an unknown
+    /// `kid` at most once per 10 s (`--jwks-url`, `RINGCAST_JWKS_URL`, `jwks_url`).
+    pub jwks_url: Option<String>,
+    /// Required `aud` of tokens, when set (`--jwt-audience`, `RINGCAST_JWT_AUDIENCE`,
+    /// `jwt_audience`).
+    pub jwt_audience: Option<String>,
+    /// Required `iss` of tokens, when set (`--jwt-issuer`, `RINGCAST_JWT_ISSUER`,
+    /// `jwt_issuer`).
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (`--jwt-leeway`, `RINGCAST_JWT_LEEWAY`,
+    /// `jwt_leeway`). Default 5s; at most 5m.
+    pub jwt_leeway: Duration,
+    /// Longest token accepted, in bytes; longer ones are refused before any decoding
+    /// (`--max-token-size`, `RINGCAST_MAX_TOKEN_SIZE`, `max_token_size`). Default 8 KiB;
+    /// 256 B..=64 KiB.
+    pub max_token_size: usize,
+    /// API keys for the backend API (`POST /publish…`, `/api/…`) (`--api-key`, repeatable;
+    /// `RINGCAST_API_KEY`, comma-separated; `api_key`, a string or an array). Never logged.
+    pub api_key: Vec<Secret>,
+    /// File of API keys, one per line (`--api-key-file`, `RINGCAST_API_KEY_FILE`,
+    /// `api_key_file`).
+    pub api_key_file: Option<PathBuf>,
+    /// What connections without a token may do in the default namespace (topics without a
+    /// `:`) when a JWT key is configured: none, subscribe or publish (`--anonymous`,
+    /// `RINGCAST_ANONYMOUS`, `anonymous`). Default none; without a JWT key everyone may do
+    /// everything, and setting this is an error.
+    pub anonymous: Option<crate::pubsub::Anonymous>,
+    /// Whether clients may publish in the default namespace (`false`: only the backend API)
+    /// (`--client-publish`, `RINGCAST_CLIENT_PUBLISH`, `client_publish`). Default true.
+    pub client_publish: bool,
+    /// Publishes per second one client connection may make; past it mux mode answers
+    /// `rate_limited` and simple mode drops the message, both counted
+    /// (`--client-publish-rate`, `RINGCAST_CLIENT_PUBLISH_RATE`, `client_publish_rate`).
+    /// Default 0 (no limit); at most 1,000,000.
+    pub client_publish_rate: u32,
+    /// Publishes one connection may make at once before the rate applies
+    /// (`--client-publish-burst`, `RINGCAST_CLIENT_PUBLISH_BURST`, `client_publish_burst`).
+    /// Default 20; 1..=1,000,000.
+    pub client_publish_burst: u32,
+    /// Named namespaces, from the file's `[namespaces.NAME]` tables (the file only: a table
+    /// has no flag form). Topics `NAME:rest` belong to namespace `NAME`.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// A secret value (HMAC secret, API key): compared and used, never shown. Its `Debug` and
+/// `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One `[namespaces.NAME]` table of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// The namespace's name (the part of a topic before `:`).
+    pub name: String,
+    /// `anonymous = "none" | "subscribe" | "publish"`: what connections without a token may
+    /// do here (default none; only with a JWT key configured).
+    pub anonymous: Option<crate::pubsub::Anonymous>,
+    /// `client_publish = true | false` (default true).
+    pub client_publish: bool,
+    /// `max_message_size`: the largest message clients may publish here (default and
+    /// maximum: the server's `max_message_size`).
+    pub max_message_size: Option<usize>,
 }
 
 /// The I/O backend shards run on.
@@ -309,7 +398,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 32] = [
+pub const KEYS: [&str; 47] = [
     "listen",
     "shards",
     "io",
@@ -342,7 +431,25 @@ pub const KEYS: [&str; 32] = [
     "http_max_requests_per_connection",
     "max_publish_batch_bytes",
     "max_publish_batch_items",
+    "jwt_hmac_secret",
+    "jwt_hmac_secret_file",
+    "jwt_public_key_file",
+    "jwks_file",
+    "jwks_url",
+    "jwt_audience",
+    "jwt_issuer",
+    "jwt_leeway",
+    "max_token_size",
+    "api_key",
+    "api_key_file",
+    "anonymous",
+    "client_publish",
+    "client_publish_rate",
+    "client_publish_burst",
 ];
+
+/// Keys whose values are secrets: never shown in errors or logs.
+pub const SECRET_KEYS: [&str; 2] = ["jwt_hmac_secret", "api_key"];
 
 /// The environment variable that names a config file when `--config` is absent.
 pub const CONFIG_FILE_ENV: &str = "RINGCAST_CONFIG";
@@ -421,6 +528,22 @@ impl Default for Config {
             http_max_requests_per_connection: 0,
             max_publish_batch_bytes: 4 * MIB as usize,
             max_publish_batch_items: 10_000,
+            jwt_hmac_secret: None,
+            jwt_hmac_secret_file: None,
+            jwt_public_key_file: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(5),
+            max_token_size: 8 * KIB as usize,
+            api_key: Vec::new(),
+            api_key_file: None,
+            anonymous: None,
+            client_publish: true,
+            client_publish_rate: 0,
+            client_publish_burst: 20,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -746,6 +869,65 @@ struct Cli {
     /// Most items in one batch publish; more gets 413. [default: 10000] [env: RINGCAST_MAX_PUBLISH_BATCH_ITEMS] [toml: max_publish_batch_items]
     #[arg(long, value_name = "N")]
     max_publish_batch_items: Option<String>,
+    /// HMAC secret for HS256/384/512 connection tokens; prefer --jwt-hmac-secret-file (a flag shows in `ps`). Setting any JWT key turns access control on. [default: none] [env: RINGCAST_JWT_HMAC_SECRET] [toml: jwt_hmac_secret]
+    #[arg(long, value_name = "SECRET")]
+    jwt_hmac_secret: Option<String>,
+
+    /// File holding the HMAC secret for HS* tokens (a trailing newline is ignored). [default: none] [env: RINGCAST_JWT_HMAC_SECRET_FILE] [toml: jwt_hmac_secret_file]
+    #[arg(long, value_name = "PATH")]
+    jwt_hmac_secret_file: Option<String>,
+
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) for RS*/PS*/ES*/EdDSA tokens; repeat for more. [default: none] [env: RINGCAST_JWT_PUBLIC_KEY_FILE, comma-separated] [toml: jwt_public_key_file]
+    #[arg(long, value_name = "PATH", action = ArgAction::Append)]
+    jwt_public_key_file: Vec<String>,
+
+    /// JWK Set file; a token's `kid` picks the key. [default: none] [env: RINGCAST_JWKS_FILE] [toml: jwks_file]
+    #[arg(long, value_name = "PATH")]
+    jwks_file: Option<String>,
+
+    /// JWK Set URL, fetched off the shard threads, cached, refetched on an unknown kid at most once per 10 s. [default: none] [env: RINGCAST_JWKS_URL] [toml: jwks_url]
+    #[arg(long, value_name = "URL")]
+    jwks_url: Option<String>,
+
+    /// Required `aud` claim of connection tokens. [default: not checked] [env: RINGCAST_JWT_AUDIENCE] [toml: jwt_audience]
+    #[arg(long, value_name = "AUD")]
+    jwt_audience: Option<String>,
+
+    /// Required `iss` claim of connection tokens. [default: not checked] [env: RINGCAST_JWT_ISSUER] [toml: jwt_issuer]
+    #[arg(long, value_name = "ISS")]
+    jwt_issuer: Option<String>,
+
+    /// Clock skew allowed on a token's exp and nbf, at most 5m. [default: 5s] [env: RINGCAST_JWT_LEEWAY] [toml: jwt_leeway]
+    #[arg(long, value_name = "DURATION")]
+    jwt_leeway: Option<String>,
+
+    /// Longest connection token accepted, 256B..=64KiB; longer ones are refused before decoding. [default: 8KiB] [env: RINGCAST_MAX_TOKEN_SIZE] [toml: max_token_size]
+    #[arg(long, value_name = "SIZE")]
+    max_token_size: Option<String>,
+
+    /// API key for the backend API (POST /publish, /api/*), sent as `Authorization: Bearer KEY` or `X-Api-Key: KEY`; repeat for more. [default: none: the backend API is open] [env: RINGCAST_API_KEY, comma-separated] [toml: api_key]
+    #[arg(long, value_name = "KEY", action = ArgAction::Append)]
+    api_key: Vec<String>,
+
+    /// File of API keys, one per line (blank lines and lines starting with # ignored). [default: none] [env: RINGCAST_API_KEY_FILE] [toml: api_key_file]
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<String>,
+
+    /// What connections without a token may do in the default namespace when a JWT key is set: none, subscribe, publish. [default: none] [env: RINGCAST_ANONYMOUS] [toml: anonymous]
+    #[arg(long, value_name = "none|subscribe|publish")]
+    anonymous: Option<String>,
+
+    /// Whether clients may publish in the default namespace (false: only the backend API). [default: true] [env: RINGCAST_CLIENT_PUBLISH] [toml: client_publish]
+    #[arg(long, value_name = "BOOL")]
+    client_publish: Option<String>,
+
+    /// Publishes per second one client connection may make (mux: rate_limited error; simple: dropped and counted); 0 = no limit. [default: 0] [env: RINGCAST_CLIENT_PUBLISH_RATE] [toml: client_publish_rate]
+    #[arg(long, value_name = "N")]
+    client_publish_rate: Option<String>,
+
+    /// Publishes one connection may make at once before client-publish-rate applies. [default: 20] [env: RINGCAST_CLIENT_PUBLISH_BURST] [toml: client_publish_burst]
+    #[arg(long, value_name = "N")]
+    client_publish_burst: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -877,6 +1059,76 @@ fn raw_string(raw: &Raw) -> Result<String, String> {
     }
 }
 
+/// A secret: any non-empty string (its value never appears in an error).
+fn raw_secret(raw: &Raw) -> Result<Secret, String> {
+    match raw {
+        Raw::Str(s) if !s.trim().is_empty() => Ok(Secret(s.trim().to_owned())),
+        Raw::Str(_) => Err("must not be empty".to_owned()),
+        _ => Err("expected a string".to_owned()),
+    }
+}
+
+/// Secrets: a comma-separated string, or an array of strings.
+fn raw_secrets(raw: &Raw) -> Result<Vec<Secret>, String> {
+    let items = list_items(raw, "expected a string or an array of strings")?;
+    let out: Vec<Secret> = items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| Secret(s.to_owned()))
+        .collect();
+    if out.is_empty() {
+        return Err("needs at least one non-empty key".to_owned());
+    }
+    Ok(out)
+}
+
+/// A path to a file (existence is checked when the server reads it, at start-up).
+fn raw_path(raw: &Raw) -> Result<PathBuf, String> {
+    match raw {
+        Raw::Str(s) if !s.trim().is_empty() => Ok(PathBuf::from(s.trim())),
+        _ => Err("expected a file path".to_owned()),
+    }
+}
+
+/// Paths: a comma-separated string, or an array of strings.
+fn raw_paths(raw: &Raw) -> Result<Vec<PathBuf>, String> {
+    let items = list_items(raw, "expected a file path or an array of them")?;
+    let out: Vec<PathBuf> = items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if out.is_empty() {
+        return Err("expected a file path or an array of them".to_owned());
+    }
+    Ok(out)
+}
+
+/// An `http://` or `https://` URL.
+fn raw_url(raw: &Raw) -> Result<String, String> {
+    let s = raw_string(raw)?;
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.len() > "https://".len()
+        && !s.contains(char::is_whitespace);
+    if ok {
+        Ok(s)
+    } else {
+        Err("expected an http:// or https:// URL".to_owned())
+    }
+}
+
+/// A non-empty string.
+fn raw_nonempty(raw: &Raw) -> Result<String, String> {
+    let s = raw_string(raw)?;
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s)
+    }
+}
+
 fn raw_choice<T: Copy>(raw: &Raw, choices: &[(&str, T)]) -> Result<T, String> {
     let expected = || format!("expected one of: {}", choice_list(choices));
     let Raw::Str(s) = raw else {
@@ -956,6 +1208,8 @@ fn raw_listen(raw: &Raw) -> Result<Vec<SocketAddr>, String> {
 struct Layer {
     source: Source,
     values: BTreeMap<&'static str, Raw>,
+    /// `[namespaces.NAME]` tables (the file layer only).
+    namespaces: Vec<NamespaceConfig>,
 }
 
 impl Layer {
@@ -964,13 +1218,14 @@ impl Layer {
         Layer {
             source,
             values: BTreeMap::new(),
+            namespaces: Vec::new(),
         }
     }
 }
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 30] = [
+    let strings: [(&'static str, &Option<String>); 43] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -1004,14 +1259,33 @@ fn flag_layer(cli: &Cli) -> Layer {
         ),
         ("max_publish_batch_bytes", &cli.max_publish_batch_bytes),
         ("max_publish_batch_items", &cli.max_publish_batch_items),
+        ("jwt_hmac_secret", &cli.jwt_hmac_secret),
+        ("jwt_hmac_secret_file", &cli.jwt_hmac_secret_file),
+        ("jwks_file", &cli.jwks_file),
+        ("jwks_url", &cli.jwks_url),
+        ("jwt_audience", &cli.jwt_audience),
+        ("jwt_issuer", &cli.jwt_issuer),
+        ("jwt_leeway", &cli.jwt_leeway),
+        ("max_token_size", &cli.max_token_size),
+        ("api_key_file", &cli.api_key_file),
+        ("anonymous", &cli.anonymous),
+        ("client_publish", &cli.client_publish),
+        ("client_publish_rate", &cli.client_publish_rate),
+        ("client_publish_burst", &cli.client_publish_burst),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
             values.insert(key, Raw::Str(v.clone()));
         }
     }
-    if !cli.listen.is_empty() {
-        values.insert("listen", Raw::List(cli.listen.clone()));
+    for (key, list) in [
+        ("listen", &cli.listen),
+        ("jwt_public_key_file", &cli.jwt_public_key_file),
+        ("api_key", &cli.api_key),
+    ] {
+        if !list.is_empty() {
+            values.insert(key, Raw::List(list.clone()));
+        }
     }
     if cli.pin_cores {
         values.insert("pin_cores", Raw::Bool(true));
@@ -1021,6 +1295,7 @@ fn flag_layer(cli: &Cli) -> Layer {
     Layer {
         source: Source::Flag,
         values,
+        namespaces: Vec::new(),
     }
 }
 
@@ -1034,6 +1309,7 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Layer {
     Layer {
         source: Source::Env,
         values,
+        namespaces: Vec::new(),
     }
 }
 
@@ -1074,6 +1350,22 @@ struct FileLayer {
     http_max_requests_per_connection: Option<toml::Value>,
     max_publish_batch_bytes: Option<toml::Value>,
     max_publish_batch_items: Option<toml::Value>,
+    jwt_hmac_secret: Option<toml::Value>,
+    jwt_hmac_secret_file: Option<toml::Value>,
+    jwt_public_key_file: Option<toml::Value>,
+    jwks_file: Option<toml::Value>,
+    jwks_url: Option<toml::Value>,
+    jwt_audience: Option<toml::Value>,
+    jwt_issuer: Option<toml::Value>,
+    jwt_leeway: Option<toml::Value>,
+    max_token_size: Option<toml::Value>,
+    api_key: Option<toml::Value>,
+    api_key_file: Option<toml::Value>,
+    anonymous: Option<toml::Value>,
+    client_publish: Option<toml::Value>,
+    client_publish_rate: Option<toml::Value>,
+    client_publish_burst: Option<toml::Value>,
+    namespaces: Option<toml::Table>,
 }
 
 fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
@@ -1115,6 +1407,22 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         http_max_requests_per_connection,
         max_publish_batch_bytes,
         max_publish_batch_items,
+        jwt_hmac_secret,
+        jwt_hmac_secret_file,
+        jwt_public_key_file,
+        jwks_file,
+        jwks_url,
+        jwt_audience,
+        jwt_issuer,
+        jwt_leeway,
+        max_token_size,
+        api_key,
+        api_key_file,
+        anonymous,
+        client_publish,
+        client_publish_rate,
+        client_publish_burst,
+        namespaces,
     } = file;
     let fields = [
         ("listen", listen),
@@ -1152,6 +1460,21 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ),
         ("max_publish_batch_bytes", max_publish_batch_bytes),
         ("max_publish_batch_items", max_publish_batch_items),
+        ("jwt_hmac_secret", jwt_hmac_secret),
+        ("jwt_hmac_secret_file", jwt_hmac_secret_file),
+        ("jwt_public_key_file", jwt_public_key_file),
+        ("jwks_file", jwks_file),
+        ("jwks_url", jwks_url),
+        ("jwt_audience", jwt_audience),
+        ("jwt_issuer", jwt_issuer),
+        ("jwt_leeway", jwt_leeway),
+        ("max_token_size", max_token_size),
+        ("api_key", api_key),
+        ("api_key_file", api_key_file),
+        ("anonymous", anonymous),
+        ("client_publish", client_publish),
+        ("client_publish_rate", client_publish_rate),
+        ("client_publish_burst", client_publish_burst),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -1174,7 +1497,78 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         };
         values.insert(key, raw);
     }
-    Ok(Layer { source, values })
+    let namespaces = match namespaces {
+        Some(table) => parse_namespaces(table, path)?,
+        None => Vec::new(),
+    };
+    Ok(Layer {
+        source,
+        values,
+        namespaces,
+    })
+}
+
+/// One `[namespaces.NAME]` table as the file writes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceFile {
+    anonymous: Option<String>,
+    client_publish: Option<bool>,
+    max_message_size: Option<toml::Value>,
+}
+
+/// The `[namespaces]` tables of the file, checked: names, option values.
+fn parse_namespaces(table: toml::Table, path: &Path) -> Result<Vec<NamespaceConfig>, ConfigError> {
+    let source = Source::File(path.to_owned());
+    let invalid = |name: &str, value: String, problem: String| ConfigError::Invalid {
+        key: "namespaces",
+        value: format!("{name:?}: {value}"),
+        source: source.clone(),
+        problem,
+    };
+    let mut out = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        crate::pubsub::namespace::valid_name(&name)
+            .map_err(|p| invalid(&name, "[namespaces.".to_owned() + &name + "]", p))?;
+        let shown = value.to_string();
+        let file: NamespaceFile = value.try_into().map_err(|e: toml::de::Error| {
+            invalid(
+                &name,
+                shown.clone(),
+                format!(
+                    "{}; a namespace takes anonymous = \"none\"|\"subscribe\"|\"publish\", client_publish = true|false, max_message_size = SIZE",
+                    e.message().trim_end()
+                ),
+            )
+        })?;
+        let anonymous = match &file.anonymous {
+            None => None,
+            Some(a) => Some(
+                raw_choice(&Raw::Str(a.clone()), crate::pubsub::Anonymous::CHOICES)
+                    .map_err(|p| invalid(&name, format!("anonymous = {a:?}"), p))?,
+            ),
+        };
+        let max_message_size = match file.max_message_size {
+            None => None,
+            Some(v) => {
+                let raw = match &v {
+                    toml::Value::String(s) => Raw::Str(s.clone()),
+                    toml::Value::Integer(i) => Raw::Int(*i),
+                    _ => Raw::Bool(false),
+                };
+                let n = raw_size(&raw)
+                    .map_err(|p| invalid(&name, format!("max_message_size = {v}"), p))?;
+                Some(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        };
+        out.push(NamespaceConfig {
+            name,
+            anonymous,
+            client_publish: file.client_publish.unwrap_or(true),
+            max_message_size,
+        });
+    }
+    Ok(out)
 }
 
 /// What a key's value should look like, for messages about wrong TOML types.
@@ -1188,7 +1582,19 @@ fn expected_for(key: &str) -> String {
         ),
         "log_format" => format!("expected a string: {}", choice_list(LogFormat::CHOICES)),
         "log_level" => "expected a string such as \"info\"".to_owned(),
-        "pin_cores" => BOOL_EXPECTED.to_owned(),
+        "pin_cores" | "client_publish" => BOOL_EXPECTED.to_owned(),
+        "anonymous" => format!(
+            "expected a string: {}",
+            choice_list(crate::pubsub::Anonymous::CHOICES)
+        ),
+        "jwt_hmac_secret" | "jwks_url" | "jwt_audience" | "jwt_issuer" => {
+            "expected a string".to_owned()
+        }
+        "jwt_hmac_secret_file" | "jwks_file" | "api_key_file" => {
+            "expected a string naming a file".to_owned()
+        }
+        "jwt_public_key_file" => "expected a file path or an array of them".to_owned(),
+        "api_key" => "expected a string or an array of strings".to_owned(),
         "shards"
         | "ring_entries"
         | "recv_buffers"
@@ -1199,9 +1605,11 @@ fn expected_for(key: &str) -> String {
         | "max_topics_per_connection"
         | "mux_error_budget"
         | "http_max_requests_per_connection"
-        | "max_publish_batch_items" => COUNT_EXPECTED.to_owned(),
+        | "max_publish_batch_items"
+        | "client_publish_rate"
+        | "client_publish_burst" => COUNT_EXPECTED.to_owned(),
         "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout"
-        | "write_delay" | "http_idle_timeout" => DURATION_EXPECTED.to_owned(),
+        | "write_delay" | "http_idle_timeout" | "jwt_leeway" => DURATION_EXPECTED.to_owned(),
         "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
         _ => SIZE_EXPECTED.to_owned(),
     }
@@ -1263,17 +1671,23 @@ impl Merge<'_> {
                 continue;
             };
             let source = layer.source.clone();
+            // A secret's value is never shown, even when it is malformed.
+            let shown = if SECRET_KEYS.contains(&key) {
+                "<redacted>".to_owned()
+            } else {
+                raw.to_string()
+            };
             match parse(raw) {
                 Ok(v) => {
                     if winner.is_none() {
-                        self.provenance.insert(key, (source, raw.to_string()));
+                        self.provenance.insert(key, (source, shown));
                         winner = Some(v);
                     }
                 }
                 Err(problem) => {
                     return Err(ConfigError::Invalid {
                         key,
-                        value: raw.to_string(),
+                        value: shown,
                         source,
                         problem,
                     });
@@ -1385,6 +1799,28 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
             raw_count,
             d.max_publish_batch_items,
         )?,
+        jwt_hmac_secret: m.take("jwt_hmac_secret", raw_secret)?,
+        jwt_hmac_secret_file: m.take("jwt_hmac_secret_file", raw_path)?,
+        jwt_public_key_file: m
+            .take("jwt_public_key_file", raw_paths)?
+            .unwrap_or_default(),
+        jwks_file: m.take("jwks_file", raw_path)?,
+        jwks_url: m.take("jwks_url", raw_url)?,
+        jwt_audience: m.take("jwt_audience", raw_nonempty)?,
+        jwt_issuer: m.take("jwt_issuer", raw_nonempty)?,
+        jwt_leeway: m.take("jwt_leeway", raw_duration)?.unwrap_or(d.jwt_leeway),
+        max_token_size: m.int("max_token_size", raw_size, d.max_token_size)?,
+        api_key: m.take("api_key", raw_secrets)?.unwrap_or_default(),
+        api_key_file: m.take("api_key_file", raw_path)?,
+        anonymous: m.take("anonymous", |r| {
+            raw_choice(r, crate::pubsub::Anonymous::CHOICES)
+        })?,
+        client_publish: m
+            .take("client_publish", raw_bool)?
+            .unwrap_or(d.client_publish),
+        client_publish_rate: m.int("client_publish_rate", raw_count, d.client_publish_rate)?,
+        client_publish_burst: m.int("client_publish_burst", raw_count, d.client_publish_burst)?,
+        namespaces: file.namespaces.clone(),
     };
     Ok((cfg, m.provenance))
 }
@@ -1740,6 +2176,7 @@ impl Config {
                 format_duration(self.ping_interval),
             ));
         }
+        self.check_access(&invalid, &conflict)?;
         if self.log_level.trim().is_empty() {
             return Err(invalid(
                 "log_level",

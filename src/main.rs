@@ -68,6 +68,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !cfg.tokens_configured() && server.addrs.iter().any(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "no JWT key is configured and the server listens on a non-loopback address: anyone who reaches it may subscribe and publish to any topic (see docs/auth.md)"
+        );
+    }
     let addrs: Vec<String> = server.addrs.iter().map(ToString::to_string).collect();
     println!(
         "ringcast listening on {} (shards: {}, io: {})",

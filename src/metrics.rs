@@ -8,6 +8,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod access;
+
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -168,6 +170,8 @@ pub struct ShardMetrics {
     pub http_batch_items: Counter,
     /// Batch items refused, by code (index in [`crate::http::batch::ItemError::CODES`]).
     pub http_batch_refused: [Counter; crate::http::batch::ItemError::CODES.len()],
+    /// Access control: tokens, rights, API keys.
+    pub access: access::AccessMetrics,
 }
 
 impl ShardMetrics {
@@ -524,6 +528,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(m));
         }
     }
+    access::render(&mut out, shards);
     out
 }
 

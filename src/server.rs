@@ -51,6 +51,9 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// A shard failed to set up its driver.
     Shard(usize, std::io::Error),
+    /// The access-control setup failed: a key file that cannot be read or parsed, a bad
+    /// namespace (the message names the file or key, never a secret).
+    Access(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -64,6 +67,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Shard(i, e) => write!(f, "shard {i} failed to start: {e}"),
+            StartError::Access(why) => write!(f, "access control: {why}"),
         }
     }
 }
@@ -148,6 +152,11 @@ impl Server {
     /// Chooses the backend, binds, starts the shards and returns once all of them run.
     pub fn start(cfg: &Config) -> Result<Server, StartError> {
         let backend = choose_backend(cfg.io)?;
+        // Keys and namespaces before binding: a bad key file fails the start-up at once.
+        let auth = cfg.auth_settings().map_err(StartError::Access)?;
+        let verifier =
+            crate::auth::Verifier::new(&auth).map_err(|e| StartError::Access(e.to_string()))?;
+        let namespaces = Arc::new(cfg.namespace_table().map_err(StartError::Access)?);
         let shards = cfg.shards.max(1);
         let (listeners, addrs) = bind(&cfg.listen, shards)?;
         let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
@@ -189,6 +198,10 @@ impl Server {
             http_max_requests_per_connection: cfg.http_max_requests_per_connection,
             max_publish_batch_bytes: cfg.max_publish_batch_bytes,
             max_publish_batch_items: cfg.max_publish_batch_items,
+            verifier,
+            namespaces,
+            client_publish_rate: cfg.client_publish_rate,
+            client_publish_burst: cfg.client_publish_burst,
         };
         let uring = UringSettings {
             ring_entries: cfg.ring_entries,

@@ -23,6 +23,10 @@
 //! shard sees messages in publish order, and a shard sees another's announcements in the
 //! order they were made.
 
+mod query;
+
+pub use query::{Answer, Query};
+
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -63,6 +67,22 @@ pub enum BusMsg {
         /// The announcer's id for the topic, or `None` when its last subscriber left.
         id: Option<TopicId>,
     },
+    /// A question from shard `from` (the backend API), answered with [`BusMsg::Answer`].
+    Query {
+        /// The asking shard.
+        from: u16,
+        /// The asker's number for it.
+        id: u32,
+        /// What it asks.
+        query: Query,
+    },
+    /// An answer to query `id` of the receiving shard.
+    Answer {
+        /// The asker's number for the query.
+        id: u32,
+        /// What this shard knows.
+        answer: Answer,
+    },
 }
 
 impl BusMsg {
@@ -71,6 +91,8 @@ impl BusMsg {
         match self {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames.len(),
             BusMsg::Interest { topic, .. } => ANNOUNCEMENT_WEIGHT + topic.len(),
+            BusMsg::Query { query, .. } => query.weight(),
+            BusMsg::Answer { answer, .. } => answer.weight(),
         }
     }
 
@@ -78,7 +100,7 @@ impl BusMsg {
     fn messages(&self) -> u64 {
         match self {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => u64::from(batch.count()),
-            BusMsg::Interest { .. } => 0,
+            BusMsg::Interest { .. } | BusMsg::Query { .. } | BusMsg::Answer { .. } => 0,
         }
     }
 }
@@ -278,7 +300,7 @@ mod tests {
     fn first_byte(m: &BusMsg) -> u8 {
         match m {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames[0],
-            BusMsg::Interest { .. } => 0,
+            BusMsg::Interest { .. } | BusMsg::Query { .. } | BusMsg::Answer { .. } => 0,
         }
     }
 

@@ -217,6 +217,21 @@ fn every_key_from_env() {
         ("http_max_requests_per_connection", "1000"),
         ("max_publish_batch_bytes", "1MiB"),
         ("max_publish_batch_items", "500"),
+        ("jwt_hmac_secret", "s3cret"),
+        ("jwt_hmac_secret_file", "/run/secrets/hmac"),
+        ("jwt_public_key_file", "/etc/a.pem,/etc/b.pem"),
+        ("jwks_file", "/etc/jwks.json"),
+        ("jwks_url", "https://auth.example.com/.well-known/jwks.json"),
+        ("jwt_audience", "app"),
+        ("jwt_issuer", "https://auth.example.com"),
+        ("jwt_leeway", "30s"),
+        ("max_token_size", "16KiB"),
+        ("api_key", "k1,k2"),
+        ("api_key_file", "/run/secrets/api"),
+        ("anonymous", "subscribe"),
+        ("client_publish", "false"),
+        ("client_publish_rate", "50"),
+        ("client_publish_burst", "100"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -233,6 +248,17 @@ fn every_key_from_env() {
     assert_eq!(cfg.http_max_requests_per_connection, 1000);
     assert_eq!(cfg.max_publish_batch_bytes, 1 << 20);
     assert_eq!(cfg.max_publish_batch_items, 500);
+    assert_eq!(cfg.jwt_hmac_secret, Some(Secret("s3cret".into())));
+    assert_eq!(cfg.jwt_public_key_file.len(), 2);
+    assert_eq!(cfg.jwt_leeway, Duration::from_secs(30));
+    assert_eq!(cfg.max_token_size, 16 << 10);
+    assert_eq!(cfg.api_key.len(), 2);
+    assert_eq!(cfg.anonymous, Some(crate::pubsub::Anonymous::Subscribe));
+    assert!(!cfg.client_publish);
+    assert_eq!(
+        (cfg.client_publish_rate, cfg.client_publish_burst),
+        (50, 100)
+    );
     assert_eq!(cfg.listen.len(), 2);
     assert_eq!(cfg.shards, 2);
     assert_eq!(cfg.io, IoBackend::Uring);
@@ -497,7 +523,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 32] = [
+    let cases: [(&str, &str); 47] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -530,6 +556,21 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("http_max_requests_per_connection", "many"),
         ("max_publish_batch_bytes", "4 MB"),
         ("max_publish_batch_items", "10k"),
+        ("jwt_hmac_secret", " "),
+        ("jwt_hmac_secret_file", " "),
+        ("jwt_public_key_file", ","),
+        ("jwks_file", " "),
+        ("jwks_url", "ftp://x"),
+        ("jwt_audience", " "),
+        ("jwt_issuer", " "),
+        ("jwt_leeway", "a while"),
+        ("max_token_size", "8 KB"),
+        ("api_key", " , "),
+        ("api_key_file", " "),
+        ("anonymous", "everyone"),
+        ("client_publish", "perhaps"),
+        ("client_publish_rate", "fast"),
+        ("client_publish_burst", "a few"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {
@@ -554,13 +595,15 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         if bad.is_empty() {
             continue; // an empty env var is unset; an empty TOML string is checked below
         }
-        // environment
-        let (msg, k) = err_of(load_env(&[(&env_name(key), bad)]));
-        assert_eq!(k, Some(key), "{msg}");
-        assert!(
-            msg.contains(&format!("from {}", env_name(key))),
-            "{key}: {msg}"
-        );
+        // environment (a blank variable counts as unset)
+        if !bad.trim().is_empty() {
+            let (msg, k) = err_of(load_env(&[(&env_name(key), bad)]));
+            assert_eq!(k, Some(key), "{msg}");
+            assert!(
+                msg.contains(&format!("from {}", env_name(key))),
+                "{key}: {msg}"
+            );
+        }
         // file
         let (msg, k) = err_of(load_file(&format!("{key} = {bad:?}")));
         assert_eq!(k, Some(key), "{msg}");

@@ -70,6 +70,9 @@ pub enum Routed {
     PublishBatch,
     /// `GET /`: the demo page.
     Demo,
+    /// The backend API: `GET /api/topics`, `GET /api/topics/{topic}`,
+    /// `POST /api/disconnect`.
+    Api(ApiRoute),
     /// 405: the path exists, the method does not; `allow` is the `Allow` header's value
     /// (RFC 9110 §15.5.6 requires it).
     NotAllowed {
@@ -81,6 +84,17 @@ pub enum Routed {
     /// `ShardState::http_answer_deferred`.
     #[cfg(test)]
     TestDeferred,
+}
+
+/// A backend API request (answered for the whole server, see `shard::api`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `GET /api/topics`: every topic with subscribers, and how many.
+    Topics,
+    /// `GET /api/topics/{topic}`: one topic's subscribers and users.
+    Topic(String),
+    /// `POST /api/disconnect` with `{"user":"..."}`: close every connection of that user.
+    Disconnect,
 }
 
 /// Decides what a request for `path` with `method` gets. `max_topics`: a `?subscribe=` list
@@ -103,11 +117,28 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
             },
         },
         "/publish" if method == "POST" => Routed::PublishBatch,
+        "/api/topics" if is_get => Routed::Api(ApiRoute::Topics),
+        "/api/disconnect" if method == "POST" => Routed::Api(ApiRoute::Disconnect),
+        "/api/topics" => Routed::NotAllowed { allow: "GET" },
+        "/api/disconnect" => Routed::NotAllowed { allow: "POST" },
         #[cfg(test)]
         "/__test/deferred" => Routed::TestDeferred,
         "/health" => Routed::NotAllowed { allow: "GET, HEAD" },
         "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::NotAllowed { allow: "GET" },
         "/publish" => Routed::NotAllowed { allow: "POST" },
+        _ if path.starts_with("/api/topics/") => {
+            if !is_get {
+                return Routed::NotAllowed { allow: "GET" };
+            }
+            let topic = &path["/api/topics/".len()..];
+            match percent_decode(topic).ok_or(crate::pubsub::TopicError::BadByte) {
+                Ok(t) => match validate_topic(&t) {
+                    Ok(()) => Routed::Api(ApiRoute::Topic(t)),
+                    Err(e) => bad_topic(e),
+                },
+                Err(e) => bad_topic(e),
+            }
+        }
         _ if path.starts_with("/publish/") => {
             let topic = &path["/publish/".len()..];
             if method != "POST" {
@@ -149,6 +180,7 @@ fn topic_error_body(e: crate::pubsub::TopicError) -> &'static str {
         Empty => "bad topic: empty\n",
         TooLong => "bad topic: longer than 255 bytes\n",
         BadByte => "bad topic: use printable ASCII without spaces\n",
+        UnknownNamespace => "bad topic: the part before ':' is not a configured namespace\n",
     }
 }
 

@@ -317,6 +317,7 @@ fn exclusions(own: &mut Vec<(u32, Range<u32>)>, count: u32) -> (Vec<Part>, Vec<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::topic::TopicOptions;
 
     /// A table with `names` interned and one subscriber each (so they stay).
     fn table(names: &[&str]) -> (Topics, Vec<TopicId>) {
@@ -324,7 +325,7 @@ mod tests {
         let ids = names
             .iter()
             .map(|n| {
-                let id = t.intern(n);
+                let id = t.intern(n, TopicOptions::OPEN);
                 t.join(id, 1000, super::super::Format::Plain);
                 id
             })
@@ -458,7 +459,7 @@ mod tests {
     #[test]
     fn a_topic_dropped_mid_turn_goes_once_its_batch_is_taken() {
         let mut topics = Topics::default();
-        let t = topics.intern("t");
+        let t = topics.intern("t", TopicOptions::OPEN);
         topics.join(t, 1, super::super::Format::Plain);
         let mut b = Batcher::default();
         b.append(&mut topics, t, OpCode::Text, b"x", None);
@@ -489,7 +490,7 @@ mod tests {
         // topic (160 MB for 600 KB of publishes).
         let mut topics = Topics::default();
         let ids: Vec<TopicId> = (0..10_000)
-            .map(|i| topics.intern(&format!("t{i}")))
+            .map(|i| topics.intern(&format!("t{i}"), TopicOptions::OPEN))
             .collect();
         let mut b = Batcher::default();
         for &id in &ids {

@@ -7,6 +7,10 @@ use super::mux::ErrorCode;
 use super::topic::TopicError;
 use crate::proto::close_code;
 
+pub use crate::auth::{
+    CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID,
+};
+
 /// A refusal of the pub/sub layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -19,6 +23,22 @@ pub enum Error {
     },
     /// An unsubscribe from a topic the connection is not subscribed to.
     NotSubscribed,
+    /// No token, and the topic's namespace grants nothing to connections without one.
+    Unauthorized,
+    /// The token's rights do not cover this topic for this operation.
+    Forbidden {
+        /// `"subscribe"` or `"publish"`.
+        op: &'static str,
+    },
+    /// The topic's namespace does not let clients publish (`client_publish = false`).
+    ClientPublishOff,
+    /// Larger than the topic's namespace allows (`max_message_size`).
+    TooLarge {
+        /// The namespace's limit in bytes.
+        max: usize,
+    },
+    /// Past the connection's publish rate (`--client-publish-rate`).
+    RateLimited,
 }
 
 /// How a refusal is reported to each kind of client.
@@ -39,6 +59,12 @@ impl Error {
             Error::BadTopic(_) => (close_code::POLICY, 400, ErrorCode::BadTopic),
             Error::TooManyTopics { .. } => (close_code::POLICY, 400, ErrorCode::TooManyTopics),
             Error::NotSubscribed => (close_code::POLICY, 404, ErrorCode::NotSubscribed),
+            Error::Unauthorized => (CLOSE_TOKEN_INVALID, 401, ErrorCode::Unauthorized),
+            Error::Forbidden { .. } | Error::ClientPublishOff => {
+                (CLOSE_FORBIDDEN, 403, ErrorCode::Forbidden)
+            }
+            Error::TooLarge { .. } => (close_code::TOO_BIG, 413, ErrorCode::TooLarge),
+            Error::RateLimited => (close_code::POLICY, 429, ErrorCode::RateLimited),
         };
         Wire {
             close_code,
@@ -63,6 +89,18 @@ impl std::fmt::Display for Error {
                 "this connection is subscribed to {max} topics, the most allowed"
             ),
             Error::NotSubscribed => f.write_str("this connection is not subscribed to that topic"),
+            Error::Unauthorized => {
+                f.write_str("a token is needed for this topic (none was presented)")
+            }
+            Error::Forbidden { op } => write!(f, "the token does not allow to {op} this topic"),
+            Error::ClientPublishOff => f.write_str(
+                "clients may not publish in this topic's namespace (only the backend API)",
+            ),
+            Error::TooLarge { max } => write!(
+                f,
+                "the message is larger than this topic's namespace allows ({max} bytes)"
+            ),
+            Error::RateLimited => f.write_str("publishing faster than this connection may"),
         }
     }
 }

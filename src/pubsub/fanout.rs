@@ -272,7 +272,7 @@ impl ExclusionIndex {
 mod tests {
     use super::*;
     use crate::pubsub::batch::{Batcher, Ready};
-    use crate::pubsub::topic::{TopicId, Topics};
+    use crate::pubsub::topic::{TopicId, TopicOptions, Topics};
 
     /// Queues in memory: `None` is a closed connection; a queue at `limit` bytes is slow.
     struct Fake {
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn formats_are_built_once_and_publishers_are_excluded() {
         let mut topics = Topics::default();
-        let id = topics.intern("t");
+        let id = topics.intern("t", TopicOptions::OPEN);
         topics.join(id, 0, Format::Plain);
         topics.join(id, 1, Format::Plain);
         topics.join(id, 2, Format::Mux);
@@ -382,7 +382,7 @@ mod tests {
     #[test]
     fn slow_and_closed_subscribers_are_reported() {
         let mut topics = Topics::default();
-        let id = topics.intern("t");
+        let id = topics.intern("t", TopicOptions::OPEN);
         for s in 0..3 {
             topics.join(id, s, Format::Plain);
         }
@@ -406,7 +406,7 @@ mod tests {
         // Every member published one message of the batch; each gets the other 999.
         let n = 1_000u32;
         let mut topics = Topics::default();
-        let id = topics.intern("room");
+        let id = topics.intern("room", TopicOptions::OPEN);
         for s in 0..n {
             topics.join(id, s, Format::Plain);
         }

@@ -32,15 +32,21 @@
 //! sockets), so a publish that a client makes after seeing that response reaches the new
 //! subscriber, whichever shard it is published on.
 
+pub mod access;
 pub mod batch;
 mod error;
 pub mod fanout;
 pub mod mux;
+pub mod namespace;
 pub mod topic;
 
+pub use access::{Caller, Grants, Policy};
 pub use batch::{Batch, Origin};
-pub use error::{Error, Wire};
-pub use topic::{Format, MAX_TOPIC_LEN, TopicError, TopicId, validate_topic};
+pub use error::{
+    CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, Error, Wire,
+};
+pub use namespace::{Anonymous, NamespaceOptions, Namespaces};
+pub use topic::{Format, MAX_TOPIC_LEN, TopicError, TopicId, TopicOptions, validate_topic};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,12 +68,16 @@ pub enum Target<'a> {
 }
 
 /// What the pub/sub layer needs from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Topics one connection may hold (`--max-topics-per-connection`).
     pub max_topics_per_connection: usize,
     /// Bound of one batch in framed bytes (`--max-batch-bytes`).
     pub max_batch_bytes: usize,
+    /// The namespaces, shared by every shard.
+    pub namespaces: Arc<Namespaces>,
+    /// Whether token rights apply.
+    pub policy: Policy,
 }
 
 /// The pub/sub state of one shard.
@@ -93,6 +103,9 @@ pub struct PubSub {
     /// Subscribers that missed messages because their backlog was at the limit:
     /// (slot, messages). The shard applies `--slow-consumer` to them and clears the list.
     pub slow: Vec<(u32, u32)>,
+    /// Backend API queries and answers taken from the inbox, for the shard to handle after
+    /// [`PubSub::drain_bus`] (it takes and clears the list).
+    pub api: Vec<BusMsg>,
     /// The shard's clock (ticks), for log throttles; set by [`PubSub::begin_turn`].
     tick: u32,
     inbox_full_log: crate::throttle::LogThrottle,
@@ -106,14 +119,15 @@ impl PubSub {
         PubSub {
             shard,
             bus,
-            limits,
             topics: Topics::default(),
             batcher: Batcher::new(Origin::Shard(shard), limits.max_batch_bytes),
+            limits,
             fanout: FanOut::default(),
             ready: Vec::new(),
             backlog: vec![HashMap::new(); shards],
             metrics,
             slow: Vec::new(),
+            api: Vec::new(),
             tick: 0,
             inbox_full_log: crate::throttle::LogThrottle::default(),
         }
@@ -124,27 +138,53 @@ impl PubSub {
         self.tick = tick;
     }
 
-    /// Subscribes connection `slot` to the topic `name` in `format`. `held`: how many
-    /// topics the connection holds already (it must not hold this one: a connection keeps
-    /// its own list and asks [`PubSub::lookup`] first).
+    /// Subscribes connection `slot` to the topic `name` in `format`, if `caller` may
+    /// ([`Policy::subscribe`]). `held`: how many topics the connection holds already (it
+    /// must not hold this one: a connection keeps its own list and asks [`PubSub::lookup`]
+    /// first).
     pub fn subscribe(
         &mut self,
         slot: u32,
         format: Format,
         name: &str,
         held: usize,
+        caller: Caller<'_>,
     ) -> Result<TopicId, Error> {
-        validate_topic(name)?;
+        let opts = self.options_of(name)?;
+        self.limits.policy.subscribe(caller, name, &opts)?;
         let max = self.limits.max_topics_per_connection;
         if held >= max {
             return Err(Error::TooManyTopics { max });
         }
-        let id = self.topics.intern(name);
+        let id = self.topics.intern(name, opts);
         if self.topics.join(id, slot, format) == InterestChange::Gained {
             self.announce(id, true);
         }
         self.gauge();
         Ok(id)
+    }
+
+    /// The options of topic `name` (validated): from the table when it is interned here,
+    /// else from its namespace (one hash lookup of the namespace part).
+    pub fn options_of(&self, name: &str) -> Result<TopicOptions, Error> {
+        validate_topic(name)?;
+        if let Some(t) = self.topics.lookup(name).and_then(|id| self.topics.get(id)) {
+            return Ok(t.options);
+        }
+        let namespace = self.limits.namespaces.resolve(name)?;
+        Ok(TopicOptions {
+            namespace,
+            ns: self.limits.namespaces.options(namespace),
+        })
+    }
+
+    /// Whether `caller` may publish on the topic `id` (checked once, when a simple-mode
+    /// connection subscribes: its messages are then published by id, unchecked).
+    pub fn may_publish(&self, caller: Caller<'_>, id: TopicId) -> Result<(), Error> {
+        let Some(t) = self.topics.get(id) else {
+            return Err(Error::NotSubscribed);
+        };
+        self.limits.policy.publish(caller, &t.name, &t.options, 0)
     }
 
     /// Takes connection `slot` out of `id`'s `format` subscribers (applied in one pass per
@@ -163,21 +203,38 @@ impl PubSub {
     /// must not receive it. Returns the local subscribers it will be queued for; a message
     /// for a topic nobody subscribes to (here or on a shard that announced it) is dropped at
     /// the fan-out and counted as unrouted.
+    ///
+    /// A [`Target::Name`] is checked against `caller`'s rights ([`Policy::publish`]); a
+    /// [`Target::Id`] was checked when the id was granted ([`PubSub::may_publish`]), and
+    /// only the namespace's size limit applies to a client's message.
     pub fn publish(
         &mut self,
         target: Target<'_>,
+        caller: Caller<'_>,
         opcode: OpCode,
         payload: &[u8],
         exclude: Option<u32>,
     ) -> Result<usize, Error> {
         let id = match target {
-            Target::Id(id) => id,
+            Target::Id(id) => {
+                if let (Caller::Client(_), Some(t)) = (caller, self.topics.get(id))
+                    && payload.len() > t.options.ns.max_message_size
+                {
+                    return Err(Error::TooLarge {
+                        max: t.options.ns.max_message_size,
+                    });
+                }
+                id
+            }
             // Interned even when nobody here subscribes: whether another shard does is
             // decided at the fan-out, after the inbox is drained again (an announcement made
             // before this message was read is then known). Dropped after the turn if unused.
             Target::Name(name) => {
-                validate_topic(name)?;
-                self.topics.intern(name)
+                let opts = self.options_of(name)?;
+                self.limits
+                    .policy
+                    .publish(caller, name, &opts, payload.len())?;
+                self.topics.intern(name, opts)
             }
         };
         let Some(local) = self.topics.get(id).map(topic::Topic::local) else {
@@ -273,6 +330,8 @@ impl PubSub {
                 }
             }
             BusMsg::Interest { from, topic, id } => self.on_interest(from, topic, id),
+            // The backend API's questions are about connections: the shard's.
+            m @ (BusMsg::Query { .. } | BusMsg::Answer { .. }) => self.api.push(m),
         });
         self.metrics.bus_in.add(batches);
     }
@@ -297,7 +356,11 @@ impl PubSub {
     /// Another shard's announcement: where batches of `topic` must go from now on.
     fn on_interest(&mut self, from: u16, topic: Arc<str>, theirs: Option<TopicId>) {
         let id = match theirs {
-            Some(_) => Some(self.topics.intern_shared(topic)),
+            // The other shard validated the name against the same namespaces.
+            Some(_) => match self.options_of(&topic) {
+                Ok(opts) => Some(self.topics.intern_shared(topic, opts)),
+                Err(_) => None,
+            },
             None => self.topics.lookup(&topic),
         };
         if let Some(id) = id {

@@ -10,6 +10,8 @@
 //! | `unsubscribe` | `topic`, optional `id` | unsubscribe (`not_subscribed` if it was not) |
 //! | `publish` | `topic`, `data`, optional `id`, optional `echo` | publish `data` as a text message: a JSON string is sent as its contents, any other JSON value as its JSON text |
 //! | `ping` | optional `id` | answered with `pong` (browsers cannot send WebSocket pings) |
+//! | `auth` | `token`, optional `id` | present a connection token (JWT) not given at the upgrade |
+//! | `refresh` | `token`, optional `id` | replace the token (same `sub`) before it expires |
 //!
 //! Every command gets exactly one reply, `ack` (or `pong`) or `error`, carrying the `id`
 //! when one was given (an integer from −2^63 to 2^64−1, echoed exactly, or a string of at most
@@ -21,6 +23,8 @@
 //!
 //! - `{"type":"ack","id":7,"op":"subscribe","topic":"a"}`
 //! - `{"type":"pong","id":7}`
+//! - `{"type":"refresh_required","in":30}`: the token expires in 30 s; send `refresh`, or the
+//!   connection closes with 4001 at expiry
 //! - `{"type":"error","id":7,"code":"bad_topic","message":"topic name is empty"}`
 //! - a text message published to a topic: `{"type":"message","topic":"a","data":"hello"}`
 //! - a binary message: a binary frame `[topic length: 1 byte][topic][payload]` (topics are at
@@ -36,11 +40,13 @@ use crate::pubsub::validate_topic;
 
 /// Command kinds counted in `ringcast_mux_commands_total{type}`: the four JSON types,
 /// binary-envelope publishes, and messages that could not be parsed at all.
-pub const COMMANDS: [&str; 6] = [
+pub const COMMANDS: [&str; 8] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "ping",
+    "auth",
+    "refresh",
     COMMAND_BINARY_PUBLISH,
     COMMAND_INVALID,
 ];
@@ -69,11 +75,22 @@ pub enum ErrorCode {
     TooManyTopics,
     /// A binary frame that is not a valid binary envelope.
     BadEnvelope,
+    /// No valid token: none where the topic needs one, or an `auth`/`refresh` token that
+    /// did not verify.
+    Unauthorized,
+    /// The connection's token has expired (send `refresh`, or reconnect).
+    TokenExpired,
+    /// The token's rights (or the namespace) do not allow this.
+    Forbidden,
+    /// A publish larger than the topic's namespace allows.
+    TooLarge,
+    /// Publishing faster than `--client-publish-rate` allows.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in the order metrics list them.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -81,6 +98,11 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::TooManyTopics,
         ErrorCode::BadEnvelope,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
     ];
 
     /// The wire name.
@@ -93,6 +115,11 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::BadEnvelope => "bad_envelope",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -141,6 +168,10 @@ pub enum Command {
     },
     /// Application-level ping.
     Ping,
+    /// Present a connection token (when it was not given at the upgrade).
+    Auth(String),
+    /// Replace the connection's token with a fresh one (same `sub`) before it expires.
+    Refresh(String),
 }
 
 impl Command {
@@ -151,6 +182,8 @@ impl Command {
             Command::Unsubscribe(_) => "unsubscribe",
             Command::Publish { .. } => "publish",
             Command::Ping => "ping",
+            Command::Auth(_) => "auth",
+            Command::Refresh(_) => "refresh",
         }
     }
 
@@ -160,7 +193,7 @@ impl Command {
             Command::Subscribe(t) | Command::Unsubscribe(t) | Command::Publish { topic: t, .. } => {
                 Some(t)
             }
-            Command::Ping => None,
+            Command::Ping | Command::Auth(_) | Command::Refresh(_) => None,
         }
     }
 }
@@ -214,7 +247,7 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
             return Err(Refusal::new(
                 id,
                 ErrorCode::BadMessage,
-                "missing \"type\" (subscribe, unsubscribe, publish or ping)",
+                "missing \"type\" (subscribe, unsubscribe, publish, ping, auth or refresh)",
             ));
         }
     };
@@ -248,16 +281,37 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
             Command::Publish { topic, data, echo }
         }
         "ping" => Command::Ping,
+        "auth" => Command::Auth(token_field(&obj, &id)?),
+        "refresh" => Command::Refresh(token_field(&obj, &id)?),
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(Refusal::new(
                 id,
                 ErrorCode::UnknownType,
-                format!("unknown type {shown:?}: expected subscribe, unsubscribe, publish or ping"),
+                format!(
+                    "unknown type {shown:?}: expected subscribe, unsubscribe, publish, ping, auth or refresh"
+                ),
             ));
         }
     };
     Ok(Request { id, command })
+}
+
+/// The `token` of an `auth` or `refresh` message (never echoed in a reply or a log).
+fn token_field(obj: &Map<String, Value>, id: &Option<Value>) -> Result<String, Refusal> {
+    match obj.get("token") {
+        Some(Value::String(t)) => Ok(t.clone()),
+        Some(_) => Err(Refusal::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "\"token\" must be a string",
+        )),
+        None => Err(Refusal::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "missing \"token\"",
+        )),
+    }
 }
 
 fn topic_field(obj: &Map<String, Value>, id: &Option<Value>) -> Result<String, Refusal> {
@@ -300,6 +354,12 @@ pub fn ack(id: Option<&Value>, command: &Command) -> Vec<u8> {
         m.insert("topic".into(), Value::String(t.into()));
     }
     Value::Object(m).to_string().into_bytes()
+}
+
+/// `{"type":"refresh_required","in":SECONDS}`: the connection's token expires in that many
+/// seconds.
+pub fn refresh_required(seconds: u64) -> Vec<u8> {
+    format!("{{\"type\":\"refresh_required\",\"in\":{seconds}}}").into_bytes()
 }
 
 /// The error reply for a refusal.

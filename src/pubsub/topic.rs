@@ -34,6 +34,8 @@ pub enum TopicError {
     TooLong,
     /// A byte outside printable ASCII, or a space.
     BadByte,
+    /// `NAME:rest` where no namespace `NAME` is configured.
+    UnknownNamespace,
 }
 
 impl std::fmt::Display for TopicError {
@@ -42,6 +44,9 @@ impl std::fmt::Display for TopicError {
             TopicError::Empty => "topic name is empty",
             TopicError::TooLong => "topic name is longer than 255 bytes",
             TopicError::BadByte => "topic name must be printable ASCII without spaces",
+            TopicError::UnknownNamespace => {
+                "the part of the topic name before ':' is not a configured namespace"
+            }
         })
     }
 }
@@ -87,10 +92,27 @@ impl Format {
     pub const ALL: [Format; FORMATS] = [Format::Plain, Format::Mux];
 }
 
-/// Options of one topic, resolved once when the topic is interned (the access-control
-/// issue's namespaces go here), never per message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TopicOptions {}
+/// Options of one topic, resolved once when the topic is interned (from its namespace,
+/// [`super::namespace`]), never per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicOptions {
+    /// The namespace the topic belongs to.
+    pub namespace: super::namespace::NamespaceId,
+    /// That namespace's options.
+    pub ns: super::namespace::NamespaceOptions,
+}
+
+impl TopicOptions {
+    /// The default namespace of a server without access control (tests, benchmarks).
+    pub const OPEN: TopicOptions = TopicOptions {
+        namespace: 0,
+        ns: super::namespace::NamespaceOptions {
+            anonymous: super::namespace::Anonymous::Publish,
+            client_publish: true,
+            max_message_size: 1 << 20,
+        },
+    };
+}
 
 /// Marks "no batch open this turn" in [`Topic::batch`].
 pub(crate) const NO_BATCH: u32 = u32::MAX;
@@ -172,23 +194,24 @@ impl Topics {
         })
     }
 
-    /// Interns `name` (already validated), returning its id; options are resolved here.
-    pub fn intern(&mut self, name: &str) -> TopicId {
+    /// Interns `name` (already validated, its namespace resolved into `options`),
+    /// returning its id.
+    pub fn intern(&mut self, name: &str, options: TopicOptions) -> TopicId {
         if let Some(id) = self.lookup(name) {
             return id;
         }
-        self.intern_shared(Arc::from(name))
+        self.intern_shared(Arc::from(name), options)
     }
 
     /// Interns a name that is already shared (an announcement from another shard): the
     /// table keeps the same allocation.
-    pub fn intern_shared(&mut self, name: Arc<str>) -> TopicId {
+    pub fn intern_shared(&mut self, name: Arc<str>, options: TopicOptions) -> TopicId {
         if let Some(id) = self.lookup(&name) {
             return id;
         }
         let topic = Topic {
             name: Arc::clone(&name),
-            options: TopicOptions::default(),
+            options,
             subs: Default::default(),
             leaving: Vec::new(),
             remote: Vec::new(),
@@ -222,6 +245,11 @@ impl Topics {
             return None;
         }
         e.topic.as_ref()
+    }
+
+    /// Every interned topic (the backend API's listings; not on any message path).
+    pub fn iter(&self) -> impl Iterator<Item = &Topic> {
+        self.entries.iter().filter_map(|e| e.topic.as_ref())
     }
 
     /// Mutable [`Topics::get`].
@@ -397,8 +425,8 @@ mod tests {
     #[test]
     fn join_leave_and_interest() {
         let mut t = Topics::default();
-        let x = t.intern("x");
-        assert_eq!(t.intern("x"), x, "interned once");
+        let x = t.intern("x", TopicOptions::OPEN);
+        assert_eq!(t.intern("x", TopicOptions::OPEN), x, "interned once");
         assert_eq!(t.join(x, 1, Format::Plain), InterestChange::Gained);
         assert_eq!(t.join(x, 2, Format::Mux), InterestChange::None);
         assert_eq!((t.len(), t.subscriptions()), (1, 2));
@@ -414,7 +442,7 @@ mod tests {
         assert_eq!(t.compact(x), InterestChange::Lost);
         assert!(t.get(x).is_none(), "dropped with its last subscriber");
         assert!(t.is_empty() && t.subscriptions() == 0 && t.interned() == 0);
-        let y = t.intern("y");
+        let y = t.intern("y", TopicOptions::OPEN);
         assert_ne!(y, x, "a reused index has a new generation");
         assert!(t.get(x).is_none());
     }
@@ -422,7 +450,7 @@ mod tests {
     #[test]
     fn rejoining_in_the_same_turn_keeps_the_subscription() {
         let mut t = Topics::default();
-        let x = t.intern("x");
+        let x = t.intern("x", TopicOptions::OPEN);
         t.join(x, 5, Format::Mux);
         t.leave(x, 5, Format::Mux);
         assert_eq!(t.join(x, 5, Format::Mux), InterestChange::None);
@@ -437,7 +465,7 @@ mod tests {
     #[test]
     fn remote_interest_keeps_a_topic() {
         let mut t = Topics::default();
-        let x = t.intern_shared(Arc::from("x"));
+        let x = t.intern_shared(Arc::from("x"), TopicOptions::OPEN);
         let theirs = TopicId {
             index: 9,
             generation: 3,
@@ -452,7 +480,7 @@ mod tests {
     #[test]
     fn compaction_is_one_pass_per_list() {
         let mut t = Topics::default();
-        let x = t.intern("x");
+        let x = t.intern("x", TopicOptions::OPEN);
         for s in 0..10_000 {
             t.join(x, s, Format::Plain);
         }

@@ -23,6 +23,11 @@ fn is_pong(frame: &Bytes) -> bool {
     frame.len() <= 127 && frame.first() == Some(&0x8A)
 }
 
+/// A frame's length in 32 bits (frames are at most `--max-message-size`, 1 GiB at most).
+fn len32(frame: &Bytes) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(u32::MAX)
+}
+
 /// Where an upgraded connection's messages go.
 #[derive(Debug)]
 pub enum Route {
@@ -32,6 +37,14 @@ pub enum Route {
         topic: crate::pubsub::TopicId,
         /// Whether the sender receives its own messages.
         echo: bool,
+        /// Whether its messages are published (decided at the upgrade from its token and
+        /// the namespace; a message it may not publish is dropped and counted).
+        may_publish: bool,
+        /// A refused message of this connection was logged already (one line per
+        /// connection).
+        refusal_logged: bool,
+        /// Publishes it may still make (`--client-publish-rate`).
+        bucket: super::session::PublishBucket,
     },
     /// Messages come back to the sender.
     Echo,
@@ -82,10 +95,12 @@ pub struct Conn {
     pub phase: Phase,
     /// Frames waiting to be sent, in order (not including the send in flight).
     pub queue: VecDeque<Bytes>,
-    /// Bytes in `queue` plus the send in flight: what the limit is checked against.
-    pub queued: usize,
+    /// Bytes in `queue` plus the send in flight: what the limit is checked against. 32 bits
+    /// (the limit is at most 1 GiB, and past half of it reading pauses): the slot stays
+    /// within its size budget (see the test below).
+    pub queued: u32,
     /// Bytes of the send in flight; 0 when none.
-    pub inflight: usize,
+    pub inflight: u32,
     /// A send is outstanding at the driver.
     pub sending: bool,
     /// Listed in the shard's dirty list for this turn.
@@ -104,8 +119,15 @@ pub struct Conn {
     pub since: u32,
     /// Tick after which a closing connection is dropped without waiting any more (0: none).
     pub deadline: u32,
-    /// Messages dropped for this subscriber (policy `drop`), for its closing log line.
-    pub dropped: u64,
+    /// Messages dropped for this subscriber (policy `drop`), for its closing log line
+    /// (saturating).
+    pub dropped: u32,
+    /// The verified token this connection presented (`None`: anonymous).
+    pub session: Option<Box<super::session::Session>>,
+    /// Tick of the next access-control event (0: none): for a mux connection waiting for
+    /// its `auth` message, its deadline; with a token, when `refresh_required` is due, then
+    /// its expiry. Compared by the once-per-tick timer pass.
+    pub auth_at: u32,
 }
 
 impl Conn {
@@ -133,6 +155,8 @@ impl Conn {
             since: tick,
             deadline: 0,
             dropped: 0,
+            session: None,
+            auth_at: 0,
         }
     }
 
@@ -150,7 +174,7 @@ impl Conn {
         if frame.is_empty() {
             return;
         }
-        self.queued += frame.len();
+        self.queued = self.queued.saturating_add(len32(&frame));
         self.queue.push_back(frame);
         self.mark_dirty(dirty);
     }
@@ -164,7 +188,7 @@ impl Conn {
             && let Some(last) = self.queue.back_mut()
             && is_pong(last)
         {
-            self.queued = self.queued - last.len() + pong.len();
+            self.queued = (self.queued - len32(last)).saturating_add(len32(&pong));
             *last = pong;
             return;
         }
@@ -176,14 +200,14 @@ impl Conn {
     /// bytes: a flood of empty frames would otherwise hold far more than the limit).
     #[inline]
     pub fn backlogged(&self, limit: usize) -> bool {
-        self.queued > limit / 2 || self.queue.len() > super::MAX_FRAMES_PER_SEND
+        self.queued as usize > limit / 2 || self.queue.len() > super::MAX_FRAMES_PER_SEND
     }
 
     /// Whether a paused connection drained enough to be read again (a quarter of the
     /// pause point: hysteresis, so it is not paused and resumed every turn).
     #[inline]
     pub fn drained(&self, limit: usize) -> bool {
-        self.queued <= limit / 4 && self.queue.len() <= super::MAX_FRAMES_PER_SEND / 4
+        self.queued as usize <= limit / 4 && self.queue.len() <= super::MAX_FRAMES_PER_SEND / 4
     }
 
     /// Whether a paused connection may be read again: drained, and not an HTTP connection
@@ -199,10 +223,10 @@ impl Conn {
     /// Queues a data frame if it fits under `limit`; returns false when it does not.
     #[inline]
     pub fn push_data(&mut self, frame: Bytes, limit: usize, dirty: &mut Vec<u32>) -> bool {
-        if self.queued + frame.len() > limit {
+        if self.queued as usize + frame.len() > limit {
             return false;
         }
-        self.queued += frame.len();
+        self.queued = self.queued.saturating_add(len32(&frame));
         self.queue.push_back(frame);
         self.mark_dirty(dirty);
         true

@@ -197,6 +197,12 @@ fn settings() -> Settings {
         http_max_requests_per_connection: 0,
         max_publish_batch_bytes: 4 << 20,
         max_publish_batch_items: 10_000,
+        verifier: crate::auth::Verifier::disabled(),
+        namespaces: Arc::new(crate::pubsub::Namespaces::new(
+            crate::pubsub::NamespaceOptions::open(1 << 20),
+        )),
+        client_publish_rate: 0,
+        client_publish_burst: 20,
     }
 }
 

@@ -23,11 +23,14 @@
 //! health, metrics, demo), `admission.rs` (origins, connection and per-IP limits),
 //! `drain.rs` (graceful shutdown) and `conn.rs` (one connection's state and send queue).
 
+mod access;
 pub mod admission;
+mod api;
 pub mod conn;
 mod drain;
 mod http;
 mod mux;
+pub mod session;
 pub mod table;
 
 #[cfg(test)]
@@ -110,6 +113,14 @@ pub struct Settings {
     pub max_publish_batch_bytes: usize,
     /// Most items in one batch publish (`--max-publish-batch-items`).
     pub max_publish_batch_items: usize,
+    /// Connection tokens and API keys (shared by every shard; keys swap atomically).
+    pub verifier: crate::auth::Verifier,
+    /// The namespaces (topic options by name prefix).
+    pub namespaces: Arc<crate::pubsub::Namespaces>,
+    /// Publishes per second one connection may make; 0: no limit.
+    pub client_publish_rate: u32,
+    /// Publishes one connection may make at once before the rate applies.
+    pub client_publish_burst: u32,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -167,6 +178,10 @@ struct Logs {
     slow: crate::throttle::LogThrottle,
     drop: crate::throttle::LogThrottle,
     dropped_close: crate::throttle::LogThrottle,
+    /// Tokens that did not verify.
+    token: crate::throttle::LogThrottle,
+    /// Simple-mode messages refused by the access rules.
+    access: crate::throttle::LogThrottle,
 }
 
 /// Everything of a shard except its driver, so that events borrowed from the driver can be
@@ -192,6 +207,8 @@ struct ShardState {
     last_fan_out: Option<Instant>,
     /// Ticks since the shard started, read once per turn.
     tick: u32,
+    /// Unix time in seconds, read once per turn (token expiry is in unix time).
+    unix_now: u64,
     handshake_limits: HandshakeLimits,
     ws_limits: Limits,
     /// Per-IP bookkeeping of each slot.
@@ -199,6 +216,10 @@ struct ShardState {
     /// Graceful shutdown.
     drain: drain::DrainState,
     logs: Logs,
+    /// This shard's connections by token `sub` (disconnects by user).
+    users: api::UserIndex,
+    /// Backend API requests waiting for the other shards.
+    api: api::ApiState,
 }
 
 /// A shard: its driver and its state.
@@ -241,6 +262,10 @@ impl<D: Driver> Shard<D> {
             crate::pubsub::Limits {
                 max_topics_per_connection: settings.max_topics_per_connection,
                 max_batch_bytes: settings.max_batch_bytes,
+                namespaces: Arc::clone(&settings.namespaces),
+                policy: crate::pubsub::Policy {
+                    tokens: settings.verifier.tokens_enabled(),
+                },
             },
             Arc::clone(&metrics),
         );
@@ -264,11 +289,14 @@ impl<D: Driver> Shard<D> {
                 busy_since_trim: false,
                 last_fan_out: None,
                 tick: 0,
+                unix_now: 0,
                 handshake_limits,
                 ws_limits,
                 admission: admission::AdmissionState::default(),
                 drain: drain::DrainState::default(),
                 logs: Logs::default(),
+                users: api::UserIndex::default(),
+                api: api::ApiState::default(),
             },
         }
     }
@@ -291,6 +319,9 @@ impl<D: Driver> Shard<D> {
     /// the shard is done (drained).
     fn turn(&mut self, now: Instant) -> Option<Duration> {
         self.st.tick = ticks(now.duration_since(self.started));
+        self.st.unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         self.st.pubsub.begin_turn(self.st.tick);
         self.st.metrics.loop_turns.inc();
         self.st.drain_bus();
@@ -437,6 +468,7 @@ impl ShardState {
             Routed::Demo => self.demo(token),
             Routed::Publish(topic) => return self.http_publish(token, head, &topic, rest),
             Routed::PublishBatch => return self.http_publish_batch(token, head, rest),
+            Routed::Api(route) => return self.http_api(token, head, route, rest),
             Routed::Metrics => self.metrics_page(token),
             Routed::Respond { status, body } => self.respond(token, status, body),
             Routed::NotAllowed { allow } => self.not_allowed(token, allow),
@@ -454,7 +486,7 @@ impl ShardState {
                         return None;
                     }
                 };
-                self.upgrade(token, &up, endpoint, rest.to_vec());
+                self.upgrade(token, head, &up, endpoint, rest.to_vec());
                 return None;
             }
         }
@@ -464,30 +496,75 @@ impl ShardState {
     fn upgrade(
         &mut self,
         token: Token,
+        head: &handshake::Head<'_>,
         up: &handshake::Upgrade,
         endpoint: Endpoint,
         mut rest: Vec<u8>,
     ) {
+        // Who the client is, before anything is subscribed: a token that does not verify
+        // refuses the upgrade (401), whatever the endpoint.
+        let session = match self.upgrade_session(head, up) {
+            Ok(s) => s,
+            Err((status, reason)) => {
+                self.respond(token, status, &reason);
+                return;
+            }
+        };
+        let grants = session
+            .as_deref()
+            .map(|s| &s.rights as &dyn crate::pubsub::Grants);
+        let caller = crate::pubsub::Caller::Client(grants);
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
-            Endpoint::Mux { subscribe } => self.mux_open(token.slot, subscribe),
+            Endpoint::Mux { subscribe } => self.mux_open(token.slot, subscribe, caller),
             Endpoint::Topic { name, echo } => {
-                match self.pubsub.subscribe(token.slot, Format::Plain, &name, 0) {
-                    Ok(topic) => Route::Topic { topic, echo },
+                match self
+                    .pubsub
+                    .subscribe(token.slot, Format::Plain, &name, 0, caller)
+                {
+                    Ok(topic) => {
+                        let may_publish = match self.pubsub.may_publish(caller, topic) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(shard = self.id, slot = token.slot, error = %e, "simple-mode connection may not publish");
+                                false
+                            }
+                        };
+                        Route::Topic {
+                            topic,
+                            echo,
+                            may_publish,
+                            refusal_logged: false,
+                            bucket: session::PublishBucket::default(),
+                        }
+                    }
                     Err(e) => {
+                        self.count_access_refusal(&e);
                         self.respond(token, e.wire().http_status, &format!("{e}\n"));
                         return;
                     }
                 }
             }
         };
+        let mux = matches!(route, Route::Mux(_));
+        let protocol = up
+            .protocols
+            .iter()
+            .any(|p| p == session::SUBPROTOCOL)
+            .then_some(session::SUBPROTOCOL);
         let mut head = Vec::with_capacity(160);
-        handshake::write_101(up, None, &mut head);
+        handshake::write_101(up, protocol, &mut head);
         let ws = Connection::new(Role::Server, self.ws_limits);
+        let auth_at = self.first_auth_timer(session.as_deref(), mux);
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         c.phase = Phase::Ws { ws, route };
+        if let Some(s) = &session {
+            self.users.add(&s.user, token);
+        }
+        c.session = session;
+        c.auth_at = auth_at;
         c.push_exempt(Bytes::from(head), &mut self.outbox.dirty);
         self.metrics.upgrades.inc();
         tracing::debug!(shard = self.id, slot = token.slot, "websocket open");
@@ -537,16 +614,47 @@ impl ShardState {
                             self.metrics.messages_in.inc();
                             self.metrics.bytes_in.add(payload.len() as u64);
                             match route {
-                                Route::Topic { topic, echo } => {
+                                Route::Topic {
+                                    topic,
+                                    echo,
+                                    may_publish,
+                                    refusal_logged,
+                                    bucket,
+                                } => {
                                     let exclude = (!*echo).then_some(token.slot);
-                                    // Refusals are for named topics; an id cannot be refused.
-                                    let _ = self.pubsub.publish(
-                                        Target::Id(*topic),
-                                        opcode,
-                                        payload,
-                                        exclude,
-                                    );
-                                    Action::Published
+                                    let s = &self.settings;
+                                    let refused = if !*may_publish {
+                                        Some(crate::pubsub::Error::Forbidden { op: "publish" })
+                                    } else if !bucket.take(
+                                        s.client_publish_rate,
+                                        s.client_publish_burst,
+                                        self.tick,
+                                    ) {
+                                        Some(crate::pubsub::Error::RateLimited)
+                                    } else {
+                                        // Checked at the upgrade; only the namespace's size
+                                        // limit applies here.
+                                        let grants = c
+                                            .session
+                                            .as_deref()
+                                            .map(|s| &s.rights as &dyn crate::pubsub::Grants);
+                                        self.pubsub
+                                            .publish(
+                                                Target::Id(*topic),
+                                                crate::pubsub::Caller::Client(grants),
+                                                opcode,
+                                                payload,
+                                                exclude,
+                                            )
+                                            .err()
+                                    };
+                                    match refused {
+                                        None => Action::Published,
+                                        Some(e) => {
+                                            let first = !std::mem::replace(refusal_logged, true);
+                                            Action::Refused(e, first)
+                                        }
+                                    }
                                 }
                                 Route::Echo => {
                                     Action::Echo(frame_once(&mut self.arena, opcode, payload))
@@ -586,6 +694,7 @@ impl ShardState {
             }
             match action {
                 Action::None | Action::Published | Action::Pong => {}
+                Action::Refused(e, first) => self.simple_publish_refused(token, &e, first),
                 Action::Echo(frame) => self.deliver(token, frame),
                 Action::Mux(opcode, payload) => self.on_mux(token, opcode, payload),
                 Action::Closed => {
@@ -654,6 +763,7 @@ impl ShardState {
         };
         self.pubsub.drain_bus(&mut subs);
         self.apply_slow();
+        self.api_messages();
     }
 
     /// Applies the slow-consumer policy to the subscribers the pub/sub layer found slow.
@@ -679,7 +789,7 @@ impl ShardState {
         if !c.accepts_data() {
             return;
         }
-        if c.queued < limit {
+        if (c.queued as usize) < limit {
             c.push_data(frame, usize::MAX, &mut self.outbox.dirty);
             self.metrics.messages_out.inc();
         } else {
@@ -708,7 +818,7 @@ impl ShardState {
                         "send queue full: dropping messages for a slow subscriber"
                     );
                 }
-                c.dropped += u64::from(messages);
+                c.dropped = c.dropped.saturating_add(messages);
             }
             SlowConsumerPolicy::Disconnect => {
                 if c.close_after_flush {
@@ -839,6 +949,9 @@ impl ShardState {
         }
         c.releasing = true;
         c.discard_queued();
+        if let Some(s) = c.session.take() {
+            self.users.remove(&s.user, token);
+        }
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
         if let Phase::Ws { route, .. } = phase {
             match route {
@@ -877,6 +990,25 @@ impl ShardState {
                 && now.saturating_sub(c.last_rx) > 1
             {
                 ws.release_memory();
+            }
+            // Token deadlines: the auth message's, refresh_required, expiry.
+            if c.auth_at != 0
+                && now >= c.auth_at
+                && matches!(&c.phase, Phase::Ws { ws, .. } if ws.state() == WsState::Open)
+            {
+                let t = access::AuthTimer {
+                    now,
+                    unix_now: self.unix_now,
+                    limit: self.settings.send_queue_limit,
+                };
+                t.fire(
+                    c,
+                    &mut self.scratch,
+                    &mut self.arena,
+                    &self.metrics,
+                    &mut self.outbox.dirty,
+                );
+                continue;
             }
             match &mut c.phase {
                 Phase::Http {
@@ -933,6 +1065,7 @@ impl ShardState {
         for t in expired {
             self.release(t);
         }
+        self.api_timeouts();
     }
 
     /// Hands the turn's work to the driver: registrations, sends, releases (after the
@@ -964,7 +1097,7 @@ impl ShardState {
                 let n = c.queue.len().min(MAX_FRAMES_PER_SEND);
                 let mut bytes = 0;
                 frames.extend(c.queue.drain(..n).inspect(|f| bytes += f.len()));
-                c.inflight = bytes;
+                c.inflight = u32::try_from(bytes).unwrap_or(u32::MAX);
                 c.sending = true;
                 self.outbox.sends_since_tick += 1;
                 driver.send(c.token, frames);
@@ -996,6 +1129,8 @@ enum Action {
     Pong,
     /// Appended to the topic's batch for this turn.
     Published,
+    /// A simple-mode message the access rules refused: dropped and counted.
+    Refused(crate::pubsub::Error, bool),
     Echo(Bytes),
     /// A mux-mode message: its opcode and a copy of its payload.
     Mux(OpCode, Bytes),

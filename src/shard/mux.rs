@@ -32,12 +32,19 @@ pub struct MuxConn {
     pub errors: u32,
     /// Tick the current error window started.
     pub window_start: u32,
+    /// Publishes it may still make (`--client-publish-rate`).
+    pub bucket: super::session::PublishBucket,
 }
 
 impl ShardState {
     /// Upgrade hook: the route of a new mux-mode connection, subscribed to the topics of
     /// `?subscribe=` (already validated; at most `--max-topics-per-connection` are taken).
-    pub(super) fn mux_open(&mut self, slot: u32, subscribe: Vec<String>) -> Route {
+    pub(super) fn mux_open(
+        &mut self,
+        slot: u32,
+        subscribe: Vec<String>,
+        caller: crate::pubsub::Caller<'_>,
+    ) -> Route {
         let mut mux = MuxConn {
             window_start: self.tick,
             ..MuxConn::default()
@@ -47,10 +54,11 @@ impl ShardState {
         for topic in subscribe {
             match self
                 .pubsub
-                .subscribe(slot, Format::Mux, &topic, mux.topics.len())
+                .subscribe(slot, Format::Mux, &topic, mux.topics.len(), caller)
             {
                 Ok(id) => mux.topics.push(id),
                 Err(e) => {
+                    self.count_access_refusal(&e);
                     tracing::debug!(shard = self.id, slot, error = %e, "?subscribe= topic refused")
                 }
             }
@@ -76,15 +84,9 @@ impl ShardState {
             self.metrics.mux_command(mux::COMMAND_BINARY_PUBLISH);
             match mux::parse_binary_envelope(&payload) {
                 Ok((topic, data)) => {
-                    self.metrics.messages_in.inc();
-                    self.metrics.bytes_in.add(data.len() as u64);
-                    let published = self.pubsub.publish(
-                        Target::Name(topic),
-                        OpCode::Binary,
-                        data,
-                        Some(token.slot),
-                    );
+                    let published = self.mux_publish(token, topic, OpCode::Binary, data, false);
                     if let Err(e) = published {
+                        self.count_access_refusal(&e);
                         self.mux_refuse(token, &refusal(None, &e));
                     }
                 }
@@ -105,18 +107,17 @@ impl ShardState {
             Command::Subscribe(topic) => self.mux_subscribe(token, topic),
             Command::Unsubscribe(topic) => self.mux_unsubscribe(token, topic),
             Command::Publish { topic, data, echo } => {
-                self.metrics.messages_in.inc();
-                self.metrics.bytes_in.add(data.len() as u64);
-                self.pubsub
-                    .publish(
-                        Target::Name(topic),
-                        OpCode::Text,
-                        data.as_bytes(),
-                        (!*echo).then_some(token.slot),
-                    )
-                    .map(|_| ())
+                self.mux_publish(token, topic, OpCode::Text, data.as_bytes(), *echo)
             }
             Command::Ping => Ok(()),
+            Command::Auth(jwt) | Command::Refresh(jwt) => {
+                let refresh = matches!(req.command, Command::Refresh(_));
+                if let Err(r) = self.mux_token(token, jwt, refresh, req.id.as_ref()) {
+                    self.mux_refuse(token, &r);
+                    return;
+                }
+                Ok(())
+            }
         };
         match result {
             Ok(()) => {
@@ -124,6 +125,7 @@ impl ShardState {
                 self.mux_reply(token, &reply);
             }
             Err(e) => {
+                self.count_access_refusal(&e);
                 let r = refusal(req.id, &e);
                 self.mux_refuse(token, &r);
             }
@@ -132,16 +134,72 @@ impl ShardState {
 
     fn mux_subscribe(&mut self, token: Token, topic: &str) -> Result<(), Error> {
         let known = self.pubsub.lookup(topic);
-        let Some(mux) = mux_of(&mut self.conns, token) else {
+        let Some(c) = self.conns.get_mut(token) else {
+            return Ok(());
+        };
+        let grants = c
+            .session
+            .as_deref()
+            .map(|s| &s.rights as &dyn crate::pubsub::Grants);
+        let Phase::Ws {
+            route: Route::Mux(mux),
+            ..
+        } = &mut c.phase
+        else {
             return Ok(());
         };
         if known.is_some_and(|id| mux.topics.contains(&id)) {
             return Ok(());
         }
+        let caller = crate::pubsub::Caller::Client(grants);
         let id = self
             .pubsub
-            .subscribe(token.slot, Format::Mux, topic, mux.topics.len())?;
+            .subscribe(token.slot, Format::Mux, topic, mux.topics.len(), caller)?;
         mux.topics.push(id);
+        Ok(())
+    }
+
+    /// A mux-mode publish (JSON or binary envelope): the connection's publish rate, then
+    /// the access rules and the namespace's limits ([`crate::pubsub::Policy::publish`]).
+    fn mux_publish(
+        &mut self,
+        token: Token,
+        topic: &str,
+        opcode: OpCode,
+        data: &[u8],
+        echo: bool,
+    ) -> Result<(), Error> {
+        let (rate, burst, tick) = (
+            self.settings.client_publish_rate,
+            self.settings.client_publish_burst,
+            self.tick,
+        );
+        let Some(c) = self.conns.get_mut(token) else {
+            return Ok(());
+        };
+        let Phase::Ws {
+            route: Route::Mux(mux),
+            ..
+        } = &mut c.phase
+        else {
+            return Ok(());
+        };
+        if !mux.bucket.take(rate, burst, tick) {
+            return Err(Error::RateLimited);
+        }
+        let grants = c
+            .session
+            .as_deref()
+            .map(|s| &s.rights as &dyn crate::pubsub::Grants);
+        self.pubsub.publish(
+            Target::Name(topic),
+            crate::pubsub::Caller::Client(grants),
+            opcode,
+            data,
+            (!echo).then_some(token.slot),
+        )?;
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.add(data.len() as u64);
         Ok(())
     }
 
@@ -176,6 +234,11 @@ impl ShardState {
             "mux message refused"
         );
         self.mux_reply(token, &mux::error(r));
+        // A publish over the rate is the client's pace, not a malformed message: answered,
+        // counted, and bounded by the send queue, but it does not use up the error budget.
+        if r.code == mux::ErrorCode::RateLimited {
+            return;
+        }
         let budget = self.settings.mux_error_budget;
         let window = ticks(ERROR_WINDOW);
         let now = self.tick;

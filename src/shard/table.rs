@@ -80,6 +80,12 @@ impl ConnTable {
         self.conns.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
+    /// The connection in `slot`, whatever its generation.
+    #[inline]
+    pub fn slot(&self, slot: u32) -> Option<&Conn> {
+        self.conns.get(slot as usize).and_then(Option::as_ref)
+    }
+
     /// Every live connection.
     pub fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.conns.iter().flatten()
@@ -131,7 +137,7 @@ impl Subscribers for Deliveries<'_> {
         if !c.accepts_data() {
             return Err(Refused::Closed);
         }
-        if c.queued >= self.limit {
+        if c.queued as usize >= self.limit {
             return Err(Refused::Slow);
         }
         Ok(ConnQueue {

@@ -5,6 +5,7 @@
 
 mod util;
 
+mod auth;
 mod bad_input;
 mod drain;
 mod external_wake;

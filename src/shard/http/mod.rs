@@ -37,6 +37,7 @@
 //! one: of the accept); between requests, an idle connection is closed after
 //! `--http-idle-timeout` from its last answer.
 
+mod api;
 mod publish;
 
 pub use publish::PendingBody;
@@ -119,18 +120,24 @@ impl Flow {
 }
 
 /// What a backend's credential allows, as [`ShardState::authorize_backend`] found it.
-/// Today everything; the verifier's rights go here.
-#[derive(Debug, Clone, Default)]
-pub struct BackendGrant {
-    _rights: (),
+#[derive(Debug, Default)]
+pub enum BackendGrant {
+    /// An API key (or no key configured at all): publish anywhere, also where
+    /// `client_publish = false`.
+    #[default]
+    Backend,
+    /// A connection token (JWT) presented as a bearer token: its `pub` rights, as a
+    /// client's (the namespace's `client_publish` and size limit apply).
+    Token(Box<crate::auth::Rights>),
 }
 
 impl BackendGrant {
-    /// Whether a batch item may be published to `topic` (checked per item: a refused one
-    /// gets `forbidden`, the others go out).
-    pub fn may_publish(&self, topic: &str) -> bool {
-        let _ = topic;
-        true
+    /// Who publishes, for the pub/sub layer's rules.
+    pub fn caller(&self) -> crate::pubsub::Caller<'_> {
+        match self {
+            BackendGrant::Backend => crate::pubsub::Caller::Backend,
+            BackendGrant::Token(r) => crate::pubsub::Caller::Client(Some(&**r)),
+        }
     }
 }
 
@@ -156,20 +163,92 @@ fn connection_has(head: &Head<'_>, token: &str) -> bool {
 impl ShardState {
     /// **The one place where backend requests are authorized**: every `POST /publish` and
     /// `POST /publish/{topic}` passes here once its head is read, before any body byte is
-    /// kept (and so will every `/api/...` request). `topic` is the path's topic, `None` for
-    /// a batch (whose items are checked one by one with [`BackendGrant::may_publish`]).
-    ///
-    /// Today it allows everything. To require credentials: take the presented one with
-    /// [`crate::http::presented_credential`] (`Ok(None)`: none, answer 401; `Err`: 401 with
-    /// its reason), hand its secret to the verifier, and return the rights as the grant,
-    /// or a [`Refusal`] (403). Never log the credential.
+    /// kept. With no key configured (neither API key nor JWT key) everything is allowed, as
+    /// before access control. Otherwise the request needs `Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY` with a configured API key (compared in constant time), or a bearer
+    /// JWT whose `pub` rights the pub/sub layer then checks per message. Missing or wrong:
+    /// 401, counted; the credential is never logged.
     pub(super) fn authorize_backend(
         &mut self,
         head: &Head<'_>,
         topic: Option<&str>,
     ) -> Result<BackendGrant, Refusal> {
-        let _ = (head, topic);
-        Ok(BackendGrant::default())
+        let _ = topic; // rights are checked per message, where the topic is resolved
+        let v = &self.settings.verifier;
+        let open = !v.api_keys_enabled() && !v.tokens_enabled();
+        let cred = match crate::http::presented_credential(head) {
+            Ok(c) => c,
+            Err(_) if open => None,
+            Err(_) => {
+                self.metrics.access.api_key_refusals.inc();
+                return Err(Refusal {
+                    status: 401,
+                    reason: "unreadable credential: send Authorization: Bearer KEY or X-Api-Key: KEY",
+                });
+            }
+        };
+        let Some(cred) = cred else {
+            if open {
+                return Ok(BackendGrant::Backend);
+            }
+            self.metrics.access.api_key_refusals.inc();
+            return Err(Refusal {
+                status: 401,
+                reason: "an API key is needed: Authorization: Bearer KEY or X-Api-Key: KEY",
+            });
+        };
+        if open {
+            return Ok(BackendGrant::Backend);
+        }
+        if v.api_keys_enabled() && v.check_api_key(cred.secret().as_bytes()) {
+            return Ok(BackendGrant::Backend);
+        }
+        let jwt_like = cred.secret().bytes().filter(|&b| b == b'.').count() == 2;
+        if let (crate::http::Credential::Bearer(t), true, true) =
+            (cred, jwt_like, v.tokens_enabled())
+        {
+            return match v.verify(t, self.unix_now) {
+                Ok(s) => {
+                    self.metrics.access.tokens_accepted.inc();
+                    Ok(BackendGrant::Token(Box::new(s.rights)))
+                }
+                Err(e) => {
+                    self.token_refused(&e, "http");
+                    Err(Refusal {
+                        status: e.wire().http_status,
+                        reason: "token refused",
+                    })
+                }
+            };
+        }
+        self.metrics.access.api_key_refusals.inc();
+        Err(Refusal {
+            status: 401,
+            reason: "wrong API key",
+        })
+    }
+
+    /// The authorization of the backend API's `/api/...` routes: an API key when any key is
+    /// configured (a JWT grants publishing, not the API), nothing when none is.
+    pub(super) fn authorize_api(&mut self, head: &Head<'_>) -> Result<(), Refusal> {
+        let v = &self.settings.verifier;
+        if !v.api_keys_enabled() && !v.tokens_enabled() {
+            return Ok(());
+        }
+        let ok = v.api_keys_enabled()
+            && matches!(crate::http::presented_credential(head), Ok(Some(c)) if v.check_api_key(c.secret().as_bytes()));
+        if ok {
+            return Ok(());
+        }
+        self.metrics.access.api_key_refusals.inc();
+        Err(Refusal {
+            status: 401,
+            reason: if v.api_keys_enabled() {
+                "an API key is needed: Authorization: Bearer KEY or X-Api-Key: KEY"
+            } else {
+                "the API needs an API key, and none is configured (--api-key)"
+            },
+        })
     }
 
     /// Answers a refused backend request (and closes: the status is 4xx).

@@ -48,14 +48,20 @@ pub struct PendingBody {
 }
 
 #[derive(Debug)]
-enum BodyKind {
+pub(super) enum BodyKind {
     /// One message to the (validated) topic; `text`: `Content-Type: text/*`.
-    Message { topic: Box<str>, text: bool },
+    Message {
+        topic: Box<str>,
+        text: bool,
+        grant: BackendGrant,
+    },
     /// A batch, with what the backend may publish to.
     Batch {
         format: batch::Format,
         grant: BackendGrant,
     },
+    /// `POST /api/disconnect`: `{"user":"..."}`.
+    Disconnect,
 }
 
 impl ShardState {
@@ -69,10 +75,13 @@ impl ShardState {
         topic: &str,
         rest: &[u8],
     ) -> Option<usize> {
-        if let Err(r) = self.authorize_backend(req, Some(topic)) {
-            self.refuse_backend(token, &r);
-            return None;
-        }
+        let grant = match self.authorize_backend(req, Some(topic)) {
+            Ok(grant) => grant,
+            Err(r) => {
+                self.refuse_backend(token, &r);
+                return None;
+            }
+        };
         let max = self.settings.max_message_size;
         let len = self.body_length(token, req, max, "the message size limit")?;
         let text = req
@@ -80,12 +89,13 @@ impl ShardState {
             .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
         if rest.len() >= len {
             self.body_read(token);
-            self.publish_body(token, topic, text, &rest[..len]);
+            self.publish_body(token, topic, text, &grant, &rest[..len]);
             return Some(len);
         }
         let kind = BodyKind::Message {
             topic: topic.into(),
             text,
+            grant,
         };
         self.await_body(token, req, rest, len, kind);
         None
@@ -126,7 +136,7 @@ impl ShardState {
 
     /// The Content-Length of a publish, at most `max`; otherwise answers (and closes) and
     /// returns `None`.
-    fn body_length(
+    pub(super) fn body_length(
         &mut self,
         token: Token,
         req: &Head<'_>,
@@ -161,7 +171,7 @@ impl ShardState {
 
     /// The request's body is consumed: what follows is the next request, so the answer may
     /// keep the connection open.
-    fn body_read(&mut self, token: Token) {
+    pub(super) fn body_read(&mut self, token: Token) {
         if let Some(c) = self.conns.get_mut(token)
             && let Phase::Http { flow, .. } = &mut c.phase
         {
@@ -171,7 +181,7 @@ impl ShardState {
 
     /// The body is not all here: it goes to a buffer of its own (at most `len` bytes), which
     /// later receives append to ([`ShardState::finish_body`] once full).
-    fn await_body(
+    pub(super) fn await_body(
         &mut self,
         token: Token,
         req: &Head<'_>,
@@ -218,12 +228,22 @@ impl ShardState {
         flow.in_sync = true;
         let body = &buf[..pending.len.min(buf.len())];
         match &pending.kind {
-            BodyKind::Message { topic, text } => self.publish_body(token, topic, *text, body),
+            BodyKind::Message { topic, text, grant } => {
+                self.publish_body(token, topic, *text, grant, body)
+            }
             BodyKind::Batch { format, grant } => self.publish_batch(token, *format, grant, body),
+            BodyKind::Disconnect => self.api_disconnect_body(token, body),
         }
     }
 
-    fn publish_body(&mut self, token: Token, topic: &str, text: bool, body: &[u8]) {
+    fn publish_body(
+        &mut self,
+        token: Token,
+        topic: &str,
+        text: bool,
+        grant: &BackendGrant,
+        body: &[u8],
+    ) {
         let len = body.len();
         if text && simdutf8::basic::from_utf8(body).is_err() {
             self.respond(
@@ -240,13 +260,18 @@ impl ShardState {
         // Queued to subscribers with the rest of this turn's batch, at the end of the turn;
         // the reply counts the local subscribers it is queued for (a slow consumer's policy
         // applies when it is queued).
-        let queued = match self.pubsub.publish(Target::Name(topic), opcode, body, None) {
-            Ok(n) => n,
-            Err(e) => {
-                self.respond(token, e.wire().http_status, &format!("{e}\n"));
-                return;
-            }
-        };
+        let queued =
+            match self
+                .pubsub
+                .publish(Target::Name(topic), grant.caller(), opcode, body, None)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    self.count_access_refusal(&e);
+                    self.respond(token, e.wire().http_status, &format!("{e}\n"));
+                    return;
+                }
+            };
         tracing::debug!(shard = self.id, topic, bytes = len, queued, "http publish");
         let mut reply = Vec::with_capacity(24);
         reply.extend_from_slice(b"{\"queued\":");
@@ -277,15 +302,14 @@ impl ShardState {
             if i > 0 {
                 results.push(b',');
             }
-            let item = item.and_then(|m| {
-                if grant.may_publish(m.topic) {
-                    Ok(m)
-                } else {
-                    Err(ItemError::Forbidden)
-                }
-            });
             let refused_item = match item {
-                Ok(m) => match pubsub.publish(Target::Name(m.topic), m.opcode, m.payload, None) {
+                Ok(m) => match pubsub.publish(
+                    Target::Name(m.topic),
+                    grant.caller(),
+                    m.opcode,
+                    m.payload,
+                    None,
+                ) {
                     Ok(queued) => {
                         published += 1;
                         bytes += m.payload.len() as u64;
@@ -297,6 +321,24 @@ impl ShardState {
                     // The parser validated the topic already; kept for the day the layer
                     // refuses more.
                     Err(crate::pubsub::Error::BadTopic(t)) => ItemError::BadTopic(t),
+                    Err(
+                        e @ (crate::pubsub::Error::Unauthorized
+                        | crate::pubsub::Error::Forbidden { .. }
+                        | crate::pubsub::Error::ClientPublishOff),
+                    ) => {
+                        crate::shard::access::count_refusal(metrics, &e);
+                        ItemError::Forbidden
+                    }
+                    Err(crate::pubsub::Error::TooLarge { max }) => {
+                        crate::shard::access::count_refusal(
+                            metrics,
+                            &crate::pubsub::Error::TooLarge { max },
+                        );
+                        ItemError::TooLarge {
+                            len: m.payload.len(),
+                            max,
+                        }
+                    }
                     Err(e) => ItemError::BadMessage(e.to_string()),
                 },
                 Err(e) => e,
