@@ -5,6 +5,7 @@
 
 mod util;
 
+mod api;
 mod auth;
 mod bad_input;
 mod drain;
