@@ -795,6 +795,17 @@ fn jwks_url_fetch_refetch_rate_limit_and_last_good_set() {
     let t2 = mint(Algorithm::RS256, Some("k2"), &claims(), &key2);
     let t3 = mint(Algorithm::EdDSA, Some("k3"), &claims(), &key3);
     assert!(v.verify(&t1, NOW).is_ok());
+    // Key confusion with a made-up kid is still that, not a reason to refetch.
+    let forged = mint(
+        Algorithm::HS256,
+        Some("k7"),
+        &claims(),
+        &ok(EncodingKey::from_secret(&read("rsa_public.pem"))),
+    );
+    assert_eq!(
+        v.verify(&forged, NOW).err(),
+        Some(TokenError::AlgorithmNotAllowed)
+    );
 
     // A new kid appears: the first token naming it fails (the shard never waits) and
     // triggers a refetch; once that lands the token verifies.
@@ -894,4 +905,22 @@ fn jwks_url_down_at_start_is_retried_in_the_background() {
         v.jwks_stats().is_some_and(|s| s.fetched == 1)
     });
     assert!(v.verify(&t, NOW).is_ok());
+}
+
+#[test]
+fn verifier_is_shareable_across_shards() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Verifier>();
+    assert_send_sync::<Session>();
+    let v = hmac_verifier();
+    let t = token(Algorithm::HS256, &claims());
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (v, t) = (v.clone(), t.clone());
+            std::thread::spawn(move || v.verify(&t, NOW).is_ok())
+        })
+        .collect();
+    for h in handles {
+        assert!(matches!(h.join(), Ok(true)));
+    }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
 use super::api_key::ApiKeys;
@@ -302,22 +302,29 @@ impl Verifier {
                 keys: family,
                 kid_unknown,
             } => {
-                let ok = family.iter().any(|k| verify_one(k, alg, message, sig_b64));
-                if !ok && kid_unknown {
-                    // Perhaps a key the issuer added since the last fetch.
-                    if let Some(jwks) = &self.inner.jwks {
+                if family.iter().any(|k| verify_one(k, alg, message, sig_b64)) {
+                    true
+                } else {
+                    // A key the issuer added since the last fetch? (A URL never serves
+                    // HMAC keys, so an HS token cannot be waiting for one.)
+                    let jwks = self
+                        .inner
+                        .jwks
+                        .as_ref()
+                        .filter(|_| alg.family() != AlgorithmFamily::Hmac);
+                    if let (true, Some(jwks)) = (kid_unknown, jwks) {
                         jwks.request_refetch();
                         return Err(TokenError::UnknownKey);
                     }
-                    if !family.is_empty() {
+                    if family.is_empty() {
+                        // No key of this family: an HS token against RSA keys, and the like.
+                        return Err(TokenError::AlgorithmNotAllowed);
+                    }
+                    if kid_unknown {
                         return Err(TokenError::UnknownKey);
                     }
+                    false
                 }
-                if family.is_empty() {
-                    // No key of this family: an HS token against RSA keys, and the like.
-                    return Err(TokenError::AlgorithmNotAllowed);
-                }
-                ok
             }
         };
         drop(keys);
