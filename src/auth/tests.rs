@@ -333,6 +333,19 @@ fn rs_token_against_an_hmac_only_verifier_is_refused() {
 }
 
 #[test]
+fn large_header_is_decoded_too() {
+    // Past the 512-byte stack buffer: the heap path must give the same answers.
+    let v = hmac_verifier();
+    let mut h = Header::new(Algorithm::HS256);
+    h.cty = Some("x".repeat(1000));
+    let t = ok(encode(&h, &claims(), &enc_key(Algorithm::HS256)));
+    assert!(v.verify(&t, NOW).is_ok());
+    let p: Vec<&str> = t.split('.').collect();
+    let bad = format!("{}!{}.{}.{}", &p[0][..800], &p[0][800..], p[1], p[2]);
+    assert_eq!(v.verify(&bad, NOW).err(), Some(TokenError::Malformed));
+}
+
+#[test]
 fn malformed_tokens() {
     let v = hmac_verifier();
     let good = token(Algorithm::HS256, &claims());

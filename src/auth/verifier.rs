@@ -278,11 +278,21 @@ impl Verifier {
         else {
             return Err(TokenError::Malformed);
         };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| TokenError::Malformed)?;
+        // A header is some 20-150 bytes: decoded on the stack, on the heap only if larger.
+        let mut stack = [0u8; 512];
+        let heap: Vec<u8>;
+        let header_json: &[u8] = match URL_SAFE_NO_PAD.decode_slice(header_b64, &mut stack) {
+            Ok(n) => &stack[..n],
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                heap = URL_SAFE_NO_PAD
+                    .decode(header_b64)
+                    .map_err(|_| TokenError::Malformed)?;
+                &heap
+            }
+            Err(base64::DecodeSliceError::DecodeError(_)) => return Err(TokenError::Malformed),
+        };
         let header: Header<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+            serde_json::from_slice(header_json).map_err(|_| TokenError::Malformed)?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed);
         }
