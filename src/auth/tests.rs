@@ -937,3 +937,31 @@ fn verifier_is_shareable_across_shards() {
         assert!(matches!(h.join(), Ok(true)));
     }
 }
+
+#[test]
+fn https_url_goes_through_rustls_on_the_shared_provider() {
+    // The local server speaks plain HTTP, so the TLS handshake (rustls on the aws-lc-rs
+    // provider set in `jwks_fetch::agent`; ureq is built without one of its own) fails:
+    // a counted failed fetch, not a panic.
+    let server = JwksServer::start(jwks_doc(vec![jwk(
+        Algorithm::EdDSA,
+        "ed25519_private.pem",
+        "k1",
+    )]));
+    let url = server.url.replacen("http://", "https://", 1);
+    let v = verifier(AuthSettings {
+        jwks_url: Some(url),
+        jwks_min_refetch: Duration::from_secs(3600),
+        jwks_fetch_timeout: Duration::from_secs(2),
+        ..AuthSettings::default()
+    });
+    assert_eq!(
+        v.jwks_stats(),
+        Some(JwksStats {
+            fetched: 0,
+            failed: 1
+        })
+    );
+    // The server notes the request once its read gives up on the ClientHello.
+    wait_for("the TLS client's connection", || server.hits().len() == 1);
+}
