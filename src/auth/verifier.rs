@@ -312,7 +312,7 @@ impl Verifier {
                 keys: family,
                 kid_unknown,
             } => {
-                if family.iter().any(|k| verify_one(k, alg, message, sig_b64)) {
+                if family.clone().any(|k| verify_one(k, alg, message, sig_b64)) {
                     true
                 } else {
                     // A key the issuer added since the last fetch? (A URL never serves
@@ -326,7 +326,7 @@ impl Verifier {
                         jwks.request_refetch();
                         return Err(TokenError::UnknownKey);
                     }
-                    if family.is_empty() {
+                    if family.clone().next().is_none() {
                         // No key of this family: an HS token against RSA keys, and the like.
                         return Err(TokenError::AlgorithmNotAllowed);
                     }
