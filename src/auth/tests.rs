@@ -333,6 +333,19 @@ fn rs_token_against_an_hmac_only_verifier_is_refused() {
 }
 
 #[test]
+fn large_header_is_decoded_too() {
+    // Past the 512-byte stack buffer: the heap path must give the same answers.
+    let v = hmac_verifier();
+    let mut h = Header::new(Algorithm::HS256);
+    h.cty = Some("x".repeat(1000));
+    let t = ok(encode(&h, &claims(), &enc_key(Algorithm::HS256)));
+    assert!(v.verify(&t, NOW).is_ok());
+    let p: Vec<&str> = t.split('.').collect();
+    let bad = format!("{}!{}.{}.{}", &p[0][..800], &p[0][800..], p[1], p[2]);
+    assert_eq!(v.verify(&bad, NOW).err(), Some(TokenError::Malformed));
+}
+
+#[test]
 fn malformed_tokens() {
     let v = hmac_verifier();
     let good = token(Algorithm::HS256, &claims());
@@ -795,6 +808,17 @@ fn jwks_url_fetch_refetch_rate_limit_and_last_good_set() {
     let t2 = mint(Algorithm::RS256, Some("k2"), &claims(), &key2);
     let t3 = mint(Algorithm::EdDSA, Some("k3"), &claims(), &key3);
     assert!(v.verify(&t1, NOW).is_ok());
+    // Key confusion with a made-up kid is still that, not a reason to refetch.
+    let forged = mint(
+        Algorithm::HS256,
+        Some("k7"),
+        &claims(),
+        &ok(EncodingKey::from_secret(&read("rsa_public.pem"))),
+    );
+    assert_eq!(
+        v.verify(&forged, NOW).err(),
+        Some(TokenError::AlgorithmNotAllowed)
+    );
 
     // A new kid appears: the first token naming it fails (the shard never waits) and
     // triggers a refetch; once that lands the token verifies.
@@ -894,4 +918,50 @@ fn jwks_url_down_at_start_is_retried_in_the_background() {
         v.jwks_stats().is_some_and(|s| s.fetched == 1)
     });
     assert!(v.verify(&t, NOW).is_ok());
+}
+
+#[test]
+fn verifier_is_shareable_across_shards() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Verifier>();
+    assert_send_sync::<Session>();
+    let v = hmac_verifier();
+    let t = token(Algorithm::HS256, &claims());
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (v, t) = (v.clone(), t.clone());
+            std::thread::spawn(move || v.verify(&t, NOW).is_ok())
+        })
+        .collect();
+    for h in handles {
+        assert!(matches!(h.join(), Ok(true)));
+    }
+}
+
+#[test]
+fn https_url_goes_through_rustls_on_the_shared_provider() {
+    // The local server speaks plain HTTP, so the TLS handshake (rustls on the aws-lc-rs
+    // provider set in `jwks_fetch::agent`; ureq is built without one of its own) fails:
+    // a counted failed fetch, not a panic.
+    let server = JwksServer::start(jwks_doc(vec![jwk(
+        Algorithm::EdDSA,
+        "ed25519_private.pem",
+        "k1",
+    )]));
+    let url = server.url.replacen("http://", "https://", 1);
+    let v = verifier(AuthSettings {
+        jwks_url: Some(url),
+        jwks_min_refetch: Duration::from_secs(3600),
+        jwks_fetch_timeout: Duration::from_secs(2),
+        ..AuthSettings::default()
+    });
+    assert_eq!(
+        v.jwks_stats(),
+        Some(JwksStats {
+            fetched: 0,
+            failed: 1
+        })
+    );
+    // The server notes the request once its read gives up on the ClientHello.
+    wait_for("the TLS client's connection", || server.hits().len() == 1);
 }

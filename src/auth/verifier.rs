@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
 use super::api_key::ApiKeys;
@@ -278,11 +278,21 @@ impl Verifier {
         else {
             return Err(TokenError::Malformed);
         };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| TokenError::Malformed)?;
+        // A header is some 20-150 bytes: decoded on the stack, on the heap only if larger.
+        let mut stack = [0u8; 512];
+        let heap: Vec<u8>;
+        let header_json: &[u8] = match URL_SAFE_NO_PAD.decode_slice(header_b64, &mut stack) {
+            Ok(n) => &stack[..n],
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                heap = URL_SAFE_NO_PAD
+                    .decode(header_b64)
+                    .map_err(|_| TokenError::Malformed)?;
+                &heap
+            }
+            Err(base64::DecodeSliceError::DecodeError(_)) => return Err(TokenError::Malformed),
+        };
         let header: Header<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+            serde_json::from_slice(header_json).map_err(|_| TokenError::Malformed)?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed);
         }
@@ -302,22 +312,29 @@ impl Verifier {
                 keys: family,
                 kid_unknown,
             } => {
-                let ok = family.iter().any(|k| verify_one(k, alg, message, sig_b64));
-                if !ok && kid_unknown {
-                    // Perhaps a key the issuer added since the last fetch.
-                    if let Some(jwks) = &self.inner.jwks {
+                if family.clone().any(|k| verify_one(k, alg, message, sig_b64)) {
+                    true
+                } else {
+                    // A key the issuer added since the last fetch? (A URL never serves
+                    // HMAC keys, so an HS token cannot be waiting for one.)
+                    let jwks = self
+                        .inner
+                        .jwks
+                        .as_ref()
+                        .filter(|_| alg.family() != AlgorithmFamily::Hmac);
+                    if let (true, Some(jwks)) = (kid_unknown, jwks) {
                         jwks.request_refetch();
                         return Err(TokenError::UnknownKey);
                     }
-                    if !family.is_empty() {
+                    if family.clone().next().is_none() {
+                        // No key of this family: an HS token against RSA keys, and the like.
+                        return Err(TokenError::AlgorithmNotAllowed);
+                    }
+                    if kid_unknown {
                         return Err(TokenError::UnknownKey);
                     }
+                    false
                 }
-                if family.is_empty() {
-                    // No key of this family: an HS token against RSA keys, and the like.
-                    return Err(TokenError::AlgorithmNotAllowed);
-                }
-                ok
             }
         };
         drop(keys);
