@@ -42,6 +42,17 @@ impl ShardState {
             // that always send one. It is not logged.
             return Ok(None);
         }
+        // A browser fails a connection whose 101 names no protocol it offered; the token
+        // itself is never answered, so `ringcast.v1` must be offered with it.
+        if source == session::TokenSource::Subprotocol
+            && !up.protocols.iter().any(|p| p == session::SUBPROTOCOL)
+        {
+            self.metrics.access.token_refused(TokenError::Malformed);
+            return Err((
+                400,
+                "offer the subprotocol ringcast.v1 along with ringcast.token.<jwt>\n".to_owned(),
+            ));
+        }
         let verified = match jwt {
             Some(jwt) => self.session_from(&jwt),
             None => Err(TokenError::Malformed),

@@ -100,6 +100,23 @@ both!(
             "{head}"
         );
         assert!(!head.contains(&news), "the token is never echoed: {head}");
+        // A token subprotocol without ringcast.v1 (the 101 could name no protocol the browser
+        // offered): refused with a reason.
+        let alone = format!("ringcast.token.{news}");
+        assert_eq!(
+            upgrade_raw(&srv, "/ws/news", &[("Sec-WebSocket-Protocol", &alone)]).0,
+            400
+        );
+        // A token in the wrong place: another scheme.
+        assert_eq!(
+            upgrade_raw(
+                &srv,
+                "/ws/news",
+                &[("Authorization", &format!("Basic {news}"))]
+            )
+            .0,
+            401
+        );
         // {sub} stands for the token's sub.
         assert_eq!(
             upgrade_raw(&srv, "/ws/user.alice", &[("Authorization", &auth)]).0,
@@ -370,3 +387,64 @@ both!(
         assert_eq!(status, 101);
     }
 );
+
+both!(audience_issuer_and_not_before_are_checked, |io| {
+    let srv = secured(
+        io,
+        &[
+            "--jwt-audience",
+            "app",
+            "--jwt-issuer",
+            "https://auth.example",
+            "--jwt-leeway",
+            "0s",
+        ],
+    );
+    let mint = |claims: Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let base = |aud: &str, iss: &str, nbf: u64| json!({"sub":"a","exp":now()+60,"nbf":nbf,"aud":aud,"iss":iss,"topics":{"sub":["*"]}});
+    let good = mint(base("app", "https://auth.example", now()));
+    let cases = [
+        (
+            mint(base("other", "https://auth.example", now())),
+            "wrong_audience",
+        ),
+        (
+            mint(base("app", "https://evil.example", now())),
+            "wrong_issuer",
+        ),
+        (
+            mint(base("app", "https://auth.example", now() + 600)),
+            "not_yet_valid",
+        ),
+        (
+            mint(
+                json!({"sub":"a","exp":now()+60,"aud":"app","iss":"https://auth.example","topics":{"sub":"*"}}),
+            ),
+            "bad_claims",
+        ),
+        (
+            mint(json!({"sub":"a","aud":"app","iss":"https://auth.example"})),
+            "bad_claims",
+        ),
+    ];
+    assert_eq!(
+        upgrade_raw(&srv, "/ws/x", &[("Authorization", &bearer(&good))]).0,
+        101
+    );
+    for (t, reason) in cases {
+        assert_eq!(
+            upgrade_raw(&srv, "/ws/x", &[("Authorization", &bearer(&t))]).0,
+            401,
+            "{reason}"
+        );
+        let name = format!("ringcast_token_refusals_total{{reason=\"{reason}\"}}");
+        assert!(srv.metric(&name) >= 1, "{name}");
+    }
+});
