@@ -458,17 +458,29 @@ both!(refusals_do_not_disturb_other_connections, |io| {
     assert_eq!(next_json(&mut bystander)["type"], "ack");
     let forged = bearer(&token_with("wrong", "x", 60, json!({"sub": ["*"]})));
     for _ in 0..20 {
-        assert_eq!(upgrade_raw(&srv, "/ws/news", &[("Authorization", &forged)]).0, 401);
+        assert_eq!(
+            upgrade_raw(&srv, "/ws/news", &[("Authorization", &forged)]).0,
+            401
+        );
         assert_eq!(upgrade_raw(&srv, "/ws/news", &[]).0, 401);
-        assert_eq!(upgrade_raw(&srv, "/ws/x", &[("Authorization", &bearer(&news))]).0, 403);
+        assert_eq!(
+            upgrade_raw(&srv, "/ws/x", &[("Authorization", &bearer(&news))]).0,
+            403
+        );
     }
     let mut publisher = Client::connect_with(
         srv.addr,
         "/ws",
-        &[("Authorization", &bearer(&token("p", 60, json!({"pub": ["news"]}))))],
+        &[(
+            "Authorization",
+            &bearer(&token("p", 60, json!({"pub": ["news"]}))),
+        )],
     )
     .unwrap();
-    cmd(&mut publisher, json!({"type":"publish","topic":"news","data":"after"}));
+    cmd(
+        &mut publisher,
+        json!({"type":"publish","topic":"news","data":"after"}),
+    );
     // The next thing the bystander sees is this message.
     assert_eq!(
         next_json(&mut bystander),
@@ -490,14 +502,24 @@ both!(subscribe_query_topics_are_checked_one_by_one, |io| {
     let mut publisher = Client::connect_with(
         srv.addr,
         "/ws",
-        &[("Authorization", &bearer(&token("p", 60, json!({"pub": ["*"]}))))],
+        &[(
+            "Authorization",
+            &bearer(&token("p", 60, json!({"pub": ["*"]}))),
+        )],
     )
     .unwrap();
     for topic in ["secret", "news", "sport"] {
-        cmd(&mut publisher, json!({"type":"publish","topic":topic,"data":topic}));
+        cmd(
+            &mut publisher,
+            json!({"type":"publish","topic":topic,"data":topic}),
+        );
         assert_eq!(next_json(&mut publisher)["type"], "ack");
     }
-    assert_eq!(next_json(&mut c)["data"], "news", "secret was not subscribed");
+    assert_eq!(
+        next_json(&mut c)["data"],
+        "news",
+        "secret was not subscribed"
+    );
     assert_eq!(next_json(&mut c)["data"], "sport");
     assert!(srv.metric("ringcast_access_refusals_total{reason=\"forbidden\"}") >= 1);
 });
