@@ -9,7 +9,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use crate::auth::token;
+use crate::auth::{connect_as, token};
 use crate::both;
 use crate::util::{Client, Msg, Server, split_response};
 
@@ -50,15 +50,7 @@ fn json_of(body: &str) -> Value {
 
 both!(publish_needs_an_api_key_compared_exactly, |io| {
     let srv = backend(io, &[]);
-    let mut sub = Client::connect_with(
-        srv.addr,
-        "/ws/news",
-        &[(
-            "Authorization",
-            &format!("Bearer {}", token("s", 60, json!({"sub": ["news"]}))),
-        )],
-    )
-    .unwrap();
+    let mut sub = connect_as(&srv, "/ws/news", "s", json!({"sub": ["news"]}));
     let ct = ("Content-Type", "text/plain");
     assert_eq!(call(&srv, "POST", "/publish/news", &[ct], b"x").0, 401);
     let mut one_off = KEY.to_owned();
@@ -119,15 +111,7 @@ both!(publish_needs_an_api_key_compared_exactly, |io| {
 
 both!(keep_alive_pipelined_publishes_with_a_key, |io| {
     let srv = backend(io, &[]);
-    let mut sub = Client::connect_with(
-        srv.addr,
-        "/ws/ticks",
-        &[(
-            "Authorization",
-            &format!("Bearer {}", token("s", 60, json!({"sub": ["ticks"]}))),
-        )],
-    )
-    .unwrap();
+    let mut sub = connect_as(&srv, "/ws/ticks", "s", json!({"sub": ["ticks"]}));
     let mut raw = Vec::new();
     for i in 0..200 {
         let body = i.to_string();
@@ -156,15 +140,7 @@ both!(keep_alive_pipelined_publishes_with_a_key, |io| {
 
 both!(bearer_jwt_publishes_within_its_rights, |io| {
     let srv = backend(io, &[]);
-    let mut sub = Client::connect_with(
-        srv.addr,
-        "/ws",
-        &[(
-            "Authorization",
-            &format!("Bearer {}", token("s", 60, json!({"sub": ["*"]}))),
-        )],
-    )
-    .unwrap();
+    let mut sub = connect_as(&srv, "/ws", "s", json!({"sub": ["*"]}));
     crate::mux::cmd(&mut sub, json!({"type":"subscribe","topic":"chat.1"}));
     assert_eq!(crate::mux::next_json(&mut sub)["type"], "ack");
     let jwt = format!("Bearer {}", token("bot", 60, json!({"pub": ["chat.*"]})));

@@ -38,6 +38,12 @@ fn token_with(secret: &str, sub: &str, ttl: i64, topics: Value) -> String {
     .unwrap()
 }
 
+/// A connection to `path` with a fresh token for `sub` granting `topics` (60 s).
+pub fn connect_as(srv: &Server, path: &str, sub: &str, topics: Value) -> Client {
+    let t = token(sub, 60, topics);
+    Client::connect_with(srv.addr, path, &[("Authorization", &bearer(&t))]).unwrap()
+}
+
 fn secured(io: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--jwt-hmac-secret", SECRET];
     args.extend_from_slice(extra);
