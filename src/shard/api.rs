@@ -91,7 +91,8 @@ impl ShardState {
         let acc = self.api_answer(&query);
         let others = self.shared.bus.shards().saturating_sub(1);
         if others == 0 {
-            self.api_respond(token, acc, topic.as_deref());
+            // Answered within the request, like any other route (nothing was deferred).
+            self.api_respond(token, acc, topic.as_deref(), false);
             return;
         }
         let id = self.api.next_id;
@@ -189,7 +190,7 @@ impl ShardState {
             return;
         }
         if let Some(p) = self.api.pending.remove(&id) {
-            self.api_respond(p.token, p.acc, p.topic.as_deref());
+            self.api_respond(p.token, p.acc, p.topic.as_deref(), true);
         }
     }
 
@@ -276,7 +277,9 @@ impl ShardState {
         true
     }
 
-    fn api_respond(&mut self, token: Token, acc: Answer, topic: Option<&str>) {
+    /// Answers the request on `token`: a deferred answer (`deferred`: the other shards'
+    /// replies came in a later turn), or at once within the request.
+    fn api_respond(&mut self, token: Token, acc: Answer, topic: Option<&str>, deferred: bool) {
         let body = match acc {
             Answer::Topics(mut list) => {
                 list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -306,7 +309,11 @@ impl ShardState {
         };
         let mut text = body.to_string();
         text.push('\n');
-        self.http_answer_deferred(token, 200, "application/json", text.as_bytes());
+        if deferred {
+            self.http_answer_deferred(token, 200, "application/json", text.as_bytes());
+        } else {
+            self.respond_with(token, 200, "application/json", text.as_bytes());
+        }
     }
 }
 

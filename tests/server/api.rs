@@ -283,7 +283,8 @@ both!(api_answers_for_every_shard_and_disconnects_by_user, |io| {
 });
 
 both!(api_without_any_key_is_open, |io| {
-    let srv = Server::start(io, &[]);
+    // One shard: the answer comes within the request (no other shard to ask).
+    let srv = Server::start(io, &["--shards", "1"]);
     let _c = srv.ws("/ws/a");
     assert!(srv.wait_for(
         Duration::from_secs(5),
@@ -295,6 +296,19 @@ both!(api_without_any_key_is_open, |io| {
         json_of(&body),
         json!({"topics": [{"topic":"a","subscribers":1}]})
     );
+    let (status, body) = call(&srv, "GET", "/api/topics/a", &[], b"");
+    assert_eq!(
+        (status, json_of(&body)["subscribers"].clone()),
+        (200, json!(1))
+    );
+    let (status, body) = call(
+        &srv,
+        "POST",
+        "/api/disconnect",
+        &[],
+        br#"{"user":"nobody"}"#,
+    );
+    assert_eq!((status, json_of(&body)), (200, json!({"disconnected": 0})));
 });
 
 fn key_path(name: &str) -> String {

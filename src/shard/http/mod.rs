@@ -502,7 +502,6 @@ impl ShardState {
     ///
     /// Call it from the loop turn where the missing piece arrived (e.g. while draining the
     /// bus); pauses and resumes it asks for are applied after the next driver event.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn http_answer_deferred(
         &mut self,
         token: Token,
