@@ -115,8 +115,6 @@ pub struct Conn {
     pub last_rx: u32,
     /// Tick of the last ping sent.
     pub last_ping: u32,
-    /// Tick the connection was accepted.
-    pub since: u32,
     /// Tick after which a closing connection is dropped without waiting any more (0: none).
     pub deadline: u32,
     /// Messages dropped for this subscriber (policy `drop`), for its closing log line
@@ -152,7 +150,6 @@ impl Conn {
             paused: false,
             last_rx: tick,
             last_ping: tick,
-            since: tick,
             deadline: 0,
             dropped: 0,
             session: None,
