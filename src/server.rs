@@ -111,6 +111,49 @@ fn listener(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
+/// Refuses an address another process listens on. The shards' own listeners share their
+/// port with `SO_REUSEPORT`, which would just as well let a second ringcast (or anything
+/// else of the same user that sets it) share it: two servers behind one address, clients
+/// split between them. A probe bound *without* `SO_REUSEPORT` fails on a port anyone
+/// listens on, so it is tried first (and closed) for every fixed port; port 0 picks a free
+/// one anyway.
+fn ensure_not_held(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let held = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::Bind(
+                addr,
+                std::io::Error::new(
+                    e.kind(),
+                    "the address is already in use by another process (is another ringcast running?)",
+                ),
+            )
+        } else {
+            StartError::Bind(addr, e)
+        }
+    };
+    let probe = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| StartError::Bind(addr, e))?;
+    // Like the listeners (TIME_WAIT sockets of a previous run do not count), but without
+    // SO_REUSEPORT.
+    probe
+        .set_reuse_address(true)
+        .map_err(|e| StartError::Bind(addr, e))?;
+    if addr.is_ipv6() {
+        probe
+            .set_only_v6(true)
+            .map_err(|e| StartError::Bind(addr, e))?;
+    }
+    probe.bind(&addr.into()).map_err(held)?;
+    Ok(())
+}
+
 /// Binds `shards` listeners per address; returns them per shard, and the bound addresses.
 pub fn bind(
     addrs: &[SocketAddr],
@@ -119,6 +162,7 @@ pub fn bind(
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in addrs {
+        ensure_not_held(addr)?;
         let first = listener(addr).map_err(|e| StartError::Bind(addr, e))?;
         let actual = first
             .local_addr()

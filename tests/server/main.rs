@@ -21,6 +21,7 @@ mod interest;
 mod lifecycle;
 mod limits;
 mod mux;
+mod ops;
 mod pubsub;
 mod slow;
 mod timeouts;
