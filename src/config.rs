@@ -2184,6 +2184,21 @@ impl Config {
                 "must not be empty".to_owned(),
             ));
         }
+        if let Some(bad) = self
+            .log_level
+            .split(',')
+            .map(str::trim)
+            .find(|d| !log_directive_ok(d))
+        {
+            return Err(invalid(
+                "log_level",
+                format!("{:?}", self.log_level),
+                format!(
+                    "{bad:?} is not a log level: use one of {}, or directives such as ringcast=debug,info (a bare word would silence everything but that target)",
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(invalid(
                 "log_level",
@@ -2194,6 +2209,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// The levels `log_level` takes, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// One directive of `log_level`: a level, or `target=level` (the target may carry a span
+/// filter, `target[span]=level`). A bare word is refused: tracing would read `verbose` as
+/// "everything from the target named verbose", which silences every other line.
+fn log_directive_ok(d: &str) -> bool {
+    let level_ok = |l: &str| LOG_LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    match d.rsplit_once('=') {
+        Some((target, level)) => !target.trim().is_empty() && level_ok(level),
+        None => level_ok(d),
     }
 }
 

@@ -690,7 +690,7 @@ fn range_errors_name_their_key() {
             "between",
         ),
         (
-            &["--log-level", "info,[[["],
+            &["--log-level", "info,x[[[=debug"],
             "log_level",
             "not a log filter",
         ),
@@ -973,5 +973,27 @@ fn http_keepalive_and_batch_publish_keys() {
         let (msg, k) = err_of(load_args(argv));
         assert_eq!(k, Some(key), "{argv:?}: {msg}");
         assert!(msg.contains(&format!("from {}", flag_name(key))), "{msg}");
+    }
+}
+
+#[test]
+fn log_level_takes_levels_and_directives_only() {
+    for ok in [
+        "info",
+        "WARN",
+        "off",
+        "ringcast=debug,info",
+        "ringcast::shard=trace",
+        "h2=off,debug",
+    ] {
+        assert!(load_env(&[("RINGCAST_LOG_LEVEL", ok)]).is_ok(), "{ok}");
+    }
+    for bad in ["verbose", "inf", "info,verbose", "=debug", "ringcast=loud"] {
+        let (msg, k) = err_of(load_env(&[("RINGCAST_LOG_LEVEL", bad)]));
+        assert_eq!(k, Some("log_level"), "{bad}: {msg}");
+        assert!(
+            msg.contains("not a log level") || msg.contains("log filter"),
+            "{msg}"
+        );
     }
 }
