@@ -802,9 +802,9 @@ struct Cli {
     #[arg(long, value_name = "DURATION")]
     write_delay: Option<String>,
 
-    /// Pin each shard thread to its own CPU. [default: on] [env: RINGCAST_PIN_CORES=true|false] [toml: pin_cores]
-    #[arg(long, overrides_with = "no_pin_cores")]
-    pin_cores: bool,
+    /// Pin each shard thread to its own CPU: `--pin-cores` alone means true; also takes a boolean (`--pin-cores false`), like every boolean flag. [default: on] [env: RINGCAST_PIN_CORES=true|false] [toml: pin_cores]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", overrides_with = "no_pin_cores")]
+    pin_cores: Option<String>,
 
     /// Do not pin shard threads to CPUs (see --pin-cores).
     #[arg(long, overrides_with = "pin_cores")]
@@ -1287,8 +1287,8 @@ fn flag_layer(cli: &Cli) -> Layer {
             values.insert(key, Raw::List(list.clone()));
         }
     }
-    if cli.pin_cores {
-        values.insert("pin_cores", Raw::Bool(true));
+    if let Some(v) = &cli.pin_cores {
+        values.insert("pin_cores", Raw::Str(v.clone()));
     } else if cli.no_pin_cores {
         values.insert("pin_cores", Raw::Bool(false));
     }

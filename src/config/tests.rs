@@ -576,11 +576,7 @@ fn parse_errors_name_key_and_source_in_every_layer() {
     for (key, bad) in cases {
         // flag
         let flag = flag_name(key);
-        let flag_args = if key == "pin_cores" {
-            None // a switch without a value; covered by env and file
-        } else {
-            Some(vec![flag.clone(), bad.to_owned()])
-        };
+        let flag_args = Some(vec![flag.clone(), bad.to_owned()]);
         if let Some(a) = flag_args {
             let mut full = vec!["ringcast".to_owned()];
             full.extend(a);
@@ -996,4 +992,25 @@ fn log_level_takes_levels_and_directives_only() {
             "{msg}"
         );
     }
+}
+
+#[test]
+fn booleans_have_one_syntax_in_every_layer() {
+    for (argv, want) in [
+        (&["--pin-cores"][..], true),
+        (&["--pin-cores", "false"][..], false),
+        (&["--pin-cores", "off"][..], false),
+        (&["--pin-cores=no"][..], false),
+        (&["--no-pin-cores"][..], false),
+        (&["--pin-cores", "true"][..], true),
+    ] {
+        assert_eq!(load_args(argv).unwrap().pin_cores, want, "{argv:?}");
+    }
+    assert!(
+        !load_env(&[("RINGCAST_PIN_CORES", "false")])
+            .unwrap()
+            .pin_cores
+    );
+    assert!(!load_file("pin_cores = false").unwrap().pin_cores);
+    assert!(!load_file("pin_cores = \"off\"").unwrap().pin_cores);
 }
