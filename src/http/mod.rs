@@ -18,8 +18,10 @@
 //! | `GET /` | the demo page |
 
 pub mod batch;
+pub mod content_type;
 pub mod credential;
 
+pub use content_type::{BodyType, body_type};
 pub use credential::{Credential, CredentialError, presented_credential};
 
 use crate::pubsub::validate_topic;

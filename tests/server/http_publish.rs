@@ -54,14 +54,31 @@ both!(text_and_binary_bodies_reach_both_modes, |io| {
     assert_eq!(status, 202, "{body}");
     assert_eq!(simple.recv(), Msg::Binary(vec![0, 0xff, 7]));
     assert_eq!(ctl.recv(), Msg::Binary(b"\x04news\x00\xff\x07".to_vec()));
-    // JSON is not text/*: it goes out binary, as documented.
+    // JSON is text (a browser's typeof e.data === "string" sees it), as are the other
+    // textual types; a charset other than UTF-8 is refused, and so is a body that is not.
     let (status, _) = srv.post("/publish/news", "application/json", b"{}");
     assert_eq!(status, 202);
-    assert_eq!(simple.recv(), Msg::Binary(b"{}".to_vec()));
+    assert_eq!(simple.recv(), Msg::Text("{}".into()));
+    let (status, _) = srv.post(
+        "/publish/news",
+        "application/vnd.x+json; charset=utf-8",
+        b"[1]",
+    );
+    assert_eq!(status, 202);
+    assert_eq!(simple.recv(), Msg::Text("[1]".into()));
+    assert_eq!(
+        srv.post("/publish/news", "text/plain; charset=latin1", b"x")
+            .0,
+        415
+    );
+    assert_eq!(
+        srv.post("/publish/news", "application/json", b"\xff").0,
+        400
+    );
     // Nobody subscribed: queued 0.
     let (status, body) = srv.post("/publish/empty", "text/plain", b"x");
     assert_eq!((status, body.trim()), (202, "{\"queued\":0}"));
-    assert_eq!(srv.metric("ringcast_http_publishes_total"), 4);
+    assert_eq!(srv.metric("ringcast_http_publishes_total"), 5);
 });
 
 both!(body_in_pieces_and_expect_continue, |io| {

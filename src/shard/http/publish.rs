@@ -12,7 +12,8 @@
 //! reserves 64 KiB until the bytes come, and the copies stay linear in the body. The body
 //! must arrive within `--handshake-timeout` of the request's start.
 //!
-//! One message: `Content-Type: text/*` publishes a text message (the body must be UTF-8,
+//! One message: a textual `Content-Type` (`text/*`, `application/json`, `application/*+json`,
+//! XML, JavaScript: [`crate::http::body_type`]) publishes a text message (the body must be UTF-8,
 //! else 400), anything else a binary message; the answer is `202 {"queued":N}`, N being
 //! the subscribers on the receiving shard the message is queued for (other shards that
 //! have subscribers queue it for theirs on their next turn).
@@ -49,7 +50,7 @@ pub struct PendingBody {
 
 #[derive(Debug)]
 pub(super) enum BodyKind {
-    /// One message to the (validated) topic; `text`: `Content-Type: text/*`.
+    /// One message to the (validated) topic; `text`: a textual `Content-Type`.
     Message {
         topic: Box<str>,
         text: bool,
@@ -82,11 +83,20 @@ impl ShardState {
                 return None;
             }
         };
+        let text = match crate::http::body_type(req.header("content-type")) {
+            crate::http::BodyType::Text => true,
+            crate::http::BodyType::Binary => false,
+            crate::http::BodyType::UnsupportedCharset => {
+                self.respond(
+                    token,
+                    415,
+                    "a text Content-Type must be UTF-8 (charset=utf-8 or none)\n",
+                );
+                return None;
+            }
+        };
         let max = self.settings.max_message_size;
         let len = self.body_length(token, req, max, "the message size limit")?;
-        let text = req
-            .header("content-type")
-            .is_some_and(|ct| ct.len() >= 5 && ct[..5].eq_ignore_ascii_case(b"text/"));
         if rest.len() >= len {
             self.body_read(token);
             self.publish_body(token, topic, text, &grant, &rest[..len]);
@@ -249,7 +259,7 @@ impl ShardState {
             self.respond(
                 token,
                 400,
-                "Content-Type is text/* but the body is not UTF-8\n",
+                "the Content-Type is textual but the body is not UTF-8\n",
             );
             return;
         }
