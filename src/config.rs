@@ -175,6 +175,12 @@ pub struct Config {
     /// latest after this long (`--drain-timeout`, `RINGCAST_DRAIN_TIMEOUT`,
     /// `drain_timeout`). Default 10s; 10ms..=24h.
     pub drain_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long to keep serving the connected clients while `/health`
+    /// answers 503 and new upgrades are refused, before closing them (so that a load
+    /// balancer polling `/health` stops sending new clients first) (`--drain-grace`,
+    /// `RINGCAST_DRAIN_GRACE`, `drain_grace`). Default 5s; 0 (none) ..=10m. The drain
+    /// timeout counts from its end.
+    pub drain_grace: Duration,
     /// Origins whose browsers may open WebSockets: exact origins such as
     /// `https://app.example.com`, or `*` for any (`--allowed-origins`,
     /// comma-separated; `RINGCAST_ALLOWED_ORIGINS`; `allowed_origins`, a
@@ -398,7 +404,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 47] = [
+pub const KEYS: [&str; 48] = [
     "listen",
     "shards",
     "io",
@@ -419,6 +425,7 @@ pub const KEYS: [&str; 47] = [
     "log_level",
     "log_format",
     "drain_timeout",
+    "drain_grace",
     "allowed_origins",
     "max_connections_per_ip",
     "connect_rate_per_ip",
@@ -516,6 +523,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             drain_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(5),
             allowed_origins: vec!["*".to_owned()],
             max_connections_per_ip: 0,
             connect_rate_per_ip: 0,
@@ -821,6 +829,10 @@ struct Cli {
     /// Longest graceful shutdown after SIGTERM/SIGINT (close 1001, flush, exit 0). [default: 10s] [env: RINGCAST_DRAIN_TIMEOUT] [toml: drain_timeout]
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<String>,
+
+    /// After SIGTERM, keep serving connected clients this long with /health at 503 and new upgrades refused, then drain (0 = drain at once). [default: 5s] [env: RINGCAST_DRAIN_GRACE] [toml: drain_grace]
+    #[arg(long, value_name = "DURATION")]
+    drain_grace: Option<String>,
 
     /// Browser origins allowed to upgrade (others get 403): comma-separated exact origins such as https://app.example.com, or *. [default: *] [env: RINGCAST_ALLOWED_ORIGINS] [toml: allowed_origins]
     #[arg(long, value_name = "ORIGINS")]
@@ -1225,7 +1237,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 43] = [
+    let strings: [(&'static str, &Option<String>); 44] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -1244,6 +1256,7 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("log_level", &cli.log_level),
         ("log_format", &cli.log_format),
         ("drain_timeout", &cli.drain_timeout),
+        ("drain_grace", &cli.drain_grace),
         ("allowed_origins", &cli.allowed_origins),
         ("max_connections_per_ip", &cli.max_connections_per_ip),
         ("connect_rate_per_ip", &cli.connect_rate_per_ip),
@@ -1338,6 +1351,7 @@ struct FileLayer {
     log_level: Option<toml::Value>,
     log_format: Option<toml::Value>,
     drain_timeout: Option<toml::Value>,
+    drain_grace: Option<toml::Value>,
     allowed_origins: Option<toml::Value>,
     max_connections_per_ip: Option<toml::Value>,
     connect_rate_per_ip: Option<toml::Value>,
@@ -1395,6 +1409,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         log_level,
         log_format,
         drain_timeout,
+        drain_grace,
         allowed_origins,
         max_connections_per_ip,
         connect_rate_per_ip,
@@ -1445,6 +1460,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("log_level", log_level),
         ("log_format", log_format),
         ("drain_timeout", drain_timeout),
+        ("drain_grace", drain_grace),
         ("allowed_origins", allowed_origins),
         ("max_connections_per_ip", max_connections_per_ip),
         ("connect_rate_per_ip", connect_rate_per_ip),
@@ -1609,7 +1625,9 @@ fn expected_for(key: &str) -> String {
         | "client_publish_rate"
         | "client_publish_burst" => COUNT_EXPECTED.to_owned(),
         "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout"
-        | "write_delay" | "http_idle_timeout" | "jwt_leeway" => DURATION_EXPECTED.to_owned(),
+        | "drain_grace" | "write_delay" | "http_idle_timeout" | "jwt_leeway" => {
+            DURATION_EXPECTED.to_owned()
+        }
         "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
         _ => SIZE_EXPECTED.to_owned(),
     }
@@ -1763,6 +1781,9 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
         drain_timeout: m
             .take("drain_timeout", raw_duration)?
             .unwrap_or(d.drain_timeout),
+        drain_grace: m
+            .take("drain_grace", raw_duration)?
+            .unwrap_or(d.drain_grace),
         allowed_origins: m
             .take("allowed_origins", raw_origins)?
             .unwrap_or(d.allowed_origins),
@@ -2079,6 +2100,13 @@ impl Config {
         timer("idle_timeout", self.idle_timeout, true)?;
         timer("handshake_timeout", self.handshake_timeout, false)?;
         timer("drain_timeout", self.drain_timeout, false)?;
+        if self.drain_grace > Duration::from_secs(600) {
+            return Err(invalid(
+                "drain_grace",
+                format_duration(self.drain_grace),
+                "must be at most 10m (or 0: drain at once)".to_owned(),
+            ));
+        }
         if !self.write_delay.is_zero()
             && !(MIN_WRITE_DELAY..=MAX_WRITE_DELAY).contains(&self.write_delay)
         {

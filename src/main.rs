@@ -94,11 +94,13 @@ fn main() -> ExitCode {
         }
         std::thread::sleep(poll);
     };
-    let deadline = Instant::now() + cfg.drain_timeout;
+    // The grace period serves clients (with /health at 503) before the drain starts.
+    let deadline = Instant::now() + cfg.drain_grace + cfg.drain_timeout;
     tracing::info!(
         signal = first,
         drain_timeout = ?cfg.drain_timeout,
-        "draining: closing every client with 1001 (send the signal again to exit at once)"
+        drain_grace = ?cfg.drain_grace,
+        "draining: /health answers 503, then every client is closed with 1001 after the grace period (send the signal again to exit at once)"
     );
     server.drain();
     while !server.finished() {

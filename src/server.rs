@@ -231,6 +231,7 @@ impl Server {
             max_topics_per_connection: cfg.max_topics_per_connection,
             mux_error_budget: cfg.mux_error_budget,
             drain_timeout: cfg.drain_timeout,
+            drain_grace: cfg.drain_grace,
             admission: AdmissionSettings {
                 allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))
                     .then(|| cfg.allowed_origins.clone()),

@@ -205,6 +205,7 @@ fn every_key_from_env() {
         ("log_level", "warn"),
         ("log_format", "json"),
         ("drain_timeout", "1s"),
+        ("drain_grace", "2s"),
         ("allowed_origins", "*"),
         ("max_connections_per_ip", "100"),
         ("connect_rate_per_ip", "50"),
@@ -523,7 +524,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 47] = [
+    let cases: [(&str, &str); 48] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -544,6 +545,7 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("log_level", ""), // empty flag value: refused by validation
         ("log_format", "xml"),
         ("drain_timeout", "soon"),
+        ("drain_grace", "a bit"),
         ("allowed_origins", "example.com"),
         ("max_connections_per_ip", "1e3"),
         ("connect_rate_per_ip", "10/s"),

@@ -1,7 +1,10 @@
 //! Graceful shutdown in a shard.
 //!
-//! `main` sets [`DrainShared::draining`] on the first SIGTERM/SIGINT. On
-//! its next turn (at most one tick later) each shard:
+//! `main` sets [`DrainShared::draining`] on the first SIGTERM/SIGINT. From then on `/health`
+//! answers 503 and new upgrades and HTTP publishes get 503 (counted as
+//! `ringcast_refused_total{reason="draining"}`). For `--drain-grace` (default 5 s) each shard
+//! keeps serving its connected clients as before, so that a load balancer polling
+//! `/health` takes the server out of rotation before any client is closed; then each shard:
 //!
 //! 1. sends close 1001 `server shutting down` to every open WebSocket, queued behind what
 //!    is already queued for it, so queued messages are flushed first;
@@ -43,6 +46,8 @@ impl DrainShared {
 pub struct DrainState {
     /// Tick at which this shard stops waiting for its clients (set when draining starts).
     deadline: Option<u32>,
+    /// Tick at which the grace period ends (set when the drain signal is first seen).
+    grace_end: Option<u32>,
     /// This shard has counted itself in [`DrainShared::drained`].
     drained: bool,
 }
@@ -55,7 +60,21 @@ impl ShardState {
             return false;
         }
         let Some(deadline) = self.drain.deadline else {
-            self.start_drain();
+            let grace = self.settings.drain_grace;
+            let tick = self.tick;
+            let end = *self.drain.grace_end.get_or_insert_with(|| {
+                if !grace.is_zero() {
+                    tracing::info!(
+                        grace = ?grace,
+                        "drain signal: /health answers 503 and new upgrades are refused; clients are closed when the grace period ends"
+                    );
+                }
+                tick.saturating_add(ticks(grace))
+            });
+            self.metrics.draining.set(1);
+            if self.tick >= end {
+                self.start_drain();
+            }
             return false;
         };
         let left = self

@@ -192,6 +192,7 @@ fn settings() -> Settings {
         max_topics_per_connection: 256,
         mux_error_budget: 20,
         drain_timeout: Duration::from_secs(10),
+        drain_grace: Duration::ZERO,
         admission: super::admission::AdmissionSettings::default(),
         http_idle_timeout: Some(Duration::from_secs(30)),
         http_max_requests_per_connection: 0,

@@ -101,6 +101,9 @@ pub struct Settings {
     pub mux_error_budget: u32,
     /// Longest graceful shutdown.
     pub drain_timeout: Duration,
+    /// How long to keep serving after the drain signal before closing clients
+    /// (`--drain-grace`; `/health` answers 503 and new upgrades are refused meanwhile).
+    pub drain_grace: Duration,
     /// Origins, per-IP limits.
     pub admission: admission::AdmissionSettings,
     /// How long a keep-alive HTTP connection may wait for its next request, from its last

@@ -257,6 +257,7 @@ class Soak:
             "--handshake-timeout", "2s", "--send-queue-limit", "256KiB",
             "--max-header-bytes", "256KiB", "--max-message-size", "64KiB",
             "--max-frame-size", "64KiB", "--log-level", "info",
+            "--drain-grace", "0s",
         ]
         self.proc = subprocess.Popen(
             cmd, stdout=open(out_path, "w"), stderr=open(self.log_path, "w"),

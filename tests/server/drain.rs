@@ -111,3 +111,35 @@ both!(second_signal_exits_at_once, |io| {
     assert_eq!(status.code(), Some(128 + 15));
     assert!(t0.elapsed() < Duration::from_secs(1));
 });
+
+both!(drain_grace_keeps_serving_with_health_at_503, |io| {
+    let mut srv = Server::start(io, &["--drain-grace", "2s", "--drain-timeout", "3s"]);
+    let mut sub = srv.ws("/ws/live");
+    let mut publisher = srv.ws("/ws/live");
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    srv.signal("TERM");
+    assert!(srv.wait_for(Duration::from_secs(1), |s| {
+        s.get("/health").starts_with("HTTP/1.1 503")
+    }));
+    // New clients are refused, connected ones are still served.
+    assert!(
+        srv.ws_with("/ws/live", &[]).is_err(),
+        "upgrade refused while draining"
+    );
+    publisher.text("during the grace");
+    assert_eq!(sub.recv(), Msg::Text("during the grace".into()));
+    assert!(
+        t0.elapsed() < Duration::from_millis(1800),
+        "still inside the grace"
+    );
+    // Then the drain proper: 1001, and the process exits 0.
+    assert_eq!(sub.expect_close(), Some(1001));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1800),
+        "closed after the grace, not at once: {:?}",
+        t0.elapsed()
+    );
+    let status = srv.wait_exit(Duration::from_secs(6)).expect("exited");
+    assert!(status.success(), "{status:?}");
+});

@@ -57,6 +57,12 @@ impl Server {
         } else {
             &["--shards", "2"]
         };
+        // No drain grace unless the test asks: tests that stop a server want it gone now.
+        let grace: &[&str] = if extra.contains(&"--drain-grace") {
+            &[]
+        } else {
+            &["--drain-grace", "0s"]
+        };
         let mut child = cmd
             .args([
                 "--listen",
@@ -67,6 +73,7 @@ impl Server {
                 "debug",
             ])
             .args(shards)
+            .args(grace)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
