@@ -62,8 +62,11 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
 mod access;
+mod env_check;
 #[cfg(test)]
 mod tests;
+
+pub use env_check::unknown_env;
 
 // ---------------------------------------------------------------------------
 // The configuration the engine uses

@@ -39,6 +39,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(&cfg.log_level, cfg.log_format);
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for (name, nearest) in config::unknown_env(names) {
+        match nearest {
+            Some(k) => tracing::warn!(
+                variable = %name,
+                "unknown environment variable ignored; did you mean {k}?"
+            ),
+            None => tracing::warn!(variable = %name, "unknown environment variable ignored"),
+        }
+    }
     if ringcast::alloc::thp_left_on() {
         tracing::debug!("could not turn transparent huge pages off (PR_SET_THP_DISABLE)");
     }

@@ -62,3 +62,17 @@ both!(a_second_server_on_a_held_address_refuses_to_start, |io| {
     );
     assert!(again.get("/health").contains("ok"));
 });
+
+both!(an_unknown_ringcast_variable_is_warned_about, |io| {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    cmd.env("RINGCAST_MAX_CONECTIONS", "10");
+    let srv = Server::start_with(cmd, io, &[]);
+    assert!(srv.wait_for(Duration::from_secs(2), |s| {
+        s.log().contains("RINGCAST_MAX_CONECTIONS")
+    }));
+    let log = srv.log();
+    assert!(
+        log.contains("did you mean RINGCAST_MAX_CONNECTIONS?"),
+        "{log}"
+    );
+});
