@@ -36,6 +36,7 @@ pub mod access;
 pub mod batch;
 mod error;
 pub mod fanout;
+pub mod history;
 pub mod mux;
 pub mod namespace;
 pub mod topic;
