@@ -734,7 +734,7 @@ pub fn exit_code(err: &ConfigError) -> i32 {
 #[derive(Debug, Parser)]
 #[command(
     name = "ringcast",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RINGCAST_COMMIT"), ")"),
     about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.",
     long_about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.\n\n\
         Configuration comes from these flags, a TOML file (--config), and RINGCAST_* \

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod access;
+pub mod process;
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -243,7 +244,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 31] = [
+    let simple: [(&str, &str, &str, Getter); 30] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -398,12 +399,6 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             |m| m.http_publishes.get(),
         ),
         (
-            "ringcast_draining",
-            "gauge",
-            "Shards draining for a graceful shutdown.",
-            |m| m.draining.get(),
-        ),
-        (
             "ringcast_http_requests_total",
             "counter",
             "Plain HTTP request heads read, WebSocket upgrade requests included.",
@@ -528,7 +523,15 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(m));
         }
     }
+    // One server, one state: 1 while any shard drains (it counted shards before).
+    let draining = shards.iter().any(|m| m.draining.get() > 0);
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_draining 1 while the server drains for a graceful shutdown (after SIGTERM/SIGINT), else 0.\n# TYPE ringcast_draining gauge\nringcast_draining {}",
+        u8::from(draining)
+    );
     access::render(&mut out, shards);
+    process::render(&mut out);
     out
 }
 

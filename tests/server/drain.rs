@@ -47,11 +47,11 @@ both!(queued_messages_are_flushed_then_1001_then_exit_0, |io| {
     assert!(err.to_string().contains("503"), "{err}");
     assert_eq!(srv.post("/publish/big", "text/plain", b"late").0, 503);
     assert_eq!(srv.metric("ringcast_refused_total{reason=\"draining\"}"), 2);
-    // Each shard sees the flag on its next turn (at least every 100 ms tick).
+    // The server says it drains (1, whatever the number of shards).
     assert!(
         srv.wait_for(Duration::from_secs(2), |s| s.metric("ringcast_draining")
-            == 2),
-        "both shards draining"
+            == 1),
+        "draining"
     );
     for i in 0..n {
         match sub.recv() {
