@@ -30,6 +30,9 @@ use crate::pubsub::validate_topic;
 /// mux-mode connection to the server it was loaded from.
 pub const DEMO_HTML: &str = include_str!("../demo.html");
 
+/// The icon served at `GET /favicon.ico` (1x1, 70 bytes).
+pub const FAVICON: &[u8] = include_bytes!("../favicon.ico");
+
 /// Where a WebSocket upgrade leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -72,6 +75,9 @@ pub enum Routed {
     PublishBatch,
     /// `GET /`: the demo page.
     Demo,
+    /// `GET /favicon.ico`: a tiny icon, so that a browser opening the demo page does not
+    /// count as a failed request.
+    Favicon,
     /// The backend API: `GET /api/topics`, `GET /api/topics/{topic}`,
     /// `POST /api/disconnect`.
     Api(ApiRoute),
@@ -108,6 +114,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
         "/" | "/index.html" if is_get => Routed::Demo,
+        "/favicon.ico" if is_get => Routed::Favicon,
         "/ws" if is_get => match subscribe_param(query, max_topics) {
             Ok(subscribe) => Routed::Upgrade(Endpoint::Mux { subscribe }),
             Err(SubscribeError::Topic(e)) => bad_topic(e),
@@ -126,7 +133,9 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         #[cfg(test)]
         "/__test/deferred" => Routed::TestDeferred,
         "/health" => Routed::NotAllowed { allow: "GET, HEAD" },
-        "/echo" | "/metrics" | "/" | "/index.html" | "/ws" => Routed::NotAllowed { allow: "GET" },
+        "/echo" | "/metrics" | "/" | "/index.html" | "/ws" | "/favicon.ico" => {
+            Routed::NotAllowed { allow: "GET" }
+        }
         "/publish" => Routed::NotAllowed { allow: "POST" },
         _ if path.starts_with("/api/topics/") => {
             if !is_get {
@@ -300,6 +309,7 @@ mod tests {
     #[test]
     fn surface_routes() {
         assert_eq!(route("GET", "/", None, 256), Routed::Demo);
+        assert_eq!(route("GET", "/favicon.ico", None, 256), Routed::Favicon);
         assert_eq!(
             route("GET", "/ws", None, 256),
             Routed::Upgrade(Endpoint::Mux { subscribe: vec![] })

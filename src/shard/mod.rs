@@ -469,6 +469,9 @@ impl ShardState {
         match routed {
             Routed::Health => self.health(token),
             Routed::Demo => self.demo(token),
+            Routed::Favicon => {
+                self.respond_with(token, 200, "image/x-icon", crate::http::FAVICON);
+            }
             Routed::Publish(topic) => return self.http_publish(token, head, &topic, rest),
             Routed::PublishBatch => return self.http_publish_batch(token, head, rest),
             Routed::Api(route) => return self.http_api(token, head, route, rest),

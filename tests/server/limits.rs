@@ -122,6 +122,18 @@ both!(connect_rate_limit_answers_429, |io| {
 
 both!(demo_page_and_health, |io| {
     let srv = Server::start(io, &[]);
+    // The browser's icon request is served, not a 404 in the metrics.
+    let icon = srv.exchange(b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = String::from_utf8_lossy(&icon);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("image/x-icon"),
+        "{head}"
+    );
+    assert!(icon.ends_with(ringcast::http::FAVICON));
+    assert_eq!(
+        srv.metric("ringcast_handshake_failures_total{status=\"404\"}"),
+        0
+    );
     let page = srv.get("/");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("text/html"), "{page}");
