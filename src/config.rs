@@ -6,9 +6,10 @@
 //! For every key, the first layer that sets it wins:
 //!
 //! 1. command-line flags (`--max-message-size 1MiB`);
-//! 2. the TOML file named by `--config PATH` (or, when that flag is absent,
+//! 2. environment variables (`RINGCAST_MAX_MESSAGE_SIZE=1MiB`): a deployment (a systemd
+//!    unit, a container) overrides the file it ships, as twelve-factor setups expect;
+//! 3. the TOML file named by `--config PATH` (or, when that flag is absent,
 //!    by `RINGCAST_CONFIG`), with snake_case keys (`max_message_size = "1MiB"`);
-//! 3. environment variables (`RINGCAST_MAX_MESSAGE_SIZE=1MiB`);
 //! 4. the built-in defaults ([`Config::default`]).
 //!
 //! # Validation
@@ -737,8 +738,8 @@ pub fn exit_code(err: &ConfigError) -> i32 {
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RINGCAST_COMMIT"), ")"),
     about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.",
     long_about = "WebSocket pub/sub broadcast server on io_uring, thread-per-core.\n\n\
-        Configuration comes from these flags, a TOML file (--config), and RINGCAST_* \
-        environment variables, in that order of precedence, then the built-in defaults. \
+        Configuration comes from these flags, RINGCAST_* environment variables and a TOML \
+        file (--config), in that order of precedence, then the built-in defaults. \
         Each flag below names its environment variable and TOML key. Sizes are bytes or \
         take KiB/MiB/GiB (64KiB); decimal units such as KB are refused. Durations look \
         like 500ms, 30s or 2m. See docs/configuration.md.",
@@ -1672,7 +1673,7 @@ fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
 /// For each key: where its value came from and how it was written.
 type Provenance = BTreeMap<&'static str, (Source, String)>;
 
-/// Layers in order of precedence, highest first.
+/// Layers in order of precedence, highest first: flags, environment, file.
 struct Merge<'a> {
     layers: [&'a Layer; 3],
     provenance: Provenance,
@@ -1735,7 +1736,7 @@ impl Merge<'_> {
 fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance), ConfigError> {
     let d = Config::default();
     let mut m = Merge {
-        layers: [flags, file, env],
+        layers: [flags, env, file],
         provenance: Provenance::new(),
     };
     let max_message_size = m.int("max_message_size", raw_size, d.max_message_size)?;

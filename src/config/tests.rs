@@ -394,12 +394,11 @@ fn real_file_via_flag_and_via_env() {
 // --- precedence -------------------------------------------------------------
 
 #[test]
-fn precedence_flag_over_file_over_env_over_default() {
-    let toml = "max_message_size = \"256KiB\"\nshards = 6\n";
+fn precedence_flag_over_env_over_file_over_default() {
+    let toml = "max_message_size = \"256KiB\"\nshards = 6\nring_entries = 1024\n";
     let env = env_of(&[
         ("RINGCAST_MAX_MESSAGE_SIZE", "512KiB"),
         ("RINGCAST_SHARDS", "7"),
-        ("RINGCAST_RING_ENTRIES", "512"),
     ]);
     // All four layers for max_message_size: the flag wins.
     let cfg = load_with_file_text(
@@ -410,19 +409,41 @@ fn precedence_flag_over_file_over_env_over_default() {
     )
     .unwrap();
     assert_eq!(cfg.max_message_size, 128 << 10);
-    // No flag: the file wins over the environment.
-    assert_eq!(cfg.shards, 6);
-    // Only the environment: it wins over the default.
-    assert_eq!(cfg.ring_entries, 512);
+    // No flag: the environment wins over the file.
+    assert_eq!(cfg.shards, 7);
+    // Only the file: it wins over the default.
+    assert_eq!(cfg.ring_entries, 1024);
     // Nothing: the default.
     assert_eq!(cfg.recv_buffers, 256);
 
     let cfg = load_with_file_text(args(&[]), "f.toml", toml, &env).unwrap();
+    assert_eq!(cfg.max_message_size, 512 << 10);
+    let cfg = load_with_file_text(args(&[]), "f.toml", toml, &no_env).unwrap();
     assert_eq!(cfg.max_message_size, 256 << 10);
     assert_eq!(cfg.shards, 6);
-    let cfg = load_with_file_text(args(&[]), "f.toml", "", &env).unwrap();
-    assert_eq!(cfg.max_message_size, 512 << 10);
-    assert_eq!(cfg.shards, 7);
+}
+
+#[test]
+fn the_systemd_units_own_combination_works() {
+    // scripts/ringcast.service sets RINGCAST_LOG_FORMAT=json and runs with the example
+    // file installed as /etc/ringcast.toml (log_format = "text"): the unit must win, and
+    // an operator's RINGCAST_MAX_CONNECTIONS in a drop-in too.
+    let unit = include_str!("../../scripts/ringcast.service");
+    assert!(unit.contains("Environment=RINGCAST_LOG_FORMAT=json"));
+    assert!(EXAMPLE_TOML.contains("log_format = \"text\""));
+    let env = env_of(&[
+        ("RINGCAST_LOG_FORMAT", "json"),
+        ("RINGCAST_MAX_CONNECTIONS", "1000"),
+    ]);
+    let cfg = load_with_file_text(
+        args(&["--config", "/etc/ringcast.toml"]),
+        "/etc/ringcast.toml",
+        EXAMPLE_TOML,
+        &env,
+    )
+    .unwrap();
+    assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(cfg.max_connections, 1000);
 }
 
 #[test]
