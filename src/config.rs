@@ -64,6 +64,7 @@ use serde::Deserialize;
 
 mod access;
 mod env_check;
+mod print;
 #[cfg(test)]
 mod tests;
 
@@ -635,6 +636,12 @@ pub enum ConfigError {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// Not an error: `--check-config` or `--print-config` finished; the text (possibly
+    /// empty) goes to stdout and the process exits 0.
+    Report(String),
+    /// The access-control setup failed (`--check-config`): a key file that cannot be read
+    /// or parsed, a bad namespace. Names the file or key, never a secret.
+    Setup(String),
     /// The config file is not valid TOML, has an unknown key or a value of
     /// the wrong type.
     ParseFile {
@@ -675,6 +682,8 @@ impl fmt::Display for ConfigError {
                 "invalid configuration: cannot read config file {}: {error}",
                 path.display()
             ),
+            ConfigError::Report(text) => f.write_str(text),
+            ConfigError::Setup(why) => write!(f, "invalid configuration: {why}"),
             ConfigError::ParseFile { path, message } => write!(
                 f,
                 "invalid configuration: config file {}: {}",
@@ -709,6 +718,10 @@ impl ConfigError {
     pub fn exit(&self) -> ! {
         match self {
             ConfigError::Cli(e) => e.exit(),
+            ConfigError::Report(text) => {
+                print!("{text}");
+                std::process::exit(0)
+            }
             _ => {
                 eprintln!("error: {self}");
                 std::process::exit(exit_code(self))
@@ -722,6 +735,7 @@ impl ConfigError {
 pub fn exit_code(err: &ConfigError) -> i32 {
     match err {
         ConfigError::Cli(e) => e.exit_code(),
+        ConfigError::Report(_) => 0,
         _ => 2,
     }
 }
@@ -746,6 +760,14 @@ pub fn exit_code(err: &ConfigError) -> i32 {
     after_help = "Invalid configuration exits with code 2 and names the key at fault."
 )]
 struct Cli {
+    /// Check the whole configuration (values, key files, namespaces) and exit: nothing is printed when it is valid (exit 0), the error otherwise (exit 2).
+    #[arg(long)]
+    check_config: bool,
+
+    /// Print the effective configuration (TOML, each value with where it came from; secrets redacted) and exit 0.
+    #[arg(long)]
+    print_config: bool,
+
     /// Read settings from this TOML file (snake_case keys, e.g. `max_message_size = "1MiB"`); unknown keys are errors. [env: RINGCAST_CONFIG]
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -1898,6 +1920,17 @@ fn finish(
 ) -> Result<Config, ConfigError> {
     let (cfg, provenance) = merge(&flag_layer(cli), file, &env_layer(env))?;
     cfg.check(&provenance, Source::Default)?;
+    if cli.print_config {
+        return Err(ConfigError::Report(print::render(&cfg, &provenance)));
+    }
+    if cli.check_config {
+        // Everything the server would read at start-up before binding: the key files
+        // (and a JWKS URL's first fetch) and the namespace table.
+        let auth = cfg.auth_settings().map_err(ConfigError::Setup)?;
+        crate::auth::Verifier::new(&auth).map_err(|e| ConfigError::Setup(e.to_string()))?;
+        cfg.namespace_table().map_err(ConfigError::Setup)?;
+        return Err(ConfigError::Report(String::new()));
+    }
     Ok(cfg)
 }
 

@@ -1037,3 +1037,104 @@ fn booleans_have_one_syntax_in_every_layer() {
     assert!(!load_file("pin_cores = false").unwrap().pin_cores);
     assert!(!load_file("pin_cores = \"off\"").unwrap().pin_cores);
 }
+
+#[test]
+fn print_config_round_trips_and_redacts_secrets() {
+    let env = env_of(&[("RINGCAST_MAX_CONNECTIONS", "77")]);
+    let argv = args(&[
+        "--print-config",
+        "--shards",
+        "3",
+        "--jwt-hmac-secret",
+        "very-secret-value",
+        "--api-key",
+        "key-1",
+        "--jwt-public-key-file",
+        "/etc/a.pem",
+    ]);
+    let text = match load_with_file_text(
+        argv,
+        "f.toml",
+        "ring_entries = 512\n[namespaces.chat]\nanonymous = \"subscribe\"\n",
+        &env,
+    ) {
+        Err(ConfigError::Report(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        !text.contains("very-secret-value") && !text.contains("key-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jwt_hmac_secret = \"<redacted>\"  # --jwt-hmac-secret"),
+        "{text}"
+    );
+    assert!(text.contains("shards = 3  # --shards"), "{text}");
+    assert!(
+        text.contains("max_connections = 77  # RINGCAST_MAX_CONNECTIONS"),
+        "{text}"
+    );
+    assert!(text.contains("ring_entries = 512  # f.toml"), "{text}");
+    assert!(
+        text.contains("[namespaces.chat]\nanonymous = \"subscribe\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains(print::NO_PRINTER_MARK),
+        "a key has no printer: {text}"
+    );
+    // Pasted back as a file (without the secrets), it gives the same configuration.
+    let pasted: String = text
+        .lines()
+        .filter(|l| !l.contains("<redacted>"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let again = load_with_file_text(args(&[]), "printed.toml", &pasted, &no_env).unwrap();
+    let first = load_with_file_text(
+        args(&[
+            "--shards",
+            "3",
+            "--jwt-hmac-secret",
+            "x",
+            "--jwt-public-key-file",
+            "/etc/a.pem",
+        ]),
+        "f.toml",
+        "ring_entries = 512\n[namespaces.chat]\nanonymous = \"subscribe\"\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(again.shards, first.shards);
+    assert_eq!(again.max_connections, first.max_connections);
+    assert_eq!(again.ring_entries, first.ring_entries);
+    assert_eq!(again.idle_timeout, first.idle_timeout);
+    assert_eq!(again.namespaces, first.namespaces);
+    assert_eq!(again.jwt_public_key_file, first.jwt_public_key_file);
+}
+
+#[test]
+fn check_config_validates_key_files_too() {
+    match load_args(&["--check-config"]) {
+        Err(ConfigError::Report(t)) => assert!(t.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let (msg, _) = err_of(load_args(&[
+        "--check-config",
+        "--jwt-public-key-file",
+        "/nonexistent/key.pem",
+    ]));
+    assert!(msg.contains("/nonexistent/key.pem"), "{msg}");
+    assert_eq!(
+        exit_code(
+            &load_args(&[
+                "--check-config",
+                "--jwt-public-key-file",
+                "/nonexistent/key.pem"
+            ])
+            .unwrap_err()
+        ),
+        2
+    );
+    let (msg, k) = err_of(load_args(&["--check-config", "--shards", "0"]));
+    assert_eq!(k, Some("shards"), "{msg}");
+}
