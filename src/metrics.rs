@@ -44,7 +44,7 @@ impl Counter {
 }
 
 /// Close codes counted individually in `ringcast_protocol_errors_total`.
-pub const CLOSE_CODES: [u16; 8] = [1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011];
+pub const CLOSE_CODES: [u16; 7] = [1002, 1003, 1007, 1008, 1009, 1010, 1011];
 /// HTTP statuses counted individually in `ringcast_handshake_failures_total`.
 pub const HTTP_STATUSES: [u16; 12] = [400, 403, 404, 405, 411, 413, 426, 429, 431, 503, 415, 401];
 
@@ -118,6 +118,9 @@ pub struct ShardMetrics {
     pub handshake_timeouts: Counter,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: Counter,
+    /// WebSocket connections whose stream ended without a close handshake (or mid-frame):
+    /// 1006, the client's doing, not a protocol violation.
+    pub abnormal_closures: Counter,
     /// accept(2) failures.
     pub accept_errors: Counter,
     /// accept(2) failures for lack of descriptors or memory, after which accepting paused.
@@ -244,7 +247,7 @@ const REFUSAL_LABELS: [&str; RefusalReason::ALL.len()] = {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let simple: [(&str, &str, &str, Getter); 30] = [
+    let simple: [(&str, &str, &str, Getter); 31] = [
         ("ringcast_connections", "gauge", "Open connections.", |m| {
             m.connections.get()
         }),
@@ -319,6 +322,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             "counter",
             "Connections closed by the idle timeout.",
             |m| m.idle_timeouts.get(),
+        ),
+        (
+            "ringcast_abnormal_closures_total",
+            "counter",
+            "WebSocket connections whose stream ended without a close handshake (close code 1006: the client went away or the network cut it).",
+            |m| m.abnormal_closures.get(),
         ),
         (
             "ringcast_accept_errors_total",

@@ -872,7 +872,7 @@ impl ShardState {
             Phase::Ws { ws, .. } => {
                 if let Err(e) = ws.eof() {
                     tracing::debug!(shard = id, slot = token.slot, error = %e, io_error = ?error, "abnormal closure");
-                    self.metrics.protocol_error(close_code::ABNORMAL);
+                    self.metrics.abnormal_closures.inc();
                 }
             }
             Phase::Http { .. } | Phase::Done => {}
