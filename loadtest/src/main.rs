@@ -37,11 +37,11 @@ fn main() -> ExitCode {
         }),
         Command::Idle(a) => idle_storm::idle(a).map(|r| {
             println!(
-                "idle: {} connections held {:.1}s  server rss before {:?} KiB after {:?} KiB  per connection {} bytes  server cpu {}{}",
+                "idle: {} connections held {:.1}s  server rss before {} KiB after {} KiB  per connection {} bytes  server cpu {}{}",
                 r.connections,
                 r.hold_s,
-                r.server_rss_kib.before,
-                r.server_rss_kib.after,
+                r.server_rss_kib.before.map_or("n/a".into(), |v| v.to_string()),
+                r.server_rss_kib.after.map_or("n/a".into(), |v| v.to_string()),
                 r.rss_per_connection_bytes.map_or("n/a".into(), |v| format!("{v:.0}")),
                 r.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%")),
                 minted(r.token.as_ref()),
