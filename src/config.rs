@@ -186,6 +186,11 @@ pub struct Config {
     /// `RINGCAST_DRAIN_GRACE`, `drain_grace`). Default 5s; 0 (none) ..=10m. The drain
     /// timeout counts from its end.
     pub drain_grace: Duration,
+    /// A separate address for `/metrics`, `/health`, the backend API and HTTP
+    /// publish, off the public port and outside the per-IP limits (`--admin-listen`,
+    /// `RINGCAST_ADMIN_LISTEN`, `admin_listen`). Default: none (everything on `listen`). When
+    /// set, the public port no longer serves `/metrics` and `/api/...`.
+    pub admin_listen: Option<SocketAddr>,
     /// Origins whose browsers may open WebSockets: exact origins such as
     /// `https://app.example.com`, or `*` for any (`--allowed-origins`,
     /// comma-separated; `RINGCAST_ALLOWED_ORIGINS`; `allowed_origins`, a
@@ -409,7 +414,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 48] = [
+pub const KEYS: [&str; 49] = [
     "listen",
     "shards",
     "io",
@@ -431,6 +436,7 @@ pub const KEYS: [&str; 48] = [
     "log_format",
     "drain_timeout",
     "drain_grace",
+    "admin_listen",
     "allowed_origins",
     "max_connections_per_ip",
     "connect_rate_per_ip",
@@ -529,6 +535,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             drain_timeout: Duration::from_secs(10),
             drain_grace: Duration::from_secs(5),
+            admin_listen: None,
             allowed_origins: vec!["*".to_owned()],
             max_connections_per_ip: 0,
             connect_rate_per_ip: 0,
@@ -859,6 +866,10 @@ struct Cli {
     /// After SIGTERM, keep serving connected clients this long with /health at 503 and new upgrades refused, then drain (0 = drain at once). [default: 5s] [env: RINGCAST_DRAIN_GRACE] [toml: drain_grace]
     #[arg(long, value_name = "DURATION")]
     drain_grace: Option<String>,
+
+    /// Serve /metrics, /health, the backend API and HTTP publish on this separate IP:port (not subject to per-IP limits); the public port then no longer serves /metrics and /api. [default: none] [env: RINGCAST_ADMIN_LISTEN] [toml: admin_listen]
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 
     /// Browser origins allowed to upgrade (others get 403): comma-separated exact origins such as https://app.example.com, or *. [default: *] [env: RINGCAST_ALLOWED_ORIGINS] [toml: allowed_origins]
     #[arg(long, value_name = "ORIGINS")]
@@ -1224,6 +1235,14 @@ fn list_items<'a>(raw: &'a Raw, expected: &str) -> Result<Vec<&'a str>, String> 
     }
 }
 
+/// One `IP:port` address.
+fn raw_admin_listen(raw: &Raw) -> Result<SocketAddr, String> {
+    match raw_listen(raw)?.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(format!("expected one address; {LISTEN_EXPECTED}")),
+    }
+}
+
 fn raw_listen(raw: &Raw) -> Result<Vec<SocketAddr>, String> {
     let items = list_items(raw, LISTEN_EXPECTED)?;
     let mut out = Vec::with_capacity(items.len());
@@ -1263,7 +1282,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 44] = [
+    let strings: [(&'static str, &Option<String>); 45] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -1283,6 +1302,7 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("log_format", &cli.log_format),
         ("drain_timeout", &cli.drain_timeout),
         ("drain_grace", &cli.drain_grace),
+        ("admin_listen", &cli.admin_listen),
         ("allowed_origins", &cli.allowed_origins),
         ("max_connections_per_ip", &cli.max_connections_per_ip),
         ("connect_rate_per_ip", &cli.connect_rate_per_ip),
@@ -1378,6 +1398,7 @@ struct FileLayer {
     log_format: Option<toml::Value>,
     drain_timeout: Option<toml::Value>,
     drain_grace: Option<toml::Value>,
+    admin_listen: Option<toml::Value>,
     allowed_origins: Option<toml::Value>,
     max_connections_per_ip: Option<toml::Value>,
     connect_rate_per_ip: Option<toml::Value>,
@@ -1436,6 +1457,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         log_format,
         drain_timeout,
         drain_grace,
+        admin_listen,
         allowed_origins,
         max_connections_per_ip,
         connect_rate_per_ip,
@@ -1487,6 +1509,7 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("log_format", log_format),
         ("drain_timeout", drain_timeout),
         ("drain_grace", drain_grace),
+        ("admin_listen", admin_listen),
         ("allowed_origins", allowed_origins),
         ("max_connections_per_ip", max_connections_per_ip),
         ("connect_rate_per_ip", connect_rate_per_ip),
@@ -1616,7 +1639,7 @@ fn parse_namespaces(table: toml::Table, path: &Path) -> Result<Vec<NamespaceConf
 /// What a key's value should look like, for messages about wrong TOML types.
 fn expected_for(key: &str) -> String {
     match key {
-        "listen" => LISTEN_EXPECTED.to_owned(),
+        "listen" | "admin_listen" => LISTEN_EXPECTED.to_owned(),
         "io" => format!("expected a string: {}", choice_list(IoBackend::CHOICES)),
         "slow_consumer" => format!(
             "expected a string: {}",
@@ -1810,6 +1833,7 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
         drain_grace: m
             .take("drain_grace", raw_duration)?
             .unwrap_or(d.drain_grace),
+        admin_listen: m.take("admin_listen", raw_admin_listen)?,
         allowed_origins: m
             .take("allowed_origins", raw_origins)?
             .unwrap_or(d.allowed_origins),
@@ -2068,6 +2092,16 @@ impl Config {
                 "listen",
                 shown_listen(),
                 "needs at least one address".to_owned(),
+            ));
+        }
+        if let Some(admin) = self.admin_listen
+            && admin.port() != 0
+            && self.listen.contains(&admin)
+        {
+            return Err(invalid(
+                "admin_listen",
+                admin.to_string(),
+                "must differ from every listen address".to_owned(),
             ));
         }
         for (i, a) in self.listen.iter().enumerate() {

@@ -84,8 +84,11 @@ fn main() -> ExitCode {
         );
     }
     let addrs: Vec<String> = server.addrs.iter().map(ToString::to_string).collect();
+    let admin = server
+        .admin
+        .map_or_else(String::new, |a| format!(", admin on {a}"));
     println!(
-        "ringcast listening on {} (shards: {}, io: {})",
+        "ringcast listening on {} (shards: {}, io: {}{admin})",
         addrs.join(", "),
         cfg.shards.max(1),
         server.backend.name()

@@ -185,6 +185,8 @@ pub fn bind(
 pub struct Server {
     /// The addresses actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener's address, when one is configured.
+    pub admin: Option<SocketAddr>,
     /// The backend in use.
     pub backend: Backend,
     /// State every shard shares (stop flag, metrics).
@@ -202,7 +204,19 @@ impl Server {
             crate::auth::Verifier::new(&auth).map_err(|e| StartError::Access(e.to_string()))?;
         let namespaces = Arc::new(cfg.namespace_table().map_err(StartError::Access)?);
         let shards = cfg.shards.max(1);
-        let (listeners, addrs) = bind(&cfg.listen, shards)?;
+        let (mut listeners, addrs) = bind(&cfg.listen, shards)?;
+        // The admin listener: one more listener per shard (the shards share its port like
+        // the public ones); a shard tells its connections apart by their local address.
+        let admin = match cfg.admin_listen {
+            Some(addr) => {
+                let (admin_fds, bound) = bind(&[addr], shards)?;
+                for (shard, fds) in listeners.iter_mut().zip(admin_fds) {
+                    shard.extend(fds);
+                }
+                bound.first().copied()
+            }
+            None => None,
+        };
         let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
@@ -232,6 +246,7 @@ impl Server {
             mux_error_budget: cfg.mux_error_budget,
             drain_timeout: cfg.drain_timeout,
             drain_grace: cfg.drain_grace,
+            admin,
             admission: AdmissionSettings {
                 allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))
                     .then(|| cfg.allowed_origins.clone()),
@@ -313,6 +328,7 @@ impl Server {
         }
         Ok(Server {
             addrs,
+            admin,
             backend,
             shared,
             threads,

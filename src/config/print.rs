@@ -97,6 +97,7 @@ fn value_of(c: &Config, key: &str) -> Option<String> {
         "log_format" => q(&c.log_format.to_string()),
         "drain_timeout" => dur(c.drain_timeout),
         "drain_grace" => dur(c.drain_grace),
+        "admin_listen" => return opt(&c.admin_listen),
         "allowed_origins" => list(&c.allowed_origins),
         "max_connections_per_ip" => c.max_connections_per_ip.to_string(),
         "connect_rate_per_ip" => c.connect_rate_per_ip.to_string(),

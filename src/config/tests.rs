@@ -206,6 +206,7 @@ fn every_key_from_env() {
         ("log_format", "json"),
         ("drain_timeout", "1s"),
         ("drain_grace", "2s"),
+        ("admin_listen", "127.0.0.1:9090"),
         ("allowed_origins", "*"),
         ("max_connections_per_ip", "100"),
         ("connect_rate_per_ip", "50"),
@@ -545,7 +546,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 48] = [
+    let cases: [(&str, &str); 49] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -567,6 +568,7 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("log_format", "xml"),
         ("drain_timeout", "soon"),
         ("drain_grace", "a bit"),
+        ("admin_listen", "localhost:9090"),
         ("allowed_origins", "example.com"),
         ("max_connections_per_ip", "1e3"),
         ("connect_rate_per_ip", "10/s"),

@@ -111,6 +111,8 @@ pub struct Conn {
     pub releasing: bool,
     /// Reading is paused: the queue is past [`Conn::backlogged`] (backpressure).
     pub paused: bool,
+    /// Accepted on the admin listener (`--admin-listen`): only the admin routes.
+    pub admin: bool,
     /// Tick of the last received byte.
     pub last_rx: u32,
     /// Tick of the last ping sent.
@@ -148,6 +150,7 @@ impl Conn {
             close_after_flush: false,
             releasing: false,
             paused: false,
+            admin: false,
             last_rx: tick,
             last_ping: tick,
             deadline: 0,

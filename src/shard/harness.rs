@@ -193,6 +193,7 @@ fn settings() -> Settings {
         mux_error_budget: 20,
         drain_timeout: Duration::from_secs(10),
         drain_grace: Duration::ZERO,
+        admin: None,
         admission: super::admission::AdmissionSettings::default(),
         http_idle_timeout: Some(Duration::from_secs(30)),
         http_max_requests_per_connection: 0,

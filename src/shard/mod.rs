@@ -104,6 +104,9 @@ pub struct Settings {
     /// How long to keep serving after the drain signal before closing clients
     /// (`--drain-grace`; `/health` answers 503 and new upgrades are refused meanwhile).
     pub drain_grace: Duration,
+    /// The admin listener's bound address (`--admin-listen`): connections accepted on it
+    /// are admin connections (see `shard::http::admin_allows`).
+    pub admin: Option<std::net::SocketAddr>,
     /// Origins, per-IP limits.
     pub admission: admission::AdmissionSettings,
     /// How long a keep-alive HTTP connection may wait for its next request, from its last
@@ -419,12 +422,26 @@ impl ShardState {
         // TCP_NODELAY comes from the listener (`server::listener`): Linux copies it to
         // accepted sockets, so there is no setsockopt per connection.
         let stream = std::net::TcpStream::from(fd);
+        // An admin connection (accepted on --admin-listen) is outside the per-IP limits:
+        // one getsockname per accept, only when an admin listener is configured.
+        let admin = self
+            .settings
+            .admin
+            .is_some_and(|a| stream.local_addr().is_ok_and(|l| l == a));
         // Refused per IP: answered and closed here, holding no slot and no global count.
-        let Some(peer) = self.admit_peer(&stream) else {
-            self.metrics.accepted.inc();
-            return;
+        let peer = if admin {
+            None
+        } else {
+            let Some(peer) = self.admit_peer(&stream) else {
+                self.metrics.accepted.inc();
+                return;
+            };
+            peer
         };
         let token = self.conns.insert(self.tick);
+        if admin && let Some(c) = self.conns.get_mut(token) {
+            c.admin = true;
+        }
         self.count_peer(token, peer);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections.add(1);
@@ -463,6 +480,8 @@ impl ShardState {
             head.query,
             self.settings.max_topics_per_connection,
         );
+        let admin = self.conns.get_mut(token).is_some_and(|c| c.admin);
+        let routed = http::split_admin(routed, admin, self.settings.admin.is_some());
         if self.refuse_early(token, head, &routed) {
             return None;
         }

@@ -76,3 +76,66 @@ both!(an_unknown_ringcast_variable_is_warned_about, |io| {
         "{log}"
     );
 });
+
+/// The admin address from the start-up line (`..., admin on 127.0.0.1:P)`).
+fn admin_addr(srv: &Server) -> std::net::SocketAddr {
+    srv.banner
+        .split("admin on ")
+        .nth(1)
+        .and_then(|r| r.trim().trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {:?}", srv.banner))
+}
+
+fn get_at(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+both!(
+    the_admin_listener_serves_operations_outside_the_per_ip_limits,
+    |io| {
+        let srv = Server::start(
+            io,
+            &[
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--max-connections-per-ip",
+                "1",
+            ],
+        );
+        let admin = admin_addr(&srv);
+        // A client holds its IP's only slot on the public port.
+        let _held = srv.ws("/ws/news");
+        assert!(
+            get_at(srv.addr, "/health").starts_with("HTTP/1.1 429"),
+            "public port over the quota"
+        );
+        // The admin listener answers anyway.
+        let m = get_at(admin, "/metrics");
+        assert!(
+            m.starts_with("HTTP/1.1 200") && m.contains("ringcast_connections"),
+            "{m}"
+        );
+        assert!(get_at(admin, "/health").starts_with("HTTP/1.1 200"));
+        let topics = get_at(admin, "/api/topics");
+        assert!(
+            topics.starts_with("HTTP/1.1 200") && topics.contains("\"news\""),
+            "{topics}"
+        );
+        // No WebSocket and no demo page on the admin listener; no metrics and API on the public port.
+        assert!(get_at(admin, "/").starts_with("HTTP/1.1 404"));
+        assert!(crate::util::Client::connect(admin, "/ws/news").is_err());
+        drop(_held);
+        assert!(srv.wait_for(Duration::from_secs(2), |_| {
+            get_at(srv.addr, "/metrics").starts_with("HTTP/1.1 404")
+        }));
+        assert!(get_at(srv.addr, "/api/topics").starts_with("HTTP/1.1 404"));
+        assert!(get_at(srv.addr, "/health").starts_with("HTTP/1.1 200"));
+    }
+);

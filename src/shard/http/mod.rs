@@ -44,6 +44,7 @@ pub use publish::PendingBody;
 
 use bytes::Bytes;
 
+use crate::http::Routed;
 use crate::io::Token;
 use crate::proto::handshake::{self, Head, HeadScan};
 
@@ -117,6 +118,38 @@ impl Flow {
     fn keeps_after(&self, status: u16) -> bool {
         self.wants && self.in_sync && (status < 400 || status == 404 || status == 405)
     }
+}
+
+/// Which routes a connection may use when an admin listener is configured: on the admin
+/// listener `/metrics`, `/health`, the backend API and HTTP publish (no upgrades,
+/// no demo page); on the public port everything but `/metrics` and `/api/...`. Without an
+/// admin listener nothing changes.
+pub(in crate::shard) fn split_admin(routed: Routed, admin: bool, configured: bool) -> Routed {
+    if !configured {
+        return routed;
+    }
+    let admin_route = matches!(
+        routed,
+        Routed::Health
+            | Routed::Metrics
+            | Routed::Api(_)
+            | Routed::Publish(_)
+            | Routed::PublishBatch
+            | Routed::NotAllowed { .. }
+            | Routed::Respond { .. }
+    );
+    let admin_only = matches!(routed, Routed::Metrics | Routed::Api(_));
+    if (admin && !admin_route) || (!admin && admin_only) {
+        return Routed::Respond {
+            status: 404,
+            body: if admin {
+                "not found on the admin listener (it serves /metrics, /health, /api/... and /publish)\n"
+            } else {
+                "not found (served on the admin listener)\n"
+            },
+        };
+    }
+    routed
 }
 
 /// What a backend's credential allows, as [`ShardState::authorize_backend`] found it.
