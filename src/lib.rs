@@ -13,12 +13,14 @@
 //!   `ringcast-io` (`crates/io`), re-exported here as `io`, with [`alloc`].
 //! - [`shard`]: the per-core event loop: connection table, phases, timers, flush, drain,
 //!   admission.
-//! - [`pubsub`]: the one way to subscribe and publish: topic ids, batches and delivery
-//!   formats, fan-out and the slow-consumer decision, interest, mux mode's JSON codec.
+//! - [`pubsub`]: the one way to subscribe and publish: topic ids, namespaces and the access
+//!   rules, batches and delivery formats, fan-out and the slow-consumer decision, interest,
+//!   mux mode's JSON codec, the history store.
 //! - [`auth`]: pure JWT and API-key verification into rights; key sets swapped in atomically.
-//! - [`bus`]: typed messages between shards (batches, interest), bounded lock-free inboxes
-//!   and their wake-ups, from any thread.
-//! - [`http`]: what the plain HTTP requests on the WebSocket port get.
+//! - [`bus`]: typed messages between shards (batches, interest, the backend API's queries),
+//!   bounded lock-free inboxes and their wake-ups, from any thread.
+//! - [`http`]: what the plain HTTP requests on the WebSocket port get: routes, the batch
+//!   body parser, the presented credential, textual content types.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
 //! - [`alloc`]: tuning of the global allocator (mimalloc), in `ringcast-io`.

@@ -6,7 +6,7 @@
 //! and a topic naming a namespace that is not configured is refused as `bad_topic`.
 //!
 //! Options are resolved when a shard interns a topic ([`crate::pubsub::topic::Topics`]) and
-//! kept in its [`TopicOptions`], so delivery never looks a namespace up; a command that names
+//! kept in its [`TopicOptions`](super::TopicOptions), so delivery never looks a namespace up; a command that names
 //! a topic (mux publish, HTTP publish, a subscribe) pays one hash lookup of the namespace
 //! part of the name, once per command.
 //!
