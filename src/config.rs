@@ -182,7 +182,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// After SIGTERM/SIGINT, how long to keep serving the connected clients while `/health`
     /// answers 503 and new upgrades are refused, before closing them (so that a load
-    /// balancer polling `/health` stops sending new clients first) (`--drain-grace`,
+    /// balancer polling `/ready` stops sending new clients first) (`--drain-grace`,
     /// `RINGCAST_DRAIN_GRACE`, `drain_grace`). Default 5s; 0 (none) ..=10m. The drain
     /// timeout counts from its end.
     pub drain_grace: Duration,
@@ -863,11 +863,11 @@ struct Cli {
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<String>,
 
-    /// After SIGTERM, keep serving connected clients this long with /health at 503 and new upgrades refused, then drain (0 = drain at once). [default: 5s] [env: RINGCAST_DRAIN_GRACE] [toml: drain_grace]
+    /// After SIGTERM, keep serving connected clients this long with /ready at 503 and new upgrades refused, then drain (0 = drain at once). [default: 5s] [env: RINGCAST_DRAIN_GRACE] [toml: drain_grace]
     #[arg(long, value_name = "DURATION")]
     drain_grace: Option<String>,
 
-    /// Serve /metrics, /health, the backend API and HTTP publish on this separate IP:port (not subject to per-IP limits); the public port then no longer serves /metrics and /api. [default: none] [env: RINGCAST_ADMIN_LISTEN] [toml: admin_listen]
+    /// Serve /metrics, /health, /ready, the backend API and HTTP publish on this separate IP:port (not subject to per-IP limits); the public port then no longer serves /metrics and /api. [default: none] [env: RINGCAST_ADMIN_LISTEN] [toml: admin_listen]
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
 

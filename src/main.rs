@@ -1,7 +1,7 @@
 //! The `ringcast` binary: configuration, logging, limits, then the shards until a signal.
 //!
 //! Signals: the first SIGTERM or SIGINT starts a graceful drain (clients get close 1001
-//! after what is queued for them; `/health` answers 503) and the process exits 0 once every
+//! after what is queued for them; `/ready` answers 503) and the process exits 0 once every
 //! shard has drained, or at `--drain-timeout`. A second signal exits at once with
 //! 128 + the signal number.
 #![forbid(unsafe_code)]
@@ -107,13 +107,13 @@ fn main() -> ExitCode {
         }
         std::thread::sleep(poll);
     };
-    // The grace period serves clients (with /health at 503) before the drain starts.
+    // The grace period serves clients (with /ready at 503) before the drain starts.
     let deadline = Instant::now() + cfg.drain_grace + cfg.drain_timeout;
     tracing::info!(
         signal = first,
         drain_timeout = ?cfg.drain_timeout,
         drain_grace = ?cfg.drain_grace,
-        "draining: /health answers 503, then every client is closed with 1001 after the grace period (send the signal again to exit at once)"
+        "draining: /ready answers 503, then every client is closed with 1001 after the grace period (send the signal again to exit at once)"
     );
     server.drain();
     while !server.finished() {

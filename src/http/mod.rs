@@ -13,7 +13,8 @@
 //! | `GET /echo` | echo upgrade |
 //! | `POST /publish/{topic}` | HTTP publish (body = payload) |
 //! | `POST /publish` | batch publish (body = JSON array or NDJSON of items, see [`batch`]) |
-//! | `GET /health`, `HEAD /health` | 200, or 503 while draining |
+//! | `GET /health`, `HEAD /health` | liveness: 200 while the process serves, draining included |
+//! | `GET /ready`, `HEAD /ready` | readiness: 200, or 503 while draining |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | the demo page |
 
@@ -65,8 +66,10 @@ pub enum Routed {
         /// Body, a short human-readable line.
         body: &'static str,
     },
-    /// `/health`: 200 while serving.
+    /// `/health`: liveness, 200 while the process serves (also while draining).
     Health,
+    /// `/ready`: readiness, 200 while serving, 503 while draining.
+    Ready,
     /// `/metrics`: Prometheus text format.
     Metrics,
     /// `POST /publish/{topic}`: the body is published to the (validated) topic.
@@ -111,6 +114,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
     let is_get = method == "GET";
     match path {
         "/health" if is_get || method == "HEAD" => Routed::Health,
+        "/ready" if is_get || method == "HEAD" => Routed::Ready,
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
         "/" | "/index.html" if is_get => Routed::Demo,
@@ -132,7 +136,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/api/disconnect" => Routed::NotAllowed { allow: "POST" },
         #[cfg(test)]
         "/__test/deferred" => Routed::TestDeferred,
-        "/health" => Routed::NotAllowed { allow: "GET, HEAD" },
+        "/health" | "/ready" => Routed::NotAllowed { allow: "GET, HEAD" },
         "/echo" | "/metrics" | "/" | "/index.html" | "/ws" | "/favicon.ico" => {
             Routed::NotAllowed { allow: "GET" }
         }
@@ -270,6 +274,7 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("GET", "/health", None, 256), Routed::Health);
+        assert_eq!(route("HEAD", "/ready", None, 256), Routed::Ready);
         assert_eq!(
             route("GET", "/echo", None, 256),
             Routed::Upgrade(Endpoint::Echo)

@@ -1,14 +1,14 @@
 //! Graceful shutdown in a shard.
 //!
-//! `main` sets [`DrainShared::draining`] on the first SIGTERM/SIGINT. From then on `/health`
+//! `main` sets [`DrainShared::draining`] on the first SIGTERM/SIGINT. From then on `/ready`
 //! answers 503 and new upgrades and HTTP publishes get 503 (counted as
 //! `ringcast_refused_total{reason="draining"}`). For `--drain-grace` (default 5 s) each shard
 //! keeps serving its connected clients as before, so that a load balancer polling
-//! `/health` takes the server out of rotation before any client is closed; then each shard:
+//! `/ready` takes the server out of rotation before any client is closed; then each shard:
 //!
 //! 1. sends close 1001 `server shutting down` to every open WebSocket, queued behind what
 //!    is already queued for it, so queued messages are flushed first;
-//! 2. keeps serving: `/health` now answers 503, new upgrades and HTTP publishes get 503
+//! 2. keeps serving: `/ready` answers 503 (`/health`, liveness, stays 200), new upgrades and HTTP publishes get 503
 //!    (counted as `ringcast_refused_total{reason="draining"}`), `/metrics` still works;
 //! 3. waits for the clients' close replies; once no WebSocket and no unsent data is left it
 //!    counts itself drained, and it returns from its loop when every shard has drained (so
@@ -66,7 +66,7 @@ impl ShardState {
                 if !grace.is_zero() {
                     tracing::info!(
                         grace = ?grace,
-                        "drain signal: /health answers 503 and new upgrades are refused; clients are closed when the grace period ends"
+                        "drain signal: /ready answers 503 and new upgrades are refused; clients are closed when the grace period ends"
                     );
                 }
                 tick.saturating_add(ticks(grace))

@@ -102,7 +102,7 @@ pub struct Settings {
     /// Longest graceful shutdown.
     pub drain_timeout: Duration,
     /// How long to keep serving after the drain signal before closing clients
-    /// (`--drain-grace`; `/health` answers 503 and new upgrades are refused meanwhile).
+    /// (`--drain-grace`; `/ready` answers 503 and new upgrades are refused meanwhile).
     pub drain_grace: Duration,
     /// The admin listener's bound address (`--admin-listen`): connections accepted on it
     /// are admin connections (see `shard::http::admin_allows`).
@@ -487,6 +487,7 @@ impl ShardState {
         }
         match routed {
             Routed::Health => self.health(token),
+            Routed::Ready => self.ready(token),
             Routed::Demo => self.demo(token),
             Routed::Favicon => {
                 self.respond_with(token, 200, "image/x-icon", crate::http::FAVICON);

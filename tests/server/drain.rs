@@ -1,4 +1,4 @@
-//! Graceful shutdown: SIGTERM/SIGINT → `/health` 503, new upgrades 503, every client gets
+//! Graceful shutdown: SIGTERM/SIGINT → `/ready` 503 (`/health`, liveness, stays 200), new upgrades 503, every client gets
 //! what was queued for it and then close 1001, and the process exits 0 within
 //! `--drain-timeout`; a second signal exits at once.
 
@@ -38,7 +38,7 @@ both!(queued_messages_are_flushed_then_1001_then_exit_0, |io| {
     srv.signal("TERM");
     // Draining: health says so, new upgrades are refused.
     assert!(srv.wait_for(Duration::from_secs(2), |s| {
-        s.get("/health").starts_with("HTTP/1.1 503")
+        s.get("/ready").starts_with("HTTP/1.1 503")
     }));
     let err = srv
         .ws_with("/ws/x", &[])
@@ -101,7 +101,7 @@ both!(second_signal_exits_at_once, |io| {
     assert_eq!(next_json(&mut c)["type"], "pong");
     srv.signal("TERM");
     assert!(srv.wait_for(Duration::from_secs(2), |s| {
-        s.get("/health").starts_with("HTTP/1.1 503")
+        s.get("/ready").starts_with("HTTP/1.1 503")
     }));
     let t0 = Instant::now();
     srv.signal("TERM");
@@ -112,7 +112,7 @@ both!(second_signal_exits_at_once, |io| {
     assert!(t0.elapsed() < Duration::from_secs(1));
 });
 
-both!(drain_grace_keeps_serving_with_health_at_503, |io| {
+both!(drain_grace_keeps_serving_with_ready_at_503, |io| {
     let mut srv = Server::start(io, &["--drain-grace", "2s", "--drain-timeout", "3s"]);
     let mut sub = srv.ws("/ws/live");
     let mut publisher = srv.ws("/ws/live");
@@ -120,9 +120,10 @@ both!(drain_grace_keeps_serving_with_health_at_503, |io| {
     let t0 = Instant::now();
     srv.signal("TERM");
     assert!(srv.wait_for(Duration::from_secs(1), |s| {
-        s.get("/health").starts_with("HTTP/1.1 503")
+        s.get("/ready").starts_with("HTTP/1.1 503")
     }));
-    // New clients are refused, connected ones are still served.
+    // Liveness stays up; new clients are refused, connected ones are still served.
+    assert!(srv.get("/health").starts_with("HTTP/1.1 200"));
     assert!(
         srv.ws_with("/ws/live", &[]).is_err(),
         "upgrade refused while draining"

@@ -123,6 +123,7 @@ both!(
             "{m}"
         );
         assert!(get_at(admin, "/health").starts_with("HTTP/1.1 200"));
+        assert!(get_at(admin, "/ready").starts_with("HTTP/1.1 200"));
         let topics = get_at(admin, "/api/topics");
         assert!(
             topics.starts_with("HTTP/1.1 200") && topics.contains("\"news\""),

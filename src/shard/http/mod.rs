@@ -131,6 +131,7 @@ pub(in crate::shard) fn split_admin(routed: Routed, admin: bool, configured: boo
     let admin_route = matches!(
         routed,
         Routed::Health
+            | Routed::Ready
             | Routed::Metrics
             | Routed::Api(_)
             | Routed::Publish(_)
@@ -652,12 +653,19 @@ impl ShardState {
         c.push_exempt(Bytes::from(out), &mut self.outbox.dirty);
     }
 
-    /// `/health`: 200 while serving, 503 while draining.
+    /// `/health`: liveness. 200 while the process serves, draining included (a liveness
+    /// probe must not restart a server that is shutting down cleanly).
     pub(super) fn health(&mut self, token: Token) {
+        self.respond_with(token, 200, "text/plain; charset=utf-8", b"ok\n");
+    }
+
+    /// `/ready`: readiness. 200 while serving; 503 while draining, so that a load balancer
+    /// stops sending new clients (during `--drain-grace` the connected ones are still served).
+    pub(super) fn ready(&mut self, token: Token) {
         if self.shared.drain.is_draining() {
             self.respond_with(token, 503, "text/plain; charset=utf-8", b"draining\n");
         } else {
-            self.respond_with(token, 200, "text/plain; charset=utf-8", b"ok\n");
+            self.respond_with(token, 200, "text/plain; charset=utf-8", b"ready\n");
         }
     }
 
