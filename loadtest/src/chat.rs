@@ -115,6 +115,7 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
             leftover: e.leftover,
             slow: None,
             probe: false,
+            envelopes: false,
         });
         if let Err(err) = r {
             dispatch_err.get_or_insert(err);

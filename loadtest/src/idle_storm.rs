@@ -120,6 +120,7 @@ fn open(
             leftover: e.leftover,
             slow: None,
             probe: false,
+            envelopes: false,
         }) {
             err.get_or_insert(x);
         }

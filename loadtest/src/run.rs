@@ -145,6 +145,8 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     let quiet = args.quiet;
     let mut healthy_on_topic = vec![0u64; topics];
     let mut dispatch_err: Option<String> = None;
+    // ringcast's mux mode (`/ws?subscribe=...`) wraps each message in an envelope.
+    let envelopes = mux_path(&args.sub_url);
     let mut on_sub = |e: Established| {
         let topic = e.idx % topics;
         let slow_mode = slow[e.idx].then_some(args.slow_mode);
@@ -158,6 +160,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             leftover: e.leftover,
             slow: slow_mode,
             probe: probe[e.idx],
+            envelopes,
         });
         if let Err(err) = r {
             dispatch_err.get_or_insert(err);
@@ -406,5 +409,24 @@ mod tests {
         assert!(!(0..n).any(|i| is_slow(i, 0.0)));
         // Evenly spread: never two in a row at 10%.
         assert!(!(1..n).any(|i| is_slow(i, 0.1) && is_slow(i - 1, 0.1)));
+    }
+}
+
+/// Whether a subscriber URL is ringcast's mux mode (`/ws` with a query, or `/ws` alone),
+/// whose messages arrive in envelopes.
+fn mux_path(url: &str) -> bool {
+    let path = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = path.find('/').map_or("", |i| &path[i..]);
+    path == "/ws" || path.starts_with("/ws?")
+}
+
+#[cfg(test)]
+mod envelope_tests {
+    #[test]
+    fn mux_urls_are_recognised() {
+        assert!(super::mux_path("ws://127.0.0.1:8080/ws?subscribe={topic}"));
+        assert!(super::mux_path("ws://h/ws"));
+        assert!(!super::mux_path("ws://h/ws/{topic}"));
+        assert!(!super::mux_path("ws://h/wsx?subscribe=a"));
     }
 }

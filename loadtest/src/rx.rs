@@ -86,6 +86,41 @@ pub struct RxConn {
     pub messages: u64,
     /// Per-publisher sequence checks.
     pub checker: Checker,
+    /// ringcast's mux-mode envelopes are unwrapped before the stamp is read (a subscriber
+    /// on `/ws?subscribe=...`): `None` for bare payloads (the common, faster case).
+    envelope: Option<Box<EnvelopeBuf>>,
+}
+
+/// The first bytes of a message in envelope mode: room for the longest envelope prefix
+/// (`{"type":"message","topic":` + a 255-byte topic escaped + `,"data":"`, or a binary
+/// envelope's length byte and topic) and the stamp.
+const ENVELOPE_CAPTURE: usize = 1024;
+
+#[derive(Debug)]
+struct EnvelopeBuf {
+    /// The opcode of the message being captured.
+    text: bool,
+    len: usize,
+    buf: [u8; ENVELOPE_CAPTURE],
+}
+
+/// The payload inside a mux-mode envelope: a text envelope
+/// `{"type":"message","topic":"T","data":"PAYLOAD"...}` (PAYLOAD starts right after
+/// `"data":"`; the generator's stamps are hex, never escaped) or a binary envelope
+/// `[topic length][topic][payload]`. `None` for anything else (acks, errors, pongs).
+pub fn unwrap_envelope(text: bool, msg: &[u8]) -> Option<&[u8]> {
+    if text {
+        const START: &[u8] = b"{\"type\":\"message\",\"topic\":";
+        const DATA: &[u8] = b",\"data\":\"";
+        if !msg.starts_with(START) {
+            return None;
+        }
+        let at = msg.windows(DATA.len()).position(|w| w == DATA)?;
+        msg.get(at + DATA.len()..)
+    } else {
+        let n = usize::from(*msg.first()?);
+        msg.get(1 + n..)
+    }
 }
 
 impl RxConn {
@@ -107,7 +142,18 @@ impl RxConn {
             close_received: None,
             messages: 0,
             checker,
+            envelope: None,
         }
+    }
+
+    /// Unwraps ringcast's mux-mode envelopes (text and binary) before reading stamps.
+    pub fn with_envelopes(mut self) -> Self {
+        self.envelope = Some(Box::new(EnvelopeBuf {
+            text: false,
+            len: 0,
+            buf: [0; ENVELOPE_CAPTURE],
+        }));
+        self
     }
 
     /// The payload of the last unanswered ping, if any (answer with a pong).
@@ -195,6 +241,10 @@ impl RxConn {
                     return Err(RxError::ExpectedContinuation);
                 }
                 self.msg_seen = 0;
+                if let Some(env) = &mut self.envelope {
+                    env.text = h.opcode == OpCode::Text;
+                    env.len = 0;
+                }
                 self.fragmented = !h.fin;
                 Cur::Data { fin: h.fin }
             }
@@ -216,7 +266,11 @@ impl RxConn {
     #[inline]
     fn whole_message(&mut self, payload: &[u8], ctx: &mut CheckCtx<'_>) {
         self.messages += 1;
-        match payload::decode(payload) {
+        let payload = match &self.envelope {
+            None => Some(payload),
+            Some(env) => unwrap_envelope(env.text, payload),
+        };
+        match payload.and_then(payload::decode) {
             Some(st) => self.checker.check(st, ctx),
             None => self.checker.foreign_message(),
         }
@@ -224,6 +278,13 @@ impl RxConn {
 
     fn payload(&mut self, bytes: &[u8]) {
         match self.cur {
+            Cur::Data { .. } if self.envelope.is_some() => {
+                if let Some(env) = &mut self.envelope {
+                    let n = (ENVELOPE_CAPTURE - env.len).min(bytes.len());
+                    env.buf[env.len..env.len + n].copy_from_slice(&bytes[..n]);
+                    env.len += n;
+                }
+            }
             Cur::Data { .. } => {
                 if self.msg_seen < STAMP_LEN {
                     let n = (STAMP_LEN - self.msg_seen).min(bytes.len());
@@ -242,6 +303,19 @@ impl RxConn {
 
     fn end_frame(&mut self, ctx: &mut CheckCtx<'_>) {
         match self.cur {
+            Cur::Data { fin: true } if self.envelope.is_some() => {
+                self.messages += 1;
+                let st = self.envelope.as_ref().and_then(|env| {
+                    unwrap_envelope(env.text, &env.buf[..env.len]).and_then(payload::decode)
+                });
+                match st {
+                    Some(st) => self.checker.check(st, ctx),
+                    None => self.checker.foreign_message(),
+                }
+                if let Some(env) = &mut self.envelope {
+                    env.len = 0;
+                }
+            }
             Cur::Data { fin: true } => {
                 self.messages += 1;
                 match (self.msg_seen == STAMP_LEN)
@@ -372,5 +446,63 @@ mod tests {
             let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true));
             assert!(rx.feed(&c, &mut ctx).is_err(), "{c:?}");
         }
+    }
+
+    /// ringcast's mux-mode envelopes around the same stamps, text and binary, whole and
+    /// fragmented, fed at every chunking: every stamp is found, acks are foreign.
+    #[test]
+    fn mux_envelopes_are_unwrapped_at_every_chunking() {
+        let mut out = BytesMut::new();
+        for seq in 0..10u64 {
+            let m = msg(0, seq, 64);
+            if seq % 2 == 0 {
+                let mut t = br#"{"type":"message","topic":"room.1","data":""#.to_vec();
+                t.extend_from_slice(&m);
+                t.extend_from_slice(b"\"}");
+                encode_frame(&mut out, true, OpCode::Text, None, &t);
+            } else {
+                let mut b = vec![6u8];
+                b.extend_from_slice(b"room.1");
+                b.extend_from_slice(&m);
+                encode_frame(
+                    &mut out,
+                    seq != 9,
+                    OpCode::Binary,
+                    None,
+                    &b[..if seq == 9 { 20 } else { b.len() }],
+                );
+                if seq == 9 {
+                    encode_frame(&mut out, true, OpCode::Continuation, None, &b[20..]);
+                }
+            }
+        }
+        encode_frame(
+            &mut out,
+            true,
+            OpCode::Text,
+            None,
+            br#"{"type":"ack","op":"subscribe"}"#,
+        );
+        for chunk in [1, 2, 5, 17, 64, 4096] {
+            let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes();
+            let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+            let mut ctx = CheckCtx {
+                now_ns: 10,
+                window: (0, u64::MAX),
+                hist: &mut h,
+                acks: &[],
+                acked: false,
+            };
+            for c in out.chunks(chunk) {
+                rx.feed(c, &mut ctx).unwrap();
+            }
+            assert_eq!(rx.messages, 11, "chunk {chunk}");
+            assert_eq!(rx.checker.counts.received, 10, "chunk {chunk}");
+            assert_eq!(rx.checker.counts.missing(), 0);
+            assert_eq!(rx.checker.foreign, 1, "the ack");
+        }
+        assert_eq!(unwrap_envelope(false, &[]), None);
+        assert_eq!(unwrap_envelope(false, &[3, b'a']), None);
+        assert_eq!(unwrap_envelope(true, b"{\"type\":\"pong\"}"), None);
     }
 }

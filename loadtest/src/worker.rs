@@ -95,6 +95,8 @@ pub struct NewSub {
     pub slow: Option<SlowMode>,
     /// Reports acks for its topic's publishers.
     pub probe: bool,
+    /// Its messages come in ringcast's mux-mode envelopes (`/ws?subscribe=...`).
+    pub envelopes: bool,
 }
 
 /// How a connection ended.
@@ -268,7 +270,11 @@ impl Core {
             id: sub.id,
             topic: sub.topic,
             stream: Some(sub.stream),
-            rx: RxConn::new(checker),
+            rx: if sub.envelopes {
+                RxConn::new(checker).with_envelopes()
+            } else {
+                RxConn::new(checker)
+            },
             slow: sub.slow,
             close_sent: false,
             server_first: false,

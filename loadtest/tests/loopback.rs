@@ -499,6 +499,7 @@ fn abrupt_stop_with_receives_in_flight() {
                     leftover: e.leftover,
                     slow: None,
                     probe: false,
+                    envelopes: false,
                 })
                 .unwrap()
             },
