@@ -391,7 +391,14 @@ mod tests {
     }
 
     fn feed_in_chunks(bytes: &[u8], chunk: usize) -> RxConn {
-        let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true));
+        feed_into(
+            RxConn::new(Checker::new(0, 1, 1, false, true)),
+            bytes,
+            chunk,
+        )
+    }
+
+    fn feed_into(mut rx: RxConn, bytes: &[u8], chunk: usize) -> RxConn {
         let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut ctx = CheckCtx {
             now_ns: 10,
@@ -484,18 +491,11 @@ mod tests {
             br#"{"type":"ack","op":"subscribe"}"#,
         );
         for chunk in [1, 2, 5, 17, 64, 4096] {
-            let mut rx = RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes();
-            let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-            let mut ctx = CheckCtx {
-                now_ns: 10,
-                window: (0, u64::MAX),
-                hist: &mut h,
-                acks: &[],
-                acked: false,
-            };
-            for c in out.chunks(chunk) {
-                rx.feed(c, &mut ctx).unwrap();
-            }
+            let rx = feed_into(
+                RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes(),
+                &out,
+                chunk,
+            );
             assert_eq!(rx.messages, 11, "chunk {chunk}");
             assert_eq!(rx.checker.counts.received, 10, "chunk {chunk}");
             assert_eq!(rx.checker.counts.missing(), 0);

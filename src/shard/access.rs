@@ -21,7 +21,7 @@ use crate::proto::handshake;
 use crate::pubsub::mux::{self, ErrorCode, Refusal};
 use crate::pubsub::{CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, Error};
 
-use super::conn::{Conn, Phase};
+use super::conn::Conn;
 use super::session::{self, Session};
 use super::{CLOSE_GRACE, ShardState, frame_once, ticks, ticks_ceil};
 
@@ -304,12 +304,12 @@ impl AuthTimer {
         scratch: &mut BytesMut,
         dirty: &mut Vec<u32>,
     ) {
-        if let Phase::Ws { ws, .. } = &mut c.phase {
-            ws.close(code, reason, scratch);
-        }
-        let out = scratch.split().freeze();
-        c.push_exempt(out, dirty);
-        c.close_after_flush = true;
-        c.deadline = self.now + ticks_ceil(CLOSE_GRACE);
+        c.close_ws(
+            code,
+            reason,
+            scratch,
+            dirty,
+            self.now + ticks_ceil(CLOSE_GRACE),
+        );
     }
 }

@@ -260,19 +260,17 @@ impl ShardState {
         if c.close_after_flush || c.releasing {
             return false;
         }
-        let Phase::Ws { ws, .. } = &mut c.phase else {
+        if !matches!(c.phase, Phase::Ws { .. }) {
             return false;
-        };
-        ws.close(
+        }
+        c.discard_queued();
+        c.close_ws(
             CLOSE_DISCONNECTED,
             "disconnected by the server's API",
             &mut self.scratch,
+            &mut self.outbox.dirty,
+            tick + ticks_ceil(CLOSE_GRACE),
         );
-        let out = self.scratch.split().freeze();
-        c.discard_queued();
-        c.push_exempt(out, &mut self.outbox.dirty);
-        c.close_after_flush = true;
-        c.deadline = tick + ticks_ceil(CLOSE_GRACE);
         self.metrics.access.disconnects.inc();
         true
     }

@@ -232,6 +232,28 @@ impl Conn {
         true
     }
 
+    /// Closes a WebSocket on the server's initiative: the close frame (`code`, `reason`) goes
+    /// out after what is queued (exempt from the limit: it must reach a backlogged peer), then
+    /// the connection is released once flushed, or at tick `deadline` at the latest. The one
+    /// way every server-side close (slow consumer, error budget, token expiry, API
+    /// disconnect) is started.
+    pub fn close_ws(
+        &mut self,
+        code: u16,
+        reason: &str,
+        scratch: &mut bytes::BytesMut,
+        dirty: &mut Vec<u32>,
+        deadline: u32,
+    ) {
+        if let Phase::Ws { ws, .. } = &mut self.phase {
+            ws.close(code, reason, scratch);
+        }
+        let out = scratch.split().freeze();
+        self.push_exempt(out, dirty);
+        self.close_after_flush = true;
+        self.deadline = deadline;
+    }
+
     /// Drops the frames not yet handed to the kernel (used when disconnecting a slow
     /// consumer: its close frame should not wait behind data it will never read).
     pub fn discard_queued(&mut self) {

@@ -861,17 +861,13 @@ impl ShardState {
                     );
                 }
                 c.discard_queued();
-                if let Phase::Ws { ws, .. } = &mut c.phase {
-                    ws.close(
-                        close_code::POLICY,
-                        "too slow: send queue limit reached",
-                        &mut self.scratch,
-                    );
-                }
-                let out = self.scratch.split().freeze();
-                c.push_exempt(out, &mut self.outbox.dirty);
-                c.close_after_flush = true;
-                c.deadline = tick + ticks_ceil(CLOSE_GRACE);
+                c.close_ws(
+                    close_code::POLICY,
+                    "too slow: send queue limit reached",
+                    &mut self.scratch,
+                    &mut self.outbox.dirty,
+                    tick + ticks_ceil(CLOSE_GRACE),
+                );
             }
         }
     }

@@ -246,8 +246,8 @@ impl ShardState {
             return;
         };
         let Phase::Ws {
-            ws,
             route: Route::Mux(mux),
+            ..
         } = &mut c.phase
         else {
             return;
@@ -267,15 +267,13 @@ impl ShardState {
             errors = mux.errors,
             "too many refused mux messages, closing (1008)"
         );
-        ws.close(
+        c.close_ws(
             close_code::POLICY,
             "too many invalid mux messages",
             &mut self.scratch,
+            &mut self.outbox.dirty,
+            now + ticks_ceil(CLOSE_GRACE),
         );
-        let out = self.scratch.split().freeze();
-        c.push_exempt(out, &mut self.outbox.dirty);
-        c.close_after_flush = true;
-        c.deadline = now + ticks_ceil(CLOSE_GRACE);
     }
 }
 

@@ -205,8 +205,9 @@ both!(bearer_jwt_publishes_within_its_rights, |io| {
     assert_eq!(got[2]["data"], "c");
 });
 
-/// A client with a token for `user`, subscribed (simple mode) to `topic`, on shard
-/// `shard` (connections are retried until the server's per-shard counter shows it there).
+/// A client with a token for `user`, subscribed (simple mode) to `topic`. Which shard takes
+/// it is the kernel's choice (`SO_REUSEPORT`): 17 connections land on both shards of a
+/// two-shard server except with probability 2^-16.
 fn user_on(srv: &Server, user: &str, topic: &str) -> Client {
     let t = token(user, 600, json!({"sub": ["*"]}));
     Client::connect_with(
