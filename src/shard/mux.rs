@@ -111,9 +111,16 @@ impl ShardState {
             }
             Command::Ping => Ok(()),
             Command::Auth(jwt) | Command::Refresh(jwt) => {
+                // A verification costs up to tens of microseconds (ES256): every token
+                // message, accepted or not, spends the error budget, so a connection
+                // verifies at most --mux-error-budget + 1 tokens per 10 s.
+                if !self.mux_spend_budget(token, 1) {
+                    return;
+                }
                 let refresh = matches!(req.command, Command::Refresh(_));
                 if let Err(r) = self.mux_token(token, jwt, refresh, req.id.as_ref()) {
-                    self.mux_refuse(token, &r);
+                    // Spent already: answered and counted, not charged twice.
+                    self.mux_error_reply(token, &r);
                     return;
                 }
                 Ok(())
@@ -225,6 +232,16 @@ impl ShardState {
     /// Answers a refused command, counts it, and closes the connection (1008) once it has
     /// used up its error budget.
     fn mux_refuse(&mut self, token: Token, r: &Refusal) {
+        self.mux_error_reply(token, r);
+        // A publish over the rate is the client's pace, not a malformed message: answered,
+        // counted, and bounded by the send queue, but it does not use up the error budget.
+        if r.code != mux::ErrorCode::RateLimited {
+            self.mux_spend_budget(token, 0);
+        }
+    }
+
+    /// Sends the error reply of a refusal and counts it.
+    fn mux_error_reply(&mut self, token: Token, r: &Refusal) {
         self.metrics.mux_error(r.code);
         tracing::debug!(
             shard = self.id,
@@ -234,31 +251,33 @@ impl ShardState {
             "mux message refused"
         );
         self.mux_reply(token, &mux::error(r));
-        // A publish over the rate is the client's pace, not a malformed message: answered,
-        // counted, and bounded by the send queue, but it does not use up the error budget.
-        if r.code == mux::ErrorCode::RateLimited {
-            return;
-        }
+    }
+
+    /// Spends one unit of the connection's error budget (`--mux-error-budget` per
+    /// [`ERROR_WINDOW`], plus `extra`: token messages may use one more, so that a budget of
+    /// 0 still lets a connection authenticate); past it the connection is closed with 1008
+    /// and false returned.
+    fn mux_spend_budget(&mut self, token: Token, extra: u32) -> bool {
         let budget = self.settings.mux_error_budget;
         let window = ticks(ERROR_WINDOW);
         let now = self.tick;
         let Some(c) = self.conns.get_mut(token) else {
-            return;
+            return false;
         };
         let Phase::Ws {
             route: Route::Mux(mux),
             ..
         } = &mut c.phase
         else {
-            return;
+            return false;
         };
         if now.saturating_sub(mux.window_start) >= window {
             mux.window_start = now;
             mux.errors = 0;
         }
         mux.errors += 1;
-        if mux.errors <= budget {
-            return;
+        if mux.errors <= budget.saturating_add(extra) {
+            return true;
         }
         self.metrics.protocol_error(close_code::POLICY);
         tracing::info!(
@@ -274,6 +293,7 @@ impl ShardState {
             &mut self.outbox.dirty,
             now + ticks_ceil(CLOSE_GRACE),
         );
+        false
     }
 }
 

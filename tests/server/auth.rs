@@ -529,3 +529,18 @@ both!(subscribe_query_topics_are_checked_one_by_one, |io| {
     assert_eq!(next_json(&mut c)["data"], "sport");
     assert!(srv.metric("ringcast_access_refusals_total{reason=\"forbidden\"}") >= 1);
 });
+
+both!(token_messages_spend_the_error_budget, |io| {
+    // Each auth/refresh costs a verification: a connection may send at most
+    // --mux-error-budget + 1 of them per 10 s, valid or not.
+    let srv = secured(io, &["--mux-error-budget", "3"]);
+    let mut c = srv.ws("/ws");
+    let t = token("alice", 60, json!({"sub": ["news"]}));
+    for i in 0..4 {
+        cmd(&mut c, json!({"type":"auth","token":t,"id":i}));
+        assert_eq!(next_json(&mut c)["type"], "ack", "auth {i}");
+    }
+    cmd(&mut c, json!({"type":"auth","token":t,"id":4}));
+    assert_eq!(c.expect_close(), Some(1008));
+    assert_eq!(srv.metric("ringcast_tokens_accepted_total"), 4);
+});
