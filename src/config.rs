@@ -309,6 +309,21 @@ pub struct Config {
     /// (`--client-publish-burst`, `RINGCAST_CLIENT_PUBLISH_BURST`, `client_publish_burst`).
     /// Default 20; 1..=1,000,000.
     pub client_publish_burst: u32,
+    /// Publications kept per topic in the default namespace (`--history-size`,
+    /// `RINGCAST_HISTORY_SIZE`, `history_size`). Default 0 (no history); at most 1,000,000.
+    pub history_size: u32,
+    /// A default-namespace topic's history is forgotten this long after its last
+    /// publication (`--history-ttl`, `RINGCAST_HISTORY_TTL`, `history_ttl`). Default 5m;
+    /// 1s..=30d.
+    pub history_ttl: Duration,
+    /// What all topic histories together may weigh, frames plus 64 bytes of bookkeeping
+    /// each (`--history-memory-limit`, `RINGCAST_HISTORY_MEMORY_LIMIT`,
+    /// `history_memory_limit`). Default 256 MiB; 1 MiB..=1 TiB.
+    pub history_memory_limit: usize,
+    /// Most publications one recovery, rewind or `GET /history` returns
+    /// (`--max-recovery-publications`, `RINGCAST_MAX_RECOVERY_PUBLICATIONS`,
+    /// `max_recovery_publications`). Default 1000; 1..=100,000.
+    pub max_recovery_publications: usize,
     /// Named namespaces, from the file's `[namespaces.NAME]` tables (the file only: a table
     /// has no flag form). Topics `NAME:rest` belong to namespace `NAME`.
     pub namespaces: Vec<NamespaceConfig>,
@@ -344,6 +359,10 @@ pub struct NamespaceConfig {
     /// `max_message_size`: the largest message clients may publish here (default and
     /// maximum: the server's `max_message_size`).
     pub max_message_size: Option<usize>,
+    /// `history_size`: publications kept per topic (default: the server's `history_size`).
+    pub history_size: Option<u32>,
+    /// `history_ttl` (default: the server's `history_ttl`).
+    pub history_ttl: Option<Duration>,
 }
 
 /// The I/O backend shards run on.
@@ -414,7 +433,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 49] = [
+pub const KEYS: [&str; 53] = [
     "listen",
     "shards",
     "io",
@@ -464,6 +483,10 @@ pub const KEYS: [&str; 49] = [
     "client_publish",
     "client_publish_rate",
     "client_publish_burst",
+    "history_size",
+    "history_ttl",
+    "history_memory_limit",
+    "max_recovery_publications",
 ];
 
 /// Keys whose values are secrets: never shown in errors or logs.
@@ -563,6 +586,10 @@ impl Default for Config {
             client_publish: true,
             client_publish_rate: 0,
             client_publish_burst: 20,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_memory_limit: 256 << 20,
+            max_recovery_publications: 1000,
             namespaces: Vec::new(),
         }
     }
@@ -977,6 +1004,22 @@ struct Cli {
     /// Publishes one connection may make at once before client-publish-rate applies. [default: 20] [env: RINGCAST_CLIENT_PUBLISH_BURST] [toml: client_publish_burst]
     #[arg(long, value_name = "N")]
     client_publish_burst: Option<String>,
+
+    /// Publications kept per topic in the default namespace, for recovery, rewind and GET /history; 0 = no history. [default: 0] [env: RINGCAST_HISTORY_SIZE] [toml: history_size]
+    #[arg(long, value_name = "N")]
+    history_size: Option<String>,
+
+    /// A topic's history (and epoch) is forgotten this long after its last publication (default namespace). [default: 5m] [env: RINGCAST_HISTORY_TTL] [toml: history_ttl]
+    #[arg(long, value_name = "DURATION")]
+    history_ttl: Option<String>,
+
+    /// What all topic histories together may weigh; past it the oldest publications of the largest histories go first. [default: 256MiB] [env: RINGCAST_HISTORY_MEMORY_LIMIT] [toml: history_memory_limit]
+    #[arg(long, value_name = "SIZE")]
+    history_memory_limit: Option<String>,
+
+    /// Most publications one recovery, rewind or GET /history returns. [default: 1000] [env: RINGCAST_MAX_RECOVERY_PUBLICATIONS] [toml: max_recovery_publications]
+    #[arg(long, value_name = "N")]
+    max_recovery_publications: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -1282,7 +1325,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 45] = [
+    let strings: [(&'static str, &Option<String>); 49] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -1331,6 +1374,10 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("client_publish", &cli.client_publish),
         ("client_publish_rate", &cli.client_publish_rate),
         ("client_publish_burst", &cli.client_publish_burst),
+        ("history_size", &cli.history_size),
+        ("history_ttl", &cli.history_ttl),
+        ("history_memory_limit", &cli.history_memory_limit),
+        ("max_recovery_publications", &cli.max_recovery_publications),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
@@ -1426,6 +1473,10 @@ struct FileLayer {
     client_publish: Option<toml::Value>,
     client_publish_rate: Option<toml::Value>,
     client_publish_burst: Option<toml::Value>,
+    history_size: Option<toml::Value>,
+    history_ttl: Option<toml::Value>,
+    history_memory_limit: Option<toml::Value>,
+    max_recovery_publications: Option<toml::Value>,
     namespaces: Option<toml::Table>,
 }
 
@@ -1485,6 +1536,10 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         client_publish,
         client_publish_rate,
         client_publish_burst,
+        history_size,
+        history_ttl,
+        history_memory_limit,
+        max_recovery_publications,
         namespaces,
     } = file;
     let fields = [
@@ -1540,6 +1595,10 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("client_publish", client_publish),
         ("client_publish_rate", client_publish_rate),
         ("client_publish_burst", client_publish_burst),
+        ("history_size", history_size),
+        ("history_ttl", history_ttl),
+        ("history_memory_limit", history_memory_limit),
+        ("max_recovery_publications", max_recovery_publications),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -1580,6 +1639,18 @@ struct NamespaceFile {
     anonymous: Option<String>,
     client_publish: Option<bool>,
     max_message_size: Option<toml::Value>,
+    history_size: Option<toml::Value>,
+    history_ttl: Option<toml::Value>,
+}
+
+/// A TOML scalar as a raw value (strings, integers; anything else is refused by the
+/// parser it is given to).
+fn toml_raw(v: &toml::Value) -> Raw {
+    match v {
+        toml::Value::String(s) => Raw::Str(s.clone()),
+        toml::Value::Integer(i) => Raw::Int(*i),
+        _ => Raw::Bool(false),
+    }
 }
 
 /// The `[namespaces]` tables of the file, checked: names, option values.
@@ -1601,7 +1672,7 @@ fn parse_namespaces(table: toml::Table, path: &Path) -> Result<Vec<NamespaceConf
                 &name,
                 shown.clone(),
                 format!(
-                    "{}; a namespace takes anonymous = \"none\"|\"subscribe\"|\"publish\", client_publish = true|false, max_message_size = SIZE",
+                    "{}; a namespace takes anonymous = \"none\"|\"subscribe\"|\"publish\", client_publish = true|false, max_message_size = SIZE, history_size = N, history_ttl = DURATION",
                     e.message().trim_end()
                 ),
             )
@@ -1626,11 +1697,28 @@ fn parse_namespaces(table: toml::Table, path: &Path) -> Result<Vec<NamespaceConf
                 Some(usize::try_from(n).unwrap_or(usize::MAX))
             }
         };
+        let history_size = match &file.history_size {
+            None => None,
+            Some(v) => {
+                let n = raw_count(&toml_raw(v))
+                    .map_err(|p| invalid(&name, format!("history_size = {v}"), p))?;
+                Some(u32::try_from(n).unwrap_or(u32::MAX))
+            }
+        };
+        let history_ttl = match &file.history_ttl {
+            None => None,
+            Some(v) => Some(
+                raw_duration(&toml_raw(v))
+                    .map_err(|p| invalid(&name, format!("history_ttl = {v}"), p))?,
+            ),
+        };
         out.push(NamespaceConfig {
             name,
             anonymous,
             client_publish: file.client_publish.unwrap_or(true),
             max_message_size,
+            history_size,
+            history_ttl,
         });
     }
     Ok(out)
@@ -1672,9 +1760,11 @@ fn expected_for(key: &str) -> String {
         | "http_max_requests_per_connection"
         | "max_publish_batch_items"
         | "client_publish_rate"
-        | "client_publish_burst" => COUNT_EXPECTED.to_owned(),
+        | "client_publish_burst"
+        | "history_size"
+        | "max_recovery_publications" => COUNT_EXPECTED.to_owned(),
         "ping_interval" | "idle_timeout" | "handshake_timeout" | "drain_timeout"
-        | "drain_grace" | "write_delay" | "http_idle_timeout" | "jwt_leeway" => {
+        | "drain_grace" | "write_delay" | "http_idle_timeout" | "jwt_leeway" | "history_ttl" => {
             DURATION_EXPECTED.to_owned()
         }
         "allowed_origins" => ORIGINS_EXPECTED.to_owned(),
@@ -1891,6 +1981,16 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
             .unwrap_or(d.client_publish),
         client_publish_rate: m.int("client_publish_rate", raw_count, d.client_publish_rate)?,
         client_publish_burst: m.int("client_publish_burst", raw_count, d.client_publish_burst)?,
+        history_size: m.int("history_size", raw_count, d.history_size)?,
+        history_ttl: m
+            .take("history_ttl", raw_duration)?
+            .unwrap_or(d.history_ttl),
+        history_memory_limit: m.int("history_memory_limit", raw_size, d.history_memory_limit)?,
+        max_recovery_publications: m.int(
+            "max_recovery_publications",
+            raw_count,
+            d.max_recovery_publications,
+        )?,
         namespaces: file.namespaces.clone(),
     };
     Ok((cfg, m.provenance))

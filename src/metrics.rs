@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod access;
+pub mod history;
 pub mod process;
 
 /// A counter written by one thread only.
@@ -176,6 +177,8 @@ pub struct ShardMetrics {
     pub http_batch_refused: [Counter; crate::http::batch::ItemError::CODES.len()],
     /// Access control: tokens, rights, API keys.
     pub access: access::AccessMetrics,
+    /// History and recovery.
+    pub history: history::HistoryMetrics,
 }
 
 impl ShardMetrics {
@@ -540,6 +543,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
         u8::from(draining)
     );
     access::render(&mut out, shards);
+    history::render(&mut out, shards);
     process::render(&mut out);
     out
 }

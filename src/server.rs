@@ -262,6 +262,8 @@ impl Server {
             namespaces,
             client_publish_rate: cfg.client_publish_rate,
             client_publish_burst: cfg.client_publish_burst,
+            history_memory_limit: cfg.history_memory_limit,
+            max_recovery_publications: cfg.max_recovery_publications,
         };
         let uring = UringSettings {
             ring_entries: cfg.ring_entries,

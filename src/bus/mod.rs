@@ -4,10 +4,12 @@
 //! What travels ([`BusMsg`]): published batches, addressed with the receiving shard's own
 //! topic id and carrying their origin and message boundaries; interest announcements
 //! ("shard N has, or no longer has, subscribers of this topic, under this id"), from which
-//! every shard keeps the list of shards a topic's batches must go to; and batches named by
-//! topic from threads that are not shards. A batch therefore goes only to shards with a
-//! subscriber of its topic: a shard without one receives nothing for it (see
-//! `ringcast_bus_messages_in_total` per shard).
+//! every shard keeps the list of shards a topic's batches must go to; batches named by
+//! topic, on their way to the topic's home shard (which numbers them: one order per
+//! topic), from other shards and from threads that are not shards; and the join
+//! questions and answers of history and recovery. A batch therefore goes only to shards
+//! with a subscriber of its topic (and to its home): a shard without one receives nothing
+//! for it (see `ringcast_bus_messages_in_total` per shard).
 //!
 //! Inboxes are crossbeam's [`SegQueue`] (lock-free, well kept: no reason to hand-write one),
 //! bounded here by weight (`--max-inbox-bytes`; a batch weighs its frame bytes, an
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_queue::SegQueue;
 
 use crate::io::WakeTarget;
+use crate::pubsub::join::{JoinReply, Want};
 use crate::pubsub::{Batch, TopicId};
 
 /// What an announcement weighs against the inbox bound, besides its name.
@@ -50,8 +53,10 @@ pub enum BusMsg {
         /// The frames, their boundaries and their origin; shared by every receiver.
         batch: Arc<Batch>,
     },
-    /// A batch from a thread that is not a shard, which names its topic (the receiver looks
-    /// it up once per batch and drops it when it has no subscriber).
+    /// A batch for the home shard of the topic it names: published on another shard, or
+    /// by a thread that is not a shard. The home looks the name up once per batch, numbers
+    /// the messages and fans them out (or drops them when the topic has no subscriber and
+    /// no history).
     Named {
         /// The topic's name.
         topic: Arc<str>,
@@ -66,6 +71,25 @@ pub enum BusMsg {
         topic: Arc<str>,
         /// The announcer's id for the topic, or `None` when its last subscriber left.
         id: Option<TopicId>,
+    },
+    /// Shard `from` asks `topic`'s home shard for a joining subscriber's start (history
+    /// and recovery: [`crate::pubsub::join`]); answered with [`BusMsg::Joined`].
+    Join {
+        /// The asking shard.
+        from: u16,
+        /// The asker's number for the join.
+        id: u32,
+        /// The topic.
+        topic: Arc<str>,
+        /// What the subscriber wants.
+        want: Want,
+    },
+    /// The home shard's answer to join `id` of the receiving shard.
+    Joined {
+        /// The asker's number for the join.
+        id: u32,
+        /// Where the topic stands, and the publications to replay.
+        reply: JoinReply,
     },
     /// A question from shard `from` (the backend API), answered with [`BusMsg::Answer`].
     Query {
@@ -91,6 +115,10 @@ impl BusMsg {
         match self {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames.len(),
             BusMsg::Interest { topic, .. } => ANNOUNCEMENT_WEIGHT + topic.len(),
+            BusMsg::Join { topic, .. } => ANNOUNCEMENT_WEIGHT + topic.len(),
+            // The frames are shared with the home shard's history: what the answer adds
+            // is its handles.
+            BusMsg::Joined { reply, .. } => ANNOUNCEMENT_WEIGHT + 48 * reply.publications.len(),
             BusMsg::Query { query, .. } => query.weight(),
             BusMsg::Answer { answer, .. } => answer.weight(),
         }
@@ -100,7 +128,11 @@ impl BusMsg {
     fn messages(&self) -> u64 {
         match self {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => u64::from(batch.count()),
-            BusMsg::Interest { .. } | BusMsg::Query { .. } | BusMsg::Answer { .. } => 0,
+            BusMsg::Interest { .. }
+            | BusMsg::Join { .. }
+            | BusMsg::Joined { .. }
+            | BusMsg::Query { .. }
+            | BusMsg::Answer { .. } => 0,
         }
     }
 }
@@ -223,16 +255,13 @@ impl Bus {
             opcode,
             payload,
         ));
-        let topic: Arc<str> = Arc::from(topic);
-        (0..self.shards())
-            .filter(|&to| {
-                let msg = BusMsg::Named {
-                    topic: Arc::clone(&topic),
-                    batch: Arc::clone(&batch),
-                };
-                self.push_from_any_thread(to, msg) == Pushed::Full
-            })
-            .count()
+        // The topic's home numbers it and fans it out to every shard with a subscriber.
+        let home = usize::from(crate::pubsub::home_shard(topic, self.shards()));
+        let msg = BusMsg::Named {
+            topic: Arc::from(topic),
+            batch,
+        };
+        usize::from(self.push_from_any_thread(home, msg) == Pushed::Full)
     }
 
     /// Queues `msg` for shard `to` from a thread that is not a shard and wakes that shard
@@ -300,7 +329,11 @@ mod tests {
     fn first_byte(m: &BusMsg) -> u8 {
         match m {
             BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.frames[0],
-            BusMsg::Interest { .. } | BusMsg::Query { .. } | BusMsg::Answer { .. } => 0,
+            BusMsg::Interest { .. }
+            | BusMsg::Join { .. }
+            | BusMsg::Joined { .. }
+            | BusMsg::Query { .. }
+            | BusMsg::Answer { .. } => 0,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, KIB, format_duration, format_size};
+use super::{Config, ConfigError, GIB, KIB, MIB, format_duration, format_size};
 use crate::pubsub::{Anonymous, NamespaceOptions, Namespaces};
 
 /// Longest `jwt_leeway`.
@@ -91,6 +91,53 @@ impl Config {
                 }
             }
         }
+        let history = |key: &'static str, prefix: String, size: u32, ttl: Duration| {
+            if size > 1_000_000 {
+                return Err(invalid(
+                    key,
+                    format!("{prefix}history_size = {size}"),
+                    "must be between 0 and 1000000".to_owned(),
+                ));
+            }
+            // A TTL bounds how long a topic's state lives: never unbounded.
+            if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&ttl) {
+                return Err(invalid(
+                    key,
+                    format!("{prefix}history_ttl = {}", format_duration(ttl)),
+                    "must be between 1s and 30d".to_owned(),
+                ));
+            }
+            Ok(())
+        };
+        history(
+            "history_size",
+            String::new(),
+            self.history_size,
+            self.history_ttl,
+        )?;
+        for ns in &self.namespaces {
+            history(
+                "namespaces",
+                format!("{:?}: ", ns.name),
+                ns.history_size.unwrap_or(self.history_size),
+                ns.history_ttl.unwrap_or(self.history_ttl),
+            )?;
+        }
+        let mem = self.history_memory_limit as u64;
+        if !(MIB..=1024 * GIB).contains(&mem) {
+            return Err(invalid(
+                "history_memory_limit",
+                format_size(mem),
+                "must be between 1MiB and 1TiB".to_owned(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_recovery_publications) {
+            return Err(invalid(
+                "max_recovery_publications",
+                self.max_recovery_publications.to_string(),
+                "must be between 1 and 100000".to_owned(),
+            ));
+        }
         for ns in &self.namespaces {
             if let Some(max) = ns.max_message_size
                 && (max == 0 || max > self.max_message_size)
@@ -127,6 +174,8 @@ impl Config {
             anonymous: anonymous(self.anonymous),
             client_publish: self.client_publish,
             max_message_size: self.max_message_size,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
         });
         for ns in &self.namespaces {
             table.add(
@@ -135,6 +184,8 @@ impl Config {
                     anonymous: anonymous(ns.anonymous),
                     client_publish: ns.client_publish,
                     max_message_size: ns.max_message_size.unwrap_or(self.max_message_size),
+                    history_size: ns.history_size.unwrap_or(self.history_size),
+                    history_ttl: ns.history_ttl.unwrap_or(self.history_ttl),
                 },
             )?;
         }

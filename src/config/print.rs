@@ -37,6 +37,12 @@ pub(super) fn render(cfg: &Config, prov: &Provenance) -> String {
             let _ = writeln!(out, "anonymous = \"{a}\"");
         }
         let _ = writeln!(out, "client_publish = {}", ns.client_publish);
+        if let Some(n) = ns.history_size {
+            let _ = writeln!(out, "history_size = {n}");
+        }
+        if let Some(t) = ns.history_ttl {
+            let _ = writeln!(out, "history_ttl = \"{}\"", super::format_duration(t));
+        }
         if let Some(m) = ns.max_message_size {
             let _ = writeln!(out, "max_message_size = \"{}\"", format_size(m as u64));
         }
@@ -134,6 +140,10 @@ fn value_of(c: &Config, key: &str) -> Option<String> {
         "client_publish" => c.client_publish.to_string(),
         "client_publish_rate" => c.client_publish_rate.to_string(),
         "client_publish_burst" => c.client_publish_burst.to_string(),
+        "history_size" => c.history_size.to_string(),
+        "history_ttl" => dur(c.history_ttl),
+        "history_memory_limit" => size(c.history_memory_limit),
+        "max_recovery_publications" => c.max_recovery_publications.to_string(),
         _ => return Some(NO_PRINTER.to_owned()),
     };
     Some(set)

@@ -34,6 +34,9 @@ pub const DEMO_HTML: &str = include_str!("../demo.html");
 /// The icon served at `GET /favicon.ico` (1x1, 70 bytes).
 pub const FAVICON: &[u8] = include_bytes!("../favicon.ico");
 
+/// The client module served at `GET /ringcast.js` (see the README, "Browser client").
+pub const CLIENT_JS: &str = include_str!("../ringcast.js");
+
 /// Where a WebSocket upgrade leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -44,6 +47,8 @@ pub enum Endpoint {
         name: String,
         /// Whether the sender receives its own messages.
         echo: bool,
+        /// `?rewind=N`: the last N publications of the topic first.
+        rewind: Option<u64>,
     },
     /// `GET /echo`: every message comes back to its sender.
     Echo,
@@ -51,6 +56,8 @@ pub enum Endpoint {
     Mux {
         /// Topics to subscribe to before the 101 is sent (validated, duplicates removed).
         subscribe: Vec<String>,
+        /// `?envelope=2`: binary envelopes carry the offset (version 2).
+        envelope_v2: bool,
     },
 }
 
@@ -81,6 +88,17 @@ pub enum Routed {
     /// `GET /favicon.ico`: a tiny icon, so that a browser opening the demo page does not
     /// count as a failed request.
     Favicon,
+    /// `GET /ringcast.js`: the browser (and Node) client module.
+    ClientJs,
+    /// `GET /history/{topic}?since=N&limit=N`: a topic's kept publications.
+    History {
+        /// The topic, validated.
+        topic: String,
+        /// Publications with offsets above this one.
+        since: u64,
+        /// At most this many (`None`: the server's maximum).
+        limit: Option<u64>,
+    },
     /// The backend API: `GET /api/topics`, `GET /api/topics/{topic}`,
     /// `POST /api/disconnect`.
     Api(ApiRoute),
@@ -119,8 +137,22 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
         "/" | "/index.html" if is_get => Routed::Demo,
         "/favicon.ico" if is_get => Routed::Favicon,
+        "/ringcast.js" if is_get => Routed::ClientJs,
         "/ws" if is_get => match subscribe_param(query, max_topics) {
-            Ok(subscribe) => Routed::Upgrade(Endpoint::Mux { subscribe }),
+            Ok(subscribe) => match query_param(query, "envelope") {
+                None | Some("1") => Routed::Upgrade(Endpoint::Mux {
+                    subscribe,
+                    envelope_v2: false,
+                }),
+                Some("2") => Routed::Upgrade(Endpoint::Mux {
+                    subscribe,
+                    envelope_v2: true,
+                }),
+                Some(_) => Routed::Respond {
+                    status: 400,
+                    body: "bad envelope: ?envelope= takes 1 or 2\n",
+                },
+            },
             Err(SubscribeError::Topic(e)) => bad_topic(e),
             Err(SubscribeError::TooMany) => Routed::Respond {
                 status: crate::pubsub::Error::TooManyTopics { max: max_topics }
@@ -137,7 +169,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         #[cfg(test)]
         "/__test/deferred" => Routed::TestDeferred,
         "/health" | "/ready" => Routed::NotAllowed { allow: "GET, HEAD" },
-        "/echo" | "/metrics" | "/" | "/index.html" | "/ws" | "/favicon.ico" => {
+        "/echo" | "/metrics" | "/" | "/index.html" | "/ws" | "/favicon.ico" | "/ringcast.js" => {
             Routed::NotAllowed { allow: "GET" }
         }
         "/publish" => Routed::NotAllowed { allow: "POST" },
@@ -154,6 +186,40 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
                 Err(e) => bad_topic(e),
             }
         }
+        _ if path.starts_with("/history/") => {
+            if !is_get {
+                return Routed::NotAllowed { allow: "GET" };
+            }
+            let topic = &path["/history/".len()..];
+            if let Err(e) = validate_topic(topic) {
+                return bad_topic(e);
+            }
+            let since = match query_param(query, "since").map(str::parse::<u64>) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return Routed::Respond {
+                        status: 400,
+                        body: "bad since: expected an integer from 0 to 2^64-1\n",
+                    };
+                }
+            };
+            let limit = match query_param(query, "limit").map(str::parse::<u64>) {
+                None => None,
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    return Routed::Respond {
+                        status: 400,
+                        body: "bad limit: expected an integer from 0 to --max-recovery-publications\n",
+                    };
+                }
+            };
+            Routed::History {
+                topic: topic.to_owned(),
+                since,
+                limit,
+            }
+        }
         _ if path.starts_with("/publish/") => {
             let topic = &path["/publish/".len()..];
             if method != "POST" {
@@ -166,10 +232,17 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         }
         _ => match path.strip_prefix("/ws/") {
             Some(topic) if is_get => match validate_topic(topic) {
-                Ok(()) => Routed::Upgrade(Endpoint::Topic {
-                    name: topic.to_owned(),
-                    echo: wants_echo(query),
-                }),
+                Ok(()) => match query_param(query, "rewind").map(str::parse::<u64>) {
+                    Some(Err(_)) => Routed::Respond {
+                        status: 400,
+                        body: "bad rewind: expected an integer from 0 to --max-recovery-publications\n",
+                    },
+                    rewind => Routed::Upgrade(Endpoint::Topic {
+                        name: topic.to_owned(),
+                        echo: wants_echo(query),
+                        rewind: rewind.and_then(Result::ok),
+                    }),
+                },
                 Err(e) => bad_topic(e),
             },
             Some(_) => Routed::NotAllowed { allow: "GET" },
@@ -260,6 +333,14 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The value of the first `key=value` of a query string (not percent-decoded: the
+/// parameters read this way are numbers).
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+}
+
 fn wants_echo(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&')
@@ -283,16 +364,76 @@ mod tests {
             route("GET", "/ws/prices", Some("echo=1"), 256),
             Routed::Upgrade(Endpoint::Topic {
                 name: "prices".into(),
-                echo: true
+                echo: true,
+                rewind: None
             })
         );
         assert_eq!(
             route("GET", "/ws/prices", Some("x=2"), 256),
             Routed::Upgrade(Endpoint::Topic {
                 name: "prices".into(),
-                echo: false
+                echo: false,
+                rewind: None
             })
         );
+        assert_eq!(
+            route("GET", "/ws/prices", Some("rewind=1"), 256),
+            Routed::Upgrade(Endpoint::Topic {
+                name: "prices".into(),
+                echo: false,
+                rewind: Some(1)
+            })
+        );
+        for bad in ["rewind=-1", "rewind=x", "rewind=", "rewind=1.5"] {
+            assert!(
+                matches!(
+                    route("GET", "/ws/prices", Some(bad), 256),
+                    Routed::Respond { status: 400, .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            route("GET", "/history/prices", Some("since=4&limit=10"), 256),
+            Routed::History {
+                topic: "prices".into(),
+                since: 4,
+                limit: Some(10)
+            }
+        );
+        assert_eq!(
+            route("GET", "/history/prices", None, 256),
+            Routed::History {
+                topic: "prices".into(),
+                since: 0,
+                limit: None
+            }
+        );
+        for bad in ["since=-1", "limit=x", "since=99999999999999999999"] {
+            assert!(
+                matches!(
+                    route("GET", "/history/p", Some(bad), 256),
+                    Routed::Respond { status: 400, .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            route("POST", "/history/p", None, 256),
+            Routed::NotAllowed { .. }
+        ));
+        assert!(matches!(
+            route("GET", "/ws", Some("envelope=3"), 256),
+            Routed::Respond { status: 400, .. }
+        ));
+        assert_eq!(
+            route("GET", "/ws", Some("envelope=2"), 256),
+            Routed::Upgrade(Endpoint::Mux {
+                subscribe: vec![],
+                envelope_v2: true
+            })
+        );
+        assert_eq!(route("GET", "/ringcast.js", None, 256), Routed::ClientJs);
         assert!(matches!(
             route("GET", "/ws/", None, 256),
             Routed::Respond { status: 400, .. }
@@ -317,12 +458,16 @@ mod tests {
         assert_eq!(route("GET", "/favicon.ico", None, 256), Routed::Favicon);
         assert_eq!(
             route("GET", "/ws", None, 256),
-            Routed::Upgrade(Endpoint::Mux { subscribe: vec![] })
+            Routed::Upgrade(Endpoint::Mux {
+                subscribe: vec![],
+                envelope_v2: false
+            })
         );
         assert_eq!(
             route("GET", "/ws", Some("subscribe=a,b%2Fc,a&subscribe=d"), 256),
             Routed::Upgrade(Endpoint::Mux {
-                subscribe: vec!["a".into(), "b/c".into(), "d".into()]
+                subscribe: vec!["a".into(), "b/c".into(), "d".into()],
+                envelope_v2: false
             })
         );
         assert!(matches!(
@@ -357,7 +502,8 @@ mod tests {
         assert_eq!(
             route("GET", "/ws", Some("subscribe=a,b,a,b"), 2),
             Routed::Upgrade(Endpoint::Mux {
-                subscribe: vec!["a".into(), "b".into()]
+                subscribe: vec!["a".into(), "b".into()],
+                envelope_v2: false
             })
         );
         assert_eq!(percent_decode("%zz"), None);

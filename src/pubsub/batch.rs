@@ -60,6 +60,23 @@ pub struct Batch {
     pub frames: Bytes,
     /// Message boundaries: the end offset of each message in `frames`, ascending.
     pub ends: Box<[u32]>,
+    /// Publishers that must not receive their own messages, wherever they are: each
+    /// receiving shard applies the entries that name it ([`Exclusions::build`]).
+    pub own: Box<[Own]>,
+    /// The offset of the first message (message `i` has `offset + i`), assigned by the
+    /// topic's home shard when the topic has history; 0: no offsets.
+    pub offset: u64,
+}
+
+/// Messages of a batch that one publisher wrote and must not receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    /// The publisher's shard.
+    pub shard: u16,
+    /// Its connection slot there.
+    pub slot: u32,
+    /// Message indices (0-based, in publish order).
+    pub msgs: Range<u32>,
 }
 
 impl Batch {
@@ -69,6 +86,8 @@ impl Batch {
             origin,
             frames,
             ends,
+            own: Box::new([]),
+            offset: 0,
         }
     }
 
@@ -83,6 +102,16 @@ impl Batch {
     /// How many messages it holds.
     pub fn count(&self) -> u32 {
         self.ends.len() as u32
+    }
+
+    /// The complete frame of message `i`.
+    pub fn frame(&self, i: u32) -> Bytes {
+        let (a, b) = (msg_start(&self.ends, i), msg_start(&self.ends, i + 1));
+        if a <= b && b <= self.frames.len() {
+            self.frames.slice(a..b)
+        } else {
+            Bytes::new()
+        }
     }
 }
 
@@ -125,17 +154,52 @@ pub struct Exclusion {
     pub count: u32,
 }
 
-/// A topic's batch, ready to be queued.
+/// A topic's batch, ready to be queued (or forwarded to the topic's home shard).
 #[derive(Debug)]
 pub struct Ready {
     /// The topic, in this shard's table.
     pub topic: TopicId,
-    /// The frames and message boundaries, shared with the bus.
+    /// The frames, message boundaries and exclusions; shared with the bus.
     pub batch: Arc<Batch>,
-    /// The parts every excluded publisher gets, back to back (see [`Exclusion::parts`]).
+}
+
+/// The exclusions of one batch on one shard: its publishers there that must not receive
+/// their own messages, and subscribers behind a join threshold ([`super::topic::Gate`]).
+/// Scratch kept by the fan-out (built only for batches that have any).
+#[derive(Debug, Default)]
+pub struct Exclusions {
+    own: Vec<(u32, Range<u32>)>,
+    /// The parts every excluded subscriber gets, back to back (see [`Exclusion::parts`]).
     pub parts: Vec<Part>,
-    /// Publishers that must not receive their own messages, sorted by slot.
+    /// Excluded subscribers, sorted by slot.
     pub excluded: Vec<Exclusion>,
+}
+
+impl Exclusions {
+    /// Builds the exclusions of `batch` on shard `shard`, plus `extra` (slot, messages it
+    /// must not get).
+    pub fn build(
+        &mut self,
+        batch: &Batch,
+        shard: u16,
+        extra: impl IntoIterator<Item = (u32, Range<u32>)>,
+    ) {
+        self.own.clear();
+        self.own.extend(
+            batch
+                .own
+                .iter()
+                .filter(|o| o.shard == shard)
+                .map(|o| (o.slot, o.msgs.clone())),
+        );
+        self.own.extend(extra);
+        exclusions_into(
+            &mut self.own,
+            batch.count(),
+            &mut self.parts,
+            &mut self.excluded,
+        );
+    }
 }
 
 /// The batches of one shard.
@@ -268,50 +332,65 @@ fn seal(origin: Origin, p: &mut Pending, topic: TopicId) -> Ready {
     let frames = p.buf.split().freeze();
     let ends: Box<[u32]> = p.ends.as_slice().into();
     p.ends.clear();
-    let (parts, excluded) = exclusions(&mut p.own, ends.len() as u32);
+    let shard = match origin {
+        Origin::Shard(s) => s,
+        Origin::External => u16::MAX,
+    };
+    let own: Box<[Own]> = p
+        .own
+        .drain(..)
+        .map(|(slot, msgs)| Own { shard, slot, msgs })
+        .collect();
+    let mut batch = Batch::new(origin, frames, ends);
+    batch.own = own;
     Ready {
         topic,
-        batch: Arc::new(Batch::new(origin, frames, ends)),
-        parts,
-        excluded,
+        batch: Arc::new(batch),
     }
 }
 
-/// For each publisher that wrote messages of a batch of `count` messages that it must not
-/// receive: the complement, as runs of messages.
-fn exclusions(own: &mut Vec<(u32, Range<u32>)>, count: u32) -> (Vec<Part>, Vec<Exclusion>) {
+/// For each slot with messages of a batch of `count` messages that it must not receive
+/// (`own`: (slot, message range), any order, ranges may overlap): the complement, as runs
+/// of messages. `own` is consumed; `parts` and `out` are replaced.
+fn exclusions_into(
+    own: &mut Vec<(u32, Range<u32>)>,
+    count: u32,
+    parts: &mut Vec<Part>,
+    out: &mut Vec<Exclusion>,
+) {
+    parts.clear();
+    out.clear();
     if own.is_empty() {
-        return (Vec::new(), Vec::new());
+        return;
     }
     own.sort_by_key(|(slot, m)| (*slot, m.start));
-    let mut parts = Vec::new();
-    let mut out = Vec::new();
     let mut i = 0;
     while i < own.len() {
         let slot = own[i].0;
         let first = parts.len();
         let mut at = 0;
-        let mut mine = 0;
+        let mut kept = 0;
         while i < own.len() && own[i].0 == slot {
             let m = &own[i].1;
-            if m.start > at {
-                parts.push(Part { msgs: at..m.start });
+            let start = m.start.min(count);
+            if start > at {
+                parts.push(Part { msgs: at..start });
+                kept += start - at;
             }
-            at = m.end;
-            mine += m.end - m.start;
+            at = at.max(m.end.min(count));
             i += 1;
         }
         if at < count {
             parts.push(Part { msgs: at..count });
+            kept += count - at;
         }
         out.push(Exclusion {
             slot,
             parts: first..parts.len(),
-            count: count - mine,
+            count: kept,
         });
     }
     own.clear();
-    (parts, out)
 }
 
 #[cfg(test)]
@@ -333,11 +412,22 @@ mod tests {
         (t, ids)
     }
 
-    fn bytes_of(r: &Ready, e: &Exclusion) -> (Vec<u8>, Vec<u32>) {
+    /// The exclusions of `r` on its origin shard.
+    fn excl(r: &Ready) -> Exclusions {
+        let mut x = Exclusions::default();
+        let shard = match r.batch.origin {
+            Origin::Shard(s) => s,
+            Origin::External => u16::MAX,
+        };
+        x.build(&r.batch, shard, []);
+        x
+    }
+
+    fn bytes_of(r: &Ready, x: &Exclusions, e: &Exclusion) -> (Vec<u8>, Vec<u32>) {
         let ends = &r.batch.ends;
         let mut bytes = Vec::new();
         let mut msgs = Vec::new();
-        for p in &r.parts[e.parts.clone()] {
+        for p in &x.parts[e.parts.clone()] {
             let (a, b) = (msg_start(ends, p.msgs.start), msg_start(ends, p.msgs.end));
             bytes.extend_from_slice(&r.batch.frames[a..b]);
             msgs.extend(p.msgs.clone());
@@ -358,7 +448,7 @@ mod tests {
                 r.topic,
                 r.batch.frames.to_vec(),
                 r.batch.ends.to_vec(),
-                r.excluded.len(),
+                excl(&r).excluded.len(),
             ))
         });
         assert_eq!(
@@ -396,13 +486,14 @@ mod tests {
         b.take(&mut topics, |_, r| {
             seen += 1;
             assert_eq!(r.batch.count(), 5);
+            let x = excl(&r);
             let of = |slot: u32| {
-                let e = r
+                let e = x
                     .excluded
                     .iter()
                     .find(|e| e.slot == slot)
                     .expect("excluded");
-                let (bytes, msgs) = bytes_of(&r, e);
+                let (bytes, msgs) = bytes_of(&r, &x, e);
                 (bytes, msgs, e.count)
             };
             assert_eq!(
@@ -508,5 +599,35 @@ mod tests {
             b.pending.len() <= KEEP_PENDING,
             "buffers past the reuse pool are freed"
         );
+    }
+
+    #[test]
+    fn exclusions_apply_on_the_publishers_shard_and_merge_with_thresholds() {
+        let (mut topics, ids) = table(&["t"]);
+        let mut b = Batcher::new(Origin::Shard(2), DEFAULT_MAX_BATCH_BYTES);
+        for (m, ex) in [(b"a", Some(5)), (b"b", None), (b"c", Some(5)), (b"d", None)] {
+            b.append(&mut topics, ids[0], OpCode::Text, m, ex);
+        }
+        let mut ready = None;
+        b.take(&mut topics, |_, r| ready = Some(r));
+        let r = ready.expect("a batch");
+        let mut x = Exclusions::default();
+        x.build(&r.batch, 1, []);
+        assert!(
+            x.excluded.is_empty(),
+            "slot 5 of shard 2 is not slot 5 here"
+        );
+        // Slot 5 of shard 2 also sits behind a threshold covering messages 0..2: the
+        // ranges overlap and merge; slot 8 only has the threshold.
+        x.build(&r.batch, 2, [(5, 0..2), (8, 0..3)]);
+        let got: Vec<(u32, u32, Vec<Range<u32>>)> = x
+            .excluded
+            .iter()
+            .map(|e| {
+                let parts = x.parts[e.parts.clone()].iter().map(|p| p.msgs.clone());
+                (e.slot, e.count, parts.collect())
+            })
+            .collect();
+        assert_eq!(got, vec![(5, 1, vec![3..4]), (8, 1, vec![3..4])]);
     }
 }

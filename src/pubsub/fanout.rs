@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, encode_frame};
 
-use super::batch::{Batch, Exclusion, Part, msg_start};
+use super::batch::{Batch, Exclusion, Exclusions, Part, msg_start};
 use super::mux;
 use super::topic::{Format, Topic};
 
@@ -65,19 +65,22 @@ pub struct FanOut {
 }
 
 impl FanOut {
-    /// Queues `batch` to `topic`'s local subscribers; the publishers in `excluded` get their
-    /// `parts` instead of the whole. Appends to [`FanOut::closed`] and [`FanOut::slow`];
-    /// returns the messages queued (one per subscriber per message).
+    /// Queues `batch` to `topic`'s local subscribers; the subscribers in `x` (publishers
+    /// that must not receive their own messages, joins behind a threshold) get their parts
+    /// instead of the whole. Appends to [`FanOut::closed`] and [`FanOut::slow`]; returns
+    /// the messages queued (one per subscriber per message).
     pub fn run<S: Subscribers>(
         &mut self,
         topic: &Topic,
         batch: &Batch,
-        parts: &[Part],
-        excluded: &[Exclusion],
+        x: &Exclusions,
         subs: &mut S,
     ) -> u64 {
-        self.index.build(excluded);
+        self.index.build(&x.excluded);
         let mut queued = 0;
+        // The version-1 envelopes, when built: the version-2 ones are the same bytes for a
+        // batch without binary messages.
+        let mut mux1: Option<(Bytes, bool)> = None;
         for format in Format::ALL {
             let list = topic.subscribers(format);
             if list.is_empty() {
@@ -85,14 +88,28 @@ impl FanOut {
             }
             let (run, ends): (Bytes, &[u32]) = match format {
                 Format::Plain => (batch.frames.clone(), &batch.ends),
-                Format::Mux => {
-                    let run = envelopes(
-                        &mut self.arena,
-                        &mut self.body,
-                        &topic.name,
-                        batch,
-                        &mut self.mux_ends,
-                    );
+                Format::Mux | Format::Mux2 => {
+                    let reuse = match (&mux1, format) {
+                        (Some((run, false)), Format::Mux2) => Some(run.clone()),
+                        _ => None,
+                    };
+                    let run = match reuse {
+                        Some(run) => run,
+                        None => {
+                            let (run, binary) = envelopes(
+                                &mut self.arena,
+                                &mut self.body,
+                                &topic.name,
+                                batch_messages(batch),
+                                format,
+                                &mut self.mux_ends,
+                            );
+                            if format == Format::Mux {
+                                mux1 = Some((run.clone(), binary));
+                            }
+                            run
+                        }
+                    };
                     (run, &self.mux_ends)
                 }
             };
@@ -102,8 +119,8 @@ impl FanOut {
                 &run,
                 ends,
                 batch.count(),
-                parts,
-                excluded,
+                &x.parts,
+                &x.excluded,
                 &self.index,
                 &mut self.closed,
                 &mut self.slow,
@@ -111,6 +128,25 @@ impl FanOut {
             );
         }
         queued
+    }
+
+    /// Builds the envelopes of a replay (offset, plain frame) to one subscriber in
+    /// `format` (see [`envelopes`]): one contiguous run and its message ends.
+    pub fn replay_run(
+        &mut self,
+        topic: &str,
+        publications: &[(u64, Bytes)],
+        format: Format,
+    ) -> (Bytes, &[u32]) {
+        let (run, _) = envelopes(
+            &mut self.arena,
+            &mut self.body,
+            topic,
+            publications.iter().map(|(o, f)| (*o, &f[..])),
+            format,
+            &mut self.mux_ends,
+        );
+        (run, &self.mux_ends)
     }
 }
 
@@ -169,23 +205,38 @@ fn deliver<S: Subscribers>(
     queued
 }
 
-/// Builds the mux envelope of every message of `batch` (complete, unmasked server frames
-/// built by this process) as one contiguous run of envelope frames in `arena`; `ends` gets
-/// the end offset of each envelope in the run, so that a publisher's share of the batch is
-/// a slice of this one run.
-fn envelopes(
+/// The messages of `batch` as (offset, complete frame); offset 0 when it has none.
+fn batch_messages(batch: &Batch) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut start = 0usize;
+    batch.ends.iter().enumerate().map(move |(i, &end)| {
+        let frame = batch.frames.get(start..end as usize).unwrap_or_default();
+        start = end as usize;
+        let offset = if batch.offset == 0 {
+            0
+        } else {
+            batch.offset + i as u64
+        };
+        (offset, frame)
+    })
+}
+
+/// Builds the mux envelope (in `format`) of every message (offset, complete unmasked server
+/// frame built by this process) as one contiguous run of envelope frames in `arena`;
+/// `ends` gets the end offset of each envelope in the run, so that a publisher's share of
+/// a batch is a slice of this one run. Also says whether a message was binary (whose
+/// envelope depends on the format's version).
+fn envelopes<'a>(
     arena: &mut BytesMut,
     body: &mut Vec<u8>,
     topic: &str,
-    batch: &Batch,
+    messages: impl Iterator<Item = (u64, &'a [u8])>,
+    format: Format,
     ends: &mut Vec<u32>,
-) -> Bytes {
+) -> (Bytes, bool) {
     ends.clear();
     let base = arena.len();
-    let mut start = 0usize;
-    for &end in batch.ends.iter() {
-        let frame = batch.frames.get(start..end as usize).unwrap_or_default();
-        start = end as usize;
+    let mut binary = false;
+    for (offset, frame) in messages {
         let Ok(Some((h, at))) = FrameHeader::parse(frame) else {
             tracing::error!("a published frame could not be read back");
             continue;
@@ -195,10 +246,18 @@ fn envelopes(
         match h.opcode {
             OpCode::Text => mux::envelope_text(
                 topic,
+                offset,
                 std::str::from_utf8(payload).unwrap_or_default(),
                 body,
             ),
-            _ => mux::envelope_binary(topic, payload, body),
+            _ => {
+                binary = true;
+                if format == Format::Mux2 {
+                    mux::envelope_binary_v2(topic, offset, payload, body);
+                } else {
+                    mux::envelope_binary(topic, payload, body);
+                }
+            }
         }
         let need = body.len() + MAX_HEADER_LEN;
         if arena.capacity() - arena.len() < need {
@@ -207,7 +266,7 @@ fn envelopes(
         encode_frame(arena, true, h.opcode, None, body);
         ends.push((arena.len() - base) as u32);
     }
-    arena.split().freeze()
+    (arena.split().freeze(), binary)
 }
 
 /// Finds a slot's [`Exclusion`] in O(1): an open-addressing table built once per batch, so
@@ -319,6 +378,13 @@ mod tests {
         }
     }
 
+    /// The exclusions of `r` on shard 0 (where the tests' batchers publish).
+    fn excl(r: &Ready) -> Exclusions {
+        let mut x = Exclusions::default();
+        x.build(&r.batch, 0, []);
+        x
+    }
+
     fn one_batch(topics: &mut Topics, id: TopicId, msgs: &[(&[u8], Option<u32>)]) -> Ready {
         let mut b = Batcher::default();
         for (m, ex) in msgs {
@@ -345,7 +411,7 @@ mod tests {
         let mut subs = Fake::new(4);
         let mut f = FanOut::default();
         let t = topics.get(id).expect("topic");
-        let queued = f.run(t, &r.batch, &r.parts, &r.excluded, &mut subs);
+        let queued = f.run(t, &r.batch, &excl(&r), &mut subs);
         assert_eq!(queued, 2 + 3 + 3 + 2);
         assert_eq!(
             subs.bytes(0),
@@ -356,7 +422,7 @@ mod tests {
         assert_eq!(subs.bytes(1), b"\x81\x01a\x81\x01b\x81\x01c");
         let env = |data: &str| {
             let mut body = Vec::new();
-            mux::envelope_text("t", data, &mut body);
+            mux::envelope_text("t", 0, data, &mut body);
             let mut frame = BytesMut::new();
             encode_frame(&mut frame, true, OpCode::Text, None, &body);
             frame.to_vec()
@@ -395,7 +461,7 @@ mod tests {
         subs.q[2] = None;
         let mut f = FanOut::default();
         let t = topics.get(id).expect("topic");
-        assert_eq!(f.run(t, &r.batch, &r.parts, &r.excluded, &mut subs), 2);
+        assert_eq!(f.run(t, &r.batch, &excl(&r), &mut subs), 2);
         assert_eq!(f.slow, vec![(1, 2)], "slot 1 misses both messages");
         assert_eq!(f.closed, vec![(2, Format::Plain)]);
         assert_eq!(subs.pushes(1), 0);
@@ -419,7 +485,7 @@ mod tests {
         let mut queued = 0;
         b.take(&mut topics, |topics, r| {
             let t = topics.get(r.topic).expect("topic");
-            queued = f.run(t, &r.batch, &r.parts, &r.excluded, &mut subs);
+            queued = f.run(t, &r.batch, &excl(&r), &mut subs);
         });
         assert_eq!(queued, u64::from(n) * u64::from(n - 1));
         for s in [0usize, 1, 500, 999] {
@@ -472,7 +538,7 @@ mod tests {
         }
         let (h, at) = FrameHeader::parse(rest).ok().flatten().expect("a frame");
         let mut want = Vec::new();
-        mux::envelope_text("t", "hi \"there\"", &mut want);
+        mux::envelope_text("t", 0, "hi \"there\"", &mut want);
         assert_eq!((h.opcode, &rest[at..]), (OpCode::Text, &want[..]));
     }
 

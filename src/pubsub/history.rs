@@ -556,7 +556,20 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
     /// their TTL (the earliest deadlines first), calling `on_expired` with each key (the
     /// caller may drop the topic). Returns how many were dropped; the rest wait for the
     /// next call (queries renew an expired topic they meet, so none is served stale).
-    pub fn expire(&mut self, now: Instant, mut on_expired: impl FnMut(K)) -> usize {
+    pub fn expire(&mut self, now: Instant, on_expired: impl FnMut(K)) -> usize {
+        self.expire_keeping(now, |_| false, on_expired)
+    }
+
+    /// [`Histories::expire`], except that a topic for which `keep` says true (it still has
+    /// subscribers, who track its offsets) loses only its publications, counted the same:
+    /// its epoch and offsets go on (a recovery from before gets [`Lost::TooOld`]) and it
+    /// has no deadline until its next publication.
+    pub fn expire_keeping(
+        &mut self,
+        now: Instant,
+        mut keep: impl FnMut(K) -> bool,
+        mut on_expired: impl FnMut(K),
+    ) -> usize {
         let mut done = 0;
         while done < EXPIRE_PER_CALL {
             let Some(&(d, slot)) = self.by_deadline.first() else {
@@ -571,6 +584,12 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
                 continue;
             };
             let key = h.key;
+            if keep(key) {
+                let dropped = self.trim_slot(slot);
+                self.stats.expired_by_ttl += dropped as u64;
+                done += 1;
+                continue;
+            }
             let dropped = self.drop_slot(slot);
             self.stats.expired_by_ttl += dropped as u64;
             self.stats.expired_topics += 1;
@@ -666,6 +685,21 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
             self.account(slot, before, 0, dropped, 0);
         }
         slot
+    }
+
+    /// Drops `slot`'s publications and its deadline, keeping its epoch and offsets;
+    /// returns the publications dropped.
+    fn trim_slot(&mut self, slot: usize) -> usize {
+        let Some(h) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return 0;
+        };
+        let dropped = h.ring.len();
+        h.ring.clear();
+        let before = std::mem::take(&mut h.bytes);
+        let old_deadline = h.deadline.take();
+        self.reindex_deadline(slot, old_deadline, None);
+        self.account(slot, before, 0, dropped, 0);
+        dropped
     }
 
     /// Forgets `slot`'s topic entirely; returns the publications dropped.
@@ -1006,6 +1040,40 @@ mod tests {
         ));
         assert_eq!(h.stats().expired_by_ttl, 3);
         assert_eq!(h.stats().expired_topics, 2);
+        check(&h);
+    }
+
+    #[test]
+    fn a_kept_topic_loses_its_publications_not_its_epoch() {
+        let t0 = Instant::now();
+        let ttl = HistoryOptions {
+            size: 10,
+            ttl: Duration::from_secs(10),
+        };
+        let mut h = Histories::new(1 << 20, rng());
+        let e1 = h.append(1u32, ttl, frame(1, 8), t0).epoch;
+        h.append(1, ttl, frame(2, 8), t0);
+        h.append(2u32, ttl, frame(1, 8), t0);
+        let later = t0 + Duration::from_secs(11);
+        let mut gone = Vec::new();
+        assert_eq!(h.expire_keeping(later, |k| k == 1, |k| gone.push(k)), 2);
+        assert_eq!(gone, [2], "only the topic nobody keeps is forgotten");
+        assert_eq!(h.publications(), 0);
+        let r = h.since(1, ttl, e1.as_str(), 0, 10, later);
+        assert!(
+            matches!(
+                r,
+                Recovery::NotRecovered {
+                    reason: Lost::TooOld,
+                    top: 2,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let a = h.append(1, ttl, frame(3, 8), later + Duration::from_secs(60));
+        assert_eq!((a.epoch, a.offset), (e1, 3), "the sequence goes on");
+        assert_eq!(h.stats().expired_by_ttl, 3);
         check(&h);
     }
 

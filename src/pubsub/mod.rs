@@ -37,6 +37,8 @@ pub mod batch;
 mod error;
 pub mod fanout;
 pub mod history;
+mod home;
+pub mod join;
 pub mod mux;
 pub mod namespace;
 pub mod topic;
@@ -47,7 +49,9 @@ pub use error::{
     CLOSE_DISCONNECTED, CLOSE_FORBIDDEN, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID, Error, Wire,
 };
 pub use namespace::{Anonymous, NamespaceOptions, Namespaces};
-pub use topic::{Format, MAX_TOPIC_LEN, TopicError, TopicId, TopicOptions, validate_topic};
+pub use topic::{
+    Format, MAX_TOPIC_LEN, TopicError, TopicId, TopicOptions, home_shard, validate_topic,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,8 +59,9 @@ use std::sync::Arc;
 use crate::bus::{Bus, BusMsg, Pushed};
 use crate::metrics::ShardMetrics;
 use crate::proto::frame::OpCode;
-use batch::{Batcher, Ready};
+use batch::{Batcher, Exclusions, Ready};
 use fanout::{FanOut, Subscribers};
+use history::Histories;
 use topic::{InterestChange, Topics};
 
 /// Which topic a publish goes to.
@@ -79,7 +84,55 @@ pub struct Limits {
     pub namespaces: Arc<Namespaces>,
     /// Whether token rights apply.
     pub policy: Policy,
+    /// What this shard's histories may weigh (`--history-memory-limit` / shards).
+    pub history_memory: usize,
+    /// Most publications one recovery, rewind or page returns
+    /// (`--max-recovery-publications`).
+    pub max_recovery: usize,
+    /// Ticks a joining subscriber waits for its topic's home ([`join::JOIN_TIMEOUT`]).
+    pub join_timeout_ticks: u32,
 }
+
+impl Limits {
+    /// Limits for tests and benchmarks: open namespaces, the given batch bound.
+    pub fn open(max_batch_bytes: usize) -> Self {
+        Limits {
+            max_topics_per_connection: 256,
+            max_batch_bytes,
+            namespaces: Arc::new(Namespaces::new(NamespaceOptions::open(1 << 20))),
+            policy: Policy { tokens: false },
+            history_memory: 64 << 20,
+            max_recovery: 1000,
+            join_timeout_ticks: 20,
+        }
+    }
+}
+
+/// Draws epochs: OS-seeded once per shard, then SplitMix64 (epochs must differ across
+/// restarts and topics; they are not secrets).
+#[derive(Debug)]
+struct EpochRng(u64);
+
+impl EpochRng {
+    fn new() -> Self {
+        let seed = getrandom::u64().unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        EpochRng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+type EpochSource = Box<dyn FnMut() -> u64 + Send>;
 
 /// The pub/sub state of one shard.
 #[derive(Debug)]
@@ -110,6 +163,16 @@ pub struct PubSub {
     /// The shard's clock (ticks), for log throttles; set by [`PubSub::begin_turn`].
     tick: u32,
     inbox_full_log: crate::throttle::LogThrottle,
+    /// The histories of the topics this shard is the home of.
+    histories: Histories<TopicId, EpochSource>,
+    /// Eviction counters already added to the metrics.
+    reported: history::Stats,
+    /// Exclusion scratch of the fan-out under way.
+    excl: Exclusions,
+    /// Joins waiting for a home shard's answer.
+    joins: join::Joins,
+    /// Answers to [`PubSub::history_page`] (cookie, answer), for the shard to take.
+    pub pages: Vec<(u64, join::JoinReply)>,
 }
 
 impl PubSub {
@@ -117,7 +180,14 @@ impl PubSub {
     pub fn new(shard: usize, bus: Arc<Bus>, limits: Limits, metrics: Arc<ShardMetrics>) -> Self {
         let shards = bus.shards();
         let shard = u16::try_from(shard).unwrap_or(u16::MAX);
+        let mut rng = EpochRng::new();
+        let epochs: EpochSource = Box::new(move || rng.next());
         PubSub {
+            histories: Histories::new(limits.history_memory, epochs),
+            reported: history::Stats::default(),
+            excl: Exclusions::default(),
+            joins: join::Joins::default(),
+            pages: Vec::new(),
             shard,
             bus,
             topics: Topics::default(),
@@ -157,7 +227,7 @@ impl PubSub {
         if held >= max {
             return Err(Error::TooManyTopics { max });
         }
-        let id = self.topics.intern(name, opts);
+        let id = self.intern(name, opts);
         if self.topics.join(id, slot, format) == InterestChange::Gained {
             self.announce(id, true);
         }
@@ -177,6 +247,14 @@ impl PubSub {
             namespace,
             ns: self.limits.namespaces.options(namespace),
         })
+    }
+
+    /// Whether `caller` may subscribe to `name` (`GET /history` reads with the same
+    /// rights); its options when it may.
+    pub fn may_subscribe(&self, caller: Caller<'_>, name: &str) -> Result<TopicOptions, Error> {
+        let opts = self.options_of(name)?;
+        self.limits.policy.subscribe(caller, name, &opts)?;
+        Ok(opts)
     }
 
     /// Whether `caller` may publish on the topic `id` (checked once, when a simple-mode
@@ -235,7 +313,7 @@ impl PubSub {
                 self.limits
                     .policy
                     .publish(caller, name, &opts, payload.len())?;
-                self.topics.intern(name, opts)
+                self.intern(name, opts)
             }
         };
         let Some(local) = self.topics.get(id).map(topic::Topic::local) else {
@@ -253,9 +331,12 @@ impl PubSub {
     }
 
     /// Queues this turn's batches (`sealed_only`: only those sealed at the byte bound):
-    /// to local subscribers, and one bus message per batch to each interested shard.
-    /// `wake[i]` is set for each shard that must be woken at the flush.
+    /// numbered and fanned out here for topics this shard is the home of ([`home`]), to
+    /// local subscribers and one bus message per batch to each interested shard; the
+    /// others forwarded to their home. `wake[i]` is set for each shard that must be woken
+    /// at the flush.
     pub fn fan_out<S: Subscribers>(&mut self, subs: &mut S, wake: &mut [bool], sealed_only: bool) {
+        self.flush_local_joins(subs);
         if self.batcher.is_empty() {
             return;
         }
@@ -269,53 +350,57 @@ impl PubSub {
         }
         for r in ready.drain(..) {
             let id = r.topic;
-            self.fan_out_one(r, subs, wake);
+            self.route(r, subs, wake);
             self.topics.drop_if_unused(id);
         }
         self.ready = ready;
     }
 
-    fn fan_out_one<S: Subscribers>(&mut self, r: Ready, subs: &mut S, wake: &mut [bool]) {
-        self.compact(r.topic);
-        let Some(t) = self.topics.get(r.topic) else {
-            return;
+    /// Queues a numbered batch of `id` to this shard's subscribers: publishers here get
+    /// it minus their own messages, joining subscribers minus what their join covered.
+    fn deliver_local<S: Subscribers>(&mut self, id: TopicId, batch: &Batch, subs: &mut S) -> u64 {
+        let Some(t) = self.topics.get(id) else {
+            return 0;
         };
-        if t.local() == 0 && t.remote.is_empty() {
-            self.metrics.unrouted.add(u64::from(r.batch.count()));
-            return;
+        if t.local() == 0 {
+            return 0;
         }
-        for &(shard, theirs) in &t.remote {
-            let msg = BusMsg::Batch {
-                topic: theirs,
-                batch: Arc::clone(&r.batch),
-            };
-            match self.bus.push(usize::from(shard), msg) {
-                Pushed::Wake => {
-                    if let Some(w) = wake.get_mut(usize::from(shard)) {
-                        *w = true;
-                    }
+        let count = batch.count();
+        let last = batch
+            .offset
+            .saturating_add(u64::from(count))
+            .saturating_sub(1);
+        if batch.own.is_empty() && t.gates.is_empty() {
+            self.excl.build(batch, self.shard, []);
+        } else {
+            let gates = t.gates.iter().filter_map(|g| {
+                if batch.offset == 0 || g.until < batch.offset {
+                    None
+                } else if g.until >= last {
+                    Some((g.slot, 0..count))
+                } else {
+                    Some((g.slot, 0..(g.until - batch.offset + 1) as u32))
                 }
-                Pushed::Queued => {}
-                Pushed::Full => {
-                    self.metrics.bus_dropped.add(u64::from(r.batch.count()));
-                    if let Some(suppressed) = self.inbox_full_log.allow(self.tick) {
-                        tracing::warn!(
-                            shard = self.shard,
-                            to = shard,
-                            suppressed,
-                            "a shard's inbox is full (--max-inbox-bytes): batch dropped for its subscribers"
-                        );
-                    }
-                }
-            }
+            });
+            self.excl.build(batch, self.shard, gates);
         }
-        let queued = self.fanout.run(t, &r.batch, &r.parts, &r.excluded, subs);
+        let queued = self.fanout.run(t, batch, &self.excl, subs);
         self.metrics.messages_out.add(queued);
-        self.after_fan_out(r.topic);
+        if let Some(t) = self.topics.get_mut(id)
+            && !t.gates.is_empty()
+        {
+            // A gate goes at the first batch past it (a batch without offsets: the topic
+            // lost its history, nothing left to hold back).
+            t.gates
+                .retain(|g| batch.offset != 0 && g.until != 0 && g.until >= last);
+        }
+        self.after_fan_out(id);
+        queued
     }
 
     /// Takes what other shards (and non-shard threads) sent this shard, in order.
-    pub fn drain_bus<S: Subscribers>(&mut self, subs: &mut S) {
+    pub fn drain_bus<S: Subscribers>(&mut self, subs: &mut S, wake: &mut [bool]) {
+        self.flush_local_joins(subs);
         let bus = Arc::clone(&self.bus);
         let mut batches = 0u64;
         bus.drain(usize::from(self.shard), |m| match m {
@@ -325,12 +410,16 @@ impl PubSub {
             }
             BusMsg::Named { topic, batch } => {
                 batches += 1;
-                match self.topics.lookup(&topic) {
-                    Some(id) => self.deliver_remote(id, &batch, subs),
-                    None => self.metrics.bus_stale.inc(),
-                }
+                self.on_named(topic, batch, subs, wake);
             }
             BusMsg::Interest { from, topic, id } => self.on_interest(from, topic, id),
+            BusMsg::Join {
+                from,
+                id,
+                topic,
+                want,
+            } => self.on_join(from, id, topic, want, wake),
+            BusMsg::Joined { id, reply } => self.on_joined(id, reply, subs),
             // The backend API's questions are about connections: the shard's.
             m @ (BusMsg::Query { .. } | BusMsg::Answer { .. }) => self.api.push(m),
         });
@@ -348,10 +437,35 @@ impl PubSub {
             self.metrics.bus_stale.inc();
             return;
         }
-        let queued = self.fanout.run(t, batch, &[], &[], subs);
-        self.metrics.messages_out.add(queued);
+        let queued = self.deliver_local(id, batch, subs);
         self.metrics.bus_delivered.add(queued);
-        self.after_fan_out(id);
+    }
+
+    /// Interns `name` here, with its home shard.
+    fn intern(&mut self, name: &str, opts: TopicOptions) -> TopicId {
+        if let Some(id) = self.topics.lookup(name) {
+            return id;
+        }
+        let id = self.topics.intern(name, opts);
+        self.set_home(id);
+        id
+    }
+
+    /// [`PubSub::intern`] of a shared name.
+    fn intern_shared(&mut self, name: Arc<str>, opts: TopicOptions) -> TopicId {
+        if let Some(id) = self.topics.lookup(&name) {
+            return id;
+        }
+        let id = self.topics.intern_shared(name, opts);
+        self.set_home(id);
+        id
+    }
+
+    fn set_home(&mut self, id: TopicId) {
+        let shards = self.bus.shards();
+        if let Some(t) = self.topics.get_mut(id) {
+            t.home = home_shard(&t.name, shards);
+        }
     }
 
     /// Another shard's announcement: where batches of `topic` must go from now on.
@@ -359,7 +473,7 @@ impl PubSub {
         let id = match theirs {
             // The other shard validated the name against the same namespaces.
             Some(_) => match self.options_of(&topic) {
-                Ok(opts) => Some(self.topics.intern_shared(topic, opts)),
+                Ok(opts) => Some(self.intern_shared(topic, opts)),
                 Err(_) => None,
             },
             None => self.topics.lookup(&topic),
@@ -474,11 +588,22 @@ impl PubSub {
         }
     }
 
-    fn gauge(&self) {
+    fn gauge(&mut self) {
         self.metrics
             .subscriptions
             .set(self.topics.subscriptions() as u64);
         self.metrics.topics.set(self.topics.len() as u64);
+        let h = &self.metrics.history;
+        h.publications.set(self.histories.publications() as u64);
+        h.bytes.set(self.histories.bytes() as u64);
+        h.topics.set(self.histories.topics() as u64);
+        let now = self.histories.stats();
+        let was = std::mem::replace(&mut self.reported, now);
+        h.evicted_memory
+            .add(now.evicted_by_memory - was.evicted_by_memory);
+        h.evicted_size
+            .add(now.evicted_by_size - was.evicted_by_size);
+        h.expired_ttl.add(now.expired_by_ttl - was.expired_by_ttl);
     }
 
     /// The topic table (read-only: tests, the HTTP publish reply, metrics).

@@ -6,7 +6,7 @@
 //!
 //! | `type` | fields | effect |
 //! |---|---|---|
-//! | `subscribe` | `topic`, optional `id` | subscribe (idempotent) |
+//! | `subscribe` | `topic`, optional `id`, optional `recover: {epoch, offset}` or `rewind: N` | subscribe (idempotent); on a topic with history the ack names the epoch and latest offset, and `recover`/`rewind` replay publications first ([`super::join`]) |
 //! | `unsubscribe` | `topic`, optional `id` | unsubscribe (`not_subscribed` if it was not) |
 //! | `publish` | `topic`, `data`, optional `id`, optional `echo` | publish `data` as a text message: a JSON string is sent as its contents, any other JSON value as its JSON text |
 //! | `ping` | optional `id` | answered with `pong` (browsers cannot send WebSocket pings) |
@@ -26,10 +26,13 @@
 //! - `{"type":"refresh_required","in":30}`: the token expires in 30 s; send `refresh`, or the
 //!   connection closes with 4001 at expiry
 //! - `{"type":"error","id":7,"code":"bad_topic","message":"topic name is empty"}`
-//! - a text message published to a topic: `{"type":"message","topic":"a","data":"hello"}`
+//! - `{"type":"ack","id":7,"op":"subscribe","topic":"a","epoch":"k3X9aQ2b","offset":42,"recovered":true}`
+//! - a text message published to a topic: `{"type":"message","topic":"a","data":"hello"}`,
+//!   with `"offset":N` before `data` when the topic has history
 //! - a binary message: a binary frame `[topic length: 1 byte][topic][payload]` (topics are at
 //!   most 255 bytes, so one length byte suffices; the payload is not copied into JSON or
-//!   base64, and a browser decodes it with a `DataView`).
+//!   base64, and a browser decodes it with a `DataView`); version 2 (`/ws?envelope=2`)
+//!   puts the offset, 8 bytes big-endian, between the topic and the payload.
 //!
 //! Both envelopes are built by the shard once per publish (per shard with a mux-mode
 //! subscriber), next to the bare simple-mode frame, and shared by reference count.
@@ -153,8 +156,8 @@ impl Refusal {
 /// What a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Subscribe to a topic.
-    Subscribe(String),
+    /// Subscribe to a topic, from where [`Start`] says.
+    Subscribe(String, Start),
     /// Unsubscribe from a topic.
     Unsubscribe(String),
     /// Publish a text payload.
@@ -178,7 +181,7 @@ impl Command {
     /// The `type` name, for acks and metrics.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Subscribe(_) => "subscribe",
+            Command::Subscribe(..) => "subscribe",
             Command::Unsubscribe(_) => "unsubscribe",
             Command::Publish { .. } => "publish",
             Command::Ping => "ping",
@@ -190,10 +193,69 @@ impl Command {
     /// The topic the command names, if any.
     pub fn topic(&self) -> Option<&str> {
         match self {
-            Command::Subscribe(t) | Command::Unsubscribe(t) | Command::Publish { topic: t, .. } => {
-                Some(t)
-            }
+            Command::Subscribe(t, _)
+            | Command::Unsubscribe(t)
+            | Command::Publish { topic: t, .. } => Some(t),
             Command::Ping | Command::Auth(_) | Command::Refresh(_) => None,
+        }
+    }
+}
+
+/// Where a subscription starts, on a topic with history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Live messages from now on (the ack names the epoch and latest offset).
+    Now,
+    /// `"recover": {"epoch": E, "offset": N}`: every publication after N in epoch E first.
+    Recover {
+        /// The epoch the client saw.
+        epoch: String,
+        /// The last offset it saw.
+        offset: u64,
+    },
+    /// `"rewind": N`: the last N publications first.
+    Rewind(u64),
+}
+
+/// The longest epoch a client may send (the server's are 8 characters).
+pub const MAX_EPOCH_LEN: usize = 16;
+
+/// The `recover` / `rewind` fields of a subscribe.
+fn start_field(obj: &Map<String, Value>, id: &Option<Value>) -> Result<Start, Refusal> {
+    let bad = |m: &str| Refusal::new(id.clone(), ErrorCode::BadMessage, m);
+    let recover = obj.get("recover").filter(|v| !v.is_null());
+    let rewind = obj.get("rewind").filter(|v| !v.is_null());
+    match (recover, rewind) {
+        (None, None) => Ok(Start::Now),
+        (Some(_), Some(_)) => Err(bad("\"recover\" and \"rewind\" cannot be used together")),
+        (None, Some(n)) => match n.as_u64() {
+            Some(n) => Ok(Start::Rewind(n)),
+            None => Err(bad("\"rewind\" must be a non-negative integer")),
+        },
+        (Some(r), None) => {
+            let shape = "\"recover\" must be {\"epoch\": \"...\", \"offset\": N}";
+            let Value::Object(r) = r else {
+                return Err(bad(shape));
+            };
+            let epoch = match r.get("epoch") {
+                Some(Value::String(e))
+                    if (1..=MAX_EPOCH_LEN).contains(&e.len())
+                        && e.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                {
+                    e.clone()
+                }
+                _ => {
+                    return Err(bad(
+                        "\"recover.epoch\" must be 1 to 16 characters of [0-9A-Za-z]",
+                    ));
+                }
+            };
+            let Some(offset) = r.get("offset").and_then(Value::as_u64) else {
+                return Err(bad(
+                    "\"recover.offset\" must be an integer from 0 to 2^64-1",
+                ));
+            };
+            Ok(Start::Recover { epoch, offset })
         }
     }
 }
@@ -252,7 +314,7 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
         }
     };
     let command = match kind {
-        "subscribe" => Command::Subscribe(topic_field(&obj, &id)?),
+        "subscribe" => Command::Subscribe(topic_field(&obj, &id)?, start_field(&obj, &id)?),
         "unsubscribe" => Command::Unsubscribe(topic_field(&obj, &id)?),
         "publish" => {
             let topic = topic_field(&obj, &id)?;
@@ -356,6 +418,40 @@ pub fn ack(id: Option<&Value>, command: &Command) -> Vec<u8> {
     Value::Object(m).to_string().into_bytes()
 }
 
+/// The ack of a subscribe to a topic with history: the position (`epoch`, `offset`), and
+/// for a recovery `recovered` (and `reason`), for a rewind `rewound`.
+pub fn join_ack(
+    id: Option<&Value>,
+    topic: &str,
+    answer: &super::join::JoinReply,
+    kind: super::join::Kind,
+) -> Vec<u8> {
+    use super::join::{Kind, Outcome};
+    let mut m = reply("ack", id);
+    m.insert("op".into(), Value::String("subscribe".into()));
+    m.insert("topic".into(), Value::String(topic.into()));
+    if let Some(e) = answer.epoch {
+        m.insert("epoch".into(), Value::String(e.as_str().into()));
+        m.insert("offset".into(), Value::from(answer.top));
+    }
+    match kind {
+        Kind::Recover => {
+            m.insert(
+                "recovered".into(),
+                Value::Bool(answer.outcome == Outcome::Recovered),
+            );
+            if let Some(r) = answer.outcome.reason() {
+                m.insert("reason".into(), Value::String(r.into()));
+            }
+        }
+        Kind::Rewind => {
+            m.insert("rewound".into(), Value::from(answer.publications.len()));
+        }
+        Kind::Position => {}
+    }
+    Value::Object(m).to_string().into_bytes()
+}
+
 /// `{"type":"refresh_required","in":SECONDS}`: the connection's token expires in that many
 /// seconds.
 pub fn refresh_required(seconds: u64) -> Vec<u8> {
@@ -375,13 +471,33 @@ pub fn refuse(id: Option<Value>, code: ErrorCode, message: impl Into<String>) ->
     Refusal::new(id, code, message)
 }
 
-/// Appends the text envelope `{"type":"message","topic":...,"data":...}` to `out`.
-pub fn envelope_text(topic: &str, payload: &str, out: &mut Vec<u8>) {
+/// Appends the text envelope `{"type":"message","topic":...,"offset":N,"data":...}` to
+/// `out` (no `offset` when it is 0: the topic has no history).
+pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"type\":\"message\",\"topic\":");
     push_json_string(topic, out);
+    if offset != 0 {
+        out.extend_from_slice(b",\"offset\":");
+        push_u64(offset, out);
+    }
     out.extend_from_slice(b",\"data\":");
     push_json_string(payload, out);
     out.push(b'}');
+}
+
+/// Decimal digits of `n`, without allocating (the envelope path).
+fn push_u64(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Bytes the text envelope adds around a payload with nothing to escape.
@@ -401,6 +517,15 @@ pub fn envelope_binary(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
     // Topics are validated to 1..=255 bytes.
     out.push(u8::try_from(topic.len()).unwrap_or(u8::MAX));
     out.extend_from_slice(&topic.as_bytes()[..topic.len().min(255)]);
+    out.extend_from_slice(payload);
+}
+
+/// Appends the binary envelope version 2 (`/ws?envelope=2`),
+/// `[topic length][topic][offset: u64 big-endian][payload]`, to `out`.
+pub fn envelope_binary_v2(topic: &str, offset: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(u8::try_from(topic.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(&topic.as_bytes()[..topic.len().min(255)]);
+    out.extend_from_slice(&offset.to_be_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -435,7 +560,7 @@ mod tests {
     #[test]
     fn commands() {
         let r = parse(br#"{"type":"subscribe","topic":"a","id":7}"#).unwrap();
-        assert_eq!(r.command, Command::Subscribe("a".into()));
+        assert_eq!(r.command, Command::Subscribe("a".into(), Start::Now));
         assert_eq!(
             json(&ack(r.id.as_ref(), &r.command)),
             json(br#"{"type":"ack","id":7,"op":"subscribe","topic":"a"}"#)
@@ -498,14 +623,24 @@ mod tests {
     #[test]
     fn envelopes() {
         let mut out = Vec::new();
-        envelope_text("a\"b", "hi \"there\"\n", &mut out);
+        envelope_text("a\"b", 0, "hi \"there\"\n", &mut out);
         assert_eq!(
             json(&out),
             json(br#"{"type":"message","topic":"a\"b","data":"hi \"there\"\n"}"#)
         );
         let mut out = Vec::new();
-        envelope_text("t", "x", &mut out);
+        envelope_text("t", 0, "x", &mut out);
         assert_eq!(out.len(), envelope_text_overhead("t") + 1);
+        for offset in [1, 9, 10, 4711, u64::MAX] {
+            let mut out = Vec::new();
+            envelope_text("t", offset, "x", &mut out);
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["offset"].as_u64(), Some(offset), "{offset}");
+            assert_eq!(v["data"], "x");
+        }
+        let mut v2 = Vec::new();
+        envelope_binary_v2("news", 0x0102, &[9], &mut v2);
+        assert_eq!(v2, b"\x04news\x00\x00\x00\x00\x00\x00\x01\x02\x09");
         let mut bin = Vec::new();
         envelope_binary("news", &[0, 1, 2], &mut bin);
         assert_eq!(bin, b"\x04news\x00\x01\x02");

@@ -69,6 +69,11 @@ pub struct NamespaceOptions {
     /// Largest message a client may publish here (at most the server's
     /// `--max-message-size`, which the frame decoder enforces for everything).
     pub max_message_size: usize,
+    /// Publications kept per topic (`history_size`); 0: no history, no visible offsets.
+    pub history_size: u32,
+    /// A topic's history (and epoch) is forgotten this long after its last publication
+    /// (`history_ttl`); never zero when `history_size` is not.
+    pub history_ttl: std::time::Duration,
 }
 
 impl NamespaceOptions {
@@ -78,6 +83,8 @@ impl NamespaceOptions {
             anonymous: Anonymous::Publish,
             client_publish: true,
             max_message_size,
+            history_size: 0,
+            history_ttl: std::time::Duration::ZERO,
         }
     }
 }

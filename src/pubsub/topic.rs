@@ -82,14 +82,24 @@ pub enum Format {
     Plain = 0,
     /// The mux-mode envelope naming the topic (`/ws`, see [`super::mux`]).
     Mux = 1,
+    /// The mux-mode envelope, version 2 (`/ws?envelope=2`): binary envelopes carry the
+    /// offset (text envelopes are the same as [`Format::Mux`]'s).
+    Mux2 = 2,
 }
 
 /// Number of [`Format`]s.
-pub const FORMATS: usize = 2;
+pub const FORMATS: usize = 3;
+
+impl Format {
+    /// Whether subscribers in this format get envelopes (and subscribe acks).
+    pub fn is_mux(self) -> bool {
+        !matches!(self, Format::Plain)
+    }
+}
 
 impl Format {
     /// Every format, in list order.
-    pub const ALL: [Format; FORMATS] = [Format::Plain, Format::Mux];
+    pub const ALL: [Format; FORMATS] = [Format::Plain, Format::Mux, Format::Mux2];
 }
 
 /// Options of one topic, resolved once when the topic is interned (from its namespace,
@@ -110,8 +120,43 @@ impl TopicOptions {
             anonymous: super::namespace::Anonymous::Publish,
             client_publish: true,
             max_message_size: 1 << 20,
+            history_size: 0,
+            history_ttl: std::time::Duration::ZERO,
         },
     };
+
+    /// Whether the topic keeps a history (and numbers its publications visibly).
+    pub fn has_history(&self) -> bool {
+        self.ns.history_size > 0
+    }
+}
+
+/// The home shard of topic `name` among `shards`: the one that numbers its publications
+/// and keeps its history. A fixed hash (FNV-1a, 64 bits), so that every shard (and every
+/// process of the same build) computes the same home without asking.
+pub fn home_shard(name: &str, shards: usize) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let shards = shards.clamp(1, usize::from(u16::MAX)) as u64;
+    (h % shards) as u16
+}
+
+/// A subscriber that joined a topic with history and must not receive the publications
+/// its join already accounts for (a recovery's replay, or the offset its ack named):
+/// it skips offsets up to `until` (`u64::MAX` while the home shard has not answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    /// The subscriber's slot.
+    pub slot: u32,
+    /// Its format.
+    pub format: Format,
+    /// The last offset it must not receive live.
+    pub until: u64,
+    /// The join that set it (an answer for another join of the same slot is not its).
+    pub join: u32,
 }
 
 /// Marks "no batch open this turn" in [`Topic::batch`].
@@ -134,6 +179,13 @@ pub struct Topic {
     pub remote: Vec<(u16, TopicId)>,
     /// This turn's open batch (an index in the batcher), or [`NO_BATCH`].
     pub(crate) batch: u32,
+    /// The topic's home shard ([`home_shard`]), set by the pub/sub layer at interning.
+    pub home: u16,
+    /// On its home shard: whether the history store holds state for it (the topic is
+    /// then kept while nobody subscribes, until the state expires).
+    pub history: bool,
+    /// Subscribers that joined with a threshold (rare, short-lived: see [`Gate`]).
+    pub gates: Vec<Gate>,
 }
 
 impl Topic {
@@ -216,6 +268,9 @@ impl Topics {
             leaving: Vec::new(),
             remote: Vec::new(),
             batch: NO_BATCH,
+            home: 0,
+            history: false,
+            gates: Vec::new(),
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -320,6 +375,13 @@ impl Topics {
             t.subs[format as usize]
                 .retain(|s| gone.binary_search_by_key(s, |&(slot, _)| slot).is_err());
         }
+        if !t.gates.is_empty() {
+            t.gates.retain(|g| {
+                leaving
+                    .binary_search_by_key(&(g.format as u8, g.slot), |&(s, f)| (f as u8, s))
+                    .is_err()
+            });
+        }
         leaving.clear();
         t.leaving = leaving;
         let after = t.local();
@@ -374,7 +436,11 @@ impl Topics {
             return;
         }
         let unused = e.topic.as_ref().is_some_and(|t| {
-            t.local() == 0 && t.remote.is_empty() && t.leaving.is_empty() && t.batch == NO_BATCH
+            t.local() == 0
+                && t.remote.is_empty()
+                && t.leaving.is_empty()
+                && t.batch == NO_BATCH
+                && !t.history
         });
         if !unused {
             return;

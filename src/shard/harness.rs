@@ -205,6 +205,8 @@ fn settings() -> Settings {
         )),
         client_publish_rate: 0,
         client_publish_burst: 20,
+        history_memory_limit: 64 << 20,
+        max_recovery_publications: 1000,
     }
 }
 

@@ -127,6 +127,12 @@ pub struct Settings {
     pub client_publish_rate: u32,
     /// Publishes one connection may make at once before the rate applies.
     pub client_publish_burst: u32,
+    /// What all histories together may weigh (`--history-memory-limit`; each shard takes
+    /// its share: homes are hash-spread).
+    pub history_memory_limit: usize,
+    /// Most publications one recovery, rewind or history page returns
+    /// (`--max-recovery-publications`).
+    pub max_recovery_publications: usize,
 }
 
 /// State shared by all shards (read-mostly; nothing on the per-message path locks).
@@ -226,6 +232,8 @@ struct ShardState {
     users: api::UserIndex,
     /// Backend API requests waiting for the other shards.
     api: api::ApiState,
+    /// `GET /history` requests waiting for their topic's home shard.
+    history: http::history::HistoryWaits,
 }
 
 /// A shard: its driver and its state.
@@ -272,6 +280,9 @@ impl<D: Driver> Shard<D> {
                 policy: crate::pubsub::Policy {
                     tokens: settings.verifier.tokens_enabled(),
                 },
+                history_memory: settings.history_memory_limit / n.max(1),
+                max_recovery: settings.max_recovery_publications,
+                join_timeout_ticks: ticks_ceil(crate::pubsub::join::JOIN_TIMEOUT),
             },
             Arc::clone(&metrics),
         );
@@ -303,6 +314,7 @@ impl<D: Driver> Shard<D> {
                 logs: Logs::default(),
                 users: api::UserIndex::default(),
                 api: api::ApiState::default(),
+                history: http::history::HistoryWaits::default(),
             },
         }
     }
@@ -492,6 +504,15 @@ impl ShardState {
             Routed::Favicon => {
                 self.respond_with(token, 200, "image/x-icon", crate::http::FAVICON);
             }
+            Routed::ClientJs => {
+                let js = crate::http::CLIENT_JS.as_bytes();
+                self.respond_with(token, 200, "text/javascript; charset=utf-8", js);
+            }
+            Routed::History {
+                topic,
+                since,
+                limit,
+            } => return self.http_history(token, head, &topic, since, limit),
             Routed::Publish(topic) => return self.http_publish(token, head, &topic, rest),
             Routed::PublishBatch => return self.http_publish_batch(token, head, rest),
             Routed::Api(route) => return self.http_api(token, head, route, rest),
@@ -542,13 +563,40 @@ impl ShardState {
         let caller = crate::pubsub::Caller::Client(grants);
         let route = match endpoint {
             Endpoint::Echo => Route::Echo,
-            Endpoint::Mux { subscribe } => self.mux_open(token.slot, subscribe, caller),
-            Endpoint::Topic { name, echo } => {
-                match self
-                    .pubsub
-                    .subscribe(token.slot, Format::Plain, &name, 0, caller)
-                {
-                    Ok(topic) => {
+            Endpoint::Mux {
+                subscribe,
+                envelope_v2,
+            } => {
+                let format = if envelope_v2 {
+                    Format::Mux2
+                } else {
+                    Format::Mux
+                };
+                self.mux_open(token.slot, subscribe, format, caller)
+            }
+            Endpoint::Topic { name, echo, rewind } => {
+                let max = self.settings.max_recovery_publications as u64;
+                let want = match rewind {
+                    None => crate::pubsub::join::Want::Position,
+                    Some(n) if n <= max => crate::pubsub::join::Want::Rewind(n as u32),
+                    Some(_) => {
+                        let why =
+                            format!("bad rewind: at most {max} (--max-recovery-publications)\n");
+                        self.respond(token, 400, &why);
+                        return;
+                    }
+                };
+                match self.pubsub.subscribe_join(
+                    token.slot,
+                    Format::Plain,
+                    &name,
+                    0,
+                    caller,
+                    want,
+                    None,
+                ) {
+                    Ok(joined) => {
+                        let topic = joined.id();
                         let may_publish = match self.pubsub.may_publish(caller, topic) {
                             Ok(()) => true,
                             Err(e) => {
@@ -778,6 +826,7 @@ impl ShardState {
         self.pubsub
             .fan_out(&mut subs, &mut self.outbox.wake, sealed_only);
         self.apply_slow();
+        self.history_answers();
     }
 
     /// Takes what other shards sent: their batches are fanned out here.
@@ -787,9 +836,10 @@ impl ShardState {
             dirty: &mut self.outbox.dirty,
             limit: self.settings.send_queue_limit,
         };
-        self.pubsub.drain_bus(&mut subs);
+        self.pubsub.drain_bus(&mut subs, &mut self.outbox.wake);
         self.apply_slow();
         self.api_messages();
+        self.history_answers();
     }
 
     /// Applies the slow-consumer policy to the subscribers the pub/sub layer found slow.
@@ -1088,6 +1138,15 @@ impl ShardState {
             self.release(t);
         }
         self.api_timeouts();
+        self.pubsub.expire_history();
+        let mut subs = Deliveries {
+            conns: &mut self.conns,
+            dirty: &mut self.outbox.dirty,
+            limit: self.settings.send_queue_limit,
+        };
+        self.pubsub.join_timeouts(&mut subs);
+        self.apply_slow();
+        self.history_answers();
     }
 
     /// Hands the turn's work to the driver: registrations, sends, releases (after the

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use crate::io::Token;
 use crate::proto::close_code;
 use crate::proto::frame::OpCode;
-use crate::pubsub::mux::{self, Command, Refusal};
+use crate::pubsub::join::{JoinReply, Joined, Kind, Outcome, Want};
+use crate::pubsub::mux::{self, Command, Refusal, Start};
 use crate::pubsub::{Error, Format, Target, TopicId};
 
 use super::conn::{Phase, Route};
@@ -24,7 +25,7 @@ use super::{CLOSE_GRACE, ShardState, frame_once, ticks, ticks_ceil};
 pub const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A mux-mode connection's own state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MuxConn {
     /// Topics this connection is subscribed to (this shard's ids).
     pub topics: Vec<TopicId>,
@@ -34,6 +35,8 @@ pub struct MuxConn {
     pub window_start: u32,
     /// Publishes it may still make (`--client-publish-rate`).
     pub bucket: super::session::PublishBucket,
+    /// Its envelope format ([`Format::Mux`], or [`Format::Mux2`] with `?envelope=2`).
+    pub format: Format,
 }
 
 impl ShardState {
@@ -43,18 +46,22 @@ impl ShardState {
         &mut self,
         slot: u32,
         subscribe: Vec<String>,
+        format: Format,
         caller: crate::pubsub::Caller<'_>,
     ) -> Route {
         let mut mux = MuxConn {
+            topics: Vec::new(),
+            errors: 0,
             window_start: self.tick,
-            ..MuxConn::default()
+            bucket: super::session::PublishBucket::default(),
+            format,
         };
         // More than the limit were refused with 400 before the upgrade, and duplicates
         // removed, so every one is new here.
         for topic in subscribe {
             match self
                 .pubsub
-                .subscribe(slot, Format::Mux, &topic, mux.topics.len(), caller)
+                .subscribe(slot, format, &topic, mux.topics.len(), caller)
             {
                 Ok(id) => mux.topics.push(id),
                 Err(e) => {
@@ -70,7 +77,7 @@ impl ShardState {
     /// Release hook: unsubscribes a closing mux-mode connection from all its topics.
     pub(super) fn mux_release(&mut self, slot: u32, mux: &MuxConn) {
         for &id in &mux.topics {
-            self.pubsub.unsubscribe(slot, id, Format::Mux);
+            self.pubsub.unsubscribe(slot, id, mux.format);
         }
     }
 
@@ -104,7 +111,18 @@ impl ShardState {
         };
         self.metrics.mux_command(req.command.name());
         let result = match &req.command {
-            Command::Subscribe(topic) => self.mux_subscribe(token, topic),
+            Command::Subscribe(topic, start) => {
+                match self.mux_subscribe(token, topic, start, req.id.as_ref()) {
+                    // The ack follows the home shard's answer.
+                    Ok(true) => return,
+                    Ok(false) => Ok(()),
+                    Err(Sub::Refused(r)) => {
+                        self.mux_refuse(token, &r);
+                        return;
+                    }
+                    Err(Sub::Error(e)) => Err(e),
+                }
+            }
             Command::Unsubscribe(topic) => self.mux_unsubscribe(token, topic),
             Command::Publish { topic, data, echo } => {
                 self.mux_publish(token, topic, OpCode::Text, data.as_bytes(), *echo)
@@ -128,7 +146,18 @@ impl ShardState {
         };
         match result {
             Ok(()) => {
-                let reply = mux::ack(req.id.as_ref(), &req.command);
+                let reply = match &req.command {
+                    Command::Subscribe(topic, start) if *start != Start::Now => {
+                        // A topic without history: say so.
+                        let kind = match start {
+                            Start::Rewind(_) => Kind::Rewind,
+                            _ => Kind::Recover,
+                        };
+                        let none = JoinReply::none(Outcome::NoHistory);
+                        mux::join_ack(req.id.as_ref(), topic, &none, kind)
+                    }
+                    _ => mux::ack(req.id.as_ref(), &req.command),
+                };
                 self.mux_reply(token, &reply);
             }
             Err(e) => {
@@ -139,10 +168,35 @@ impl ShardState {
         }
     }
 
-    fn mux_subscribe(&mut self, token: Token, topic: &str) -> Result<(), Error> {
+    /// A `subscribe` command. `Ok(true)`: the connection joins a topic with history and
+    /// its ack follows the home shard's answer; `Ok(false)`: subscribed (or already), ack
+    /// now.
+    fn mux_subscribe(
+        &mut self,
+        token: Token,
+        topic: &str,
+        start: &Start,
+        id: Option<&serde_json::Value>,
+    ) -> Result<bool, Sub> {
+        let max = self.settings.max_recovery_publications as u64;
+        let want = match start {
+            Start::Now => Want::Position,
+            Start::Recover { epoch, offset } => Want::Recover {
+                epoch: epoch.as_str().into(),
+                offset: *offset,
+            },
+            Start::Rewind(n) if *n <= max => Want::Rewind(*n as u32),
+            Start::Rewind(_) => {
+                return Err(Sub::Refused(mux::refuse(
+                    id.cloned(),
+                    mux::ErrorCode::BadMessage,
+                    format!("\"rewind\" must be at most {max} (--max-recovery-publications)"),
+                )));
+            }
+        };
         let known = self.pubsub.lookup(topic);
         let Some(c) = self.conns.get_mut(token) else {
-            return Ok(());
+            return Ok(false);
         };
         let grants = c
             .session
@@ -153,17 +207,33 @@ impl ShardState {
             ..
         } = &mut c.phase
         else {
-            return Ok(());
+            return Ok(false);
         };
         if known.is_some_and(|id| mux.topics.contains(&id)) {
-            return Ok(());
+            if want != Want::Position {
+                return Err(Sub::Refused(mux::refuse(
+                    id.cloned(),
+                    mux::ErrorCode::BadMessage,
+                    "already subscribed: unsubscribe first to recover or rewind",
+                )));
+            }
+            return Ok(false);
         }
         let caller = crate::pubsub::Caller::Client(grants);
-        let id = self
+        let joined = self
             .pubsub
-            .subscribe(token.slot, Format::Mux, topic, mux.topics.len(), caller)?;
-        mux.topics.push(id);
-        Ok(())
+            .subscribe_join(
+                token.slot,
+                mux.format,
+                topic,
+                mux.topics.len(),
+                caller,
+                want,
+                id.cloned(),
+            )
+            .map_err(Sub::Error)?;
+        mux.topics.push(joined.id());
+        Ok(matches!(joined, Joined::Joining(_)))
     }
 
     /// A mux-mode publish (JSON or binary envelope): the connection's publish rate, then
@@ -219,7 +289,7 @@ impl ShardState {
             return Err(Error::NotSubscribed);
         };
         let id = mux.topics.swap_remove(i);
-        self.pubsub.unsubscribe(token.slot, id, Format::Mux);
+        self.pubsub.unsubscribe(token.slot, id, mux.format);
         Ok(())
     }
 
@@ -295,6 +365,12 @@ impl ShardState {
         );
         false
     }
+}
+
+/// Why a subscribe was refused: a malformed request, or the pub/sub layer's refusal.
+enum Sub {
+    Refused(Refusal),
+    Error(Error),
 }
 
 /// A pub/sub refusal as a mux error reply.

@@ -38,6 +38,7 @@
 //! `--http-idle-timeout` from its last answer.
 
 mod api;
+pub(super) mod history;
 mod publish;
 
 pub use publish::PendingBody;
@@ -136,6 +137,7 @@ pub(in crate::shard) fn split_admin(routed: Routed, admin: bool, configured: boo
             | Routed::Api(_)
             | Routed::Publish(_)
             | Routed::PublishBatch
+            | Routed::History { .. }
             | Routed::NotAllowed { .. }
             | Routed::Respond { .. }
     );
@@ -519,8 +521,6 @@ impl ShardState {
     /// pipelined bytes are kept, unparsed (the connection stops being read once they pass
     /// `--max-header-bytes`), and `--handshake-timeout`, counted from the request's start,
     /// still bounds the wait.
-    // Only the test route defers today; the `/api/...` handlers will.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn http_defer(&mut self, token: Token) {
         if let Some(c) = self.conns.get_mut(token)
             && let Phase::Http { flow, .. } = &mut c.phase

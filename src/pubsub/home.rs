@@ -1,0 +1,209 @@
+//! One order per topic: every topic has a home shard ([`home_shard`]) that numbers its
+//! publications, keeps its history and fans it out to the other shards.
+//!
+//! A batch built on another shard is forwarded to the home as one bus message (the same
+//! `Arc<Batch>`: the frames were built once and are not copied), which the home numbers
+//! and fans out like its own. So every subscriber, on every shard, receives a topic's
+//! publications in the order its home fanned them out, whoever published them; on a topic
+//! with history that order is its offsets. Per publisher it is still publish order (the
+//! bus is FIFO per sender). The price is one hand-off for a publisher not on its topic's
+//! home (docs/DESIGN.md, "One order per topic"). With one shard nothing is forwarded.
+//!
+//! The exclusions of a batch (publishers that must not receive their own messages) name
+//! `(shard, slot)` and travel in the batch ([`super::batch::Own`]), so that the publisher's
+//! shard applies them when the numbered batch comes back from the home.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::batch::{Batch, Ready};
+use super::fanout::Subscribers;
+use super::history::HistoryOptions;
+use super::topic::{TopicId, TopicOptions};
+use super::{PubSub, home_shard};
+use crate::bus::{BusMsg, Pushed};
+
+impl PubSub {
+    /// A batch of this shard's turn: numbered and fanned out here when this is its topic's
+    /// home, else forwarded to the home.
+    pub(super) fn route<S: Subscribers>(&mut self, r: Ready, subs: &mut S, wake: &mut [bool]) {
+        let Some(t) = self.topics.get(r.topic) else {
+            return;
+        };
+        if t.home == self.shard {
+            self.publish_home(r.topic, r.batch, subs, wake);
+            return;
+        }
+        if t.local() == 0 && t.remote.is_empty() && !t.options.has_history() {
+            // Nobody subscribes anywhere (this shard knows every announcement made before
+            // the publish was read) and nothing is kept.
+            self.metrics.unrouted.add(u64::from(r.batch.count()));
+            return;
+        }
+        let home = t.home;
+        let msg = BusMsg::Named {
+            topic: Arc::clone(&t.name),
+            batch: r.batch,
+        };
+        self.metrics.history.forwarded.inc();
+        self.push_batch(home, msg, wake);
+    }
+
+    /// A batch named by topic, for this shard as its home (forwarded by another shard, or
+    /// published by a thread that is not a shard).
+    pub(super) fn on_named<S: Subscribers>(
+        &mut self,
+        name: Arc<str>,
+        batch: Arc<Batch>,
+        subs: &mut S,
+        wake: &mut [bool],
+    ) {
+        let home = home_shard(&name, self.bus.shards());
+        if home != self.shard {
+            // Not ours (a sender that computed another home): pass it on, once.
+            self.push_batch(home, BusMsg::Named { topic: name, batch }, wake);
+            return;
+        }
+        let id = match self.topics.lookup(&name) {
+            Some(id) => id,
+            None => match self.options_of(&name) {
+                Ok(opts) if opts.has_history() => self.intern_shared(name, opts),
+                // Unknown here: no shard announced a subscriber before it was published.
+                _ => {
+                    self.metrics.unrouted.add(u64::from(batch.count()));
+                    return;
+                }
+            },
+        };
+        self.publish_home(id, batch, subs, wake);
+        self.topics.drop_if_unused(id);
+    }
+
+    /// On the home shard: numbers `batch` (when the topic has history), then queues it to
+    /// every interested shard and to the local subscribers.
+    pub(super) fn publish_home<S: Subscribers>(
+        &mut self,
+        id: TopicId,
+        batch: Arc<Batch>,
+        subs: &mut S,
+        wake: &mut [bool],
+    ) {
+        self.compact(id);
+        let Some(t) = self.topics.get(id) else {
+            return;
+        };
+        let history = t.options.has_history();
+        if !history && t.local() == 0 && t.remote.is_empty() {
+            self.metrics.unrouted.add(u64::from(batch.count()));
+            return;
+        }
+        let batch = if history {
+            self.number(id, batch)
+        } else {
+            batch
+        };
+        let remote = match self.topics.get(id) {
+            Some(t) if !t.remote.is_empty() => t.remote.clone(),
+            _ => Vec::new(),
+        };
+        for (shard, theirs) in remote {
+            let msg = BusMsg::Batch {
+                topic: theirs,
+                batch: Arc::clone(&batch),
+            };
+            self.push_batch(shard, msg, wake);
+        }
+        self.deliver_local(id, &batch, subs);
+    }
+
+    /// Gives the batch's messages their offsets and keeps their frames in the history
+    /// (slices of the batch's buffer: no copy).
+    fn number(&mut self, id: TopicId, mut batch: Arc<Batch>) -> Arc<Batch> {
+        let Some(t) = self.topics.get_mut(id) else {
+            return batch;
+        };
+        t.history = true;
+        let opts = history_options(&t.options);
+        let now = Instant::now();
+        let mut first = 0;
+        for i in 0..batch.count() {
+            let a = self.histories.append(id, opts, batch.frame(i), now);
+            if i == 0 {
+                first = a.offset;
+            }
+        }
+        match Arc::get_mut(&mut batch) {
+            Some(b) => b.offset = first,
+            // Shared already (a caller kept a reference): a new head over the same frames.
+            None => {
+                let mut b = Batch::new(batch.origin, batch.frames.clone(), batch.ends.clone());
+                b.own = batch.own.clone();
+                b.offset = first;
+                batch = Arc::new(b);
+            }
+        }
+        batch
+    }
+
+    /// Pushes a batch message to shard `to`, counting it as dropped when its inbox is full.
+    pub(super) fn push_batch(&mut self, to: u16, msg: BusMsg, wake: &mut [bool]) {
+        let count = match &msg {
+            BusMsg::Batch { batch, .. } | BusMsg::Named { batch, .. } => batch.count(),
+            _ => 0,
+        };
+        match self.bus.push(usize::from(to), msg) {
+            Pushed::Wake => {
+                if let Some(w) = wake.get_mut(usize::from(to)) {
+                    *w = true;
+                }
+            }
+            Pushed::Queued => {}
+            Pushed::Full => {
+                self.metrics.bus_dropped.add(u64::from(count));
+                if let Some(suppressed) = self.inbox_full_log.allow(self.tick) {
+                    tracing::warn!(
+                        shard = self.shard,
+                        to,
+                        suppressed,
+                        "a shard's inbox is full (--max-inbox-bytes): batch dropped for its subscribers"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Once per tick: forgets the history of topics idle past their TTL (a bounded number
+    /// per call). A topic that still has subscribers keeps its epoch and offsets (they
+    /// track them) and loses only its publications.
+    pub fn expire_history(&mut self) {
+        if self.histories.topics() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let topics = &self.topics;
+        let mut gone = Vec::new();
+        self.histories.expire_keeping(
+            now,
+            |id| {
+                topics
+                    .get(id)
+                    .is_some_and(|t| t.local() > 0 || !t.remote.is_empty())
+            },
+            |id| gone.push(id),
+        );
+        for id in gone {
+            if let Some(t) = self.topics.get_mut(id) {
+                t.history = false;
+            }
+            self.topics.drop_if_unused(id);
+        }
+    }
+}
+
+/// The history store's options for a topic.
+pub(super) fn history_options(o: &TopicOptions) -> HistoryOptions {
+    HistoryOptions {
+        size: o.ns.history_size as usize,
+        ttl: o.ns.history_ttl,
+    }
+}

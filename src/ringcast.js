@@ -1,0 +1,1 @@
+// ringcast.js: placeholder until the client lands (this session).
