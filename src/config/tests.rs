@@ -234,6 +234,10 @@ fn every_key_from_env() {
         ("client_publish", "false"),
         ("client_publish_rate", "50"),
         ("client_publish_burst", "100"),
+        ("history_size", "50"),
+        ("history_ttl", "10m"),
+        ("history_memory_limit", "64MiB"),
+        ("max_recovery_publications", "500"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -257,6 +261,15 @@ fn every_key_from_env() {
     assert_eq!(cfg.api_key.len(), 2);
     assert_eq!(cfg.anonymous, Some(crate::pubsub::Anonymous::Subscribe));
     assert!(!cfg.client_publish);
+    assert_eq!(
+        (
+            cfg.history_size,
+            cfg.history_ttl,
+            cfg.history_memory_limit,
+            cfg.max_recovery_publications
+        ),
+        (50, Duration::from_secs(600), 64 << 20, 500)
+    );
     assert_eq!(
         (cfg.client_publish_rate, cfg.client_publish_burst),
         (50, 100)
@@ -546,7 +559,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 49] = [
+    let cases: [(&str, &str); 53] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -596,6 +609,10 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("client_publish", "perhaps"),
         ("client_publish_rate", "fast"),
         ("client_publish_burst", "a few"),
+        ("history_size", "some"),
+        ("history_ttl", "forever"),
+        ("history_memory_limit", "lots"),
+        ("max_recovery_publications", "1e3"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {

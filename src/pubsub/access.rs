@@ -124,6 +124,8 @@ mod tests {
                 anonymous,
                 client_publish,
                 max_message_size: 10,
+                history_size: 0,
+                history_ttl: std::time::Duration::ZERO,
             },
         }
     }

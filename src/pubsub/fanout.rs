@@ -516,7 +516,15 @@ mod tests {
             ends.into_boxed_slice(),
         );
         let (mut arena, mut body, mut env_ends) = (BytesMut::new(), Vec::new(), Vec::new());
-        let run = envelopes(&mut arena, &mut body, "t", &batch, &mut env_ends);
+        let (run, binary) = envelopes(
+            &mut arena,
+            &mut body,
+            "t",
+            batch_messages(&batch),
+            Format::Mux,
+            &mut env_ends,
+        );
+        assert!(binary);
         assert_eq!(env_ends.len(), lens.len() + 1, "one end per message");
         assert_eq!(env_ends.last().map(|&e| e as usize), Some(run.len()));
         let mut rest = &run[..];

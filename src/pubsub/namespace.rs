@@ -187,6 +187,8 @@ mod tests {
             anonymous: Anonymous::Subscribe,
             client_publish: false,
             max_message_size: 10,
+            history_size: 0,
+            history_ttl: std::time::Duration::ZERO,
         };
         let id = ns.add("chat", chat).unwrap();
         assert_eq!(ns.resolve("prices"), Ok(0));

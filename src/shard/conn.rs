@@ -113,6 +113,10 @@ pub struct Conn {
     pub paused: bool,
     /// Accepted on the admin listener (`--admin-listen`): only the admin routes.
     pub admin: bool,
+    /// A mux-mode connection's envelope format ([`Format::Mux`], or [`Format::Mux2`] with
+    /// `?envelope=2`). Kept here, in the struct's padding, rather than in the mux state,
+    /// where it would grow every connection slot by 8 bytes.
+    pub mux_format: crate::pubsub::Format,
     /// Tick of the last received byte.
     pub last_rx: u32,
     /// Tick of the last ping sent.
@@ -149,6 +153,7 @@ impl Conn {
             dirty: false,
             close_after_flush: false,
             releasing: false,
+            mux_format: crate::pubsub::Format::Mux,
             paused: false,
             admin: false,
             last_rx: tick,

@@ -453,9 +453,11 @@ fn a_slot_is_reused_only_after_its_release_completes() {
 
 #[test]
 fn batches_cross_shards_only_where_a_subscriber_is() {
+    // "t0" has its home on shard 0 (of 3), the publisher's: nothing is forwarded.
+    assert_eq!(crate::pubsub::home_shard("t0", 3), 0);
     let mut h = Harness::new(3, &settings());
-    let sub1 = h.connect(1, "/ws/t");
-    let publisher = h.connect(0, "/ws/t");
+    let sub1 = h.connect(1, "/ws/t0");
+    let publisher = h.connect(0, "/ws/t0");
     h.text(0, publisher, "hello");
     h.settle();
     assert_eq!(texts(&h.received(1, sub1)), ["hello"]);
@@ -483,6 +485,61 @@ fn batches_cross_shards_only_where_a_subscriber_is() {
     h.settle();
     assert_eq!(h.metrics(2).unrouted.get(), 1);
     assert_eq!(h.metrics(0).bus_in.get() + h.metrics(1).bus_in.get(), 1);
+}
+
+#[test]
+fn one_order_per_topic_whoever_publishes_and_publishers_never_get_their_own() {
+    // "t" has its home on shard 2 (of 3): publishes on shards 0 and 1 are forwarded there,
+    // numbered in one order, and come back.
+    assert_eq!(crate::pubsub::home_shard("t", 3), 2);
+    let mut h = Harness::new(3, &settings());
+    let a = h.connect(0, "/ws/t");
+    let b = h.connect(1, "/ws/t");
+    let c = h.connect(1, "/ws/t");
+    let d = h.connect(2, "/ws/t");
+    h.text(0, a, "a1");
+    h.text(1, b, "b1");
+    h.text(0, a, "a2");
+    h.settle();
+    h.text(1, b, "b2");
+    h.text(2, d, "d1");
+    h.settle();
+    let order = texts(&h.received(1, c));
+    assert_eq!(order.len(), 5, "{order:?}");
+    assert_eq!(
+        texts(&h.received(2, d)),
+        order
+            .iter()
+            .filter(|m| *m != "d1")
+            .cloned()
+            .collect::<Vec<_>>(),
+        "the same order on every shard, minus d's own"
+    );
+    let without = |who: &str| -> Vec<String> {
+        order
+            .iter()
+            .filter(|m| !m.starts_with(who))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        texts(&h.received(0, a)),
+        without("a"),
+        "a gets everyone's but its own"
+    );
+    assert_eq!(texts(&h.received(1, b)), without("b"));
+    let pos = |m: &str| order.iter().position(|x| x == m);
+    assert!(
+        pos("a1") < pos("a2") && pos("b1") < pos("b2"),
+        "per publisher, publish order"
+    );
+    assert!(h.metrics(0).history.forwarded.get() > 0);
+    assert!(h.metrics(1).history.forwarded.get() > 0);
+    assert_eq!(
+        h.metrics(2).history.forwarded.get(),
+        0,
+        "the home forwards nothing"
+    );
 }
 
 impl Harness {

@@ -572,6 +572,9 @@ impl ShardState {
                 } else {
                     Format::Mux
                 };
+                if let Some(c) = self.conns.get_mut(token) {
+                    c.mux_format = format;
+                }
                 self.mux_open(token.slot, subscribe, format, caller)
             }
             Endpoint::Topic { name, echo, rewind } => {
@@ -1025,12 +1028,13 @@ impl ShardState {
             self.users.remove(&s.user, token);
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Done);
+        let mux_format = c.mux_format;
         if let Phase::Ws { route, .. } = phase {
             match route {
                 Route::Topic { topic, .. } => {
                     self.pubsub.unsubscribe(token.slot, topic, Format::Plain);
                 }
-                Route::Mux(mux) => self.mux_release(token.slot, &mux),
+                Route::Mux(mux) => self.mux_release(token.slot, &mux, mux_format),
                 Route::Echo => {}
             }
         }

@@ -25,7 +25,7 @@ use super::{CLOSE_GRACE, ShardState, frame_once, ticks, ticks_ceil};
 pub const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A mux-mode connection's own state.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MuxConn {
     /// Topics this connection is subscribed to (this shard's ids).
     pub topics: Vec<TopicId>,
@@ -35,8 +35,6 @@ pub struct MuxConn {
     pub window_start: u32,
     /// Publishes it may still make (`--client-publish-rate`).
     pub bucket: super::session::PublishBucket,
-    /// Its envelope format ([`Format::Mux`], or [`Format::Mux2`] with `?envelope=2`).
-    pub format: Format,
 }
 
 impl ShardState {
@@ -50,11 +48,8 @@ impl ShardState {
         caller: crate::pubsub::Caller<'_>,
     ) -> Route {
         let mut mux = MuxConn {
-            topics: Vec::new(),
-            errors: 0,
             window_start: self.tick,
-            bucket: super::session::PublishBucket::default(),
-            format,
+            ..MuxConn::default()
         };
         // More than the limit were refused with 400 before the upgrade, and duplicates
         // removed, so every one is new here.
@@ -75,9 +70,9 @@ impl ShardState {
     }
 
     /// Release hook: unsubscribes a closing mux-mode connection from all its topics.
-    pub(super) fn mux_release(&mut self, slot: u32, mux: &MuxConn) {
+    pub(super) fn mux_release(&mut self, slot: u32, mux: &MuxConn, format: Format) {
         for &id in &mux.topics {
-            self.pubsub.unsubscribe(slot, id, mux.format);
+            self.pubsub.unsubscribe(slot, id, format);
         }
     }
 
@@ -202,6 +197,7 @@ impl ShardState {
             .session
             .as_deref()
             .map(|s| &s.rights as &dyn crate::pubsub::Grants);
+        let format = c.mux_format;
         let Phase::Ws {
             route: Route::Mux(mux),
             ..
@@ -224,7 +220,7 @@ impl ShardState {
             .pubsub
             .subscribe_join(
                 token.slot,
-                mux.format,
+                format,
                 topic,
                 mux.topics.len(),
                 caller,
@@ -282,6 +278,10 @@ impl ShardState {
 
     fn mux_unsubscribe(&mut self, token: Token, topic: &str) -> Result<(), Error> {
         let known = self.pubsub.lookup(topic);
+        let format = self
+            .conns
+            .get_mut(token)
+            .map_or(Format::Mux, |c| c.mux_format);
         let Some(mux) = mux_of(&mut self.conns, token) else {
             return Ok(());
         };
@@ -289,7 +289,7 @@ impl ShardState {
             return Err(Error::NotSubscribed);
         };
         let id = mux.topics.swap_remove(i);
-        self.pubsub.unsubscribe(token.slot, id, mux.format);
+        self.pubsub.unsubscribe(token.slot, id, format);
         Ok(())
     }
 
