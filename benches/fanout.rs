@@ -16,7 +16,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringcast::proto::frame::OpCode;
 use ringcast::pubsub::Format;
-use ringcast::pubsub::batch::Batcher;
+use ringcast::pubsub::batch::{Batcher, Exclusions};
 use ringcast::pubsub::fanout::{ExclusionIndex, FanOut, Queue, Refused, Subscribers};
 use ringcast::pubsub::topic::{TopicOptions, Topics};
 
@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
         };
         let mut batcher = Batcher::default();
         let mut fanout = FanOut::default();
+        let mut excl = Exclusions::default();
         g.throughput(Throughput::Elements((subs * msgs) as u64));
         let name = format!("{kind}/{subs}subs_x{msgs}msgs");
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -93,7 +94,8 @@ fn bench(c: &mut Criterion) {
                 let mut delivered = 0;
                 batcher.take(&mut topics, |topics, r| {
                     if let Some(t) = topics.get(r.topic) {
-                        delivered += fanout.run(t, &r.batch, &r.parts, &r.excluded, &mut queues);
+                        excl.build(&r.batch, 0, []);
+                        delivered += fanout.run(t, &r.batch, &excl, &mut queues);
                     }
                 });
                 queues.sent();

@@ -620,14 +620,19 @@ mod tests {
         // Slot 5 of shard 2 also sits behind a threshold covering messages 0..2: the
         // ranges overlap and merge; slot 8 only has the threshold.
         x.build(&r.batch, 2, [(5, 0..2), (8, 0..3)]);
-        let got: Vec<(u32, u32, Vec<Range<u32>>)> = x
+        type Parts = Vec<(u32, u32)>;
+        let got: Vec<(u32, u32, Parts)> = x
             .excluded
             .iter()
             .map(|e| {
-                let parts = x.parts[e.parts.clone()].iter().map(|p| p.msgs.clone());
-                (e.slot, e.count, parts.collect())
+                let parts = x.parts[e.parts.clone()].iter();
+                (
+                    e.slot,
+                    e.count,
+                    parts.map(|p| (p.msgs.start, p.msgs.end)).collect(),
+                )
             })
             .collect();
-        assert_eq!(got, vec![(5, 1, vec![3..4]), (8, 1, vec![3..4])]);
+        assert_eq!(got, vec![(5, 1, vec![(3, 4)]), (8, 1, vec![(3, 4)])]);
     }
 }

@@ -192,6 +192,8 @@ pub(super) struct Joins {
     pub(super) local: Vec<(u32, Arc<str>, Want)>,
     /// Answers decided on this shard (the home could not be asked), applied likewise.
     pub(super) local_replies: Vec<(u32, JoinReply)>,
+    /// Home shards asked this turn that must be woken at its end.
+    pub(super) wake: Vec<u16>,
 }
 
 impl Joins {
@@ -300,10 +302,20 @@ impl super::PubSub {
             topic,
             want,
         };
-        if waiting || self.bus.push(usize::from(home), msg) == Pushed::Full {
+        if waiting {
             self.joins
                 .local_replies
                 .push((join, JoinReply::none(Outcome::Unavailable)));
+            return;
+        }
+        match self.bus.push(usize::from(home), msg) {
+            // Woken at the end of this turn (the caller has no wake list at hand).
+            Pushed::Wake => self.joins.wake.push(home),
+            Pushed::Queued => {}
+            Pushed::Full => self
+                .joins
+                .local_replies
+                .push((join, JoinReply::none(Outcome::Unavailable))),
         }
     }
 

@@ -486,6 +486,11 @@ impl PubSub {
     /// Once per loop turn, after everything else: applies the leaves of this turn and
     /// retries announcements that met a full inbox.
     pub fn end_turn(&mut self, wake: &mut [bool]) {
+        for to in self.joins.wake.drain(..) {
+            if let Some(w) = wake.get_mut(usize::from(to)) {
+                *w = true;
+            }
+        }
         let list = self.topics.take_to_compact();
         for &id in &list {
             self.compact(id);

@@ -20,19 +20,8 @@ fn metrics(server: &Server, shard: usize) -> &Arc<ShardMetrics> {
     &server.shared.metrics[shard]
 }
 
-/// A client on `path` whose connection is on `shard`. Connections that land on the other
-/// shard are closed (SO_REUSEPORT spreads by the source port, so a few tries suffice).
 fn on_shard(server: &Server, shard: usize, path: &str) -> Client {
-    for _ in 0..200 {
-        let before: Vec<u64> = (0..2).map(|i| metrics(server, i).upgrades.get()).collect();
-        let c = Client::connect(server.addrs[0], path).expect("connect");
-        let after: Vec<u64> = (0..2).map(|i| metrics(server, i).upgrades.get()).collect();
-        let landed: Vec<usize> = (0..2).filter(|&i| after[i] != before[i]).collect();
-        if landed == [shard] {
-            return c;
-        }
-    }
-    panic!("no connection landed on shard {shard} in 200 tries");
+    crate::util::on_shard(server, shard, path)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

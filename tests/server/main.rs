@@ -11,6 +11,7 @@ mod bad_input;
 mod drain;
 mod external_wake;
 mod fallback;
+mod history;
 mod hostile_fanout;
 mod hostile_http;
 mod hostile_io;

@@ -112,39 +112,24 @@ impl Server {
 
     /// A raw TCP connection with a read timeout.
     pub fn raw(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s
+        raw_at(self.addr)
     }
 
     /// Sends raw bytes, returns everything the server sends until it closes (or 5 s).
     /// The sending side is shut after the bytes: a keep-alive answer then ends with the
     /// connection, as the server closes an HTTP connection at EOF once it has answered.
     pub fn exchange(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut s = self.raw();
-        let _ = s.write_all(bytes);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        read_to_close(&mut s)
+        exchange_at(self.addr, bytes)
     }
 
     /// `GET path` and the whole response.
     pub fn get(&self, path: &str) -> String {
-        String::from_utf8_lossy(
-            &self.exchange(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()),
-        )
-        .into_owned()
+        get_at(self.addr, path)
     }
 
     /// `POST path` with a body and a Content-Type; returns (status, body).
     pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        split_response(&self.exchange(&req))
+        post_at(self.addr, path, content_type, body)
     }
 
     /// Sends a raw request; returns (status, body).
@@ -278,6 +263,68 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A raw TCP connection to `addr` with a read timeout.
+pub fn raw_at(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// [`Server::exchange`] with a server at `addr` (in-process servers too).
+pub fn exchange_at(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = raw_at(addr);
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    read_to_close(&mut s)
+}
+
+/// [`Server::get`] at `addr`.
+pub fn get_at(addr: SocketAddr, path: &str) -> String {
+    String::from_utf8_lossy(&exchange_at(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    ))
+    .into_owned()
+}
+
+/// [`Server::post`] at `addr`.
+pub fn post_at(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    split_response(&exchange_at(addr, &req))
+}
+
+/// A client on `path` of the in-process `server` whose connection is on `shard`.
+/// Connections that land on another shard are closed (SO_REUSEPORT spreads by the source
+/// port, so a few tries suffice).
+pub fn on_shard(server: &ringcast::server::Server, shard: usize, path: &str) -> Client {
+    let upgrades = || -> Vec<u64> {
+        server
+            .shared
+            .metrics
+            .iter()
+            .map(|m| m.upgrades.get())
+            .collect()
+    };
+    for _ in 0..400 {
+        let before = upgrades();
+        let c = Client::connect(server.addrs[0], path).expect("connect");
+        let after = upgrades();
+        let landed: Vec<usize> = (0..after.len())
+            .filter(|&i| after[i] != before[i])
+            .collect();
+        if landed == [shard] {
+            return c;
+        }
+    }
+    panic!("no connection landed on shard {shard} in 400 tries");
 }
 
 /// Status code and body of an HTTP response.
@@ -529,6 +576,16 @@ impl Client {
 /// A server started in this process (its bus and metrics reachable), on `127.0.0.1:0`, with
 /// `shards` shards on backend `io` ("uring" or "epoll"), unpinned.
 pub fn in_process(io: &str, shards: usize) -> ringcast::server::Server {
+    in_process_with(io, shards, ringcast::config::Config::default())
+}
+
+/// [`in_process`] from a configuration (its listen address, shards, backend and pinning
+/// are replaced).
+pub fn in_process_with(
+    io: &str,
+    shards: usize,
+    base: ringcast::config::Config,
+) -> ringcast::server::Server {
     let cfg = ringcast::config::Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         shards,
@@ -538,7 +595,7 @@ pub fn in_process(io: &str, shards: usize) -> ringcast::server::Server {
             ringcast::config::IoBackend::Epoll
         },
         pin_cores: false,
-        ..ringcast::config::Config::default()
+        ..base
     };
     ringcast::server::Server::start(&cfg).expect("server starts")
 }
