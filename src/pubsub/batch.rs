@@ -103,16 +103,6 @@ impl Batch {
     pub fn count(&self) -> u32 {
         self.ends.len() as u32
     }
-
-    /// The complete frame of message `i`.
-    pub fn frame(&self, i: u32) -> Bytes {
-        let (a, b) = (msg_start(&self.ends, i), msg_start(&self.ends, i + 1));
-        if a <= b && b <= self.frames.len() {
-            self.frames.slice(a..b)
-        } else {
-            Bytes::new()
-        }
-    }
 }
 
 /// Byte offset where message `i` of a run with message ends `ends` starts (`i ==

@@ -22,25 +22,19 @@
 //!
 //! # Why framed `Bytes`
 //!
-//! A stored publication is the `Bytes` slice of the turn's batch buffer that the server
-//! framed once anyway ([`super::batch`]): storing it is a reference-count increment, never a
-//! copy, and a recovery queues the same frames a live subscriber got. A publication weighs
-//! `frame.len() + ENTRY_OVERHEAD` against the shard's byte budget ([`ENTRY_OVERHEAD`]: the
-//! ring entry itself plus slack for the ring's spare capacity).
+//! A stored publication is a complete server frame, exactly what a live subscriber got,
+//! so a recovery queues it as it is (simple mode) or wraps it once per replay (mux mode).
+//! The store keeps whatever `Bytes` it is given and counts `frame.len() + ENTRY_OVERHEAD`
+//! per publication against the shard's byte budget ([`ENTRY_OVERHEAD`]: the ring entry
+//! itself plus slack for the ring's spare capacity).
 //!
-//! A slice keeps its whole batch buffer alive until every slice of it is dropped: the
-//! accounting counts the slices, not the buffers. The batcher freezes a batch with
-//! `split()`, so one allocation (sized by the batcher's growth: a small multiple of `--max-batch-bytes`) holds the batches
-//! of several turns and topics, one after another, until it is full. So each allocation
-//! pinned by a history holds at least one kept publication, and the real memory is at most
-//! `accounted + pinned allocations x allocation size`, with pinned allocations at most
-//! [`Histories::publications`] and at most the allocations the shard filled since the
-//! oldest kept publication. A busy shard fills and pins its allocations densely (the
-//! excess is small); a quiet topic whose history spans hours pins one allocation per
-//! publication in the worst case. The byte budget bounds the count of kept publications,
-//! not the pinned buffers: the integration must either accept that bound or copy the
-//! frames of quiet topics into a history arena of their own (not done here: this store
-//! keeps whatever `Bytes` it is given).
+//! A slice keeps its whole allocation alive, and the accounting counts slices, not
+//! allocations. So the home shard does not hand it slices of the batch buffers (carved out
+//! of reused, growing allocations shared by many topics' batches, where one quiet topic's
+//! 60-byte publication could pin 128 KiB): it copies the frames a batch leaves in the
+//! history once, per batch, into one allocation of exactly their size ([`super::home`]).
+//! What a history holds is then what it counts, within one partly evicted batch copy per
+//! topic.
 //!
 //! # Eviction order
 //!

@@ -116,8 +116,16 @@ impl PubSub {
         self.deliver_local(id, &batch, subs);
     }
 
-    /// Gives the batch's messages their offsets and keeps their frames in the history
-    /// (slices of the batch's buffer: no copy).
+    /// Gives the batch's messages their offsets and keeps the frames of those the history
+    /// can hold (the last `history_size`).
+    ///
+    /// Those frames are copied once, per batch, into one allocation of exactly their size,
+    /// and stored as slices of it: a batch buffer is carved out of a reused, growing
+    /// allocation (up to `--max-batch-bytes`, shared with other topics' batches), so a
+    /// slice of it could pin far more memory than the history accounts for (one quiet
+    /// topic's 60-byte publication keeping a 128 KiB buffer alive). With the copy, what a
+    /// history holds is what it counts, within one partly evicted batch per topic. Never a
+    /// copy per subscriber: subscribers get the batch itself.
     fn number(&mut self, id: TopicId, mut batch: Arc<Batch>) -> Arc<Batch> {
         let Some(t) = self.topics.get_mut(id) else {
             return batch;
@@ -125,9 +133,28 @@ impl PubSub {
         t.history = true;
         let opts = history_options(&t.options);
         let now = Instant::now();
+        let count = batch.count();
+        let keep = count.min(u32::try_from(opts.size).unwrap_or(u32::MAX));
+        let from = count - keep;
+        let base = super::batch::msg_start(&batch.ends, from);
+        let mut kept = bytes::Bytes::copy_from_slice(batch.frames.get(base..).unwrap_or_default());
         let mut first = 0;
-        for i in 0..batch.count() {
-            let a = self.histories.append(id, opts, batch.frame(i), now);
+        for i in 0..count {
+            // Messages the history cannot hold get their offset and are evicted at once.
+            let frame = if i < from {
+                bytes::Bytes::new()
+            } else if keep == 1 {
+                // The whole copy, moved (a clone or a slice would add a shared header).
+                std::mem::take(&mut kept)
+            } else {
+                let (a, b) = (
+                    super::batch::msg_start(&batch.ends, i) - base,
+                    super::batch::msg_start(&batch.ends, i + 1) - base,
+                );
+                let end = b.min(kept.len());
+                kept.slice(a.min(end)..end)
+            };
+            let a = self.histories.append(id, opts, frame, now);
             if i == 0 {
                 first = a.offset;
             }
