@@ -108,8 +108,8 @@ impl RecoverReport {
             self.replay_wall_ms
         );
         s += &format!(
-            "publish of the missed messages: {:.3}s  connect: {} ok ({} failed), reconnect: {} ok ({} failed), p99 {}\n",
-            self.publish_s,
+            "publish of the missed messages: {:.1} ms  connect: {} ok ({} failed), reconnect: {} ok ({} failed), p99 {}\n",
+            self.publish_s * 1e3,
             self.connect.ok,
             self.connect.failed,
             self.reconnect.ok,
