@@ -29,7 +29,7 @@
 //! - [`pubhttp`] (flags in [`pubhttp_args`]): HTTP publish load over keep-alive or per-request
 //!   connections, with [`http_req`] (pre-built requests) and [`http_in`] (pipelined answers).
 //! - [`run`], [`chat`], [`idle_storm`], [`recover`], [`blast`]: the subcommands
-//!   ([`recover`] drives its mux clients with [`mux_client`]).
+//!   ([`recover`] drives its mux clients with [`mux_client`], checks them in [`recover_phases`]).
 //! - [`tally`]: per-subscriber results to run totals (loss, order, slow subscribers).
 //! - [`stats`], [`procstat`], [`report`]: counters, CPU/RSS from /proc, JSON and summaries.
 //! - [`sys`]: the few libc calls std lacks.
@@ -57,6 +57,7 @@ pub mod pubhttp_args;
 pub mod publish;
 pub mod receivers;
 pub mod recover;
+pub mod recover_phases;
 pub mod report;
 pub mod run;
 pub mod rx;
