@@ -116,6 +116,7 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
             slow: None,
             probe: false,
             envelopes: false,
+            envelope_v2: false,
         });
         if let Err(err) = r {
             dispatch_err.get_or_insert(err);
@@ -247,6 +248,12 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
         duplicated: t.counts.duplicated,
         out_of_order: t.counts.out_of_order(),
         foreign: t.foreign,
+        offsets_checked: t.offsets.checked,
+        offset_gaps: t.offsets.gaps,
+        offset_missing: t.offsets.missing,
+        offset_dups: t.offsets.dups,
+        offset_gaps_allowed: false,
+        offset_failure: None,
         errors: recv_errors,
         publish_skipped: skipped,
         latency_us: Percentiles::of(&t.hist),
@@ -273,6 +280,10 @@ pub fn chat(args: &ChatArgs, command: Vec<String>) -> Result<RunReport, String> 
         token: None,
         notes,
         command,
+    };
+    let report = RunReport {
+        offset_failure: report.offset_verdict(),
+        ..report
     };
     if let Some(path) = &args.json {
         write_json(path, &report)?;

@@ -1,4 +1,4 @@
-//! The command line (clap): `run`, `chat`, `idle`, `storm`, `pubhttp`, `blast`, with the flag
+//! The command line (clap): `run`, `chat`, `idle`, `storm`, `pubhttp`, `recover`, `blast`, with the flag
 //! names fixed by CONTRACT section 2 (flags may be added, never renamed), plus
 //! the duration/size parsers and the cross-flag validation clap cannot express.
 
@@ -35,6 +35,10 @@ pub enum Command {
     Pubhttp(PubHttpArgs),
     /// The floor server: writes pre-built frames to every subscriber on io_uring.
     Blast(BlastArgs),
+    /// History recovery (ringcast mux mode): N clients subscribe, all disconnect, M messages
+    /// are published, all reconnect with `recover` at once: time to the last replayed
+    /// message (p50/p99/max), and each client must get exactly the offsets it missed.
+    Recover(RecoverArgs),
 }
 
 /// I/O backend of the receive threads.
@@ -159,6 +163,12 @@ pub struct RunArgs {
     /// JSON (`server_metrics`).
     #[arg(long)]
     pub metrics_url: Option<String>,
+    /// Offset gaps at healthy subscribers (mux mode, topics with history) are reported but
+    /// do not fail the run: for runs that are lossy on purpose (a server with
+    /// `--slow-consumer drop`, or overloaded between shards). Duplicates and reorders
+    /// always fail it.
+    #[arg(long)]
+    pub allow_offset_gaps: bool,
     /// Connection flags.
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -309,6 +319,71 @@ pub struct StormArgs {
     /// A JWT on every connection (`--token-*`), minted before the storm starts.
     #[command(flatten)]
     pub token: TokenArgs,
+}
+
+/// `recover` flags.
+#[derive(Clone, Debug, Args)]
+pub struct RecoverArgs {
+    /// ringcast's mux endpoint (ws://HOST:PORT/ws; `?envelope=2` for binary envelopes v2).
+    #[arg(long)]
+    pub url: String,
+    /// Where the missed messages are published: ringcast's batch publish
+    /// (default: http:// on the --url's address, path /publish).
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Extra header on every publish request (`Name: value`, e.g. an API key), repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// The topic (its namespace must keep history: history_size >= --missed).
+    #[arg(long, default_value = "recover")]
+    pub topic: String,
+    /// Clients that subscribe, disconnect, and recover.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Messages published while they are away (at most the server's
+    /// --max-recovery-publications, default 1000, or they get `too_many`).
+    #[arg(long, default_value_t = 1000)]
+    pub missed: u64,
+    /// Message size in bytes (>= 42: the payload stamp).
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub size: usize,
+    /// Deadline of each phase (acks and first message, publishing, replay).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Connection flags (`--connect-rate` defaults to unlimited here: "all at once").
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+impl RecoverArgs {
+    /// Cross-flag checks clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100_000).contains(&self.clients) {
+            return Err("--clients must be in 1..=100000".into());
+        }
+        if !(1..=1_000_000).contains(&self.missed) {
+            return Err("--missed must be in 1..=1000000".into());
+        }
+        if !(crate::payload::STAMP_LEN..=(1 << 20)).contains(&self.size) {
+            return Err(format!(
+                "--size must be in {}..=1MiB bytes",
+                crate::payload::STAMP_LEN
+            ));
+        }
+        if self.topic.is_empty()
+            || self.topic.len() > 255
+            || !self.topic.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        {
+            return Err("--topic must be 1 to 255 bytes of printable ASCII without spaces".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("--timeout must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// `blast` flags.
@@ -672,5 +747,37 @@ mod tests {
         .unwrap();
         assert!(matches!(c.command, Command::Blast(ref b) if b.size == 64 && b.binary));
         assert!(parse(&["blast", "--listen", "nope", "--size", "64"]).is_err());
+        let c = parse(&[
+            "recover",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--clients",
+            "10",
+            "--missed",
+            "20",
+            "--header",
+            "Authorization: Bearer k",
+        ])
+        .unwrap();
+        let Command::Recover(r) = c.command else {
+            panic!("not recover");
+        };
+        assert_eq!((r.clients, r.missed, r.size), (10, 20, 64));
+        assert_eq!(r.topic, "recover");
+        assert_eq!(r.headers.len(), 1);
+        r.validate().unwrap();
+        for bad in [
+            &["--clients", "0"][..],
+            &["--missed", "0"],
+            &["--size", "8"],
+            &["--topic", "a b"],
+            &["--timeout", "0s"],
+        ] {
+            let args = [&["recover", "--url", "ws://127.0.0.1:1/ws"][..], bad].concat();
+            match parse(&args).unwrap().command {
+                Command::Recover(a) => assert!(a.validate().is_err(), "{bad:?}"),
+                other => panic!("not recover: {other:?}"),
+            }
+        }
     }
 }

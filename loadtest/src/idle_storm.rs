@@ -121,6 +121,7 @@ fn open(
             slow: None,
             probe: false,
             envelopes: false,
+            envelope_v2: false,
         }) {
             err.get_or_insert(x);
         }

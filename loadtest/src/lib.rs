@@ -14,6 +14,8 @@
 //! - [`seq`]: per-publisher order/gap/duplicate classification.
 //! - [`checker`]: a subscriber's sequence slots, latency recording, probe acks.
 //! - [`rx`]: the client-side frame scanner of one connection.
+//! - [`envelope`]: ringcast's mux-mode envelopes (topic, offset, payload), parsed in place.
+//! - [`offsets`]: per connection and topic, offsets dense and ordered (issue 11's history).
 //! - [`worker`]: a receive thread's connections, close handshake, slow subscribers.
 //! - [`uring`]: io_uring rings, the provided-buffer ring, the receive loop, blast's send loop.
 //! - [`epoll`]: the mio receive loop (fallback).
@@ -26,7 +28,8 @@
 //! - [`token`]: `--token-*`: JWTs minted before the timed part, placed in header, subprotocol or query.
 //! - [`pubhttp`] (flags in [`pubhttp_args`]): HTTP publish load over keep-alive or per-request
 //!   connections, with [`http_req`] (pre-built requests) and [`http_in`] (pipelined answers).
-//! - [`run`], [`chat`], [`idle_storm`], [`blast`]: the subcommands.
+//! - [`run`], [`chat`], [`idle_storm`], [`recover`], [`blast`]: the subcommands
+//!   ([`recover`] drives its mux clients with [`mux_client`], checks them in [`recover_phases`]).
 //! - [`tally`]: per-subscriber results to run totals (loss, order, slow subscribers).
 //! - [`stats`], [`procstat`], [`report`]: counters, CPU/RSS from /proc, JSON and summaries.
 //! - [`sys`]: the few libc calls std lacks.
@@ -40,16 +43,21 @@ pub mod chat_send;
 pub mod checker;
 pub mod cli;
 pub mod connect;
+pub mod envelope;
 pub mod epoll;
 pub mod http_in;
 pub mod http_req;
 pub mod idle_storm;
+pub mod mux_client;
+pub mod offsets;
 pub mod payload;
 pub mod procstat;
 pub mod pubhttp;
 pub mod pubhttp_args;
 pub mod publish;
 pub mod receivers;
+pub mod recover;
+pub mod recover_phases;
 pub mod report;
 pub mod run;
 pub mod rx;

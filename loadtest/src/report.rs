@@ -95,6 +95,14 @@ pub struct SlowReport {
     pub delivered: u64,
     /// Messages they missed (gaps inside what they received).
     pub gaps: u64,
+    /// Envelopes with an offset they received (see the run's `offsets_checked`).
+    pub offsets_checked: u64,
+    /// Jumps in their offsets (a server that drops for slow consumers makes them).
+    pub offset_gaps: u64,
+    /// Offsets those jumps skipped.
+    pub offset_missing: u64,
+    /// Offsets at or below the last one (never expected, slow or not).
+    pub offset_dups: u64,
 }
 
 /// What a `chat` run was (null in `run` results).
@@ -129,6 +137,18 @@ pub struct RunReport {
     pub out_of_order: u64,
     /// Messages that were not generator payloads or came from unexpected publishers.
     pub foreign: u64,
+    /// Healthy subscribers: envelopes that carried an offset (mux mode, topic with history).
+    pub offsets_checked: u64,
+    /// Healthy subscribers: offsets ahead of the last one + 1, per connection and topic.
+    pub offset_gaps: u64,
+    /// Offsets those gaps skipped.
+    pub offset_missing: u64,
+    /// Healthy subscribers: offsets at or below the last one (duplicates and reorders).
+    pub offset_dups: u64,
+    /// `--allow-offset-gaps`: gaps are reported but do not fail the run.
+    pub offset_gaps_allowed: bool,
+    /// Why the offsets fail this run (exit status 2), null when they do not.
+    pub offset_failure: Option<String>,
     /// Connections that ended in an error, publisher errors, non-2xx HTTP responses.
     pub errors: u64,
     /// Messages due by --rate that the publishers could not queue (server not reading).
@@ -168,6 +188,28 @@ pub struct RunReport {
     pub notes: Vec<String>,
     /// The command line.
     pub command: Vec<String>,
+}
+
+impl RunReport {
+    /// Why the offsets fail the run: a duplicate or reorder at any subscriber (slow ones
+    /// included: dropping never repeats), or a gap at a healthy one unless gaps are allowed
+    /// (slow subscribers' gaps are the server's slow-consumer policy at work).
+    pub fn offset_verdict(&self) -> Option<String> {
+        let dups = self.offset_dups + self.slow.offset_dups;
+        let mut why = Vec::new();
+        if dups > 0 {
+            why.push(format!(
+                "{dups} offsets at or below the last one (duplicates or reorders)"
+            ));
+        }
+        if self.offset_gaps > 0 && !self.offset_gaps_allowed {
+            why.push(format!(
+                "{} gaps in healthy subscribers' offsets ({} offsets missing; --allow-offset-gaps if the run is lossy on purpose)",
+                self.offset_gaps, self.offset_missing
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
 }
 
 /// Writes a report as one JSON object.
@@ -248,6 +290,23 @@ impl RunReport {
             self.errors,
             self.publish_skipped
         );
+        if self.offsets_checked + self.slow.offsets_checked > 0 || self.offset_dups > 0 {
+            s += &format!(
+                "offsets: checked {}  gaps {} (missing {})  dups/reorders {}{}\n",
+                self.offsets_checked,
+                self.offset_gaps,
+                self.offset_missing,
+                self.offset_dups,
+                if self.offset_gaps_allowed {
+                    "  (gaps allowed)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(f) = &self.offset_failure {
+            s += &format!("OFFSET CHECK FAILED: {f}\n");
+        }
         s += &format!(
             "latency: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
             us(l.p50),
@@ -334,6 +393,10 @@ mod tests {
             "lost",
             "duplicated",
             "out_of_order",
+            "offsets_checked",
+            "offset_gaps",
+            "offset_missing",
+            "offset_dups",
             "latency_us",
             "connect",
             "cpu",
@@ -367,5 +430,49 @@ mod tests {
         assert_eq!(si(999.0), "999");
         assert_eq!(us(1500.0), "1.50ms");
         assert_eq!(us(12.0), "12us");
+    }
+
+    #[test]
+    fn offset_verdict() {
+        let mut r = RunReport {
+            offsets_checked: 100,
+            ..RunReport::default()
+        };
+        assert_eq!(r.offset_verdict(), None);
+        r.slow.offset_gaps = 5;
+        assert_eq!(
+            r.offset_verdict(),
+            None,
+            "slow subscribers' gaps do not fail"
+        );
+        r.offset_gaps = 1;
+        r.offset_missing = 3;
+        assert!(r.offset_verdict().unwrap().contains("1 gaps"));
+        r.offset_gaps_allowed = true;
+        assert_eq!(r.offset_verdict(), None);
+        r.slow.offset_dups = 1;
+        assert!(
+            r.offset_verdict()
+                .unwrap()
+                .contains("1 offsets at or below")
+        );
+        r.slow.offset_dups = 0;
+        r.offset_dups = 2;
+        r.offset_gaps_allowed = false;
+        let v = r.offset_verdict().unwrap();
+        assert!(
+            v.contains("2 offsets at or below") && v.contains("1 gaps"),
+            "{v}"
+        );
+        r.offset_failure = Some(v);
+        assert!(
+            r.summary().contains("OFFSET CHECK FAILED"),
+            "{}",
+            r.summary()
+        );
+        assert!(
+            r.summary()
+                .contains("offsets: checked 100  gaps 1 (missing 3)  dups/reorders 2")
+        );
     }
 }

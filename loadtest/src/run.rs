@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::RunArgs;
 use crate::connect::{ConnectOpts, Established, connect_many};
+use crate::envelope;
 use crate::procstat;
 use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats};
 use crate::receivers::{Backend, BufConfig, Receivers, choose_backend};
@@ -146,7 +147,8 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
     let mut healthy_on_topic = vec![0u64; topics];
     let mut dispatch_err: Option<String> = None;
     // ringcast's mux mode (`/ws?subscribe=...`) wraps each message in an envelope.
-    let envelopes = mux_path(&args.sub_url);
+    let envelopes = envelope::is_mux_url(&args.sub_url);
+    let envelope_v2 = envelopes && envelope::is_v2_url(&args.sub_url);
     let mut on_sub = |e: Established| {
         let topic = e.idx % topics;
         let slow_mode = slow[e.idx].then_some(args.slow_mode);
@@ -161,6 +163,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             slow: slow_mode,
             probe: probe[e.idx],
             envelopes,
+            envelope_v2,
         });
         if let Err(err) = r {
             dispatch_err.get_or_insert(err);
@@ -367,6 +370,12 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         duplicated: t.counts.duplicated,
         out_of_order: t.counts.out_of_order(),
         foreign: t.foreign,
+        offsets_checked: t.offsets.checked,
+        offset_gaps: t.offsets.gaps,
+        offset_missing: t.offsets.missing,
+        offset_dups: t.offsets.dups,
+        offset_gaps_allowed: args.allow_offset_gaps,
+        offset_failure: None,
         errors: recv_errors + pstats.errors.load(Ordering::Relaxed),
         publish_skipped: skipped,
         latency_us: Percentiles::of(&t.hist),
@@ -390,6 +399,10 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         notes,
         command,
     };
+    let report = RunReport {
+        offset_failure: report.offset_verdict(),
+        ..report
+    };
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
@@ -409,24 +422,5 @@ mod tests {
         assert!(!(0..n).any(|i| is_slow(i, 0.0)));
         // Evenly spread: never two in a row at 10%.
         assert!(!(1..n).any(|i| is_slow(i, 0.1) && is_slow(i - 1, 0.1)));
-    }
-}
-
-/// Whether a subscriber URL is ringcast's mux mode (`/ws` with a query, or `/ws` alone),
-/// whose messages arrive in envelopes.
-fn mux_path(url: &str) -> bool {
-    let path = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = path.find('/').map_or("", |i| &path[i..]);
-    path == "/ws" || path.starts_with("/ws?")
-}
-
-#[cfg(test)]
-mod envelope_tests {
-    #[test]
-    fn mux_urls_are_recognised() {
-        assert!(super::mux_path("ws://127.0.0.1:8080/ws?subscribe={topic}"));
-        assert!(super::mux_path("ws://h/ws"));
-        assert!(!super::mux_path("ws://h/ws/{topic}"));
-        assert!(!super::mux_path("ws://h/wsx?subscribe=a"));
     }
 }

@@ -8,6 +8,10 @@
 //! bytes) and a control payload (125 bytes) across chunks. Payload bytes past
 //! the stamp are skipped, never copied. No allocation per message.
 //!
+//! In envelope mode (ringcast's mux mode) the envelope is unwrapped first
+//! ([`crate::envelope`]) and an offset it carries goes to the connection's
+//! [`OffsetChecker`] (dense and ordered per topic).
+//!
 //! Not checked, on purpose (cost on the hot path): UTF-8 validity of text
 //! messages. Everything else a client must refuse (masked server frames, RSV
 //! bits without an extension, continuation misuse, bad headers) is an error.
@@ -17,6 +21,8 @@ use std::fmt;
 use ringcast::proto::frame::{FrameHeader, MAX_HEADER_LEN, OpCode};
 
 use crate::checker::{CheckCtx, Checker};
+use crate::envelope::{self, Envelope};
+use crate::offsets::OffsetChecker;
 use crate::payload::{self, STAMP_LEN};
 
 /// Why a connection's input was refused.
@@ -86,41 +92,46 @@ pub struct RxConn {
     pub messages: u64,
     /// Per-publisher sequence checks.
     pub checker: Checker,
+    /// Offsets of envelope mode, per topic (empty otherwise).
+    pub offsets: OffsetChecker,
     /// ringcast's mux-mode envelopes are unwrapped before the stamp is read (a subscriber
     /// on `/ws?subscribe=...`): `None` for bare payloads (the common, faster case).
     envelope: Option<Box<EnvelopeBuf>>,
 }
 
 /// The first bytes of a message in envelope mode: room for the longest envelope prefix
-/// (`{"type":"message","topic":` + a 255-byte topic escaped + `,"data":"`, or a binary
-/// envelope's length byte and topic) and the stamp.
+/// (`{"type":"message","topic":` + a 255-byte topic escaped + `,"offset":N,"data":"`, or a
+/// binary envelope's length byte, topic and offset) and the stamp.
 const ENVELOPE_CAPTURE: usize = 1024;
 
 #[derive(Debug)]
 struct EnvelopeBuf {
     /// The opcode of the message being captured.
     text: bool,
+    /// Binary envelopes are v2 (`/ws?envelope=2`: an 8-byte offset after the topic).
+    v2: bool,
     len: usize,
     buf: [u8; ENVELOPE_CAPTURE],
 }
 
-/// The payload inside a mux-mode envelope: a text envelope
-/// `{"type":"message","topic":"T","data":"PAYLOAD"...}` (PAYLOAD starts right after
-/// `"data":"`; the generator's stamps are hex, never escaped) or a binary envelope
-/// `[topic length][topic][payload]`. `None` for anything else (acks, errors, pongs).
-pub fn unwrap_envelope(text: bool, msg: &[u8]) -> Option<&[u8]> {
-    if text {
-        const START: &[u8] = b"{\"type\":\"message\",\"topic\":";
-        const DATA: &[u8] = b",\"data\":\"";
-        if !msg.starts_with(START) {
-            return None;
+/// Hands an envelope's offset, if any, to the connection's offset checks (under the
+/// unescaped topic) and returns its payload.
+#[inline]
+fn offset_and_payload<'a>(offsets: &mut OffsetChecker, e: Envelope<'a>) -> &'a [u8] {
+    match e.offset {
+        Some(off) if e.topic_escaped => {
+            // Rare (a topic with `"` or `\`): the same topic must key the same state in text
+            // and binary envelopes.
+            let mut buf = [0u8; 256];
+            let topic = envelope::unescape(e.topic, &mut buf).map_or(e.topic, |n| &buf[..n]);
+            offsets.observe(topic, off);
         }
-        let at = msg.windows(DATA.len()).position(|w| w == DATA)?;
-        msg.get(at + DATA.len()..)
-    } else {
-        let n = usize::from(*msg.first()?);
-        msg.get(1 + n..)
+        Some(off) => {
+            offsets.observe(e.topic, off);
+        }
+        None => {}
     }
+    e.payload
 }
 
 impl RxConn {
@@ -142,14 +153,17 @@ impl RxConn {
             close_received: None,
             messages: 0,
             checker,
+            offsets: OffsetChecker::default(),
             envelope: None,
         }
     }
 
-    /// Unwraps ringcast's mux-mode envelopes (text and binary) before reading stamps.
-    pub fn with_envelopes(mut self) -> Self {
+    /// Unwraps ringcast's mux-mode envelopes (text and binary, binary in v2 when `v2`)
+    /// before reading stamps, and checks the offsets they carry.
+    pub fn with_envelopes(mut self, v2: bool) -> Self {
         self.envelope = Some(Box::new(EnvelopeBuf {
             text: false,
+            v2,
             len: 0,
             buf: [0; ENVELOPE_CAPTURE],
         }));
@@ -268,7 +282,8 @@ impl RxConn {
         self.messages += 1;
         let payload = match &self.envelope {
             None => Some(payload),
-            Some(env) => unwrap_envelope(env.text, payload),
+            Some(env) => envelope::parse(env.text, env.v2, payload)
+                .map(|e| offset_and_payload(&mut self.offsets, e)),
         };
         match payload.and_then(payload::decode) {
             Some(st) => self.checker.check(st, ctx),
@@ -305,8 +320,11 @@ impl RxConn {
         match self.cur {
             Cur::Data { fin: true } if self.envelope.is_some() => {
                 self.messages += 1;
+                let offsets = &mut self.offsets;
                 let st = self.envelope.as_ref().and_then(|env| {
-                    unwrap_envelope(env.text, &env.buf[..env.len]).and_then(payload::decode)
+                    envelope::parse(env.text, env.v2, &env.buf[..env.len])
+                        .map(|e| offset_and_payload(offsets, e))
+                        .and_then(payload::decode)
                 });
                 match st {
                     Some(st) => self.checker.check(st, ctx),
@@ -492,7 +510,7 @@ mod tests {
         );
         for chunk in [1, 2, 5, 17, 64, 4096] {
             let rx = feed_into(
-                RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes(),
+                RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes(false),
                 &out,
                 chunk,
             );
@@ -501,8 +519,78 @@ mod tests {
             assert_eq!(rx.checker.counts.missing(), 0);
             assert_eq!(rx.checker.foreign, 1, "the ack");
         }
-        assert_eq!(unwrap_envelope(false, &[]), None);
-        assert_eq!(unwrap_envelope(false, &[3, b'a']), None);
-        assert_eq!(unwrap_envelope(true, b"{\"type\":\"pong\"}"), None);
+        assert_eq!(envelope::parse(false, false, &[]), None);
+        assert_eq!(envelope::parse(false, false, &[3, b'a']), None);
+        assert_eq!(envelope::parse(true, false, b"{\"type\":\"pong\"}"), None);
+    }
+
+    /// Offsets in text and v2 binary envelopes, on two topics, whole and fragmented, at every
+    /// chunking: room.1 runs 5, 6, 7, 9 (a gap of one), 9 again (a duplicate); room.2 runs
+    /// 100, 101 on its own. Every stamp is still found.
+    #[test]
+    fn offsets_are_checked_per_topic_at_every_chunking() {
+        let mut out = BytesMut::new();
+        let sends: [(&str, u64, bool); 7] = [
+            ("room.1", 5, true),
+            ("room.2", 100, false),
+            ("room.1", 6, false),
+            ("room.1", 7, true),
+            ("room.2", 101, true),
+            ("room.1", 9, false),
+            ("room.1", 9, true),
+        ];
+        for (seq, &(topic, off, text)) in sends.iter().enumerate() {
+            let m = msg(0, seq as u64, 64);
+            let body = if text {
+                let mut t =
+                    format!(r#"{{"type":"message","topic":"{topic}","offset":{off},"data":""#)
+                        .into_bytes();
+                t.extend_from_slice(&m);
+                t.extend_from_slice(b"\"}");
+                t
+            } else {
+                let mut b = vec![topic.len() as u8];
+                b.extend_from_slice(topic.as_bytes());
+                b.extend_from_slice(&off.to_be_bytes());
+                b.extend_from_slice(&m);
+                b
+            };
+            let op = if text { OpCode::Text } else { OpCode::Binary };
+            if seq == 5 {
+                // Fragmented inside the offset.
+                encode_frame(&mut out, false, op, None, &body[..10]);
+                encode_frame(&mut out, true, OpCode::Continuation, None, &body[10..]);
+            } else {
+                encode_frame(&mut out, true, op, None, &body);
+            }
+        }
+        for chunk in [1, 2, 5, 17, 64, 4096] {
+            let rx = feed_into(
+                RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes(true),
+                &out,
+                chunk,
+            );
+            assert_eq!(rx.messages, 7, "chunk {chunk}");
+            assert_eq!(rx.checker.foreign, 0, "chunk {chunk}");
+            // Stamps 0..7 with a duplicate-free run: every one received.
+            assert_eq!(rx.checker.counts.received, 7, "chunk {chunk}");
+            let c = rx.offsets.counts;
+            assert_eq!(
+                (c.checked, c.gaps, c.missing, c.dups),
+                (7, 1, 1, 1),
+                "chunk {chunk}"
+            );
+            assert_eq!(rx.offsets.last(b"room.1"), Some(9));
+            assert_eq!(rx.offsets.last(b"room.2"), Some(101));
+        }
+        // Read as v1, the binary envelopes' offsets are taken for payload: those stamps are
+        // foreign and only the text offsets are checked.
+        let rx = feed_into(
+            RxConn::new(Checker::new(0, 1, 1, false, true)).with_envelopes(false),
+            &out,
+            4096,
+        );
+        assert_eq!(rx.checker.foreign, 3);
+        assert_eq!(rx.offsets.counts.checked, 4);
     }
 }

@@ -68,20 +68,51 @@ impl Scraper {
 
 /// GET the target's path; the body as text.
 fn get(t: &Target, deadline: Instant) -> Result<String, String> {
+    let path = t.path_for(0);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+        t.host_header
+    );
+    exchange(t, req.as_bytes(), deadline)
+}
+
+/// POST `body` to `path` on the target's address (one connection, `Connection: close`),
+/// with extra `Name: value` headers; the body of the `200` answer as text (`recover`
+/// publishes its missed messages with this).
+pub fn post(
+    t: &Target,
+    path: &str,
+    headers: &[String],
+    content_type: &str,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<String, String> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        t.host_header,
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h.trim());
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    exchange(t, &req, deadline)
+}
+
+/// Sends one request on a new connection; the body of a `200` answer.
+fn exchange(t: &Target, req: &[u8], deadline: Instant) -> Result<String, String> {
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
     let mut s = TcpStream::connect_timeout(&t.addr, left()).map_err(|e| e.to_string())?;
-    let path = t.path_for(0);
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-        t.host_header
-    );
     s.set_write_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(req).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = [0u8; 16 * 1024];
     loop {

@@ -1,6 +1,6 @@
 //! Turning the receive threads' per-subscriber results into run totals:
 //! loss (gaps plus the tail a subscriber never got of what was published),
-//! duplicates, order, how healthy subscribers ended, and how slow
+//! duplicates, order, offsets (healthy and slow subscribers apart), how healthy subscribers ended, and how slow
 //! subscribers were treated (disconnected with which close code, without a
 //! close frame, or still connected).
 
@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
+use crate::offsets::OffsetCounts;
 use crate::report::SlowReport;
 use crate::seq::SeqCounts;
 use crate::stats::new_hist;
@@ -22,6 +23,8 @@ pub struct Tally {
     pub counts: SeqCounts,
     /// Messages healthy subscribers never received.
     pub lost: u64,
+    /// Offset checks of healthy subscribers (slow ones: in `slow`).
+    pub offsets: OffsetCounts,
     /// Foreign messages at healthy subscribers.
     pub foreign: u64,
     /// Own messages that came back to healthy chat members (no echo expected).
@@ -45,6 +48,7 @@ impl Tally {
             hist: new_hist(),
             counts: SeqCounts::default(),
             lost: 0,
+            offsets: OffsetCounts::default(),
             foreign: 0,
             own: 0,
             slow: SlowReport::default(),
@@ -73,6 +77,10 @@ impl Tally {
         r.count += 1;
         r.delivered += s.counts.received;
         r.gaps += s.counts.missing();
+        r.offsets_checked += s.offsets.checked;
+        r.offset_gaps += s.offsets.gaps;
+        r.offset_missing += s.offsets.missing;
+        r.offset_dups += s.offsets.dups;
         match &s.end {
             End::Open => r.still_connected += 1,
             // We closed first and the server answered normally: it kept the subscriber.
@@ -100,6 +108,7 @@ impl Tally {
 
     fn add_healthy(&mut self, s: &SubResult, published: &[u64]) {
         self.counts.merge(&s.counts);
+        self.offsets.merge(&s.offsets);
         self.foreign += s.foreign;
         self.own += s.own;
         let tail: u64 = s
@@ -156,6 +165,7 @@ mod tests {
             topic: 0,
             slow,
             counts,
+            offsets: OffsetCounts::default(),
             foreign: 0,
             own: 0,
             progress,
@@ -261,5 +271,41 @@ mod tests {
         assert_eq!(s.close_codes.get("1000"), Some(&1));
         assert_eq!((s.without_close_frame, s.eof), (2, 1));
         assert_eq!(s.io_errors.get("reset"), Some(&1));
+    }
+
+    #[test]
+    fn offsets_of_healthy_and_slow_subscribers_apart() {
+        let oc = |checked, gaps, missing, dups| OffsetCounts {
+            checked,
+            gaps,
+            missing,
+            dups,
+        };
+        let with = |slow, o| SubResult {
+            offsets: o,
+            ..sub(slow, SeqCounts::default(), vec![], clean())
+        };
+        let w = WorkerResult {
+            backend: "epoll",
+            hist: new_hist(),
+            subs: vec![
+                with(None, oc(10, 1, 2, 0)),
+                with(None, oc(5, 0, 0, 1)),
+                with(Some(SlowMode::Slow), oc(3, 1, 7, 1)),
+            ],
+            notes: vec![],
+        };
+        let t = Tally::of(&[w], &[]);
+        assert_eq!(t.offsets, oc(15, 1, 2, 1));
+        let s = &t.slow;
+        assert_eq!(
+            (
+                s.offsets_checked,
+                s.offset_gaps,
+                s.offset_missing,
+                s.offset_dups
+            ),
+            (3, 1, 7, 1)
+        );
     }
 }

@@ -26,6 +26,7 @@ use ringcast::proto::frame::{OpCode, encode_close, encode_frame};
 use crate::chat_send::{ChatPlan, ChatSender};
 use crate::checker::{CheckCtx, Checker};
 use crate::cli::SlowMode;
+use crate::offsets::OffsetCounts;
 use crate::rx::RxConn;
 use crate::seq::SeqCounts;
 use crate::stats::{ThreadStats, new_hist};
@@ -97,6 +98,8 @@ pub struct NewSub {
     pub probe: bool,
     /// Its messages come in ringcast's mux-mode envelopes (`/ws?subscribe=...`).
     pub envelopes: bool,
+    /// Its binary envelopes are v2 (`/ws?envelope=2`: with an offset).
+    pub envelope_v2: bool,
 }
 
 /// How a connection ended.
@@ -130,6 +133,8 @@ pub struct SubResult {
     pub slow: Option<SlowMode>,
     /// Sequence verdicts.
     pub counts: SeqCounts,
+    /// Offset checks (envelopes with an offset).
+    pub offsets: OffsetCounts,
     /// Foreign messages.
     pub foreign: u64,
     /// Its own messages that came back (chat without echo).
@@ -271,7 +276,7 @@ impl Core {
             topic: sub.topic,
             stream: Some(sub.stream),
             rx: if sub.envelopes {
-                RxConn::new(checker).with_envelopes()
+                RxConn::new(checker).with_envelopes(sub.envelope_v2)
             } else {
                 RxConn::new(checker)
             },
@@ -569,6 +574,7 @@ impl Core {
                 topic: c.topic,
                 slow: c.slow,
                 counts: c.rx.checker.counts,
+                offsets: c.rx.offsets.counts,
                 foreign: c.rx.checker.foreign,
                 own: c.rx.checker.own_received,
                 progress: c.rx.checker.progress().collect(),

@@ -500,6 +500,7 @@ fn abrupt_stop_with_receives_in_flight() {
                     slow: None,
                     probe: false,
                     envelopes: false,
+                    envelope_v2: false,
                 })
                 .unwrap()
             },
