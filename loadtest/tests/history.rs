@@ -3,18 +3,14 @@
 //! - Always: the in-process server of this tree (as `chat`'s tests run it), with its default
 //!   config (no history): mux subscribers see no offsets and nothing fails; `recover` stops
 //!   with a clear error (no epoch in the acks).
-//! - With `RINGCAST_BIN=/path/to/ringcast` (a server with history, e.g. /work/bin/ringcast):
-//!   that binary on two shards with `--history-size 100 --history-ttl 5m`: mux subscribers
-//!   (text, and binary envelopes v2) see dense offsets on every topic; `recover` gets every
-//!   client exactly what it missed, and reports `too_old` past the history size. Skipped
-//!   (with a line on stderr) without the variable.
+//! - With history (`history_size = 100`, two shards): mux subscribers (text, and binary
+//!   envelopes v2) see dense offsets on every topic; `recover` gets every client exactly
+//!   what it missed, and reports `too_old` past the history size.
 //!
-//! Every run lasts about a second; the spawned server is killed when the test ends.
+//! Every run lasts about a second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command as Proc, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use clap::Parser;
 use ringcast::config::{Config, IoBackend};
@@ -105,61 +101,24 @@ fn without_history_nothing_is_checked_and_recover_says_why() {
     srv.stop();
 }
 
-/// A server binary started for one test, killed when dropped.
-struct Spawned {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `RINGCAST_BIN` on two shards with history, or None when the variable is unset.
-fn history_server(extra: &[&str]) -> Option<Spawned> {
-    let Ok(bin) = std::env::var("RINGCAST_BIN") else {
-        eprintln!("RINGCAST_BIN is not set: the history-capable server tests are skipped");
-        return None;
+/// This tree's server in process, on two shards, with history in the default namespace.
+fn history_server(size: u32) -> Server {
+    let cfg = Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        shards: 2,
+        io: IoBackend::Epoll,
+        pin_cores: false,
+        history_size: size,
+        ..Config::default()
     };
-    // A free port (the small race with another process taking it is acceptable here).
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = Proc::new(&bin)
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--io",
-            "epoll",
-        ])
-        .args(["--history-ttl", "5m"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("RINGCAST_BIN={bin}: {e}"));
-    let s = Spawned { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{bin} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(s)
+    Server::start(&cfg).unwrap()
 }
 
 #[test]
 fn offsets_are_dense_with_history() {
-    let Some(srv) = history_server(&["--history-size", "100"]) else {
-        return;
-    };
+    let srv = history_server(100);
     for (query, binary) in [("", false), ("&envelope=2", true)] {
-        let r = mux_run(srv.addr, query, binary);
+        let r = mux_run(srv.addrs[0], query, binary);
         assert_eq!((r.lost, r.foreign), (0, 0), "{query}: {}", r.summary());
         // Every delivered message carried an offset, and they were dense per topic.
         assert!(r.delivered > 100, "{query}: {}", r.summary());
@@ -175,10 +134,8 @@ fn offsets_are_dense_with_history() {
 
 #[test]
 fn recover_gets_exactly_what_was_missed() {
-    let Some(srv) = history_server(&["--history-size", "100"]) else {
-        return;
-    };
-    let url = format!("ws://{}/ws", srv.addr);
+    let srv = history_server(100);
+    let url = format!("ws://{}/ws", srv.addrs[0]);
     let base = ["--url", &url, "--clients", "20", "--timeout", "10s"];
     let r = recover(&[&base[..], &["--missed", "100", "--topic", "in-history"]].concat()).unwrap();
     assert_eq!((r.exact, r.recovered), (20, 20), "{}", r.summary());
