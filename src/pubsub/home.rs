@@ -102,17 +102,21 @@ impl PubSub {
         } else {
             batch
         };
-        let remote = match self.topics.get(id) {
-            Some(t) if !t.remote.is_empty() => t.remote.clone(),
-            _ => Vec::new(),
-        };
-        for (shard, theirs) in remote {
+        // The interested shards, through a list kept across batches (the topic table is
+        // borrowed by the lookup, the bus push needs the rest of the state).
+        let mut remote = std::mem::take(&mut self.remote_scratch);
+        remote.clear();
+        if let Some(t) = self.topics.get(id) {
+            remote.extend_from_slice(&t.remote);
+        }
+        for &(shard, theirs) in &remote {
             let msg = BusMsg::Batch {
                 topic: theirs,
                 batch: Arc::clone(&batch),
             };
             self.push_batch(shard, msg, wake);
         }
+        self.remote_scratch = remote;
         self.deliver_local(id, &batch, subs);
     }
 

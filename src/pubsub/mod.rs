@@ -169,6 +169,8 @@ pub struct PubSub {
     reported: history::Stats,
     /// Exclusion scratch of the fan-out under way.
     excl: Exclusions,
+    /// The interested shards of the batch under way (kept for its allocation).
+    remote_scratch: Vec<(u16, TopicId)>,
     /// Joins waiting for a home shard's answer.
     joins: join::Joins,
     /// Answers to [`PubSub::history_page`] (cookie, answer), for the shard to take.
@@ -186,6 +188,7 @@ impl PubSub {
             histories: Histories::new(limits.history_memory, epochs),
             reported: history::Stats::default(),
             excl: Exclusions::default(),
+            remote_scratch: Vec::new(),
             joins: join::Joins::default(),
             pages: Vec::new(),
             shard,
