@@ -554,3 +554,60 @@ both!(binary_envelopes_v2_carry_the_offset, |io| {
     );
     assert_eq!(status, 400, "{body}");
 });
+
+both!(the_history_endpoint_needs_the_right_to_subscribe, |io| {
+    let dir = std::env::temp_dir().join(format!("ringcast-history-auth-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("api-key");
+    std::fs::write(&key, "k-0123456789abcdef").unwrap();
+    let config = dir.join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "history_size = 10\n[namespaces.public]\nanonymous = \"subscribe\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        io,
+        &[
+            "--jwt-hmac-secret",
+            "test-secret-0123456789",
+            "--api-key-file",
+            key.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let get = |path: &str, auth: Option<&str>| -> u16 {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        server.request(req.as_bytes()).0
+    };
+    let reader = crate::auth::token("r", 60, json!({"sub": ["news"]}));
+    let other = crate::auth::token("o", 60, json!({"sub": ["sport"]}));
+    assert_eq!(
+        get("/history/news", None),
+        401,
+        "no token, no anonymous access"
+    );
+    assert_eq!(
+        get("/history/news", Some(&other)),
+        403,
+        "a token without the right"
+    );
+    assert_eq!(get("/history/news", Some(&reader)), 200);
+    assert_eq!(
+        get("/history/news", Some("k-0123456789abcdef")),
+        200,
+        "an API key reads all"
+    );
+    assert_eq!(get("/history/news", Some("wrong-key")), 401);
+    assert_eq!(
+        get("/history/public:feed", None),
+        200,
+        "anonymous subscribe allows it"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+});
