@@ -150,9 +150,36 @@ fn ensure_not_held(addr: SocketAddr) -> Result<(), StartError> {
             .set_only_v6(true)
             .map_err(|e| StartError::Bind(addr, e))?;
     }
-    probe.bind(&addr.into()).map_err(held)?;
-    Ok(())
+    // A process that just exited may still hold the port for a moment: the kernel tears
+    // an io_uring ring down asynchronously, closing its listeners when the ring's pending
+    // requests are cancelled. A restart (systemd, a supervisor) must not fail on that, so
+    // "in use" is believed only once it lasts.
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < HELD_PATIENCE =>
+            {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::info!(
+                        %addr,
+                        "the address is still in use; waiting up to 3 s for a previous process to release it"
+                    );
+                }
+                std::thread::sleep(PROBE_PAUSE);
+            }
+            Err(e) => return Err(held(e)),
+        }
+    }
 }
+
+/// How long a held listening address is retried at start-up before it counts as taken.
+const HELD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The pause between two tries.
+const PROBE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Binds `shards` listeners per address; returns them per shard, and the bound addresses.
 pub fn bind(

@@ -31,6 +31,34 @@ fn second_on(addr: &str, io: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+both!(a_restart_on_the_same_address_starts_at_once, |io| {
+    // The previous process exits with connections open (its ring's teardown, on io_uring,
+    // finishes after the exit): the next one on the same port must start, not refuse.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    for round in 0..3 {
+        let mut first = Server::start_with(
+            Command::new(env!("CARGO_BIN_EXE_ringcast")),
+            io,
+            &["--listen", &addr],
+        );
+        let clients: Vec<_> = (0..50).map(|_| first.ws("/ws/t")).collect();
+        first.signal("KILL");
+        assert!(first.wait_exit(Duration::from_secs(5)).is_some());
+        drop(clients);
+        let next = Server::start_with(
+            Command::new(env!("CARGO_BIN_EXE_ringcast")),
+            io,
+            &["--listen", &addr],
+        );
+        assert!(
+            next.banner.contains("listening"),
+            "round {round}: {}",
+            next.log()
+        );
+    }
+});
+
 both!(a_second_server_on_a_held_address_refuses_to_start, |io| {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
