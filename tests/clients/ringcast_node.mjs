@@ -10,110 +10,37 @@
 // RINGCAST_NO_HISTORY=1 runs only what needs no history (for a server before history); the
 // skipped parts are named in the output. 127.0.0.1 only; every wait is bounded.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { Ringcast } from "../../src/ringcast.js";
+import {
+  HISTORY_TOML, assertStream, dir, publish, sleep, startProxy, startServer, stopServer, stream, waitFor,
+} from "./harness.mjs";
 
 const [bin, ...serverArgs] = process.argv.slice(2);
 if (!bin) { console.error("usage: node ringcast_node.mjs PATH/TO/ringcast [SERVER ARGS...]"); process.exit(2); }
 const HISTORY = process.env.RINGCAST_NO_HISTORY !== "1";
 setTimeout(() => { console.error("ringcast.js node: overall timeout"); process.exit(1); }, 100000).unref();
 
-const dir = mkdtempSync(join(tmpdir(), "ringcast-js-"));
-const servers = new Set();
-process.on("exit", () => { for (const s of servers) s.kill("SIGKILL"); rmSync(dir, { recursive: true, force: true }); });
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(cond, ms, what) {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-/** Starts ringcast on 127.0.0.1:PORT (0: any); resolves with {proc, port} once it listens. */
-function startServer(port, args) {
-  const proc = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--drain-grace", "200ms", ...serverArgs, ...args],
-    { stdio: ["ignore", "pipe", "pipe"] });
-  servers.add(proc);
-  let err = "";
-  proc.stderr.on("data", (d) => { err = (err + d).slice(-4000); });
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`ringcast did not start: ${err}`)), 10000);
-    let out = "";
-    proc.stdout.on("data", (d) => {
-      out += d;
-      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) { clearTimeout(t); resolve({ proc, port: Number(m[1]) }); }
-    });
-    proc.on("exit", (code) => { clearTimeout(t); servers.delete(proc); reject(new Error(`ringcast exited (${code}): ${err}`)); });
-  });
-}
-
-/** SIGTERM: a graceful drain (1001 to every client); resolves with the exit code. */
-function stopServer(proc) {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => proc.kill("SIGKILL"), 10000);
-    proc.once("exit", (code) => { clearTimeout(t); servers.delete(proc); resolve(code); });
-    proc.kill("SIGTERM");
-  });
-}
-
-/** A TCP proxy on 127.0.0.1 to `target.port`; `cut(ms)` ends every connection through it (no
- * close frame: what a lost network looks like) and refuses new ones for `ms`. */
-function startProxy(target) {
-  const conns = new Set();
-  let refusing = false;
-  const server = net.createServer((c) => {
-    if (refusing) return c.destroy();
-    const u = net.connect(target.port, "127.0.0.1");
-    const end = () => { c.destroy(); u.destroy(); conns.delete(c); conns.delete(u); };
-    for (const s of [c, u]) { conns.add(s); s.on("error", end); s.on("close", end); }
-    c.pipe(u);
-    u.pipe(c);
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({
-    port: server.address().port,
-    cut(ms) {
-      refusing = true;
-      for (const s of conns) s.destroy();
-      setTimeout(() => { refusing = false; }, ms);
-    },
-    close() { for (const s of conns) s.destroy(); server.close(); },
-  })));
-}
-
 /** A client through `port` that records its events. */
 function client(port, opts = {}) {
   const rc = new Ringcast(`ws://127.0.0.1:${port}/ws`, { WebSocket, minDelay: 50, maxDelay: 400, drainDelay: 100, ...opts });
   const ev = { open: [], close: [], message: [], recovered: [], recovery_failed: [], gap: [], error: [], stopped: [] };
   for (const k of Object.keys(ev)) rc.on(k, (d) => ev[k].push(d));
-  const of = (topic) => ev.message.filter((m) => m.topic === topic);
+  const of = (topic) => ev.message.filter((m) => m.topic === topic)
+    .map((m) => ({ ...m, text: typeof m.data === "string" ? m.data : Buffer.from(m.data).toString() }));
   return { rc, ev, of };
 }
 
-function publish(port, topic, body, headers = {}) {
-  const type = typeof body === "string" ? "text/plain" : "application/octet-stream";
-  return fetch(`http://127.0.0.1:${port}/publish/${topic}`, {
-    method: "POST", body, headers: { "content-type": type, ...headers }, signal: AbortSignal.timeout(5000),
-  }).then(async (r) => { assert.equal(r.status, 202, await r.text()); });
-}
-
-const text = (d) => (typeof d === "string" ? d : Buffer.from(d).toString());
-
-const historyToml = '[namespaces.h]\nhistory_size = 100\nhistory_ttl = "5m"\n';
 const config = join(dir, "h.toml");
-writeFileSync(config, HISTORY ? historyToml : "");
+writeFileSync(config, HISTORY ? HISTORY_TOML : "");
+const start = (port, args = []) => startServer(bin, port, [...serverArgs, "--config", config, ...args]);
 
-let server = await startServer(0, ["--config", config]);
+let server = await start(0);
 const port = server.port;
-const proxy = await startProxy({ get port() { return port; } });
+const proxy = await startProxy(() => port);
 
 // --- Subscribe, publish, receive, and a reconnect on a topic without history ---------
 {
@@ -153,7 +80,7 @@ if (!HISTORY) {
 
 // --- Recovery through cuts, both envelope versions -----------------------------------
 const N = 600;
-let stream; // the clients that saw the stream, for the restart below
+let streamed; // the clients that saw the stream, for the restart below
 if (HISTORY) {
   const a = client(proxy.port);
   const b = client(proxy.port, { envelope: 2 });
@@ -161,25 +88,15 @@ if (HISTORY) {
   assert.match(ackA.epoch, /^[0-9A-Za-z]{8}$/);
   assert.equal(ackB.epoch, ackA.epoch);
   const base = ackA.offset;
-  // Every 5th publication binary: envelope 1 carries no offset for it, envelope 2 does.
-  for (let i = 1; i <= N; i++) {
-    const body = `m${i}`;
-    await publish(port, "h:s", i % 5 === 0 ? new TextEncoder().encode(body) : body);
-    if (i === 200 || i === 400) proxy.cut(150);
-    if (i % 20 === 0) await sleep(5);
-  }
+  const cutsBefore = proxy.cuts;
+  await stream(port, "h:s", N, [200, 400], () => proxy.cut(150));
+  assert.equal(proxy.cuts - cutsBefore, 2);
   for (const [name, c] of [["envelope 1", a], ["envelope 2", b]]) {
     await waitFor(() => c.of("h:s").length >= N, 15000, `${name}: all ${N} messages`);
   }
   await sleep(300); // anything extra (a duplicate) would arrive now
   for (const [name, c] of [["envelope 1", a], ["envelope 2", b]]) {
-    const ms = c.of("h:s");
-    assert.equal(ms.length, N, `${name}: each message once`);
-    ms.forEach((m, k) => {
-      assert.equal(m.offset, base + k + 1, `${name}: offsets dense and in order`);
-      assert.equal(text(m.data), `m${k + 1}`, `${name}: publication order`);
-      assert.equal(m.binary, (k + 1) % 5 === 0);
-    });
+    assertStream(name, c.of("h:s"), N, base);
     assert.deepEqual(c.ev.gap, [], `${name}: no gap`);
     assert.deepEqual(c.ev.recovery_failed, [], `${name}: no failed recovery`);
     assert.ok(c.ev.close.length >= 2 && c.ev.open.length >= 3, `${name}: the cuts did disconnect it`);
@@ -195,18 +112,18 @@ if (HISTORY) {
   await publish(port, "h:s", "live");
   await waitFor(() => r.of("h:s").length === 6, 5000, "rewound + live");
   assert.deepEqual(r.of("h:s").map((m) => m.offset), [N - 4, N - 3, N - 2, N - 1, N, N + 1].map((o) => o + base));
-  assert.equal(text(r.of("h:s")[5].data), "live");
+  assert.equal(r.of("h:s")[5].text, "live");
   r.rc.close();
   await waitFor(() => a.of("h:s").length === N + 1 && b.of("h:s").length === N + 1, 5000, "the live one");
-  stream = { a, b, epoch: ackA.epoch, last: base + N + 1 };
+  streamed = { a, b, epoch: ackA.epoch, last: base + N + 1 };
   console.log("  rewind: ok");
 }
 
 // --- A server restart on the same port: recovery fails with epoch_changed -------------
 if (HISTORY) {
-  const { a, b, epoch, last } = stream;
+  const { a, b, epoch, last } = streamed;
   assert.equal(await stopServer(server.proc), 0, "the drain exits 0");
-  server = await startServer(port, ["--config", config]);
+  server = await start(port);
   for (const [name, c] of [["envelope 1", a], ["envelope 2", b]]) {
     await waitFor(() => c.ev.recovery_failed.length === 1, 10000, `${name}: recovery_failed`);
     assert.ok(c.ev.close.some((e) => e.code === 1001), `${name}: the drain's 1001`);
@@ -220,14 +137,15 @@ if (HISTORY) {
   for (const c of [a, b]) {
     await waitFor(() => c.of("h:s").length === N + 2, 5000, "a message in the new epoch");
     const m = c.of("h:s").at(-1);
-    assert.equal(text(m.data), "new epoch");
+    assert.equal(m.text, "new epoch");
     assert.equal(m.offset, c.ev.recovery_failed[0].offset + 1);
     assert.deepEqual(c.ev.gap, []);
     c.rc.close();
   }
   console.log("  restart: recovery_failed (epoch_changed) with the new epoch, then live");
 }
-await stopServer(server.proc);
+assert.equal(await stopServer(server.proc), 0);
+proxy.close();
 
 // --- Tokens ----------------------------------------------------------------------------
 {
@@ -235,10 +153,7 @@ await stopServer(server.proc);
   const secret = randomBytes(32).toString("hex");
   const apiKey = randomBytes(24).toString("hex");
   writeFileSync(secretFile, secret, { mode: 0o600 });
-  const authConfig = join(dir, "auth.toml");
-  writeFileSync(authConfig, HISTORY ? historyToml : "");
-  const auth = await startServer(0, ["--config", authConfig, "--jwt-hmac-secret-file", secretFile,
-    "--api-key", apiKey, "--jwt-leeway", "0s"]);
+  const auth = await start(0, ["--jwt-hmac-secret-file", secretFile, "--api-key", apiKey, "--jwt-leeway", "0s"]);
   const aport = auth.port;
   const b64url = (s) => Buffer.from(s).toString("base64url");
   const mint = (sub, expIn) => {
@@ -303,8 +218,7 @@ await stopServer(server.proc);
   assert.equal(bad.ev.open.length, 0);
   assert.ok(bad.ev.error.some((e) => e.code === "token_invalid"));
   console.log("  tokens: 4004 → stop; a refused token → one retry, then stop: ok");
-  await stopServer(auth.proc);
+  assert.equal(await stopServer(auth.proc), 0);
 }
 
-proxy.close();
 console.log(`ringcast.js node: ok${HISTORY ? "" : " (history parts skipped)"}`);
