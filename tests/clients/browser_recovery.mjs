@@ -4,11 +4,15 @@
 // envelope versions, and while Node publishes a steady stream over HTTP, a TCP proxy between
 // the page and the server cuts every connection twice: the page must see every offset
 // exactly once, in order, no gap. Then the server is restarted on the same port: the page
-// must report `recovery_failed` with `epoch_changed` and go on live in the new epoch.
+// must report `recovery_failed` with `epoch_changed` and go on live in the new epoch. The
+// demo page (GET /), open meanwhile, shows the topic's epoch and offset, the notice of the
+// failed recovery, and the new epoch's offsets.
 //
 // Usage: node browser_recovery.mjs PATH/TO/ringcast [SERVER ARGS...]
-// RINGCAST_JS_FILE=src/ringcast.js serves that file at /ringcast.js from the test instead
-// (only for a server binary that does not embed the client yet; says so in the output).
+// RINGCAST_JS_FILE=src/ringcast.js serves that file at /ringcast.js, and src/demo.html at /,
+// from the test instead (only for a server binary that does not embed them yet; says so in
+// the output; Chromium then needs its local-network checks off, since a document the test
+// fulfils has no address).
 // 127.0.0.1 only; every wait is bounded.
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -35,17 +39,18 @@ const N = 400;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
+         "--disable-component-update", "--disable-sync",
+         ...(injected ? ["--disable-features=LocalNetworkAccessChecks"] : [])],
   timeout: 30000,
 });
 try {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(TIMEOUT);
+  const context = await browser.newContext();
   const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
   if (injected) {
     const body = readFileSync(injected);
-    await page.route("**/ringcast.js", (route) => route.fulfill({ body, contentType: "text/javascript" }));
+    const demo = readFileSync(new URL("../../src/demo.html", import.meta.url));
+    await context.route("**/ringcast.js", (route) => route.fulfill({ body, contentType: "text/javascript" }));
+    await context.route(/\/$/, (route) => route.fulfill({ body: demo, contentType: "text/html" }));
   } else {
     const r = await fetch(`http://127.0.0.1:${port}/ringcast.js`, { signal: AbortSignal.timeout(TIMEOUT) });
     assert.equal(r.status, 200, "GET /ringcast.js");
@@ -54,6 +59,9 @@ try {
     const source = readFileSync(new URL("../../src/ringcast.js", import.meta.url), "utf8");
     assert.ok(served === source, "GET /ringcast.js serves src/ringcast.js");
   }
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on("pageerror", (e) => errors.push(String(e)));
   // The page's origin is the proxy: the module and the WebSockets both go through it.
   assert.equal((await page.goto(`http://127.0.0.1:${proxy.port}/health`)).status(), 200);
 
@@ -98,6 +106,17 @@ try {
     assert.equal(ev.recovered, ev.open - 1, `${name}: every reconnect recovered`);
   }
 
+  // The demo page on the same topic: its position label.
+  const demo = await context.newPage();
+  demo.setDefaultTimeout(TIMEOUT);
+  demo.on("pageerror", (e) => errors.push(String(e)));
+  await demo.goto(`http://127.0.0.1:${proxy.port}/`);
+  await demo.waitForSelector("#status.open");
+  await demo.fill("#topic", "h:b");
+  await demo.click("#subscribe");
+  await demo.waitForSelector("#topics li[data-topic='h:b']");
+  assert.equal(await demo.textContent("#topics li[data-topic='h:b'] .pos"), `${epoch} · #${base + N}`);
+
   // Restart on the same port: a new epoch; recovery fails loudly, then live again.
   assert.equal(await stopServer(server.proc), 0, "the drain exits 0");
   server = await start(port);
@@ -117,6 +136,10 @@ try {
     assert.deepEqual(ev.messages.at(-1), { offset: ev.recovery_failed[0].offset + 1, binary: false, text: "new epoch" });
     assert.deepEqual(ev.gap, []);
   }
+  await demo.waitForSelector("#notice.show:has-text('epoch_changed')");
+  const newOffset = (await state("v1")).recovery_failed[0].offset + 1;
+  await demo.waitForSelector(".msg:has-text('new epoch')");
+  assert.equal(await demo.textContent(".msg:has-text('new epoch') .off"), `#${newOffset}`);
   await page.evaluate(() => { for (const c of Object.values(window.clients)) c.rc.close(); });
   assert.deepEqual(errors, []);
   console.log(`chromium ${browser.version()}: ringcast.js recovery ok (${N} through 2 cuts, restart → epoch_changed)` +
