@@ -131,6 +131,7 @@ export class Ringcast extends EventTarget {
    * @param {string} topic @param {SubscribeOptions} [opts] @returns {Promise<object>}
    */
   subscribe(topic, opts = {}) {
+    if (this._stopped) return handled(Promise.reject(new RingcastError("stopped", "the client is stopped")));
     if (this._subs.has(topic)) return handled(Promise.reject(new RingcastError("already_subscribed", topic)));
     if (opts.rewind != null && opts.recover) return handled(Promise.reject(new RingcastError("bad_message", "rewind and recover together")));
     const sub = {
@@ -203,6 +204,7 @@ export class Ringcast extends EventTarget {
     if (this.options.getToken && this._token == null) {
       try {
         this._token = await this.options.getToken({ reason: this._tokenReason });
+        this._tokenReason = "connect";
       } catch (e) {
         if (this._stopped) return;
         this._emit("error", { code: "token_error", message: String(e?.message ?? e) });
