@@ -398,22 +398,26 @@ export class Ringcast extends EventTarget {
 
   _onSubscribed(sub, ack) {
     if (this._subs.get(sub.topic) !== sub) return; // unsubscribed meanwhile
-    if (typeof ack.epoch === "string" && Number.isSafeInteger(ack.offset)) {
+    const known = typeof ack.epoch === "string" && Number.isSafeInteger(ack.offset);
+    if (ack.recovered === false) {
+      // Whatever the reason (the server may add some), said out loud: never a silent gap.
       const previous = sub.epoch === null ? null : { epoch: sub.epoch, offset: sub.offset };
-      if (ack.recovered === true) {
-        // The replay brings sub.offset + 1 ..= ack.offset, then live messages.
-        this._emit("recovered", { topic: sub.topic, epoch: ack.epoch, from: sub.offset, to: ack.offset });
-      } else {
-        if (ack.recovered === false) {
-          this._emit("recovery_failed", { topic: sub.topic, reason: ack.reason, epoch: ack.epoch, offset: ack.offset, previous });
-        }
-        // Live from ack.offset + 1, after the `rewound` latest ones when rewinding.
-        sub.offset = ack.offset - (Number.isSafeInteger(ack.rewound) ? ack.rewound : 0);
-      }
+      this._emit("recovery_failed", {
+        topic: sub.topic, reason: ack.reason, epoch: known ? ack.epoch : null, offset: known ? ack.offset : null, previous,
+      });
+    }
+    if (!known) {
+      sub.epoch = sub.offset = null; // no history (or no position given): nothing to track
+    } else if (ack.recovered === true) {
+      // The replay brings sub.offset + 1 ..= ack.offset, then live messages.
+      this._emit("recovered", { topic: sub.topic, epoch: ack.epoch, from: sub.offset, to: ack.offset });
+    } else {
+      // Live from ack.offset + 1, after the `rewound` latest ones when rewinding.
+      sub.offset = ack.offset - (Number.isSafeInteger(ack.rewound) ? ack.rewound : 0);
+    }
+    if (known) {
       sub.epoch = ack.epoch;
       sub.replayTo = ack.offset;
-    } else {
-      sub.epoch = sub.offset = null; // no history: nothing to track or recover
     }
     sub.acked = true;
     if (!sub.everAcked) { sub.everAcked = true; sub.resolve(ack); }

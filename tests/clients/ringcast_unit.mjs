@@ -132,6 +132,25 @@ const ack = (cmd, extra = {}) => ({ type: "ack", id: cmd.id, op: cmd.type, topic
   rc.close();
 }
 
+// A failed recovery without a position (e.g. the home shard did not answer): reported,
+// and tracking stops until a later subscribe gives a position again.
+{
+  const { rc, seen } = client();
+  await until(() => latest()?.onopen && latest().readyState === 0, "a socket");
+  const ws = latest();
+  ws.open();
+  rc.subscribe("h:u", { recover: { epoch: "E1", offset: 3 } });
+  const s = ws.last("subscribe");
+  assert.deepEqual(s.recover, { epoch: "E1", offset: 3 });
+  ws.text(ack(s, { recovered: false, reason: "unavailable" }));
+  assert.deepEqual(seen.recovery_failed, [{ topic: "h:u", reason: "unavailable", epoch: null, offset: null, previous: { epoch: "E1", offset: 3 } }]);
+  ws.text({ type: "message", topic: "h:u", offset: 9, data: "z" });
+  assert.deepEqual(seen.message.map((m) => m.offset), [9]);
+  assert.equal(seen.gap.length, 0);
+  assert.equal(rc.position("h:u"), null);
+  rc.close();
+}
+
 // Envelope 2: the offset is in the binary frame (8 bytes, big-endian).
 {
   const { rc, seen } = client({ envelope: 2 });
