@@ -69,11 +69,11 @@ try {
     const { Ringcast } = await import("/ringcast.js");
     window.clients = {};
     const make = async (name, envelope) => {
-      const rc = new Ringcast("/ws", { envelope, minDelay: 50, maxDelay: 400, drainDelay: 100 });
-      const ev = { open: 0, close: [], messages: [], recovered: 0, recovery_failed: [], gap: [] };
+      const rc = new Ringcast("/ws", { envelope, minDelay: 25, maxDelay: 200, drainDelay: 100 });
+      const ev = { open: 0, close: [], messages: [], recovered: 0, replayed: 0, recovery_failed: [], gap: [] };
       rc.on("open", () => { ev.open++; });
       rc.on("close", (d) => ev.close.push(d.code));
-      rc.on("recovered", () => { ev.recovered++; });
+      rc.on("recovered", (d) => { ev.recovered++; ev.replayed += d.to - d.from; });
       rc.on("recovery_failed", (d) => ev.recovery_failed.push(d));
       rc.on("gap", (d) => ev.gap.push(d));
       window.clients[name] = { rc, ev };
@@ -91,7 +91,7 @@ try {
   const state = (name) => page.evaluate((n) => window.clients[n].ev, name);
 
   const cutsBefore = proxy.cuts;
-  await stream(port, "h:b", N, [130, 270], () => proxy.cut(150));
+  await stream(port, "h:b", N, [130, 270], () => proxy.cut(50));
   assert.equal(proxy.cuts - cutsBefore, 2);
   for (const name of ["v1", "v2"]) {
     await waitFor(async () => (await state(name)).messages.length >= N, 15000, `${name}: all ${N} messages`);
@@ -104,6 +104,7 @@ try {
     assert.deepEqual(ev.recovery_failed, [], `${name}: no failed recovery`);
     assert.ok(ev.close.length >= 2 && ev.open >= 3, `${name}: the cuts did disconnect it`);
     assert.equal(ev.recovered, ev.open - 1, `${name}: every reconnect recovered`);
+    assert.ok(ev.replayed > 0, `${name}: the recoveries replayed what the cuts lost`);
   }
 
   // The demo page on the same topic: its position label.
@@ -129,6 +130,9 @@ try {
     assert.deepEqual(f.previous, { epoch, offset: base + N });
     assert.ok(ev.close.includes(1001), `${name}: the drain's 1001`);
   }
+  // The demo (default, slower reconnect delays) must have resubscribed first, or it would
+  // rightly not get the message.
+  await demo.waitForSelector("#notice.show:has-text('epoch_changed')", { timeout: 15000 });
   await publish(port, "h:b", "new epoch");
   for (const name of ["v1", "v2"]) {
     await waitFor(async () => (await state(name)).messages.length === N + 1, 5000, `${name}: a message in the new epoch`);
@@ -136,7 +140,6 @@ try {
     assert.deepEqual(ev.messages.at(-1), { offset: ev.recovery_failed[0].offset + 1, binary: false, text: "new epoch" });
     assert.deepEqual(ev.gap, []);
   }
-  await demo.waitForSelector("#notice.show:has-text('epoch_changed')");
   const newOffset = (await state("v1")).recovery_failed[0].offset + 1;
   await demo.waitForSelector(".msg:has-text('new epoch')");
   assert.equal(await demo.textContent(".msg:has-text('new epoch') .off"), `#${newOffset}`);

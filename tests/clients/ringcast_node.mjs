@@ -26,7 +26,7 @@ setTimeout(() => { console.error("ringcast.js node: overall timeout"); process.e
 
 /** A client through `port` that records its events. */
 function client(port, opts = {}) {
-  const rc = new Ringcast(`ws://127.0.0.1:${port}/ws`, { WebSocket, minDelay: 50, maxDelay: 400, drainDelay: 100, ...opts });
+  const rc = new Ringcast(`ws://127.0.0.1:${port}/ws`, { WebSocket, minDelay: 25, maxDelay: 200, drainDelay: 100, ...opts });
   const ev = { open: [], close: [], message: [], recovered: [], recovery_failed: [], gap: [], error: [], stopped: [] };
   for (const k of Object.keys(ev)) rc.on(k, (d) => ev[k].push(d));
   const of = (topic) => ev.message.filter((m) => m.topic === topic)
@@ -89,7 +89,7 @@ if (HISTORY) {
   assert.equal(ackB.epoch, ackA.epoch);
   const base = ackA.offset;
   const cutsBefore = proxy.cuts;
-  await stream(port, "h:s", N, [200, 400], () => proxy.cut(150));
+  await stream(port, "h:s", N, [200, 400], () => proxy.cut(50));
   assert.equal(proxy.cuts - cutsBefore, 2);
   for (const [name, c] of [["envelope 1", a], ["envelope 2", b]]) {
     await waitFor(() => c.of("h:s").length >= N, 15000, `${name}: all ${N} messages`);
@@ -101,9 +101,12 @@ if (HISTORY) {
     assert.deepEqual(c.ev.recovery_failed, [], `${name}: no failed recovery`);
     assert.ok(c.ev.close.length >= 2 && c.ev.open.length >= 3, `${name}: the cuts did disconnect it`);
     assert.equal(c.ev.recovered.length, c.ev.open.length - 1, `${name}: every reconnect recovered`);
+    const replayed = c.ev.recovered.reduce((n, r) => n + r.to - r.from, 0);
+    assert.ok(replayed > 0, `${name}: the recoveries replayed what the cuts lost`);
     assert.deepEqual(c.rc.position("h:s"), { epoch: ackA.epoch, offset: base + N });
   }
-  console.log(`  ${N} publications through 2 cuts, both envelopes: every offset once, in order, no gap`);
+  const replayed = a.ev.recovered.map((r) => r.to - r.from).join("+");
+  console.log(`  ${N} publications through 2 cuts, both envelopes: every offset once, in order, no gap (envelope 1 replayed ${replayed})`);
 
   // Rewind: the last 5 kept, then live.
   const r = client(proxy.port);
