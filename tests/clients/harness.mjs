@@ -136,7 +136,7 @@ export async function stream(port, topic, n, cutAfter, cut) {
     const body = `m${i}`;
     await publish(port, topic, i % 5 === 0 ? new TextEncoder().encode(body) : body);
     if (cutAfter.includes(i)) cut();
-    await sleep(3);
+    await sleep(4);
   }
 }
 
