@@ -1,7 +1,7 @@
 // Headless Chromium (Debian `chromium`) driven by playwright-core: loads the demo page at
 // GET /, subscribes to a topic through the page, checks that a message published with
-// HTTP POST /publish/{topic} shows up in the page, sends one from the page, and saves a
-// screenshot.
+// HTTP POST /publish/{topic} shows up in the page, sends one from the page (the ack, and a
+// refused publish's error, are reported beside the button), and saves a screenshot.
 //
 // Usage: node browser.mjs HOST:PORT [SCREENSHOT.png]
 import assert from "node:assert/strict";
@@ -43,6 +43,11 @@ try {
   await page.fill("#message", "sent from the page");
   await page.click("#send");
   await page.waitForSelector(".msg:has-text('sent from the page')");
+  await page.waitForSelector("#pubstatus.ok:has-text('ack')");
+  // A refused publish is reported beside the button.
+  await page.fill("#pubtopic", "nope:x");
+  await page.click("#send");
+  await page.waitForSelector("#pubstatus.err:has-text('bad_topic')");
 
   // A binary message shows as hex.
   await fetch(`http://${base}/publish/browser`, {
