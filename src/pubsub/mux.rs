@@ -478,15 +478,15 @@ pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>)
     push_json_string(topic, out);
     if offset != 0 {
         out.extend_from_slice(b",\"offset\":");
-        push_u64(offset, out);
+        push_decimal(out, offset);
     }
     out.extend_from_slice(b",\"data\":");
     push_json_string(payload, out);
     out.push(b'}');
 }
 
-/// Decimal digits of `n`, without allocating (the envelope path).
-fn push_u64(mut n: u64, out: &mut Vec<u8>) {
+/// Appends `n` in decimal, without allocating (the envelope path; HTTP batch results).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -618,6 +618,15 @@ mod tests {
         );
         let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(MAX_ID_LEN + 1));
         assert_eq!(code(long.as_bytes()), ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
+            let mut v = Vec::new();
+            push_decimal(&mut v, n);
+            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
+        }
     }
 
     #[test]

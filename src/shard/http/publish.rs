@@ -285,7 +285,7 @@ impl ShardState {
         tracing::debug!(shard = self.id, topic, bytes = len, queued, "http publish");
         let mut reply = Vec::with_capacity(24);
         reply.extend_from_slice(b"{\"queued\":");
-        push_decimal(&mut reply, queued as u64);
+        crate::pubsub::mux::push_decimal(&mut reply, queued as u64);
         reply.extend_from_slice(b"}\n");
         self.respond_with(token, 202, "application/json", &reply);
     }
@@ -324,7 +324,7 @@ impl ShardState {
                         published += 1;
                         bytes += m.payload.len() as u64;
                         results.extend_from_slice(b"{\"queued\":");
-                        push_decimal(&mut results, queued as u64);
+                        crate::pubsub::mux::push_decimal(&mut results, queued as u64);
                         results.push(b'}');
                         return;
                     }
@@ -356,7 +356,7 @@ impl ShardState {
             metrics.http_batch_refused[refused_item.index()].inc();
             refused += 1;
             results.extend_from_slice(b"{\"index\":");
-            push_decimal(&mut results, i as u64);
+            crate::pubsub::mux::push_decimal(&mut results, i as u64);
             results.extend_from_slice(b",\"error\":\"");
             results.extend_from_slice(refused_item.code().as_bytes());
             results.extend_from_slice(b"\",\"message\":");
@@ -374,32 +374,5 @@ impl ShardState {
         tracing::debug!(shard = self.id, published, refused, "http batch publish");
         results.extend_from_slice(b"]}\n");
         self.respond_with(token, 200, "application/json", &results);
-    }
-}
-
-/// Appends `n` in decimal (the results of a 10,000-item batch are 10,000 of these).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decimals() {
-        for n in [0u64, 7, 10, 99, 12345, u64::MAX] {
-            let mut v = Vec::new();
-            super::push_decimal(&mut v, n);
-            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
-        }
     }
 }
