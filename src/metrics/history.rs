@@ -19,6 +19,8 @@ pub struct HistoryMetrics {
     pub evicted_size: Counter,
     /// Publications dropped with a history idle past its `history_ttl`.
     pub expired_ttl: Counter,
+    /// Topic states dropped to stay under the memory limit (their epochs are forgotten).
+    pub shed_topics: Counter,
     /// Recoveries that returned every missed publication.
     pub recovered: Counter,
     /// Recoveries refused (`recovered: false`, any reason).
@@ -40,7 +42,7 @@ pub fn render(out: &mut String, shards: &[std::sync::Arc<super::ShardMetrics>]) 
         &'static str,
         fn(&HistoryMetrics) -> u64,
     );
-    let simple: [Simple; 8] = [
+    let simple: [Simple; 9] = [
         (
             "ringcast_history_publications",
             "gauge",
@@ -82,6 +84,12 @@ pub fn render(out: &mut String, shards: &[std::sync::Arc<super::ShardMetrics>]) 
             "counter",
             "Batches forwarded to their topic's home shard (one order per topic).",
             |m| m.forwarded.get(),
+        ),
+        (
+            "ringcast_history_topics_evicted_total",
+            "counter",
+            "Topic states (epochs) dropped to stay under --history-memory-limit (topics without subscribers, least recently used first).",
+            |m| m.shed_topics.get(),
         ),
         (
             "ringcast_history_expired_total",

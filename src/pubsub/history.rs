@@ -84,6 +84,12 @@ use bytes::Bytes;
 /// plus slack for the ring's spare capacity (a `VecDeque` grows by doubling).
 pub const ENTRY_OVERHEAD: usize = 64;
 
+/// Bookkeeping charged per topic with state (an epoch) against the same budget: the
+/// per-topic record, its index entries and its share of the topic table. So a flood of
+/// distinct topics (each subscribe to a topic with history creates its state) is bounded
+/// by the budget too, not only by the TTL ([`Histories::shed`]).
+pub const STATE_OVERHEAD: usize = 192;
+
 /// The size of one ring entry (the offset and the `Bytes` handle), for reports; the
 /// payload itself is shared with the batch buffer.
 pub const ENTRY_SIZE: usize = std::mem::size_of::<Entry>();
@@ -228,6 +234,8 @@ pub struct Stats {
     pub expired_by_ttl: u64,
     /// Topics whose state expired (dropped by [`Histories::expire`] or renewed in place).
     pub expired_topics: u64,
+    /// Topics whose state was dropped to stay under the budget ([`Histories::shed`]).
+    pub shed_topics: u64,
 }
 
 /// One stored publication.
@@ -593,6 +601,49 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         done
     }
 
+    /// While the store weighs more than its budget with no publication left to evict (the
+    /// weight is topic states: [`STATE_OVERHEAD`] each), forgets the state of topics
+    /// nobody keeps (`keep`: the caller's topics with subscribers, whose offsets must go
+    /// on), the least recently published first, at most `max` per call, calling
+    /// `on_dropped` with each key. A later use of such a topic starts a new epoch, so a
+    /// client that recovers from the old one is told `EpochChanged`, never given a gap.
+    /// Returns how many were dropped.
+    pub fn shed(
+        &mut self,
+        max: usize,
+        mut keep: impl FnMut(K) -> bool,
+        mut on_dropped: impl FnMut(K),
+    ) -> usize {
+        if self.bytes <= self.budget {
+            return 0;
+        }
+        let mut excess = self.bytes - self.budget;
+        let mut victims = Vec::new();
+        for &(_, slot) in &self.by_deadline {
+            if excess == 0 || victims.len() >= max {
+                break;
+            }
+            let Some(h) = self.slots.get(slot).and_then(Option::as_ref) else {
+                continue;
+            };
+            if keep(h.key) {
+                continue;
+            }
+            victims.push(slot);
+            excess = excess.saturating_sub(h.bytes + STATE_OVERHEAD);
+        }
+        for &slot in &victims {
+            let key = self.slots.get(slot).and_then(Option::as_ref).map(|h| h.key);
+            let dropped = self.drop_slot(slot);
+            self.stats.evicted_by_memory += dropped as u64;
+            self.stats.shed_topics += 1;
+            if let Some(k) = key {
+                on_dropped(k);
+            }
+        }
+        victims.len()
+    }
+
     /// The topic is gone: its history and epoch are forgotten (a later use starts a new
     /// epoch). Returns how many publications were dropped.
     pub fn remove(&mut self, key: K) -> usize {
@@ -602,7 +653,8 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         }
     }
 
-    /// The weight of every stored publication (frames + [`ENTRY_OVERHEAD`] each).
+    /// What the store weighs against its budget: every stored publication (its frame +
+    /// [`ENTRY_OVERHEAD`]) and every topic state ([`STATE_OVERHEAD`]).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -657,6 +709,7 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
                 };
                 v.insert(slot);
                 self.reindex_deadline(slot, None, d);
+                self.bytes += STATE_OVERHEAD;
                 return slot;
             }
         };
@@ -705,6 +758,7 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         self.reindex_deadline(slot, h.deadline, None);
         let dropped = h.ring.len();
         self.account(slot, h.bytes, 0, dropped, 0);
+        self.bytes -= STATE_OVERHEAD;
         self.free.push(slot);
         dropped
     }
@@ -825,7 +879,7 @@ mod tests {
             }
         }
         assert_eq!(h.index.len(), h.slots.iter().flatten().count());
-        assert_eq!(bytes, h.bytes);
+        assert_eq!(bytes + h.index.len() * STATE_OVERHEAD, h.bytes);
         assert_eq!(pubs, h.publications);
         assert_eq!(by_bytes, h.by_bytes);
         assert_eq!(by_deadline, h.by_deadline);
@@ -848,7 +902,7 @@ mod tests {
         assert_eq!(offsets(&p.publications), [1, 2, 3, 4, 5]);
         assert_eq!(p.publications[0].1.as_ptr(), f.as_ptr());
         assert_eq!(h.publications(), 5);
-        assert_eq!(h.bytes(), 5 * (64 + ENTRY_OVERHEAD));
+        assert_eq!(h.bytes(), 5 * (64 + ENTRY_OVERHEAD) + STATE_OVERHEAD);
         // Another topic has its own epoch and offsets.
         let c = h.append(8, ON, frame(9, 64), now);
         assert_eq!(c.offset, 1);
@@ -933,7 +987,7 @@ mod tests {
         let off = HistoryOptions { size: 0, ..ON };
         let e = h.append(1u32, off, frame(1, 8), now).epoch;
         assert_eq!(h.append(1, off, frame(2, 8), now).offset, 2);
-        assert_eq!((h.publications(), h.bytes()), (0, 0));
+        assert_eq!((h.publications(), h.bytes()), (0, STATE_OVERHEAD));
         let r = h.since(1, off, e.as_str(), 1, 10, now);
         assert!(matches!(
             r,
@@ -958,7 +1012,7 @@ mod tests {
     fn memory_evicts_the_oldest_of_the_largest_and_keeps_the_epoch() {
         let now = Instant::now();
         let w = 100 + ENTRY_OVERHEAD;
-        let mut h = Histories::new(10 * w, rng());
+        let mut h = Histories::new(10 * w + 2 * STATE_OVERHEAD, rng());
         let big = h.append(1u32, ON, frame(1, 100), now).epoch;
         for i in 2..=6 {
             h.append(1, ON, frame(i, 100), now);
@@ -966,7 +1020,7 @@ mod tests {
         for i in 1..=4 {
             h.append(2, ON, frame(i, 100), now);
         }
-        assert_eq!(h.bytes(), 10 * w);
+        assert_eq!(h.bytes(), 10 * w + 2 * STATE_OVERHEAD);
         assert_eq!(h.stats().evicted_by_memory, 0);
         // Over budget: topic 1 (6 entries) is the largest and loses its oldest.
         h.append(2, ON, frame(5, 100), now);
@@ -1068,6 +1122,50 @@ mod tests {
         let a = h.append(1, ttl, frame(3, 8), later + Duration::from_secs(60));
         assert_eq!((a.epoch, a.offset), (e1, 3), "the sequence goes on");
         assert_eq!(h.stats().expired_by_ttl, 3);
+        check(&h);
+    }
+
+    #[test]
+    fn states_count_against_the_budget_and_unkept_ones_are_shed() {
+        let t0 = Instant::now();
+        let ttl = HistoryOptions {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        };
+        // Room for 3 topic states and nothing else.
+        let mut h = Histories::new(3 * STATE_OVERHEAD, rng());
+        let mut epochs = Vec::new();
+        for k in 0..6u32 {
+            epochs.push(h.open(k, ttl, t0 + Duration::from_secs(u64::from(k))).epoch);
+        }
+        assert_eq!(h.topics(), 6);
+        assert!(h.bytes() > h.budget(), "states alone are over");
+        // Topic 0 has subscribers (the caller keeps it).
+        let mut dropped = Vec::new();
+        assert_eq!(h.shed(100, |k| k == 0, |k| dropped.push(k)), 3);
+        assert_eq!(
+            dropped,
+            [1, 2, 3],
+            "least recently used first, kept ones skipped"
+        );
+        assert!(h.bytes() <= h.budget());
+        assert_eq!(h.stats().shed_topics, 3);
+        let r = h.since(1, ttl, epochs[1].as_str(), 0, 10, t0);
+        assert!(
+            matches!(
+                r,
+                Recovery::NotRecovered {
+                    reason: Lost::EpochChanged,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // The bound per call holds.
+        for k in 10..20u32 {
+            h.append(k, ttl, Bytes::new(), t0);
+        }
+        assert_eq!(h.shed(2, |_| false, |_| {}), 2);
         check(&h);
     }
 
@@ -1238,7 +1336,8 @@ mod tests {
                         if size > 0 {
                             stored += 1;
                         }
-                        ok!(h.bytes() <= budget);
+                        // Over only by topic states, which appends do not shed.
+                        ok!(h.bytes() <= budget || h.publications() == 0);
                     }
                     Op::Since { key, back, same_epoch, max, ttl } => {
                         let opts = HistoryOptions { size: 1, ttl: ttl_of(ttl) };

@@ -204,24 +204,27 @@ impl PubSub {
     }
 
     /// Once per tick: forgets the history of topics idle past their TTL (a bounded number
-    /// per call). A topic that still has subscribers keeps its epoch and offsets (they
-    /// track them) and loses only its publications.
+    /// per call), and the state of unsubscribed topics while the states alone weigh more
+    /// than the memory budget. A topic that still has subscribers keeps its epoch and
+    /// offsets (they track them) and loses only its publications.
     pub fn expire_history(&mut self) {
         if self.histories.topics() == 0 {
             return;
         }
         let now = Instant::now();
         let topics = &self.topics;
+        let subscribed = |id| {
+            topics
+                .get(id)
+                .is_some_and(|t| t.local() > 0 || !t.remote.is_empty())
+        };
         let mut gone = Vec::new();
-        self.histories.expire_keeping(
-            now,
-            |id| {
-                topics
-                    .get(id)
-                    .is_some_and(|t| t.local() > 0 || !t.remote.is_empty())
-            },
-            |id| gone.push(id),
-        );
+        self.histories
+            .expire_keeping(now, subscribed, |id| gone.push(id));
+        // Topic states over the memory budget (a flood of distinct topics): the least
+        // recently used without subscribers go, a bounded number per tick.
+        self.histories
+            .shed(SHED_PER_TICK, subscribed, |id| gone.push(id));
         for id in gone {
             if let Some(t) = self.topics.get_mut(id) {
                 t.history = false;
@@ -230,6 +233,9 @@ impl PubSub {
         }
     }
 }
+
+/// Most topic states [`PubSub::expire_history`] sheds per tick (over the memory budget).
+const SHED_PER_TICK: usize = 4096;
 
 /// The history store's options for a topic.
 pub(super) fn history_options(o: &TopicOptions) -> HistoryOptions {

@@ -612,6 +612,7 @@ impl PubSub {
         h.evicted_size
             .add(now.evicted_by_size - was.evicted_by_size);
         h.expired_ttl.add(now.expired_by_ttl - was.expired_by_ttl);
+        h.shed_topics.add(now.shed_topics - was.shed_topics);
     }
 
     /// The topic table (read-only: tests, the HTTP publish reply, metrics).

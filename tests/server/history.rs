@@ -611,3 +611,50 @@ both!(the_history_endpoint_needs_the_right_to_subscribe, |io| {
     );
     let _ = std::fs::remove_dir_all(dir);
 });
+
+both!(
+    a_flood_of_topic_states_is_bounded_by_the_memory_limit,
+    |io| {
+        let server = Server::start(
+            io,
+            &[
+                "--history-size",
+                "10",
+                "--history-memory-limit",
+                "1MiB",
+                "--shards",
+                "1",
+            ],
+        );
+        let mut keeper = server.ws("/ws");
+        let kept = subscribe(&mut keeper, "keep", json!({}));
+        publish(server.addr, "keep", "k1");
+        assert_eq!(messages(&mut keeper, 1), vec![(1, "k1".into())]);
+        // Each subscribe to a new topic with history starts its state (192 bytes charged):
+        // 8,000 of them are more than 1 MiB.
+        let mut flood = server.ws("/ws");
+        for i in 0..8000 {
+            let topic = format!("junk-{i}");
+            subscribe(&mut flood, &topic, json!({}));
+            send(&mut flood, json!({"type": "unsubscribe", "topic": topic}));
+            assert_eq!(json_of(flood.recv())["type"], "ack");
+        }
+        assert!(server.wait_for(Duration::from_secs(5), |s| {
+            s.metric("ringcast_history_topics_evicted_total") > 0
+                && s.metric("ringcast_history_bytes") <= 1 << 20
+        }));
+        // The subscribed topic kept its epoch and offsets.
+        let mut r = server.ws("/ws");
+        let ack = subscribe(
+            &mut r,
+            "keep",
+            json!({"recover": {"epoch": kept["epoch"], "offset": 0}}),
+        );
+        assert_eq!(
+            (&ack["recovered"], &ack["epoch"]),
+            (&json!(true), &kept["epoch"]),
+            "{ack}"
+        );
+        assert_eq!(messages(&mut r, 1), vec![(1, "k1".into())]);
+    }
+);
