@@ -644,6 +644,25 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         victims.len()
     }
 
+    /// For a topic that has subscribers (who track its offsets): if its TTL has passed and
+    /// [`Histories::expire_keeping`] has not got to it yet, it loses its publications now
+    /// and keeps its epoch, instead of being renewed (a new epoch, offsets from 1) by the
+    /// next append or query. Call before those when the topic has subscribers.
+    pub fn keep_if_expired(&mut self, key: K, now: Instant) {
+        let Some(&slot) = self.index.get(&key) else {
+            return;
+        };
+        if self
+            .slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|h| h.expired(now))
+        {
+            let dropped = self.trim_slot(slot);
+            self.stats.expired_by_ttl += dropped as u64;
+        }
+    }
+
     /// The topic is gone: its history and epoch are forgotten (a later use starts a new
     /// epoch). Returns how many publications were dropped.
     pub fn remove(&mut self, key: K) -> usize {
@@ -1166,6 +1185,23 @@ mod tests {
             h.append(k, ttl, Bytes::new(), t0);
         }
         assert_eq!(h.shed(2, |_| false, |_| {}), 2);
+        check(&h);
+    }
+
+    #[test]
+    fn a_subscribed_topic_past_its_ttl_is_not_renewed() {
+        let t0 = Instant::now();
+        let ttl = HistoryOptions {
+            size: 10,
+            ttl: Duration::from_secs(10),
+        };
+        let mut h = Histories::new(1 << 20, rng());
+        let e = h.append(1u32, ttl, frame(1, 8), t0).epoch;
+        let later = t0 + Duration::from_secs(11);
+        h.keep_if_expired(1, later);
+        let a = h.append(1, ttl, frame(2, 8), later);
+        assert_eq!((a.epoch, a.offset), (e, 2), "the sequence goes on");
+        assert_eq!(h.stats().expired_by_ttl, 1);
         check(&h);
     }
 

@@ -136,7 +136,11 @@ impl PubSub {
         };
         t.history = true;
         let opts = history_options(&t.options);
+        let subscribed = t.local() > 0 || !t.remote.is_empty();
         let now = Instant::now();
+        if subscribed {
+            self.histories.keep_if_expired(id, now);
+        }
         let count = batch.count();
         let keep = count.min(u32::try_from(opts.size).unwrap_or(u32::MAX));
         let from = count - keep;

@@ -375,6 +375,11 @@ impl super::PubSub {
         let id = self.intern(name, opts);
         if let Some(t) = self.topics.get_mut(id) {
             t.history = true;
+            // Other subscribers track the current epoch: a TTL passed meanwhile must not
+            // renew it under them.
+            if t.local() > 0 || !t.remote.is_empty() {
+                self.histories.keep_if_expired(id, now);
+            }
         }
         let reply = match want {
             Want::Position | Want::Page { .. } => {
