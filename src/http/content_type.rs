@@ -15,6 +15,9 @@
 pub enum BodyType {
     /// A text message (the body must be UTF-8).
     Text,
+    /// A JSON type (`application/json`, `application/*+json`): a text message, carried in
+    /// mux envelopes as a JSON value when the body is a JSON object or array.
+    Json,
     /// A binary message (anything that is not a textual type, or no `Content-Type`).
     Binary,
     /// A textual type with a charset other than UTF-8.
@@ -31,6 +34,7 @@ pub fn body_type(value: Option<&[u8]>) -> BodyType {
     if !is_textual(&essence) {
         return BodyType::Binary;
     }
+    let json = essence == "application/json" || essence.ends_with("+json");
     for p in parts {
         let Some((name, value)) = p.split_once('=') else {
             continue;
@@ -42,7 +46,7 @@ pub fn body_type(value: Option<&[u8]>) -> BodyType {
             }
         }
     }
-    BodyType::Text
+    if json { BodyType::Json } else { BodyType::Text }
 }
 
 fn is_textual(essence: &str) -> bool {
@@ -77,7 +81,10 @@ mod tests {
             "application/javascript",
             "application/x-ndjson",
         ] {
-            assert_eq!(body_type(Some(ct.as_bytes())), BodyType::Text, "{ct}");
+            let json =
+                ct.to_ascii_lowercase().starts_with("application/json") || ct.contains("+json");
+            let want = if json { BodyType::Json } else { BodyType::Text };
+            assert_eq!(body_type(Some(ct.as_bytes())), want, "{ct}");
         }
     }
 

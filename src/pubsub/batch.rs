@@ -66,6 +66,9 @@ pub struct Batch {
     /// The offset of the first message (message `i` has `offset + i`), assigned by the
     /// topic's home shard when the topic has history; 0: no offsets.
     pub offset: u64,
+    /// The messages (indices, ascending) published as JSON values: mux envelopes carry
+    /// them as JSON, not as strings. Usually empty.
+    pub json: Box<[u32]>,
 }
 
 /// Messages of a batch that one publisher wrote and must not receive.
@@ -88,7 +91,13 @@ impl Batch {
             ends,
             own: Box::new([]),
             offset: 0,
+            json: Box::new([]),
         }
+    }
+
+    /// Whether message `i` was published as a JSON value.
+    pub fn is_json(&self, i: u32) -> bool {
+        !self.json.is_empty() && self.json.binary_search(&i).is_ok()
     }
 
     /// Frames `payload` as a batch of one message (publishers that are not shards).
@@ -123,6 +132,8 @@ struct Pending {
     ends: Vec<u32>,
     /// What publishers that must not receive them wrote: (slot, message indices).
     own: Vec<(u32, Range<u32>)>,
+    /// Messages published as JSON values.
+    json: Vec<u32>,
 }
 
 /// A piece of a batch an excluded publisher receives: a run of messages.
@@ -232,6 +243,19 @@ impl Batcher {
         payload: &[u8],
         exclude: Option<u32>,
     ) {
+        self.append_flagged(topics, topic, opcode, payload, exclude, false);
+    }
+
+    /// [`Batcher::append`], `json`: a text message published as a JSON value.
+    pub fn append_flagged(
+        &mut self,
+        topics: &mut Topics,
+        topic: TopicId,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+        json: bool,
+    ) {
         let Some(t) = topics.get_mut(topic) else {
             return;
         };
@@ -265,6 +289,9 @@ impl Batcher {
         encode_frame(&mut p.buf, true, opcode, None, payload);
         let msg = p.ends.len() as u32;
         p.ends.push(p.buf.len() as u32);
+        if json {
+            p.json.push(msg);
+        }
         if let Some(slot) = exclude {
             match p.own.last_mut() {
                 Some((s, m)) if *s == slot && m.end == msg => m.end = msg + 1,
@@ -333,6 +360,10 @@ fn seal(origin: Origin, p: &mut Pending, topic: TopicId) -> Ready {
         .collect();
     let mut batch = Batch::new(origin, frames, ends);
     batch.own = own;
+    if !p.json.is_empty() {
+        batch.json = p.json.as_slice().into();
+        p.json.clear();
+    }
     Ready {
         topic,
         batch: Arc::new(batch),

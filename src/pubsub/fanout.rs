@@ -135,14 +135,16 @@ impl FanOut {
     pub fn replay_run(
         &mut self,
         topic: &str,
-        publications: &[(u64, Bytes)],
+        publications: &[super::history::Stored],
         format: Format,
     ) -> (Bytes, &[u32]) {
         let (run, _) = envelopes(
             &mut self.arena,
             &mut self.body,
             topic,
-            publications.iter().map(|(o, f)| (*o, &f[..])),
+            publications
+                .iter()
+                .map(|p| (p.offset, &p.frame[..], p.json)),
             format,
             &mut self.mux_ends,
         );
@@ -205,8 +207,9 @@ fn deliver<S: Subscribers>(
     queued
 }
 
-/// The messages of `batch` as (offset, complete frame); offset 0 when it has none.
-fn batch_messages(batch: &Batch) -> impl Iterator<Item = (u64, &[u8])> {
+/// The messages of `batch` as (offset, complete frame, published as JSON); offset 0 when
+/// it has none.
+fn batch_messages(batch: &Batch) -> impl Iterator<Item = (u64, &[u8], bool)> {
     let mut start = 0usize;
     batch.ends.iter().enumerate().map(move |(i, &end)| {
         let frame = batch.frames.get(start..end as usize).unwrap_or_default();
@@ -216,7 +219,7 @@ fn batch_messages(batch: &Batch) -> impl Iterator<Item = (u64, &[u8])> {
         } else {
             batch.offset + i as u64
         };
-        (offset, frame)
+        (offset, frame, batch.is_json(i as u32))
     })
 }
 
@@ -229,14 +232,14 @@ fn envelopes<'a>(
     arena: &mut BytesMut,
     body: &mut Vec<u8>,
     topic: &str,
-    messages: impl Iterator<Item = (u64, &'a [u8])>,
+    messages: impl Iterator<Item = (u64, &'a [u8], bool)>,
     format: Format,
     ends: &mut Vec<u32>,
 ) -> (Bytes, bool) {
     ends.clear();
     let base = arena.len();
     let mut binary = false;
-    for (offset, frame) in messages {
+    for (offset, frame, json) in messages {
         let Ok(Some((h, at))) = FrameHeader::parse(frame) else {
             tracing::error!("a published frame could not be read back");
             continue;
@@ -244,6 +247,7 @@ fn envelopes<'a>(
         let payload = frame.get(at..).unwrap_or_default();
         body.clear();
         match h.opcode {
+            OpCode::Text if json => mux::envelope_json(topic, offset, payload, body),
             OpCode::Text => mux::envelope_text(
                 topic,
                 offset,

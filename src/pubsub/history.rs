@@ -196,7 +196,7 @@ pub enum Recovery {
         /// The latest offset; the last publication's when any.
         top: u64,
         /// Offsets `offset + 1 ..= top`, each with its frame.
-        publications: Vec<(u64, Bytes)>,
+        publications: Vec<Stored>,
     },
     /// The client must start over from `(epoch, top)`.
     NotRecovered {
@@ -220,7 +220,7 @@ pub struct Page {
     /// `first - 1` missed publications that are gone.
     pub first: u64,
     /// Publications in offset order, contiguous.
-    pub publications: Vec<(u64, Bytes)>,
+    pub publications: Vec<Stored>,
 }
 
 /// Counters for metrics, all since creation (publications, not topics).
@@ -238,12 +238,18 @@ pub struct Stats {
     pub shed_topics: u64,
 }
 
-/// One stored publication.
-#[derive(Debug, Clone)]
-struct Entry {
-    offset: u64,
-    frame: Bytes,
+/// One stored publication, as queries return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its offset.
+    pub offset: u64,
+    /// Its complete server frame (what a simple-mode subscriber got).
+    pub frame: Bytes,
+    /// Published as a JSON value (mux envelopes carry it as one, not as a string).
+    pub json: bool,
 }
+
+type Entry = Stored;
 
 fn weight(frame: &Bytes) -> usize {
     frame.len().saturating_add(ENTRY_OVERHEAD)
@@ -285,19 +291,15 @@ impl<K> History<K> {
     }
 
     /// The kept publications with offset > `after`, at most `limit`.
-    fn after(&self, after: u64, limit: usize) -> Vec<(u64, Bytes)> {
+    fn after(&self, after: u64, limit: usize) -> Vec<Stored> {
         let first = self.first();
         let skip = after.saturating_add(1).saturating_sub(first);
         let skip = usize::try_from(skip).map_or(self.ring.len(), |s| s.min(self.ring.len()));
         // `range` starts in O(1) (the ring is dense: index = offset - first).
-        self.ring
-            .range(skip..)
-            .take(limit)
-            .map(|e| (e.offset, e.frame.clone()))
-            .collect()
+        self.ring.range(skip..).take(limit).cloned().collect()
     }
 
-    fn page(&self, publications: Vec<(u64, Bytes)>) -> Page {
+    fn page(&self, publications: Vec<Stored>) -> Page {
         Page {
             epoch: self.epoch,
             top: self.top(),
@@ -375,6 +377,18 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
     /// when it was idle past its TTL. `opts` applies from this append on (a smaller `size`
     /// evicts at once; the TTL counts from this publication).
     pub fn append(&mut self, key: K, opts: HistoryOptions, frame: Bytes, now: Instant) -> Appended {
+        self.append_flagged(key, opts, frame, false, now)
+    }
+
+    /// [`Histories::append`] of a publication that was published as a JSON value (`json`).
+    pub fn append_flagged(
+        &mut self,
+        key: K,
+        opts: HistoryOptions,
+        frame: Bytes,
+        json: bool,
+        now: Instant,
+    ) -> Appended {
         let slot = self.touch(key, opts, now);
         let Some(h) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             // `touch` returns an occupied slot.
@@ -411,7 +425,11 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         let mut added = 0usize;
         if opts.size > 0 {
             h.bytes += weight(&frame);
-            h.ring.push_back(Entry { offset, frame });
+            h.ring.push_back(Entry {
+                offset,
+                frame,
+                json,
+            });
             added = 1;
         }
         while h.ring.len() > opts.size {
@@ -529,11 +547,7 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
             };
         };
         let k = n.min(max).min(h.ring.len());
-        let publications = h
-            .ring
-            .range(h.ring.len() - k..)
-            .map(|e| (e.offset, e.frame.clone()))
-            .collect();
+        let publications = h.ring.range(h.ring.len() - k..).cloned().collect();
         h.page(publications)
     }
 
@@ -868,8 +882,8 @@ mod tests {
         Bytes::from(v)
     }
 
-    fn offsets(p: &[(u64, Bytes)]) -> Vec<u64> {
-        p.iter().map(|(o, _)| *o).collect()
+    fn offsets(p: &[Stored]) -> Vec<u64> {
+        p.iter().map(|p| p.offset).collect()
     }
 
     /// The internal invariants: totals and indexes agree with the rings, rings are
@@ -919,7 +933,7 @@ mod tests {
         }
         let p = h.last(7, ON, 10, 10, now);
         assert_eq!(offsets(&p.publications), [1, 2, 3, 4, 5]);
-        assert_eq!(p.publications[0].1.as_ptr(), f.as_ptr());
+        assert_eq!(p.publications[0].frame.as_ptr(), f.as_ptr());
         assert_eq!(h.publications(), 5);
         assert_eq!(h.bytes(), 5 * (64 + ENTRY_OVERHEAD) + STATE_OVERHEAD);
         // Another topic has its own epoch and offsets.
@@ -1397,8 +1411,8 @@ mod tests {
                                 let want: Vec<u64> = (offset + 1..=top).collect();
                                 eq!(offsets(&publications), want);
                                 let m = &model[&key];
-                                for (o, f) in &publications {
-                                    eq!(f.as_ptr(), m.frames[o].as_ptr());
+                                for p in &publications {
+                                    eq!(p.frame.as_ptr(), m.frames[&p.offset].as_ptr());
                                 }
                             }
                             Recovery::NotRecovered { reason, epoch: e, top: t } => {
@@ -1445,8 +1459,8 @@ mod tests {
                         let want: Vec<u64> =
                             (m.top + 1 - p.publications.len() as u64..=m.top).collect();
                         eq!(offsets(&p.publications), want);
-                        for (o, f) in &p.publications {
-                            eq!(f.as_ptr(), m.frames[o].as_ptr());
+                        for s in &p.publications {
+                            eq!(s.frame.as_ptr(), m.frames[&s.offset].as_ptr());
                         }
                     }
                     Op::Page { key, since, limit } => {

@@ -162,7 +162,9 @@ impl PubSub {
                 let end = b.min(kept.len());
                 kept.slice(a.min(end)..end)
             };
-            let a = self.histories.append(id, opts, frame, now);
+            let a = self
+                .histories
+                .append_flagged(id, opts, frame, batch.is_json(i), now);
             if i == 0 {
                 first = a.offset;
             }
@@ -173,6 +175,7 @@ impl PubSub {
             None => {
                 let mut b = Batch::new(batch.origin, batch.frames.clone(), batch.ends.clone());
                 b.own = batch.own.clone();
+                b.json = batch.json.clone();
                 b.offset = first;
                 batch = Arc::new(b);
             }

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::fanout::{Queue as _, Refused, Subscribers};
-use super::history::{Epoch, Lost, Recovery};
+use super::history::{Epoch, Lost, Recovery, Stored};
 use super::topic::{Format, TopicId};
 use crate::bus::{BusMsg, Pushed};
 use crate::proto::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
@@ -121,7 +121,7 @@ pub struct JoinReply {
     /// How it came out.
     pub outcome: Outcome,
     /// The publications to replay, in offset order, with their plain frames.
-    pub publications: Vec<(u64, Bytes)>,
+    pub publications: Vec<Stored>,
 }
 
 impl JoinReply {
@@ -401,7 +401,7 @@ impl super::PubSub {
                     } => JoinReply {
                         epoch: Some(epoch),
                         top,
-                        first: publications.first().map_or(top + 1, |p| p.0),
+                        first: publications.first().map_or(top + 1, |p| p.offset),
                         outcome: Outcome::Recovered,
                         publications,
                     },
@@ -505,7 +505,7 @@ impl super::PubSub {
         slot: u32,
         format: Format,
         topic: &str,
-        publications: &[(u64, Bytes)],
+        publications: &[Stored],
         subs: &mut S,
     ) -> u64 {
         if publications.is_empty() {
@@ -536,9 +536,9 @@ impl super::PubSub {
             let mut bytes = 0usize;
             match &run {
                 None => {
-                    while i < n && (i == start || bytes + publications[i].1.len() <= max) {
-                        bytes += publications[i].1.len();
-                        q.push(publications[i].1.clone());
+                    while i < n && (i == start || bytes + publications[i].frame.len() <= max) {
+                        bytes += publications[i].frame.len();
+                        q.push(publications[i].frame.clone());
                         i += 1;
                     }
                 }

@@ -297,6 +297,21 @@ impl PubSub {
         payload: &[u8],
         exclude: Option<u32>,
     ) -> Result<usize, Error> {
+        self.publish_as(target, caller, opcode, payload, exclude, false)
+    }
+
+    /// [`PubSub::publish`]; `json`: a text message published as a JSON value (an object
+    /// or array the caller checked with [`mux::is_json_value`]), which mux envelopes carry
+    /// as JSON rather than as a string.
+    pub fn publish_as(
+        &mut self,
+        target: Target<'_>,
+        caller: Caller<'_>,
+        opcode: OpCode,
+        payload: &[u8],
+        exclude: Option<u32>,
+        json: bool,
+    ) -> Result<usize, Error> {
         let id = match target {
             Target::Id(id) => {
                 if let (Caller::Client(_), Some(t)) = (caller, self.topics.get(id))
@@ -323,8 +338,14 @@ impl PubSub {
             self.metrics.unrouted.inc();
             return Ok(0);
         };
-        self.batcher
-            .append(&mut self.topics, id, opcode, payload, exclude);
+        self.batcher.append_flagged(
+            &mut self.topics,
+            id,
+            opcode,
+            payload,
+            exclude,
+            json && opcode == OpCode::Text,
+        );
         Ok(local)
     }
 

@@ -168,6 +168,8 @@ pub enum Command {
         data: String,
         /// Whether the publisher also receives it (when subscribed).
         echo: bool,
+        /// `data` was a JSON object or array: mux subscribers get it as a JSON value.
+        json: bool,
     },
     /// Application-level ping.
     Ping,
@@ -318,6 +320,7 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
         "unsubscribe" => Command::Unsubscribe(topic_field(&obj, &id)?),
         "publish" => {
             let topic = topic_field(&obj, &id)?;
+            let json = matches!(obj.get("data"), Some(Value::Object(_) | Value::Array(_)));
             let data = match obj.get("data") {
                 Some(Value::String(s)) => s.clone(),
                 Some(v) => v.to_string(),
@@ -340,7 +343,12 @@ pub fn parse(text: &[u8]) -> Result<Request, Refusal> {
                     ));
                 }
             };
-            Command::Publish { topic, data, echo }
+            Command::Publish {
+                topic,
+                data,
+                echo,
+                json,
+            }
         }
         "ping" => Command::Ping,
         "auth" => Command::Auth(token_field(&obj, &id)?),
@@ -485,6 +493,31 @@ pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>)
     out.push(b'}');
 }
 
+/// Appends the envelope of a message published as a JSON value,
+/// `{"type":"message","topic":...,"offset":N,"data":<the JSON itself>}`: the payload
+/// (checked to be a JSON object or array when it was published) is put in as it is, so a
+/// client parses it once. A client tells the two apart by `data`'s type: a text message's
+/// is always a string, a JSON message's an object or an array.
+pub fn envelope_json(topic: &str, offset: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":");
+    push_json_string(topic, out);
+    if offset != 0 {
+        out.extend_from_slice(b",\"offset\":");
+        push_decimal(out, offset);
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(payload);
+    out.push(b'}');
+}
+
+/// Whether `payload` may be carried as a JSON value: a JSON object or array (strings,
+/// numbers and literals stay text messages: their envelope keeps `data` a string).
+pub fn is_json_value(payload: &[u8]) -> bool {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(first, Some(b'{' | b'['))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+}
+
 /// Appends `n` in decimal, without allocating (the envelope path; HTTP batch results).
 pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -571,9 +604,25 @@ mod tests {
             Command::Publish {
                 topic: "a".into(),
                 data: r#"{"x":1}"#.into(),
-                echo: false
+                echo: false,
+                json: true
             }
         );
+        let r = parse(br#"{"type":"publish","topic":"a","data":"{\"x\":1}"}"#).unwrap();
+        assert!(
+            matches!(r.command, Command::Publish { json: false, .. }),
+            "a string stays a string, whatever it holds"
+        );
+        for (payload, json) in [
+            (&b" {\"a\": [1]}"[..], true),
+            (b"[]", true),
+            (b"\"s\"", false),
+            (b"7", false),
+            (b"{broken", false),
+            (b"{} trailing", false),
+        ] {
+            assert_eq!(is_json_value(payload), json, "{payload:?}");
+        }
         let r = parse(br#"{"type":"ping"}"#).unwrap();
         assert_eq!(json(&ack(None, &r.command)), json(br#"{"type":"pong"}"#));
     }

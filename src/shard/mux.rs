@@ -86,7 +86,8 @@ impl ShardState {
             self.metrics.mux_command(mux::COMMAND_BINARY_PUBLISH);
             match mux::parse_binary_envelope(&payload) {
                 Ok((topic, data)) => {
-                    let published = self.mux_publish(token, topic, OpCode::Binary, data, false);
+                    let published =
+                        self.mux_publish(token, topic, OpCode::Binary, data, false, false);
                     if let Err(e) = published {
                         self.count_access_refusal(&e);
                         self.mux_refuse(token, &refusal(None, &e));
@@ -119,9 +120,12 @@ impl ShardState {
                 }
             }
             Command::Unsubscribe(topic) => self.mux_unsubscribe(token, topic),
-            Command::Publish { topic, data, echo } => {
-                self.mux_publish(token, topic, OpCode::Text, data.as_bytes(), *echo)
-            }
+            Command::Publish {
+                topic,
+                data,
+                echo,
+                json,
+            } => self.mux_publish(token, topic, OpCode::Text, data.as_bytes(), *echo, *json),
             Command::Ping => Ok(()),
             Command::Auth(jwt) | Command::Refresh(jwt) => {
                 // A verification costs up to tens of microseconds (ES256): every token
@@ -241,6 +245,7 @@ impl ShardState {
         opcode: OpCode,
         data: &[u8],
         echo: bool,
+        json: bool,
     ) -> Result<(), Error> {
         let (rate, burst, tick) = (
             self.settings.client_publish_rate,
@@ -264,12 +269,13 @@ impl ShardState {
             .session
             .as_deref()
             .map(|s| &s.rights as &dyn crate::pubsub::Grants);
-        self.pubsub.publish(
+        self.pubsub.publish_as(
             Target::Name(topic),
             crate::pubsub::Caller::Client(grants),
             opcode,
             data,
             (!echo).then_some(token.slot),
+            json,
         )?;
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.add(data.len() as u64);

@@ -393,3 +393,55 @@ both!(
         assert_eq!(srv.metric("ringcast_slow_consumer_disconnects_total"), 0);
     }
 );
+
+both!(json_payloads_arrive_as_json_values, |io| {
+    // A mux publish whose data is an object or array, and an HTTP publish of a JSON
+    // object or array as application/json, reach mux subscribers as JSON values (parsed
+    // once); strings stay strings (also a JSON string literal, and JSON text published as
+    // a string); simple-mode subscribers get the bytes as they were published.
+    let srv = Server::start(io, &[]);
+    let mut sub = srv.ws("/ws");
+    cmd(&mut sub, json!({"type":"subscribe","topic":"j"}));
+    assert_eq!(next_json(&mut sub)["type"], "ack");
+    let mut simple = srv.ws("/ws/j");
+    let mut publisher = srv.ws("/ws");
+    for data in [json!({"p": 1}), json!("{\"s\":1}"), json!([1, 2]), json!(7)] {
+        cmd(
+            &mut publisher,
+            json!({"type":"publish","topic":"j","data":data}),
+        );
+        assert_eq!(next_json(&mut publisher)["type"], "ack");
+    }
+    for (body, ct) in [
+        (&b"{\"h\": [true]}"[..], "application/json"),
+        (b"\"lit\"", "application/json"),
+        (b"{\"v\":1}", "application/vnd.api+json"),
+        (b"{\"t\":1}", "text/plain"),
+        (b"{broken", "application/json"),
+    ] {
+        assert_eq!(srv.post("/publish/j", ct, body).0, 202);
+    }
+    let want = [
+        json!({"p": 1}),
+        json!("{\"s\":1}"),
+        json!([1, 2]),
+        json!("7"),
+        json!({"h": [true]}),
+        json!("\"lit\""),
+        json!({"v": 1}),
+        json!("{\"t\":1}"),
+        json!("{broken"),
+    ];
+    for w in &want {
+        let m = next_json(&mut sub);
+        assert_eq!((&m["type"], &m["data"]), (&json!("message"), w), "{m}");
+    }
+    let raw: Vec<String> = (0..want.len())
+        .map(|_| match simple.recv() {
+            Msg::Text(t) => t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(raw[0], r#"{"p":1}"#);
+    assert_eq!(raw[4], "{\"h\": [true]}", "bytes as published");
+});

@@ -125,12 +125,20 @@ fn history_body(reply: &JoinReply, since: u64) -> (u16, &'static str, String) {
     let publications: Vec<serde_json::Value> = reply
         .publications
         .iter()
-        .map(|(offset, frame)| {
-            let (opcode, payload) = match FrameHeader::parse(frame) {
-                Ok(Some((h, at))) => (h.opcode, frame.get(at..).unwrap_or_default()),
+        .map(|p| {
+            let (opcode, payload) = match FrameHeader::parse(&p.frame) {
+                Ok(Some((h, at))) => (h.opcode, p.frame.get(at..).unwrap_or_default()),
                 _ => (OpCode::Binary, &[][..]),
             };
+            let offset = p.offset;
             match (opcode, std::str::from_utf8(payload)) {
+                // Published as a JSON value: carried as one, as in mux envelopes.
+                (OpCode::Text, Ok(text)) if p.json => {
+                    match serde_json::from_str::<serde_json::Value>(text) {
+                        Ok(v) => serde_json::json!({"offset": offset, "data": v}),
+                        Err(_) => serde_json::json!({"offset": offset, "data": text}),
+                    }
+                }
                 (OpCode::Text, Ok(text)) => serde_json::json!({"offset": offset, "data": text}),
                 _ => serde_json::json!({
                     "offset": offset,

@@ -50,10 +50,10 @@ pub struct PendingBody {
 
 #[derive(Debug)]
 pub(super) enum BodyKind {
-    /// One message to the (validated) topic; `text`: a textual `Content-Type`.
+    /// One message to the (validated) topic, of the body type its `Content-Type` says.
     Message {
         topic: Box<str>,
-        text: bool,
+        body: crate::http::BodyType,
         grant: BackendGrant,
     },
     /// A batch, with what the backend may publish to.
@@ -83,9 +83,11 @@ impl ShardState {
                 return None;
             }
         };
-        let text = match crate::http::body_type(req.header("content-type")) {
-            crate::http::BodyType::Text => true,
-            crate::http::BodyType::Binary => false,
+        let body = crate::http::body_type(req.header("content-type"));
+        match body {
+            crate::http::BodyType::Text
+            | crate::http::BodyType::Json
+            | crate::http::BodyType::Binary => {}
             crate::http::BodyType::UnsupportedCharset => {
                 self.respond(
                     token,
@@ -94,17 +96,17 @@ impl ShardState {
                 );
                 return None;
             }
-        };
+        }
         let max = self.settings.max_message_size;
         let len = self.body_length(token, req, max, "the message size limit")?;
         if rest.len() >= len {
             self.body_read(token);
-            self.publish_body(token, topic, text, &grant, &rest[..len]);
+            self.publish_body(token, topic, body, &grant, &rest[..len]);
             return Some(len);
         }
         let kind = BodyKind::Message {
             topic: topic.into(),
-            text,
+            body,
             grant,
         };
         self.await_body(token, req, rest, len, kind);
@@ -238,9 +240,11 @@ impl ShardState {
         flow.in_sync = true;
         let body = &buf[..pending.len.min(buf.len())];
         match &pending.kind {
-            BodyKind::Message { topic, text, grant } => {
-                self.publish_body(token, topic, *text, grant, body)
-            }
+            BodyKind::Message {
+                topic,
+                body: kind,
+                grant,
+            } => self.publish_body(token, topic, *kind, grant, body),
             BodyKind::Batch { format, grant } => self.publish_batch(token, *format, grant, body),
             BodyKind::Disconnect => self.api_disconnect_body(token, body),
         }
@@ -250,11 +254,18 @@ impl ShardState {
         &mut self,
         token: Token,
         topic: &str,
-        text: bool,
+        kind: crate::http::BodyType,
         grant: &BackendGrant,
         body: &[u8],
     ) {
         let len = body.len();
+        let text = matches!(
+            kind,
+            crate::http::BodyType::Text | crate::http::BodyType::Json
+        );
+        // A JSON body that is an object or an array travels as a JSON value in mux
+        // envelopes (docs/protocol.md, "Delivered messages").
+        let json = kind == crate::http::BodyType::Json && crate::pubsub::mux::is_json_value(body);
         if text && simdutf8::basic::from_utf8(body).is_err() {
             self.respond(
                 token,
@@ -270,18 +281,21 @@ impl ShardState {
         // Queued to subscribers with the rest of this turn's batch, at the end of the turn;
         // the reply counts the local subscribers it is queued for (a slow consumer's policy
         // applies when it is queued).
-        let queued =
-            match self
-                .pubsub
-                .publish(Target::Name(topic), grant.caller(), opcode, body, None)
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    self.count_access_refusal(&e);
-                    self.respond(token, e.wire().http_status, &format!("{e}\n"));
-                    return;
-                }
-            };
+        let queued = match self.pubsub.publish_as(
+            Target::Name(topic),
+            grant.caller(),
+            opcode,
+            body,
+            None,
+            json,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.count_access_refusal(&e);
+                self.respond(token, e.wire().http_status, &format!("{e}\n"));
+                return;
+            }
+        };
         tracing::debug!(shard = self.id, topic, bytes = len, queued, "http publish");
         let mut reply = Vec::with_capacity(24);
         reply.extend_from_slice(b"{\"queued\":");
