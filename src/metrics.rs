@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod access;
+pub mod histogram;
 pub mod history;
 pub mod process;
 
@@ -179,6 +180,12 @@ pub struct ShardMetrics {
     pub access: access::AccessMetrics,
     /// History and recovery.
     pub history: history::HistoryMetrics,
+    /// Time to queue one batch to this shard's subscribers, ns (sampled).
+    pub fanout_ns: histogram::Histogram,
+    /// Bytes handed to the kernel by one connection's send (its queue at flush; sampled).
+    pub send_queue_bytes: histogram::Histogram,
+    /// From accept to the 101 of a WebSocket handshake, ns (sampled).
+    pub handshake_ns: histogram::Histogram,
 }
 
 impl ShardMetrics {
@@ -544,6 +551,33 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
     );
     access::render(&mut out, shards);
     history::render(&mut out, shards);
+    histogram::render(
+        &mut out,
+        "ringcast_fanout_duration_seconds",
+        "Time to queue one batch to a shard's local subscribers",
+        shards,
+        |m| &m.fanout_ns,
+        1e9,
+        10,
+    );
+    histogram::render(
+        &mut out,
+        "ringcast_send_queue_bytes",
+        "Bytes one connection's send hands to the kernel (its send queue at flush)",
+        shards,
+        |m| &m.send_queue_bytes,
+        1.0,
+        6,
+    );
+    histogram::render(
+        &mut out,
+        "ringcast_handshake_duration_seconds",
+        "From accept to the 101 of a WebSocket handshake",
+        shards,
+        |m| &m.handshake_ns,
+        1e9,
+        14,
+    );
     process::render(&mut out);
     out
 }

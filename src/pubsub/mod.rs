@@ -171,6 +171,8 @@ pub struct PubSub {
     excl: Exclusions,
     /// The interested shards of the batch under way (kept for its allocation).
     remote_scratch: Vec<(u16, TopicId)>,
+    /// Which fan-outs are timed for `ringcast_fanout_duration_seconds`.
+    fanout_sample: crate::metrics::histogram::Sampler,
     /// Joins waiting for a home shard's answer.
     joins: join::Joins,
     /// Answers to [`PubSub::history_page`] (cookie, answer), for the shard to take.
@@ -189,6 +191,7 @@ impl PubSub {
             reported: history::Stats::default(),
             excl: Exclusions::default(),
             remote_scratch: Vec::new(),
+            fanout_sample: crate::metrics::histogram::Sampler::default(),
             joins: join::Joins::default(),
             pages: Vec::new(),
             shard,
@@ -408,7 +411,12 @@ impl PubSub {
             });
             self.excl.build(batch, self.shard, gates);
         }
+        let timed = self.fanout_sample.take().then(std::time::Instant::now);
         let queued = self.fanout.run(t, batch, &self.excl, subs);
+        if let Some(t0) = timed {
+            let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.metrics.fanout_ns.record(ns);
+        }
         self.metrics.messages_out.add(queued);
         if let Some(t) = self.topics.get_mut(id)
             && !t.gates.is_empty()

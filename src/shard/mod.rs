@@ -163,6 +163,14 @@ fn ticks_ceil(d: Duration) -> u32 {
     ticks(d + TICK - Duration::from_nanos(1)).max(1)
 }
 
+/// The accepts being timed until their 101: one in
+/// [`crate::metrics::histogram::SAMPLE_EVERY`], forgotten at their release.
+#[derive(Debug, Default)]
+struct HandshakeClock {
+    sample: crate::metrics::histogram::Sampler,
+    started: std::collections::HashMap<Token, Instant>,
+}
+
 /// What the flush hands to the driver, gathered during the turn.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -180,6 +188,8 @@ struct Outbox {
     send_vecs: Vec<Vec<Bytes>>,
     /// Sends handed to the driver since the last timer tick.
     sends_since_tick: u64,
+    /// Which sends are recorded in `ringcast_send_queue_bytes`.
+    send_sample: crate::metrics::histogram::Sampler,
 }
 
 /// Log throttles for what clients (or their number) can trigger.
@@ -234,6 +244,8 @@ struct ShardState {
     api: api::ApiState,
     /// `GET /history` requests waiting for their topic's home shard.
     history: http::history::HistoryWaits,
+    /// Sampled accepts, timed until their 101 (`ringcast_handshake_duration_seconds`).
+    handshakes: HandshakeClock,
 }
 
 /// A shard: its driver and its state.
@@ -315,6 +327,7 @@ impl<D: Driver> Shard<D> {
                 users: api::UserIndex::default(),
                 api: api::ApiState::default(),
                 history: http::history::HistoryWaits::default(),
+                handshakes: HandshakeClock::default(),
             },
         }
     }
@@ -453,6 +466,9 @@ impl ShardState {
         let token = self.conns.insert(self.tick);
         if admin && let Some(c) = self.conns.get_mut(token) {
             c.admin = true;
+        }
+        if self.handshakes.sample.take() {
+            self.handshakes.started.insert(token, Instant::now());
         }
         self.count_peer(token, peer);
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -637,6 +653,12 @@ impl ShardState {
             return;
         };
         c.phase = Phase::Ws { ws, route };
+        if !self.handshakes.started.is_empty()
+            && let Some(t0) = self.handshakes.started.remove(&token)
+        {
+            let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.metrics.handshake_ns.record(ns);
+        }
         if let Some(s) = &session {
             self.users.add(&s.user, token);
         }
@@ -1016,6 +1038,9 @@ impl ShardState {
     /// queued to it (the topic lists are compacted at the end of this turn, before the
     /// slot can be reused).
     fn release(&mut self, token: Token) {
+        if !self.handshakes.started.is_empty() {
+            self.handshakes.started.remove(&token);
+        }
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
@@ -1182,6 +1207,9 @@ impl ShardState {
                 let n = c.queue.len().min(MAX_FRAMES_PER_SEND);
                 let mut bytes = 0;
                 frames.extend(c.queue.drain(..n).inspect(|f| bytes += f.len()));
+                if self.outbox.send_sample.take() {
+                    self.metrics.send_queue_bytes.record(bytes as u64);
+                }
                 c.inflight = u32::try_from(bytes).unwrap_or(u32::MAX);
                 c.sending = true;
                 self.outbox.sends_since_tick += 1;

@@ -181,3 +181,51 @@ both!(
         );
     }
 );
+
+both!(
+    histograms_show_fan_out_send_queue_and_handshake_distributions,
+    |io| {
+        let server = Server::start(io, &["--shards", "1"]);
+        // 256 handshakes and 256 published batches: at one sample in 64, four of each at least.
+        let mut subs: Vec<_> = (0..256).map(|_| server.ws("/ws/h")).collect();
+        let mut publisher = server.ws("/ws/p");
+        for i in 0..256 {
+            let (status, _) = server.post("/publish/h", "text/plain", format!("m{i}").as_bytes());
+            assert_eq!(status, 202);
+        }
+        for s in subs.iter_mut() {
+            for i in 0..256 {
+                assert_eq!(s.recv(), crate::util::Msg::Text(format!("m{i}")));
+            }
+        }
+        publisher.text("x");
+        let text = server.get("/metrics");
+        for name in [
+            "ringcast_fanout_duration_seconds",
+            "ringcast_send_queue_bytes",
+            "ringcast_handshake_duration_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} histogram")), "{name}");
+            let value = |suffix: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}{suffix} ")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name}{suffix} in:\n{text}"))
+            };
+            let count = value("_count");
+            assert!(count >= 4, "{name}: {count} samples");
+            assert_eq!(value("_bucket{le=\"+Inf\"}"), count);
+            // Buckets are cumulative: never decreasing, the last one all of them.
+            let buckets: Vec<u64> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            assert!(
+                buckets.windows(2).all(|w| w[0] <= w[1]),
+                "{name}: {buckets:?}"
+            );
+            assert_eq!(buckets.last(), Some(&count));
+        }
+    }
+);
