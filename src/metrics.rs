@@ -364,9 +364,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], backend: &str) -> String 
             |m| m.recv_bad_buffer.get(),
         ),
         (
-            "ringcast_bus_messages_in_total",
+            "ringcast_bus_batches_in_total",
             "counter",
-            "Batches (a topic's messages of one loop turn) received from other shards, or from threads that are not shards. A shard receives a batch only for a topic it has a subscriber of.",
+            "Batches (a topic's messages of one loop turn) received from other shards, or from threads that are not shards. A shard receives a batch only for a topic it has a subscriber of, or is the home of.",
             |m| m.bus_in.get(),
         ),
         (
