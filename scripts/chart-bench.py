@@ -17,7 +17,7 @@
         they name; writes RECORD_DIR/README.md (summary tables with ratios to the
         best peer and to the blast floor, then every run) and RECORD_DIR/chart.svg.
 
-The generator's JSON keys are the ones fixed in CONTRACT.md section 2. Missing
+The generator's JSON keys are the ones loadtest/README.md ("What it measures") lists. Missing
 keys show as "?" rather than failing, so that a record is still written when the
 generator's output changes; the raw files are kept next to the table anyway.
 """

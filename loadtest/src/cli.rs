@@ -1,5 +1,6 @@
 //! The command line (clap): `run`, `chat`, `idle`, `storm`, `pubhttp`, `recover`, `blast`, with the flag
-//! names fixed by CONTRACT section 2 (flags may be added, never renamed), plus
+//! names loadtest/README.md documents (scripts/bench uses them: flags may be added, never
+//! renamed), plus
 //! the duration/size parsers and the cross-flag validation clap cannot express.
 
 use std::net::Ipv4Addr;

@@ -8,14 +8,14 @@
 //! allocation per message, subscribers spread over `--threads` threads.
 //!
 //! # Layout
-//! - [`cli`]: the command line (CONTRACT section 2) and duration/size parsing.
+//! - [`cli`]: the command line (loadtest/README.md) and duration/size parsing.
 //! - [`target`]: ws:// and http:// URLs, the `{topic}` template, loopback-only policy.
 //! - [`payload`]: the stamp every message carries (publisher, sequence, send time).
 //! - [`seq`]: per-publisher order/gap/duplicate classification.
 //! - [`checker`]: a subscriber's sequence slots, latency recording, probe acks.
 //! - [`rx`]: the client-side frame scanner of one connection.
 //! - [`envelope`]: ringcast's mux-mode envelopes (topic, offset, payload), parsed in place.
-//! - [`offsets`]: per connection and topic, offsets dense and ordered (issue 11's history).
+//! - [`offsets`]: per connection and topic, offsets dense and ordered (ringcast's history).
 //! - [`worker`]: a receive thread's connections, close handshake, slow subscribers.
 //! - [`uring`]: io_uring rings, the provided-buffer ring, the receive loop, blast's send loop.
 //! - [`epoll`]: the mio receive loop (fallback).

@@ -1,5 +1,6 @@
-//! Offset checks of one subscriber connection (issue 11): on a topic with history every
-//! publication carries an offset, +1 for each, in one order for every subscriber. Per
+//! Offset checks of one subscriber connection (ringcast's history, docs/protocol.md): on a
+//! topic with history every publication carries an offset, +1 for each, in one order for
+//! every subscriber. Per
 //! connection and topic, the first offset seen is the start; each next one must be the
 //! last + 1. Anything ahead is a gap (the offsets skipped are counted missing); anything
 //! at or below the last is a duplicate or a reorder (counted, the last offset stays).

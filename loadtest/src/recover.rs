@@ -1,4 +1,4 @@
-//! `recover`: history recovery under a reconnect storm (issue 11), against ringcast's mux
+//! `recover`: history recovery under a reconnect storm, against ringcast's mux
 //! mode. Order of events, each phase bounded by `--timeout`:
 //! 1. one message is published over HTTP (so the topic's history has started: an epoch);
 //! 2. N clients connect and subscribe; each ack gives (epoch, offset);

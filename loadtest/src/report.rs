@@ -1,4 +1,4 @@
-//! What a run reports: the JSON object of CONTRACT section 2 (`--json`), the
+//! What a run reports: the JSON object loadtest/README.md documents (`--json`), the
 //! human summary, the live line, and number formatting.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,5 @@
-//! Hostile-client regression tests (issue 15), fan-out: see each test's doc.
+//! Hostile-client regression tests (the limits are listed in docs/DESIGN.md, "Bounds against a
+//! hostile client"), fan-out: see each test's doc.
 
 use std::time::{Duration, Instant};
 

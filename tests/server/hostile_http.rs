@@ -1,4 +1,5 @@
-//! Hostile-client regression tests (issue 15), HTTP and admission: see each test's doc.
+//! Hostile-client regression tests (the limits are listed in docs/DESIGN.md, "Bounds against a
+//! hostile client"), HTTP and admission: see each test's doc.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

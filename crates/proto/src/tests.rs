@@ -1,6 +1,7 @@
 //! In-memory protocol tests: a client-role and a server-role [`Connection`] driven against each
 //! other (the `Pair` harness), every split of a stream into reads, the violations and their
-//! close codes, and one regression test per bug of issue 2.
+//! close codes, and one regression test for each of four WebSocket bugs the core must never have
+//! (each described on its test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::BytesMut;
@@ -507,7 +508,7 @@ fn send_rules() {
     c.send(OpCode::Ping, &[0; 125], &mut out).unwrap();
 }
 
-// ---- One regression test per bug of issue 2 ----
+// ---- One regression test for each of four known WebSocket bugs ----
 
 /// Bug 1: a client built its mask by appending integers to a byte string and crashed when it
 /// sent a close frame. Ours takes a fresh key per frame from its mask source; client connections close

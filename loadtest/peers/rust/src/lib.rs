@@ -13,7 +13,7 @@
 //! itself would say nothing; counting the lagged messages and printing them
 //! on exit makes those silent drops visible in the benchmark record.
 //!
-//! Contract (CONTRACT.md §3): `PORT=9001 peer-…` listens on `127.0.0.1:$PORT`
+//! Contract (loadtest/peers/README.md): `PORT=9001 peer-…` listens on `127.0.0.1:$PORT`
 //! and upgrades any path.
 
 use std::net::SocketAddr;
