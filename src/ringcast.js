@@ -182,6 +182,11 @@ export class Ringcast extends EventTarget {
     return this._call(cmd, { kind: "publish", topic });
   }
 
+  /** Whether `topic` is among this client's subscriptions (kept across reconnects). */
+  isSubscribed(topic) {
+    return this._subs.has(topic);
+  }
+
   /** The last `(epoch, offset)` delivered on a topic with history, to save and pass as `recover`. */
   position(topic) {
     const sub = this._subs.get(topic);
