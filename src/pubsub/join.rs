@@ -68,7 +68,7 @@ pub enum Want {
 
 impl Want {
     /// What kind of ack the answer gets.
-    fn kind(&self) -> Kind {
+    pub(super) fn kind(&self) -> Kind {
         match self {
             Want::Position | Want::Page { .. } => Kind::Position,
             Want::Recover { .. } => Kind::Recover,
@@ -214,11 +214,6 @@ impl Joins {
     }
 }
 
-/// The kind of a join's ack, from what it wanted.
-pub(super) fn kind_of(want: &Want) -> Kind {
-    want.kind()
-}
-
 impl super::PubSub {
     /// Subscribes connection `slot` to `name` like [`super::PubSub::subscribe`]; on a topic
     /// with history, and for a mux subscriber or a rewind, the connection joins behind a
@@ -252,7 +247,7 @@ impl super::PubSub {
         });
         let home = t.home;
         let name = Arc::clone(&t.name);
-        let kind = kind_of(&want);
+        let kind = want.kind();
         self.joins.pending.insert(
             join,
             Pending::Sub {

@@ -93,21 +93,6 @@ pub struct Limits {
     pub join_timeout_ticks: u32,
 }
 
-impl Limits {
-    /// Limits for tests and benchmarks: open namespaces, the given batch bound.
-    pub fn open(max_batch_bytes: usize) -> Self {
-        Limits {
-            max_topics_per_connection: 256,
-            max_batch_bytes,
-            namespaces: Arc::new(Namespaces::new(NamespaceOptions::open(1 << 20))),
-            policy: Policy { tokens: false },
-            history_memory: 64 << 20,
-            max_recovery: 1000,
-            join_timeout_ticks: 20,
-        }
-    }
-}
-
 /// Draws epochs: OS-seeded once per shard, then SplitMix64 (epochs must differ across
 /// restarts and topics; they are not secrets).
 #[derive(Debug)]
