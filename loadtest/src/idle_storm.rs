@@ -60,6 +60,26 @@ pub struct StormReport {
     pub token: Option<TokenReport>,
 }
 
+impl IdleReport {
+    /// The one-line summary (stdout): plain figures, "n/a" where there is none.
+    pub fn summary(&self) -> String {
+        let kib = |v: Option<u64>| v.map_or("n/a".into(), |v| format!("{v} KiB"));
+        format!(
+            "idle: {} connections held {:.1}s  errors {}  connect failed {}  server rss before {} after {}  per connection {}  server cpu {}",
+            self.connections,
+            self.hold_s,
+            self.errors,
+            self.connect.failed,
+            kib(self.server_rss_kib.before),
+            kib(self.server_rss_kib.after),
+            self.rss_per_connection_bytes
+                .map_or("n/a".into(), |v| format!("{v:.0} bytes")),
+            self.server_cpu_pct
+                .map_or("n/a".into(), |v| format!("{v:.0}%")),
+        )
+    }
+}
+
 struct Opened {
     recv: Receivers,
     stats: ConnectStats,
@@ -243,4 +263,40 @@ pub fn storm(args: &StormArgs) -> Result<StormReport, String> {
         write_json(p, &report)?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_line_has_no_debug_output() {
+        let mut r = IdleReport {
+            connections: 1000,
+            hold_s: 5.0,
+            ..IdleReport::default()
+        };
+        let line = r.summary();
+        assert!(
+            line.contains("rss before n/a after n/a  per connection n/a  server cpu n/a"),
+            "{line}"
+        );
+        r.server_rss_kib = RssReport {
+            before: Some(8356),
+            after: Some(12_000),
+        };
+        r.rss_per_connection_bytes = Some(3731.5);
+        r.server_cpu_pct = Some(3.2);
+        let line = r.summary();
+        assert!(
+            line.contains(
+                "rss before 8356 KiB after 12000 KiB  per connection 3732 bytes  server cpu 3%"
+            ),
+            "{line}"
+        );
+        for debug in ["Some(", "None", "{", "\""] {
+            assert!(!line.contains(debug), "{debug} in {line}");
+        }
+    }
 }

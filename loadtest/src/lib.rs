@@ -21,7 +21,8 @@
 //! - [`epoll`]: the mio receive loop (fallback).
 //! - [`receivers`]: backend choice and the group of receive threads.
 //! - [`connect`]: non-blocking connects, source-address spreading, the upgrade.
-//! - [`publish`]: the publisher thread (WebSocket or HTTP POST, rate or closed loop).
+//! - [`publish`]: the publisher thread (WebSocket or HTTP POST, rate or closed loop), with
+//!   [`http_link`] (an HTTP publisher's requests across the connections the server ends).
 //! - [`chat_send`]: chat members publishing from their receive threads, on a schedule.
 //! - [`window`]: snapshots, warm-up and measured window, drain, CPU over the window.
 //! - [`scrape`]: the server's Prometheus `/metrics` at both ends of the window.
@@ -46,6 +47,7 @@ pub mod connect;
 pub mod envelope;
 pub mod epoll;
 pub mod http_in;
+pub mod http_link;
 pub mod http_req;
 pub mod idle_storm;
 pub mod mux_client;

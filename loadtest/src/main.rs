@@ -42,16 +42,7 @@ fn main() -> ExitCode {
             check_failed = r.offset_failure;
         }),
         Command::Idle(a) => idle_storm::idle(a).map(|r| {
-            println!(
-                "idle: {} connections held {:.1}s  server rss before {} KiB after {} KiB  per connection {} bytes  server cpu {}{}",
-                r.connections,
-                r.hold_s,
-                r.server_rss_kib.before.map_or("n/a".into(), |v| v.to_string()),
-                r.server_rss_kib.after.map_or("n/a".into(), |v| v.to_string()),
-                r.rss_per_connection_bytes.map_or("n/a".into(), |v| format!("{v:.0}")),
-                r.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%")),
-                minted(r.token.as_ref()),
-            )
+            println!("{}{}", r.summary(), minted(r.token.as_ref()));
         }),
         Command::Storm(a) => idle_storm::storm(a).map(|r| {
             println!(

@@ -1,13 +1,14 @@
 //! The publisher thread: all publisher connections on one mio poll, paced to
 //! a fixed total rate (`--rate`) or closed-loop (`--in-flight`, driven by the
 //! acks of each topic's probe subscriber), over WebSocket (masked frames, a
-//! fresh random mask per frame) or HTTP POST (pipelined, responses counted).
+//! fresh random mask per frame) or HTTP POST (pipelined where the server keeps the
+//! connection, a new connection whenever it closes one: see [`crate::http_link`]).
 //! Publisher connections also receive (peers broadcast to every other client,
 //! ringcast to every other subscriber of the topic): that input is drained and
 //! scanned for ping and close, never checked.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use ringcast::proto::close::close_code;
 use ringcast::proto::frame::{OpCode, encode_close, encode_frame};
 
 use crate::checker::{CheckCtx, Checker};
+use crate::http_link::HttpLink;
 use crate::payload::{Stamp, fill_template, write_stamp};
 use crate::rx::RxConn;
 use crate::stats::new_hist;
@@ -31,8 +33,10 @@ use crate::worker::{CLOSE, RunShared, STOP};
 pub const WAKE: Token = Token(usize::MAX - 1);
 /// A publisher stops producing while this much is queued unsent.
 const OUT_LIMIT: usize = 1 << 20;
-/// Most HTTP requests in flight per connection in rate mode.
+/// Most HTTP requests in flight per connection, and most waiting per publisher in rate mode.
 const HTTP_PIPELINE: u64 = 256;
+/// After a failed reconnect, the next attempt waits this long.
+const REDIAL_NS: u64 = 20_000_000;
 
 /// How publishers publish.
 #[derive(Clone, Debug)]
@@ -56,6 +60,15 @@ pub struct PubConfig {
     pub binary: bool,
     /// WebSocket or HTTP.
     pub kind: PubKind,
+    /// HTTP: where a connection the server ended is opened again.
+    pub redial: Option<Redial>,
+}
+
+/// Where and how an HTTP publisher reconnects.
+#[derive(Clone, Copy, Debug)]
+pub struct Redial {
+    /// The server.
+    pub addr: SocketAddr,
 }
 
 /// One publisher connection.
@@ -80,10 +93,17 @@ pub struct PubStats {
     pub total: AtomicU64,
     /// Messages due by the rate that were not produced (publisher backlog full).
     pub skipped: AtomicU64,
-    /// Non-2xx HTTP responses, write errors, server closes.
+    /// Non-2xx HTTP responses, HTTP requests that failed, write errors, server closes.
     pub errors: AtomicU64,
     /// HTTP responses received.
     pub http_responses: AtomicU64,
+    /// HTTP requests written whole on a connection that ended without answering them
+    /// (perhaps published, never sent twice; also in `errors`), or unanswered at the end.
+    pub http_failed: AtomicU64,
+    /// HTTP requests sent again on a new connection (the server had not processed them).
+    pub http_retried: AtomicU64,
+    /// HTTP connections opened again (connects started) after the server ended one.
+    pub http_reconnects: AtomicU64,
     /// Thread CPU time (ns).
     pub cpu_ns: AtomicU64,
     /// Kernel thread id.
@@ -103,6 +123,9 @@ impl PubStats {
             skipped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             http_responses: AtomicU64::new(0),
+            http_failed: AtomicU64::new(0),
+            http_retried: AtomicU64::new(0),
+            http_reconnects: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
             tid: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -114,14 +137,20 @@ impl PubStats {
 #[derive(Debug)]
 struct Publisher {
     id: usize,
-    stream: TcpStream,
+    /// None: an HTTP publisher between connections.
+    stream: Option<TcpStream>,
     /// Queued bytes not yet written (BytesMut: the protocol core masks into it in place).
     out: BytesMut,
     seq: u64,
     rx: RxConn,
     inbuf: Vec<u8>,
     http_head: Vec<u8>,
-    outstanding: u64,
+    /// HTTP: the requests and the connection's state.
+    http: Option<HttpLink>,
+    /// HTTP: the source address connections are opened from (the first one's).
+    source: Option<Ipv4Addr>,
+    /// HTTP: no reconnect before this time.
+    redial_at: u64,
     dead: bool,
     close_sent: bool,
 }
@@ -129,6 +158,11 @@ struct Publisher {
 impl Publisher {
     fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// Messages produced and not answered (HTTP), 0 for WebSocket.
+    fn outstanding(&self) -> u64 {
+        self.http.as_ref().map_or(0, HttpLink::pending)
     }
 }
 
@@ -143,6 +177,7 @@ pub fn run(
     stats.tid.store(crate::sys::gettid(), Ordering::Relaxed);
     let mut events = Events::with_capacity(1024);
     let mut pubs: Vec<Publisher> = Vec::with_capacity(conns.len());
+    let is_ws = matches!(cfg.kind, PubKind::Ws);
     for (i, c) in conns.into_iter().enumerate() {
         let fd = c.stream.as_raw_fd();
         poll.registry().register(
@@ -150,15 +185,21 @@ pub fn run(
             Token(i),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let source = match c.stream.local_addr() {
+            Ok(SocketAddr::V4(a)) => Some(*a.ip()),
+            _ => None,
+        };
         pubs.push(Publisher {
             id: c.id,
-            stream: c.stream,
+            stream: Some(c.stream),
             out: BytesMut::with_capacity(64 * 1024),
             seq: 0,
             rx: RxConn::new(Checker::disabled()),
             inbuf: c.leftover,
             http_head: c.http_head,
-            outstanding: 0,
+            http: (!is_ws).then(HttpLink::new),
+            source,
+            redial_at: 0,
             dead: false,
             close_sent: false,
         });
@@ -171,7 +212,6 @@ pub fn run(
     } else {
         OpCode::Text
     };
-    let is_ws = matches!(cfg.kind, PubKind::Ws);
     let mut scratch = vec![0u8; 64 * 1024];
     let mut dummy_hist: Histogram<u64> = new_hist();
     let mut ctrl = BytesMut::new();
@@ -211,7 +251,7 @@ pub fn run(
                     let p = &mut pubs[cursor % n];
                     cursor = cursor.wrapping_add(1);
                     generated += 1;
-                    let http_full = !is_ws && p.outstanding >= HTTP_PIPELINE;
+                    let http_full = p.outstanding() >= HTTP_PIPELINE;
                     if p.dead || p.queued() >= OUT_LIMIT || http_full {
                         stats.skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -245,14 +285,23 @@ pub fn run(
                 );
             }
         }
-        // Write what is queued.
-        for p in pubs.iter_mut() {
-            flush(p, &stats);
+        // Write what is queued (HTTP: what the connection may carry now; a publisher
+        // between connections, whose reconnect failed, tries again).
+        for (i, p) in pubs.iter_mut().enumerate() {
+            if !is_ws {
+                if p.stream.is_none() && !p.dead && now >= p.redial_at {
+                    redial(p, i, &poll, cfg.redial, now, &stats);
+                }
+                http_fill(p, &mut msg);
+            }
+            if flush(p, &stats).is_err() {
+                http_lost(p, i, &poll, cfg.redial, stopping, &stats);
+            }
         }
         if stopping
             && pubs
                 .iter()
-                .all(|p| p.dead || (p.queued() == 0 && p.outstanding == 0))
+                .all(|p| p.dead || (p.queued() == 0 && p.outstanding() == 0))
         {
             stats.flushed.store(true, Ordering::Relaxed);
         }
@@ -265,7 +314,7 @@ pub fn run(
                     && if is_ws {
                         p.rx.close_received.is_some()
                     } else {
-                        p.outstanding == 0
+                        p.outstanding() == 0
                     })
         };
         if stopping && pubs.iter().all(finished) {
@@ -284,22 +333,27 @@ pub fn run(
         }
         for ev in events.iter() {
             let i = ev.token().0;
-            if ev.token() == WAKE || i >= pubs.len() || !ev.is_readable() {
+            if ev.token() == WAKE || i >= pubs.len() {
                 continue;
             }
             let p = &mut pubs[i];
-            loop {
-                match (&p.stream).read(&mut scratch) {
+            if !is_ws {
+                if !http_event(p, &stats) {
+                    http_lost(p, i, &poll, cfg.redial, stopping, &stats);
+                }
+                continue;
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            while let Some(s) = p.stream.as_ref() {
+                match (&*s).read(&mut scratch) {
                     Ok(0) => {
                         p.dead = true;
                         break;
                     }
                     Ok(k) => {
-                        if is_ws {
-                            handle_ws_input(p, &scratch[..k], &mut dummy_hist, &mut ctrl, &stats);
-                        } else {
-                            p.inbuf.extend_from_slice(&scratch[..k]);
-                        }
+                        handle_ws_input(p, &scratch[..k], &mut dummy_hist, &mut ctrl, &stats);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -310,14 +364,15 @@ pub fn run(
                     }
                 }
             }
-            if !is_ws {
-                handle_http_responses(p, &stats);
-            }
         }
         if now.saturating_sub(last_cpu) >= 250_000_000 {
             stats.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
             last_cpu = now;
         }
+    }
+    // Whatever no answer came for by now failed: counted, not dropped silently.
+    for h in pubs.iter_mut().filter_map(|p| p.http.as_mut()) {
+        h.abandon(&stats);
     }
     stats.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
     Ok(())
@@ -349,10 +404,9 @@ fn produce(
             Some(fastrand::u32(..).to_ne_bytes()),
             msg,
         );
-    } else {
-        p.out.extend_from_slice(&p.http_head);
-        p.out.extend_from_slice(msg);
-        p.outstanding += 1;
+    } else if let Some(h) = p.http.as_mut() {
+        // Stamped again when it is put on a connection (see `http_fill`).
+        h.push(p.seq, now);
     }
     p.seq += 1;
     if let Some(c) = stats.published.get(p.id) {
@@ -361,17 +415,170 @@ fn produce(
     stats.total.fetch_add(1, Ordering::Relaxed);
 }
 
-fn flush(p: &mut Publisher, stats: &PubStats) {
+/// Writes what the socket takes. Err: an HTTP connection failed (WebSocket: `dead`).
+fn flush(p: &mut Publisher, stats: &PubStats) -> Result<(), ()> {
+    if p.http.as_ref().is_some_and(|h| h.connecting) {
+        return Ok(());
+    }
     while !p.dead && !p.out.is_empty() {
-        match (&p.stream).write(&p.out) {
+        let Some(s) = p.stream.as_ref() else {
+            return Ok(());
+        };
+        match (&*s).write(&p.out) {
+            Ok(0) if p.http.is_some() => return Err(()),
             Ok(0) => p.dead = true,
-            Ok(k) => p.out.advance(k),
+            Ok(k) => {
+                p.out.advance(k);
+                if let Some(h) = p.http.as_mut() {
+                    h.wrote(k);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if p.http.is_some() => return Err(()),
             Err(_) => {
                 p.dead = true;
                 stats.errors.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+    Ok(())
+}
+
+/// HTTP: puts waiting messages on the connection, each request stamped with its message's
+/// sequence number and production time (a retry is the same message again).
+fn http_fill(p: &mut Publisher, msg: &mut [u8]) {
+    if p.stream.is_none() || p.queued() >= OUT_LIMIT {
+        return;
+    }
+    let Some(h) = p.http.as_mut() else {
+        return;
+    };
+    let (id, head) = (p.id as u32, &p.http_head);
+    h.fill(HTTP_PIPELINE, &mut p.out, |out, seq, sent_ns| {
+        write_stamp(
+            msg,
+            Stamp {
+                publisher: id,
+                seq,
+                sent_ns,
+            },
+        );
+        out.extend_from_slice(head);
+        out.extend_from_slice(msg);
+    });
+}
+
+/// HTTP: a poll event. The connect finishing, answers to count. False: the connection is over.
+fn http_event(p: &mut Publisher, stats: &PubStats) -> bool {
+    let (Some(s), Some(h)) = (p.stream.as_ref(), p.http.as_mut()) else {
+        return true;
+    };
+    if h.connecting {
+        match s.take_error() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        match s.peer_addr() {
+            Ok(_) => {
+                let _ = s.set_nodelay(true);
+                h.connecting = false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return true,
+            Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+    loop {
+        match (&*s).read(h.input()) {
+            Ok(0) => {
+                h.eof(stats);
+                return false;
+            }
+            Ok(k) => {
+                if !h.filled(k, stats) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A reset: like a close without an answer (`HttpLink::ended` sorts it out).
+            Err(_) => return false,
+        }
+    }
+}
+
+/// HTTP: the connection is over. What it carried is sorted out (retried or failed), and a
+/// new one is opened unless the run is stopping with nothing left to send.
+fn http_lost(
+    p: &mut Publisher,
+    i: usize,
+    poll: &Poll,
+    to: Option<Redial>,
+    stopping: bool,
+    stats: &PubStats,
+) {
+    if let Some(s) = p.stream.take() {
+        let fd = s.as_raw_fd();
+        let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    }
+    p.out.clear();
+    let Some(h) = p.http.as_mut() else {
+        return;
+    };
+    let never_connected = h.connecting;
+    h.ended(stats);
+    if stopping && h.pending() == 0 {
+        p.dead = true;
+        return;
+    }
+    if never_connected {
+        // Refused (the server is gone?): the write loop tries again a little later.
+        p.redial_at = now_ns() + REDIAL_NS;
+        return;
+    }
+    redial(p, i, poll, to, now_ns(), stats);
+}
+
+/// HTTP: opens the publisher's next connection (the connect completes in the poll).
+fn redial(
+    p: &mut Publisher,
+    i: usize,
+    poll: &Poll,
+    to: Option<Redial>,
+    now: u64,
+    stats: &PubStats,
+) {
+    let Some(to) = to else {
+        // Nowhere to reconnect to: what is left fails at the end.
+        p.dead = true;
+        return;
+    };
+    stats.http_reconnects.fetch_add(1, Ordering::Relaxed);
+    let opened = crate::sys::start_connect(p.source, to.addr).and_then(|s| {
+        let fd = s.as_raw_fd();
+        poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(s)
+    });
+    match opened {
+        Ok(s) => {
+            p.stream = Some(s);
+            if let Some(h) = p.http.as_mut() {
+                h.connecting = true;
+            }
+        }
+        Err(_) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            p.redial_at = now + REDIAL_NS;
         }
     }
 }
@@ -418,63 +625,6 @@ fn handle_ws_input(
             "",
         );
     }
-}
-
-/// Consumes complete HTTP responses from `p.inbuf`.
-fn handle_http_responses(p: &mut Publisher, stats: &PubStats) {
-    let mut pos = 0;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&p.inbuf[pos..]) {
-            Ok(httparse::Status::Complete(head)) => {
-                let code = resp.code.unwrap_or(0);
-                let body = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                let Some(body) = body else {
-                    if resp
-                        .headers
-                        .iter()
-                        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-                    {
-                        // Chunked responses are not supported: count and stop using this connection.
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                        p.dead = true;
-                        return;
-                    }
-                    if code == 204 || code == 304 {
-                        pos += head;
-                        p.outstanding = p.outstanding.saturating_sub(1);
-                        stats.http_responses.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    p.dead = true;
-                    return;
-                };
-                if p.inbuf.len() - pos < head + body {
-                    break;
-                }
-                pos += head + body;
-                p.outstanding = p.outstanding.saturating_sub(1);
-                stats.http_responses.fetch_add(1, Ordering::Relaxed);
-                if !(200..300).contains(&code) {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(httparse::Status::Partial) => break,
-            Err(_) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                p.dead = true;
-                break;
-            }
-        }
-    }
-    p.inbuf.drain(..pos);
 }
 
 /// Creates the poll for the publisher thread and the waker the receive threads use.

@@ -149,10 +149,19 @@ pub struct RunReport {
     pub offset_gaps_allowed: bool,
     /// Why the offsets fail this run (exit status 2), null when they do not.
     pub offset_failure: Option<String>,
-    /// Connections that ended in an error, publisher errors, non-2xx HTTP responses.
+    /// Connections that ended in an error, publisher errors, non-2xx HTTP responses,
+    /// HTTP publishes that got no answer (`publish_failed`).
     pub errors: u64,
     /// Messages due by --rate that the publishers could not queue (server not reading).
     pub publish_skipped: u64,
+    /// HTTP publishes written whole on a connection that ended without answering them, or
+    /// unanswered when the run ended: perhaps published (never sent twice); also in `errors`.
+    pub publish_failed: u64,
+    /// HTTP publishes sent again on a new connection because the server had not processed
+    /// them (they followed an answer with `Connection: close`, or were not written whole).
+    pub publish_retried: u64,
+    /// HTTP publish connections reopened after the server ended one.
+    pub publish_reconnects: u64,
     /// Latency of healthy subscribers for messages sent in the window.
     pub latency_us: Percentiles,
     /// Subscriber connections.
@@ -191,6 +200,19 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Nothing was lost, skipped, failed, duplicated or reordered, no connection or publish
+    /// failed, and the offsets hold. (Foreign messages and slow subscribers' gaps are
+    /// reported on their own lines: they are not this run's loss.)
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.publish_skipped == 0
+            && self.publish_failed == 0
+            && self.errors == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.offset_failure.is_none()
+    }
+
     /// Why the offsets fail the run: a duplicate or reorder at any subscriber (slow ones
     /// included: dropping never repeats), or a gap at a healthy one unless gaps are allowed
     /// (slow subscribers' gaps are the server's slow-consumer policy at work).
@@ -248,6 +270,22 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let l = &self.latency_us;
+        // Loss first: a rate next to a loss is not a result.
+        s += &format!(
+            "{}: lost {}  publish-skipped {}  publish-failed {}  errors {}  duplicated {}  out-of-order {}{}\n",
+            if self.clean() { "clean" } else { "NOT CLEAN" },
+            self.lost,
+            self.publish_skipped,
+            self.publish_failed,
+            self.errors,
+            self.duplicated,
+            self.out_of_order,
+            if self.offset_failure.is_some() {
+                "  offsets FAILED"
+            } else {
+                ""
+            }
+        );
         s += &format!(
             "delivered {}/s (expected {}/s, published {}/s) over {:.1}s with {} subscribers, {} publishers, io {}\n",
             si(self.delivered_per_s),
@@ -290,6 +328,12 @@ impl RunReport {
             self.errors,
             self.publish_skipped
         );
+        if self.publish_reconnects + self.publish_retried + self.publish_failed > 0 {
+            s += &format!(
+                "http publish: {} connections reopened  {} requests sent again  {} unanswered\n",
+                self.publish_reconnects, self.publish_retried, self.publish_failed
+            );
+        }
         if self.offsets_checked + self.slow.offsets_checked > 0 || self.offset_dups > 0 {
             s += &format!(
                 "offsets: checked {}  gaps {} (missing {})  dups/reorders {}{}\n",
@@ -422,6 +466,48 @@ mod tests {
             assert!(v["slow"].get(k).is_some(), "slow {k}");
         }
         assert!(!r.summary().is_empty());
+    }
+
+    #[test]
+    fn the_headline_shows_loss_before_rates() {
+        let mut r = RunReport {
+            delivered_per_s: 1000.0,
+            expected_per_s: 1000.0,
+            published: 1,
+            delivered: 1,
+            ..RunReport::default()
+        };
+        let first = |r: &RunReport| r.summary().lines().next().unwrap_or("").to_string();
+        assert!(r.clean());
+        assert!(
+            first(&r).starts_with("clean: lost 0  publish-skipped 0"),
+            "{}",
+            first(&r)
+        );
+        // The run of issue 14: one message published, 149 skipped, nothing "lost".
+        r.publish_skipped = 149;
+        assert!(!r.clean());
+        let line = first(&r);
+        assert!(
+            line.starts_with("NOT CLEAN: lost 0  publish-skipped 149"),
+            "{line}"
+        );
+        assert!(!line.contains("delivered"), "rates come after: {line}");
+        for set in [
+            |r: &mut RunReport| r.lost = 1,
+            |r: &mut RunReport| r.publish_failed = 1,
+            |r: &mut RunReport| r.errors = 1,
+            |r: &mut RunReport| r.duplicated = 1,
+            |r: &mut RunReport| r.out_of_order = 1,
+            |r: &mut RunReport| r.offset_failure = Some("gaps".into()),
+        ] {
+            let mut r = RunReport::default();
+            set(&mut r);
+            assert!(!r.clean(), "{}", r.summary());
+            assert!(first(&r).starts_with("NOT CLEAN"), "{}", r.summary());
+        }
+        r.publish_reconnects = 3;
+        assert!(r.summary().contains("http publish: 3 connections reopened"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::cli::RunArgs;
 use crate::connect::{ConnectOpts, Established, connect_many};
 use crate::envelope;
 use crate::procstat;
-use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats};
+use crate::publish::{self, PubConfig, PubConn, PubKind, PubStats, Redial};
 use crate::receivers::{Backend, BufConfig, Receivers, choose_backend};
 use crate::report::{ConnectReport, RunReport, write_json};
 use crate::scrape::Scraper;
@@ -271,6 +271,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             size: args.size,
             binary: args.binary,
             kind: if http { PubKind::Http } else { PubKind::Ws },
+            redial: http.then_some(Redial { addr: t.addr }),
         };
         let sh = Arc::clone(&shared);
         let ps = Arc::clone(&pstats);
@@ -356,6 +357,19 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
             "{skipped} messages due by --rate were not published: the server did not take them fast enough"
         ));
     }
+    let failed = pstats.http_failed.load(Ordering::Relaxed);
+    let retried = pstats.http_retried.load(Ordering::Relaxed);
+    let reconnects = pstats.http_reconnects.load(Ordering::Relaxed);
+    if failed > 0 {
+        notes.push(format!(
+            "{failed} HTTP publishes got no answer (the connection ended under them, or the run did): perhaps published, not sent twice; counted in errors"
+        ));
+    }
+    if reconnects > 0 {
+        notes.push(format!(
+            "the server ended HTTP publish connections: {reconnects} reopened, {retried} requests it had not processed sent again"
+        ));
+    }
     let report = RunReport {
         delivered_per_s,
         expected_per_s,
@@ -378,6 +392,9 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<RunReport, String> {
         offset_failure: None,
         errors: recv_errors + pstats.errors.load(Ordering::Relaxed),
         publish_skipped: skipped,
+        publish_failed: failed,
+        publish_retried: retried,
+        publish_reconnects: reconnects,
         latency_us: Percentiles::of(&t.hist),
         connect: ConnectReport::of(&cstats),
         generator_limited: max_thread > 90.0,
