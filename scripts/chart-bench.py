@@ -306,13 +306,18 @@ def cross_shard(data: dict | None) -> dict:
         out["why"] = "no server metrics in the result (not ringcast, or a scrape failed: see its notes)"
         return out
     msgs_in, msgs_out = m.delta("ringcast_messages_in_total"), m.delta("ringcast_messages_out_total")
-    bus_in, bus_dropped = m.delta("ringcast_bus_messages_in_total"), m.delta("ringcast_bus_dropped_messages_total")
+    # Renamed from ringcast_bus_messages_in_total (it counts batches); older binaries and
+    # records carry the old name.
+    bus_name = "ringcast_bus_batches_in_total"
+    if m.delta(bus_name) is None:
+        bus_name = "ringcast_bus_messages_in_total"
+    bus_in, bus_dropped = m.delta(bus_name), m.delta("ringcast_bus_dropped_messages_total")
     out.update(
         in_per_s=m.rate(msgs_in),
         out_per_s=m.rate(msgs_out),
         bus_batches_per_s=m.rate(bus_in),
         bus_dropped=bus_dropped,
-        bus_batches_per_shard={k: m.rate(v) for k, v in m.per_shard("ringcast_bus_messages_in_total").items()},
+        bus_batches_per_shard={k: m.rate(v) for k, v in m.per_shard(bus_name).items()},
         out_per_shard={k: m.rate(v) for k, v in m.per_shard("ringcast_messages_out_total").items()},
         messages_per_batch=(msgs_in / bus_in) if msgs_in and bus_in else None,
     )
@@ -763,7 +768,7 @@ def shards_section(title: str, scen: str, runs: list[Run], out: list[str], chart
     if missing:
         out.append(
             f"\nCross-shard share n/a: {missing} (deliveries of messages that came over the bus from "
-            "another shard). No other metric tells it: `ringcast_bus_messages_in_total` counts batches, "
+            "another shard). No other metric tells it: `ringcast_bus_batches_in_total` counts batches, "
             "not messages, and messages in and out are summed over the shards."
         )
     out.append("")
