@@ -65,6 +65,7 @@ use serde::Deserialize;
 mod access;
 mod env_check;
 mod print;
+pub mod reload;
 #[cfg(test)]
 mod tests;
 

@@ -23,6 +23,8 @@
 //!   body parser, the presented credential, textual content types.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 //! - [`server`]: start-up: backend choice, listeners, shard threads.
+//! - [`reload`]: SIGHUP: load the configuration again, validate it, apply what can change
+//!   live (the key split in [`config::reload`], the shards' side in [`shard::reload`]).
 //! - [`alloc`]: tuning of the global allocator (mimalloc), in `ringcast-io`.
 //! - [`throttle`]: log lines a peer can cause, at most one per interval per kind.
 //!
@@ -41,6 +43,7 @@ pub use ringcast_io as io;
 pub mod metrics;
 pub use ringcast_proto as proto;
 pub mod pubsub;
+pub mod reload;
 pub mod server;
 pub mod shard;
 pub mod throttle;

@@ -1,18 +1,21 @@
 //! The `ringcast` binary: configuration, logging, limits, then the shards until a signal.
 //!
-//! Signals: the first SIGTERM or SIGINT starts a graceful drain (clients get close 1001
+//! Signals: SIGHUP reloads the configuration (`ringcast::reload`: what can change live is
+//! applied, the rest logged as needing a restart, an invalid file logged and ignored).
+//! The first SIGTERM or SIGINT starts a graceful drain (clients get close 1001
 //! after what is queued for them; `/ready` answers 503) and the process exits 0 once every
 //! shard has drained, or at `--drain-timeout`. A second signal exits at once with
 //! 128 + the signal number.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ringcast::config::{self, LogFormat};
+use ringcast::reload::{Reloader, SetLogLevel};
 use ringcast::server::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 // mimalloc: thread-local free lists suit thread-per-core shards that allocate and free
@@ -20,15 +23,67 @@ use signal_hook::iterator::Signals;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(level: &str, format: LogFormat) {
+/// Installs the log subscriber: `level` as a reloadable filter, colours only when stderr is
+/// a terminal (a journal or a file gets no escape sequences). Returns the filter's setter.
+fn init_logging(level: &str, format: LogFormat) -> SetLogLevel {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    fn setter<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> SetLogLevel
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        Box::new(move |level: &str| {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let set = setter(b.reload_handle());
+            b.init();
+            set
+        }
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let set = setter(b.reload_handle());
+            b.init();
+            set
+        }
+    }
+}
+
+/// The start-up line on stdout, which scripts wait for and parse: in text mode
+/// `ringcast listening on ADDR[, ADDR] (shards: N, io: B[, admin on ADDR])`, in JSON mode
+/// one object with the same facts as fields.
+fn listening_line(cfg: &config::Config, server: &Server) -> String {
+    let addrs: Vec<String> = server.addrs.iter().map(ToString::to_string).collect();
+    match cfg.log_format {
+        LogFormat::Json => serde_json::json!({
+            "msg": "listening",
+            "addrs": addrs,
+            "shards": cfg.shards.max(1),
+            "io": server.backend.name(),
+            "admin": server.admin.map(|a| a.to_string()),
+        })
+        .to_string(),
+        LogFormat::Text => {
+            let admin = server
+                .admin
+                .map_or_else(String::new, |a| format!(", admin on {a}"));
+            format!(
+                "ringcast listening on {} (shards: {}, io: {}{admin})",
+                addrs.join(", "),
+                cfg.shards.max(1),
+                server.backend.name()
+            )
+        }
     }
 }
 
@@ -38,7 +93,7 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => e.exit(),
     };
-    init_logging(&cfg.log_level, cfg.log_format);
+    let set_log_level = init_logging(&cfg.log_level, cfg.log_format);
     let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
     for (name, nearest) in config::unknown_env(names) {
         match nearest {
@@ -62,19 +117,18 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     // Registered before the shards start, so that no signal finds the default action.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not install signal handlers");
-            eprintln!("ringcast: could not install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
-    let server = match Server::start(&cfg) {
+    // One line, in the configured format (no second plain copy on stderr).
+    let mut server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
-            eprintln!("ringcast: {e}");
             return ExitCode::from(1);
         }
     };
@@ -83,22 +137,22 @@ fn main() -> ExitCode {
             "no JWT key is configured and the server listens on a non-loopback address: anyone who reaches it may subscribe and publish to any topic (see docs/auth.md)"
         );
     }
-    let addrs: Vec<String> = server.addrs.iter().map(ToString::to_string).collect();
-    let admin = server
-        .admin
-        .map_or_else(String::new, |a| format!(", admin on {a}"));
-    println!(
-        "ringcast listening on {} (shards: {}, io: {}{admin})",
-        addrs.join(", "),
-        cfg.shards.max(1),
-        server.backend.name()
-    );
+    println!("{}", listening_line(&cfg, &server));
     let _ = std::io::stdout().flush();
     let poll = Duration::from_millis(50);
-    // Serving: wait for a signal (or a shard that died).
-    let first = loop {
-        if let Some(sig) = signals.pending().next() {
-            break sig;
+    // Taken once, here: it is there after every successful start.
+    let verifier = server
+        .take_verifier()
+        .unwrap_or_else(ringcast::auth::Verifier::disabled);
+    let mut reloader = Reloader::new(cfg, verifier, set_log_level);
+    // Serving: wait for a signal (or a shard that died); SIGHUP reloads and goes on.
+    let first = 'serve: loop {
+        for sig in signals.pending() {
+            if sig == SIGHUP {
+                reloader.reload(&server);
+            } else {
+                break 'serve sig;
+            }
         }
         if server.any_finished() {
             tracing::error!("a shard stopped; shutting down");
@@ -107,6 +161,7 @@ fn main() -> ExitCode {
         }
         std::thread::sleep(poll);
     };
+    let cfg = reloader.active();
     // The grace period serves clients (with /ready at 503) before the drain starts.
     let deadline = Instant::now() + cfg.drain_grace + cfg.drain_timeout;
     tracing::info!(
@@ -117,7 +172,13 @@ fn main() -> ExitCode {
     );
     server.drain();
     while !server.finished() {
-        if let Some(sig) = signals.pending().next() {
+        // A reload during the drain is pointless; only a second SIGTERM/SIGINT counts.
+        let mut pending = signals.pending().collect::<Vec<_>>();
+        if pending.contains(&SIGHUP) {
+            tracing::info!("SIGHUP ignored: the server is draining");
+        }
+        pending.retain(|s| *s != SIGHUP);
+        if let Some(&sig) = pending.first() {
             tracing::warn!(
                 signal = sig,
                 "second signal: exiting without waiting for the drain"

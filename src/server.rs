@@ -20,7 +20,6 @@ use crate::io::uring::{UringDriver, UringSettings};
 use crate::io::{Driver, probe};
 use crate::metrics::ShardMetrics;
 use crate::shard::DrainShared;
-use crate::shard::admission::AdmissionSettings;
 use crate::shard::{Settings, Shard, Shared};
 
 /// Which backend the shards run on.
@@ -218,6 +217,9 @@ pub struct Server {
     pub backend: Backend,
     /// State every shard shares (stop flag, metrics).
     pub shared: Arc<Shared>,
+    /// The verifier built at start-up, until [`Server::take_verifier`] (a JWKS URL's fetch
+    /// thread stops with its last clone, so nothing should keep one it does not use).
+    verifier: Option<crate::auth::Verifier>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -256,6 +258,7 @@ impl Server {
             backend: backend.name(),
             drain: DrainShared::default(),
             peers: std::sync::Mutex::default(),
+            reload: crate::shard::reload::ReloadShared::default(),
         });
         let settings = Settings {
             max_message_size: cfg.max_message_size,
@@ -274,18 +277,12 @@ impl Server {
             drain_timeout: cfg.drain_timeout,
             drain_grace: cfg.drain_grace,
             admin,
-            admission: AdmissionSettings {
-                allowed_origins: (!cfg.allowed_origins.iter().any(|o| o == "*"))
-                    .then(|| cfg.allowed_origins.clone()),
-                max_connections_per_ip: cfg.max_connections_per_ip,
-                connect_rate_per_ip: cfg.connect_rate_per_ip,
-                connect_burst_per_ip: cfg.connect_burst_per_ip,
-            },
+            admission: crate::shard::reload::admission_settings(cfg),
             http_idle_timeout: (!cfg.http_idle_timeout.is_zero()).then_some(cfg.http_idle_timeout),
             http_max_requests_per_connection: cfg.http_max_requests_per_connection,
             max_publish_batch_bytes: cfg.max_publish_batch_bytes,
             max_publish_batch_items: cfg.max_publish_batch_items,
-            verifier,
+            verifier: verifier.clone(),
             namespaces,
             client_publish_rate: cfg.client_publish_rate,
             client_publish_burst: cfg.client_publish_burst,
@@ -360,8 +357,20 @@ impl Server {
             admin,
             backend,
             shared,
+            verifier: Some(verifier),
             threads,
         })
+    }
+
+    /// The verifier the shards started with, for whoever replaces it later (the reload);
+    /// `None` once taken.
+    pub fn take_verifier(&mut self) -> Option<crate::auth::Verifier> {
+        self.verifier.take()
+    }
+
+    /// Hands reloaded settings to the shards (each takes them at its next tick).
+    pub fn reload(&self, r: crate::shard::reload::Reloadable) {
+        self.shared.reload.publish(r);
     }
 
     /// Asks every shard to stop and waits for them.

@@ -223,6 +223,7 @@ impl Harness {
             backend: "fake",
             drain: super::DrainShared::default(),
             peers: std::sync::Mutex::default(),
+            reload: super::reload::ReloadShared::default(),
         });
         let shards = (0..shards)
             .map(|i| Shard::new(i, FakeDriver::new(), settings.clone(), Arc::clone(&shared)))

@@ -30,6 +30,7 @@ pub mod conn;
 mod drain;
 mod http;
 mod mux;
+pub mod reload;
 pub mod session;
 pub mod table;
 
@@ -152,6 +153,8 @@ pub struct Shared {
     pub drain: DrainShared,
     /// Per-IP connection counts and connect token buckets (accept and release only).
     pub peers: Mutex<admission::PeerTable>,
+    /// Settings a reload (SIGHUP) changed, taken by each shard once per tick.
+    pub reload: reload::ReloadShared,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -240,6 +243,8 @@ struct ShardState {
     logs: Logs,
     /// This shard's connections by token `sub` (disconnects by user).
     users: api::UserIndex,
+    /// The last reload generation copied into `settings`.
+    reload_seen: u64,
     /// Backend API requests waiting for the other shards.
     api: api::ApiState,
     /// `GET /history` requests waiting for their topic's home shard.
@@ -325,6 +330,7 @@ impl<D: Driver> Shard<D> {
                 drain: drain::DrainState::default(),
                 logs: Logs::default(),
                 users: api::UserIndex::default(),
+                reload_seen: 0,
                 api: api::ApiState::default(),
                 history: http::history::HistoryWaits::default(),
                 handshakes: HandshakeClock::default(),
@@ -1068,6 +1074,11 @@ impl ShardState {
 
     /// Handshake and idle timeouts, pings, close deadlines: one pass per tick.
     fn timers(&mut self) {
+        // Once per tick, never per message: a reload's settings replace this shard's.
+        if let Some(r) = self.shared.reload.take_new(&mut self.reload_seen) {
+            r.apply_to(&mut self.settings);
+            tracing::debug!(shard = self.id, "reloaded settings in force");
+        }
         let now = self.tick;
         let hs = ticks_ceil(self.settings.handshake_timeout);
         let http_idle = self.settings.http_idle_timeout.map(ticks_ceil);

@@ -24,5 +24,6 @@ mod limits;
 mod mux;
 mod ops;
 mod pubsub;
+mod reload;
 mod slow;
 mod timeouts;
