@@ -44,6 +44,8 @@ try {
   await page.click("#send");
   await page.waitForSelector(".msg:has-text('sent from the page')");
   await page.waitForSelector("#pubstatus.ok:has-text('ack')");
+  // And how many it reached (GET /api/topics/browser: the page itself at least).
+  await page.waitForSelector("#pubstatus.ok:has-text('subscriber')");
   // A refused publish is reported beside the button.
   await page.fill("#pubtopic", "nope:x");
   await page.click("#send");
