@@ -159,7 +159,8 @@ export class Ringcast extends EventTarget {
   }
 
   /**
-   * Publishes `data`: a string or any JSON value as text (acknowledged: resolves with the
+   * Publishes `data`: a string, or any JSON value (an object or array reaches mux
+   * subscribers as that value, anything else as its JSON text) (acknowledged: resolves with the
    * `ack`, rejects with the error), an `ArrayBuffer` or typed array as a binary envelope
    * (not acknowledged by the server: resolves once sent). Rejects when not connected.
    * @param {string} topic @param {*} data @param {{echo?: boolean}} [opts]
