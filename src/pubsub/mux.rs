@@ -482,6 +482,13 @@ pub fn refuse(id: Option<Value>, code: ErrorCode, message: impl Into<String>) ->
 /// Appends the text envelope `{"type":"message","topic":...,"offset":N,"data":...}` to
 /// `out` (no `offset` when it is 0: the topic has no history).
 pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>) {
+    envelope_head(topic, offset, out);
+    push_json_string(payload, out);
+    out.push(b'}');
+}
+
+/// The part of a message envelope before its `data` value.
+fn envelope_head(topic: &str, offset: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"type\":\"message\",\"topic\":");
     push_json_string(topic, out);
     if offset != 0 {
@@ -489,8 +496,6 @@ pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>)
         push_decimal(out, offset);
     }
     out.extend_from_slice(b",\"data\":");
-    push_json_string(payload, out);
-    out.push(b'}');
 }
 
 /// Appends the envelope of a message published as a JSON value,
@@ -499,13 +504,7 @@ pub fn envelope_text(topic: &str, offset: u64, payload: &str, out: &mut Vec<u8>)
 /// client parses it once. A client tells the two apart by `data`'s type: a text message's
 /// is always a string, a JSON message's an object or an array.
 pub fn envelope_json(topic: &str, offset: u64, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":");
-    push_json_string(topic, out);
-    if offset != 0 {
-        out.extend_from_slice(b",\"offset\":");
-        push_decimal(out, offset);
-    }
-    out.extend_from_slice(b",\"data\":");
+    envelope_head(topic, offset, out);
     out.extend_from_slice(payload);
     out.push(b'}');
 }
