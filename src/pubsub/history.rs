@@ -633,8 +633,10 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         }
         let mut excess = self.bytes - self.budget;
         let mut victims = Vec::new();
-        for &(_, slot) in &self.by_deadline {
-            if excess == 0 || victims.len() >= max {
+        // Topics kept (subscribed) are skipped, but counted: a call looks at no more than
+        // a bounded number of them, however many there are.
+        for (seen, &(_, slot)) in self.by_deadline.iter().enumerate() {
+            if excess == 0 || victims.len() >= max || seen >= max.saturating_mul(4) {
                 break;
             }
             let Some(h) = self.slots.get(slot).and_then(Option::as_ref) else {
@@ -1199,6 +1201,9 @@ mod tests {
             h.append(k, ttl, Bytes::new(), t0);
         }
         assert_eq!(h.shed(2, |_| false, |_| {}), 2);
+        // A call scans at most 4 x max states: kept ones in front use up the scan.
+        assert_eq!(h.shed(1, |k| k < 14, |_| {}), 0, "the first four are kept");
+        assert_eq!(h.shed(4, |k| k < 14, |_| {}), 4);
         check(&h);
     }
 
