@@ -37,6 +37,7 @@
 pub use ringcast_io::alloc;
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub use ringcast_io as io;

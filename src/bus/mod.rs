@@ -107,6 +107,13 @@ pub enum BusMsg {
         /// What this shard knows.
         answer: Answer,
     },
+    /// From the broker bridge, for `topic`'s home: the broker was lost while the topic had
+    /// subscribers here, so its history starts a new epoch (recovering clients are told
+    /// `recovered: false` instead of being given a gap).
+    NewEpoch {
+        /// The topic.
+        topic: Arc<str>,
+    },
 }
 
 impl BusMsg {
@@ -121,6 +128,7 @@ impl BusMsg {
             BusMsg::Joined { reply, .. } => ANNOUNCEMENT_WEIGHT + 48 * reply.publications.len(),
             BusMsg::Query { query, .. } => query.weight(),
             BusMsg::Answer { answer, .. } => answer.weight(),
+            BusMsg::NewEpoch { topic } => ANNOUNCEMENT_WEIGHT + topic.len(),
         }
     }
 
@@ -132,7 +140,8 @@ impl BusMsg {
             | BusMsg::Join { .. }
             | BusMsg::Joined { .. }
             | BusMsg::Query { .. }
-            | BusMsg::Answer { .. } => 0,
+            | BusMsg::Answer { .. }
+            | BusMsg::NewEpoch { .. } => 0,
         }
     }
 }
@@ -333,7 +342,8 @@ mod tests {
             | BusMsg::Join { .. }
             | BusMsg::Joined { .. }
             | BusMsg::Query { .. }
-            | BusMsg::Answer { .. } => 0,
+            | BusMsg::Answer { .. }
+            | BusMsg::NewEpoch { .. } => 0,
         }
     }
 

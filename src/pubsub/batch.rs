@@ -46,8 +46,10 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 128 * 1024;
 pub enum Origin {
     /// By a connection of this shard (simple mode, mux mode or HTTP).
     Shard(u16),
-    /// By a thread that is not a shard (the broker bridge, a test).
+    /// By a thread that is not a shard (a test, an embedding program).
     External,
+    /// By another node, through the broker (never sent back to it).
+    Broker,
 }
 
 /// The messages one topic got in one turn of one shard: framed once, shared by every
@@ -69,6 +71,9 @@ pub struct Batch {
     /// The messages (indices, ascending) published as JSON values: mux envelopes carry
     /// them as JSON, not as strings. Usually empty.
     pub json: Box<[u32]>,
+    /// The topic's epoch, when the broker numbered the batch (Redis, topic with history):
+    /// the home adopts it with the offsets.
+    pub epoch: Option<[u8; 8]>,
 }
 
 /// Messages of a batch that one publisher wrote and must not receive.
@@ -92,6 +97,7 @@ impl Batch {
             own: Box::new([]),
             offset: 0,
             json: Box::new([]),
+            epoch: None,
         }
     }
 
@@ -351,7 +357,7 @@ fn seal(origin: Origin, p: &mut Pending, topic: TopicId) -> Ready {
     p.ends.clear();
     let shard = match origin {
         Origin::Shard(s) => s,
-        Origin::External => u16::MAX,
+        Origin::External | Origin::Broker => u16::MAX,
     };
     let own: Box<[Own]> = p
         .own

@@ -34,6 +34,7 @@
 
 pub mod access;
 pub mod batch;
+mod cluster;
 mod error;
 pub mod fanout;
 pub mod history;
@@ -162,6 +163,8 @@ pub struct PubSub {
     joins: join::Joins,
     /// Answers to [`PubSub::history_page`] (cookie, answer), for the shard to take.
     pub pages: Vec<(u64, join::JoinReply)>,
+    /// The broker bridge, when this node is one of several (`--broker`).
+    link: Option<Arc<crate::cluster::Link>>,
 }
 
 impl PubSub {
@@ -179,6 +182,7 @@ impl PubSub {
             fanout_sample: crate::metrics::histogram::Sampler::default(),
             joins: join::Joins::default(),
             pages: Vec::new(),
+            link: None,
             shard,
             bus,
             topics: Topics::default(),
@@ -193,6 +197,16 @@ impl PubSub {
             tick: 0,
             inbox_full_log: crate::throttle::LogThrottle::default(),
         }
+    }
+
+    /// Connects this shard to the broker bridge (before it serves anything).
+    pub fn set_link(&mut self, link: Arc<crate::cluster::Link>) {
+        self.link = Some(link);
+    }
+
+    /// The broker bridge, when this node is one of several.
+    pub fn link(&self) -> Option<&Arc<crate::cluster::Link>> {
+        self.link.as_ref()
     }
 
     /// Once per loop turn, first: the shard's clock.
@@ -439,6 +453,7 @@ impl PubSub {
             BusMsg::Joined { id, reply } => self.on_joined(id, reply, subs),
             // The backend API's questions are about connections: the shard's.
             m @ (BusMsg::Query { .. } | BusMsg::Answer { .. }) => self.api.push(m),
+            BusMsg::NewEpoch { topic } => self.on_new_epoch(&topic),
         });
         self.metrics.bus_in.add(batches);
     }
