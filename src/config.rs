@@ -63,6 +63,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
 mod access;
+mod cluster;
 mod env_check;
 mod print;
 pub mod reload;
@@ -325,6 +326,38 @@ pub struct Config {
     /// (`--max-recovery-publications`, `RINGCAST_MAX_RECOVERY_PUBLICATIONS`,
     /// `max_recovery_publications`). Default 1000; 1..=100,000.
     pub max_recovery_publications: usize,
+    /// The broker this node shares its topics through with other nodes: `redis://host:port[/db]`
+    /// or `nats://host:port`, with optional credentials (`--broker`, `RINGCAST_BROKER`,
+    /// `broker`). Default: none (a single node; nothing extra is started).
+    pub broker: Option<crate::cluster::BrokerUrl>,
+    /// A file holding the broker's password (Redis, NATS user) or token (NATS), read at
+    /// start; overrides one in the URL (`--broker-password-file`,
+    /// `RINGCAST_BROKER_PASSWORD_FILE`, `broker_password_file`).
+    pub broker_password_file: Option<PathBuf>,
+    /// This node's id in logs, metrics and the broker: 1..=64 of `A-Z a-z 0-9 - _ .`
+    /// (`--node-id`, `RINGCAST_NODE_ID`, `node_id`). Default: random at start. Two live
+    /// nodes with one id are refused at start.
+    pub node_id: Option<String>,
+    /// Whether the broker is required: while it is lost, HTTP publish answers 503 and
+    /// `/ready` 503 (`--broker-required`, `RINGCAST_BROKER_REQUIRED`, `broker_required`).
+    /// Default false (publications go on locally and the answer says the broker is down).
+    pub broker_required: bool,
+    /// Whether a broker unreachable at start is tolerated: the node starts degraded and
+    /// keeps retrying (`--broker-optional`, `RINGCAST_BROKER_OPTIONAL`, `broker_optional`).
+    /// Default false (start-up fails with the reason).
+    pub broker_optional: bool,
+    /// Bound of every broker operation and of stall detection: a broker that answers
+    /// nothing for this long is lost (`--broker-timeout`, `RINGCAST_BROKER_TIMEOUT`,
+    /// `broker_timeout`). Default 3s; 100ms..=60s.
+    pub broker_timeout: Duration,
+    /// Publications (frame bytes) waiting for the bridge before more are dropped and
+    /// counted (`--broker-max-pending`, `RINGCAST_BROKER_MAX_PENDING`,
+    /// `broker_max_pending`). Default 64MiB; 64KiB..=16GiB.
+    pub broker_max_pending: usize,
+    /// Prefix of every channel, subject and key ringcast uses at the broker (several
+    /// clusters on one broker) (`--broker-prefix`, `RINGCAST_BROKER_PREFIX`,
+    /// `broker_prefix`). Default `ringcast`.
+    pub broker_prefix: String,
     /// Named namespaces, from the file's `[namespaces.NAME]` tables (the file only: a table
     /// has no flag form). Topics `NAME:rest` belong to namespace `NAME`.
     pub namespaces: Vec<NamespaceConfig>,
@@ -434,7 +467,7 @@ display_choice!(IoBackend, SlowConsumerPolicy, LogFormat);
 /// Every configuration key, by its TOML name. The flag is `--` plus the key
 /// with `-` for `_`; the environment variable is `RINGCAST_` plus the key in
 /// upper case (see [`flag_name`] and [`env_name`]).
-pub const KEYS: [&str; 53] = [
+pub const KEYS: [&str; 61] = [
     "listen",
     "shards",
     "io",
@@ -488,10 +521,18 @@ pub const KEYS: [&str; 53] = [
     "history_ttl",
     "history_memory_limit",
     "max_recovery_publications",
+    "broker",
+    "broker_password_file",
+    "node_id",
+    "broker_required",
+    "broker_optional",
+    "broker_timeout",
+    "broker_max_pending",
+    "broker_prefix",
 ];
 
 /// Keys whose values are secrets: never shown in errors or logs.
-pub const SECRET_KEYS: [&str; 2] = ["jwt_hmac_secret", "api_key"];
+pub const SECRET_KEYS: [&str; 3] = ["jwt_hmac_secret", "api_key", "broker"];
 
 /// The environment variable that names a config file when `--config` is absent.
 pub const CONFIG_FILE_ENV: &str = "RINGCAST_CONFIG";
@@ -590,6 +631,14 @@ impl Default for Config {
             history_size: 0,
             history_ttl: Duration::from_secs(300),
             history_memory_limit: 256 << 20,
+            broker: None,
+            broker_password_file: None,
+            node_id: None,
+            broker_required: false,
+            broker_optional: false,
+            broker_timeout: Duration::from_secs(3),
+            broker_max_pending: 64 << 20,
+            broker_prefix: "ringcast".to_owned(),
             max_recovery_publications: 1000,
             namespaces: Vec::new(),
         }
@@ -1021,6 +1070,38 @@ struct Cli {
     /// Most publications one recovery, rewind or GET /history returns. [default: 1000] [env: RINGCAST_MAX_RECOVERY_PUBLICATIONS] [toml: max_recovery_publications]
     #[arg(long, value_name = "N")]
     max_recovery_publications: Option<String>,
+
+    /// Share topics with other nodes through this broker: redis://[user:password@]host:port[/db] or nats://[token@|user:password@]host:port. [default: none] [env: RINGCAST_BROKER] [toml: broker]
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+
+    /// File holding the broker's password or token (overrides one in the URL). [default: none] [env: RINGCAST_BROKER_PASSWORD_FILE] [toml: broker_password_file]
+    #[arg(long, value_name = "PATH")]
+    broker_password_file: Option<String>,
+
+    /// This node's id in logs, metrics and at the broker (A-Z a-z 0-9 - _ ., up to 64); two live nodes with one id are refused. [default: random] [env: RINGCAST_NODE_ID] [toml: node_id]
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+
+    /// While the broker is lost, HTTP publish answers 503 and /ready 503. [default: false] [env: RINGCAST_BROKER_REQUIRED] [toml: broker_required]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    broker_required: Option<String>,
+
+    /// Start even when the broker is unreachable (degraded, retrying). [default: false] [env: RINGCAST_BROKER_OPTIONAL] [toml: broker_optional]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    broker_optional: Option<String>,
+
+    /// Bound of every broker operation and of stall detection. [default: 3s] [env: RINGCAST_BROKER_TIMEOUT] [toml: broker_timeout]
+    #[arg(long, value_name = "DURATION")]
+    broker_timeout: Option<String>,
+
+    /// Publications (frame bytes) waiting for the bridge before more are dropped and counted. [default: 64MiB] [env: RINGCAST_BROKER_MAX_PENDING] [toml: broker_max_pending]
+    #[arg(long, value_name = "SIZE")]
+    broker_max_pending: Option<String>,
+
+    /// Prefix of every channel, subject and key at the broker. [default: ringcast] [env: RINGCAST_BROKER_PREFIX] [toml: broker_prefix]
+    #[arg(long, value_name = "PREFIX")]
+    broker_prefix: Option<String>,
 }
 
 /// The full `--help` text (for tests and docs).
@@ -1212,6 +1293,39 @@ fn raw_url(raw: &Raw) -> Result<String, String> {
     }
 }
 
+/// The `broker` URL (see [`crate::cluster::BrokerUrl::parse`]).
+fn raw_broker(raw: &Raw) -> Result<crate::cluster::BrokerUrl, String> {
+    crate::cluster::BrokerUrl::parse(raw_string(raw)?.trim())
+}
+
+/// A node id: 1..=64 of `A-Z a-z 0-9 - _ .` (it goes into broker subjects and keys).
+fn raw_node_id(raw: &Raw) -> Result<String, String> {
+    let s = raw_string(raw)?;
+    let ok = !s.is_empty()
+        && s.len() <= crate::cluster::envelope::MAX_NODE_ID
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s)
+    } else {
+        Err("expected 1 to 64 of A-Z a-z 0-9 - _ .".to_owned())
+    }
+}
+
+/// A broker prefix: 1..=32 of `A-Z a-z 0-9 - _` (one subject token, one key part).
+fn raw_broker_prefix(raw: &Raw) -> Result<String, String> {
+    let s = raw_string(raw)?;
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    if ok {
+        Ok(s)
+    } else {
+        Err("expected 1 to 32 of A-Z a-z 0-9 - _".to_owned())
+    }
+}
+
 /// A non-empty string.
 fn raw_nonempty(raw: &Raw) -> Result<String, String> {
     let s = raw_string(raw)?;
@@ -1326,7 +1440,7 @@ impl Layer {
 
 fn flag_layer(cli: &Cli) -> Layer {
     let mut values = BTreeMap::new();
-    let strings: [(&'static str, &Option<String>); 49] = [
+    let strings: [(&'static str, &Option<String>); 57] = [
         ("shards", &cli.shards),
         ("io", &cli.io),
         ("ring_entries", &cli.ring_entries),
@@ -1379,6 +1493,14 @@ fn flag_layer(cli: &Cli) -> Layer {
         ("history_ttl", &cli.history_ttl),
         ("history_memory_limit", &cli.history_memory_limit),
         ("max_recovery_publications", &cli.max_recovery_publications),
+        ("broker", &cli.broker),
+        ("broker_password_file", &cli.broker_password_file),
+        ("node_id", &cli.node_id),
+        ("broker_required", &cli.broker_required),
+        ("broker_optional", &cli.broker_optional),
+        ("broker_timeout", &cli.broker_timeout),
+        ("broker_max_pending", &cli.broker_max_pending),
+        ("broker_prefix", &cli.broker_prefix),
     ];
     for (key, v) in strings {
         if let Some(v) = v {
@@ -1478,6 +1600,14 @@ struct FileLayer {
     history_ttl: Option<toml::Value>,
     history_memory_limit: Option<toml::Value>,
     max_recovery_publications: Option<toml::Value>,
+    broker: Option<toml::Value>,
+    broker_password_file: Option<toml::Value>,
+    node_id: Option<toml::Value>,
+    broker_required: Option<toml::Value>,
+    broker_optional: Option<toml::Value>,
+    broker_timeout: Option<toml::Value>,
+    broker_max_pending: Option<toml::Value>,
+    broker_prefix: Option<toml::Value>,
     namespaces: Option<toml::Table>,
 }
 
@@ -1541,6 +1671,14 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         history_ttl,
         history_memory_limit,
         max_recovery_publications,
+        broker,
+        broker_password_file,
+        node_id,
+        broker_required,
+        broker_optional,
+        broker_timeout,
+        broker_max_pending,
+        broker_prefix,
         namespaces,
     } = file;
     let fields = [
@@ -1600,6 +1738,14 @@ fn file_layer_from_str(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         ("history_ttl", history_ttl),
         ("history_memory_limit", history_memory_limit),
         ("max_recovery_publications", max_recovery_publications),
+        ("broker", broker),
+        ("broker_password_file", broker_password_file),
+        ("node_id", node_id),
+        ("broker_required", broker_required),
+        ("broker_optional", broker_optional),
+        ("broker_timeout", broker_timeout),
+        ("broker_max_pending", broker_max_pending),
+        ("broker_prefix", broker_prefix),
     ];
     let mut values = BTreeMap::new();
     for (key, value) in fields {
@@ -1736,7 +1882,11 @@ fn expected_for(key: &str) -> String {
         ),
         "log_format" => format!("expected a string: {}", choice_list(LogFormat::CHOICES)),
         "log_level" => "expected a string such as \"info\"".to_owned(),
-        "pin_cores" | "client_publish" => BOOL_EXPECTED.to_owned(),
+        "pin_cores" | "client_publish" | "broker_required" | "broker_optional" => {
+            BOOL_EXPECTED.to_owned()
+        }
+        "broker" | "node_id" | "broker_prefix" => "expected a string".to_owned(),
+        "broker_password_file" => "expected a string naming a file".to_owned(),
         "anonymous" => format!(
             "expected a string: {}",
             choice_list(crate::pubsub::Anonymous::CHOICES)
@@ -1992,6 +2142,22 @@ fn merge(flags: &Layer, file: &Layer, env: &Layer) -> Result<(Config, Provenance
             raw_count,
             d.max_recovery_publications,
         )?,
+        broker: m.take("broker", raw_broker)?,
+        broker_password_file: m.take("broker_password_file", raw_path)?,
+        node_id: m.take("node_id", raw_node_id)?,
+        broker_required: m
+            .take("broker_required", raw_bool)?
+            .unwrap_or(d.broker_required),
+        broker_optional: m
+            .take("broker_optional", raw_bool)?
+            .unwrap_or(d.broker_optional),
+        broker_timeout: m
+            .take("broker_timeout", raw_duration)?
+            .unwrap_or(d.broker_timeout),
+        broker_max_pending: m.int("broker_max_pending", raw_size, d.broker_max_pending)?,
+        broker_prefix: m
+            .take("broker_prefix", raw_broker_prefix)?
+            .unwrap_or(d.broker_prefix),
         namespaces: file.namespaces.clone(),
     };
     Ok((cfg, m.provenance))

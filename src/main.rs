@@ -71,14 +71,20 @@ fn listening_line(cfg: &config::Config, server: &Server) -> String {
             "shards": cfg.shards.max(1),
             "io": server.backend.name(),
             "admin": server.admin.map(|a| a.to_string()),
+            "node": server.shared.link.as_ref().map(|l| l.node.to_string()),
+            "broker": cfg.broker.as_ref().map(ToString::to_string),
         })
         .to_string(),
         LogFormat::Text => {
             let admin = server
                 .admin
                 .map_or_else(String::new, |a| format!(", admin on {a}"));
+            let node = match (&server.shared.link, &cfg.broker) {
+                (Some(l), Some(b)) => format!(", node {} via {b}", l.node),
+                _ => String::new(),
+            };
             format!(
-                "ringcast listening on {} (shards: {}, io: {}{admin})",
+                "ringcast listening on {} (shards: {}, io: {}{admin}{node})",
                 addrs.join(", "),
                 cfg.shards.max(1),
                 server.backend.name()

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod access;
+pub mod cluster;
 pub mod histogram;
 pub mod history;
 pub mod process;

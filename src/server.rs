@@ -53,6 +53,9 @@ pub enum StartError {
     /// The access-control setup failed: a key file that cannot be read or parsed, a bad
     /// namespace (the message names the file or key, never a secret).
     Access(String),
+    /// The broker (`--broker`) could not be used: unreachable without `--broker-optional`,
+    /// a node id collision, a password file that cannot be read.
+    Broker(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -67,6 +70,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Shard(i, e) => write!(f, "shard {i} failed to start: {e}"),
             StartError::Access(why) => write!(f, "access control: {why}"),
+            StartError::Broker(why) => write!(f, "broker: {why}"),
         }
     }
 }
@@ -250,7 +254,10 @@ impl Server {
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
         let gauges: Vec<_> = metrics.iter().map(|m| Arc::clone(&m.inbox)).collect();
+        let cluster =
+            crate::cluster::config::Setup::from_config(cfg).map_err(StartError::Broker)?;
         let shared = Arc::new(Shared {
+            link: cluster.as_ref().map(|c| Arc::clone(&c.link)),
             bus: Bus::with_limit(shards, cfg.max_inbox_bytes, &gauges),
             metrics,
             connections: AtomicUsize::new(0),
@@ -349,6 +356,24 @@ impl Server {
                         0,
                         std::io::Error::other("shard thread exited"),
                     ));
+                }
+            }
+        }
+        if let Some(c) = cluster {
+            let node = Arc::clone(&c.link.node);
+            match c.start(Arc::clone(&shared.bus)) {
+                Ok(()) => {}
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    for i in 0..shards {
+                        if let Some(t) = shared.bus.target(i) {
+                            t.wake_from_any_thread();
+                        }
+                    }
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(StartError::Broker(format!("node {node}: {e}")));
                 }
             }
         }

@@ -55,8 +55,14 @@ impl Inbound {
         if crate::pubsub::validate_topic(topic).is_err() {
             return self.bad(link, topic, Bad::Malformed);
         }
-        if env.seq.is_none() && env.node == self.node.as_bytes() {
+        let own = env.node == self.node.as_bytes();
+        if own && env.seq.is_none() {
             return;
+        }
+        if let Some(seq) = env.seq
+            && crate::pubsub::history::Epoch::parse(seq.epoch).is_none()
+        {
+            return self.bad(link, topic, Bad::Malformed);
         }
         let count = env.messages.len() as u32;
         let size: usize = env
@@ -80,7 +86,7 @@ impl Inbound {
             ends.push(self.frames.len() as u32);
         }
         let mut batch = Batch::new(
-            Origin::Broker,
+            if own { Origin::Echo } else { Origin::Broker },
             self.frames.split().freeze(),
             ends.into_boxed_slice(),
         );

@@ -12,6 +12,7 @@
 //! The shard side lives in [`crate::pubsub`] (the home shard of a topic is the one that
 //! talks to the broker: `pubsub::cluster`).
 
+pub mod config;
 pub mod envelope;
 pub mod link;
 pub mod url;
@@ -74,14 +75,4 @@ pub fn start(
             "no answer from the broker within --broker-timeout".to_owned()
         )),
     }
-}
-
-/// Without the `cluster` feature: a clear refusal.
-#[cfg(not(feature = "cluster"))]
-pub fn start(
-    _o: (),
-    _link: Arc<Link>,
-    _bus: Arc<crate::bus::Bus>,
-) -> Result<Result<(), String>, String> {
-    Err("this build has no broker support (built without the `cluster` feature)".to_owned())
 }

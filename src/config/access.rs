@@ -123,6 +123,7 @@ impl Config {
                 ns.history_ttl.unwrap_or(self.history_ttl),
             )?;
         }
+        self.check_broker(invalid, conflict)?;
         let mem = self.history_memory_limit as u64;
         if !(MIB..=1024 * GIB).contains(&mem) {
             return Err(invalid(

@@ -54,6 +54,8 @@ fn is_set(cfg: &Config, key: &str) -> bool {
     match key {
         "jwt_hmac_secret" => cfg.jwt_hmac_secret.is_some(),
         "api_key" => !cfg.api_key.is_empty(),
+        // Shown without its password (BrokerUrl's Display).
+        "broker" => false,
         _ => false,
     }
 }
@@ -144,6 +146,16 @@ fn value_of(c: &Config, key: &str) -> Option<String> {
         "history_ttl" => dur(c.history_ttl),
         "history_memory_limit" => size(c.history_memory_limit),
         "max_recovery_publications" => c.max_recovery_publications.to_string(),
+        "broker" => return opt(&c.broker),
+        "broker_password_file" => {
+            return opt(&c.broker_password_file.as_ref().map(|p| p.display()));
+        }
+        "node_id" => return opt(&c.node_id),
+        "broker_required" => c.broker_required.to_string(),
+        "broker_optional" => c.broker_optional.to_string(),
+        "broker_timeout" => dur(c.broker_timeout),
+        "broker_max_pending" => size(c.broker_max_pending),
+        "broker_prefix" => q(&c.broker_prefix),
         _ => return Some(NO_PRINTER.to_owned()),
     };
     Some(set)

@@ -14,7 +14,8 @@
 //! | `POST /publish/{topic}` | HTTP publish (body = payload) |
 //! | `POST /publish` | batch publish (body = JSON array or NDJSON of items, see [`batch`]) |
 //! | `GET /health`, `HEAD /health` | liveness: 200 while the process serves, draining included |
-//! | `GET /ready`, `HEAD /ready` | readiness: 200, or 503 while draining |
+//! | `GET /health/broker` | the broker's state: 200 up (or no broker), 503 lost |
+//! | `GET /ready`, `HEAD /ready` | readiness: 200, or 503 while draining (and, with `--broker-required`, while the broker is lost) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /` | the demo page |
 
@@ -75,6 +76,8 @@ pub enum Routed {
     },
     /// `/health`: liveness, 200 while the process serves (also while draining).
     Health,
+    /// `/health/broker`: whether the broker is connected (several nodes).
+    BrokerHealth,
     /// `/ready`: readiness, 200 while serving, 503 while draining.
     Ready,
     /// `/metrics`: Prometheus text format.
@@ -132,6 +135,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
     let is_get = method == "GET";
     match path {
         "/health" if is_get || method == "HEAD" => Routed::Health,
+        "/health/broker" if is_get || method == "HEAD" => Routed::BrokerHealth,
         "/ready" if is_get || method == "HEAD" => Routed::Ready,
         "/metrics" if is_get => Routed::Metrics,
         "/echo" if is_get => Routed::Upgrade(Endpoint::Echo),
@@ -168,7 +172,7 @@ pub fn route(method: &str, path: &str, query: Option<&str>, max_topics: usize) -
         "/api/disconnect" => Routed::NotAllowed { allow: "POST" },
         #[cfg(test)]
         "/__test/deferred" => Routed::TestDeferred,
-        "/health" | "/ready" => Routed::NotAllowed { allow: "GET, HEAD" },
+        "/health" | "/health/broker" | "/ready" => Routed::NotAllowed { allow: "GET, HEAD" },
         "/echo" | "/metrics" | "/" | "/index.html" | "/ws" | "/favicon.ico" | "/ringcast.js" => {
             Routed::NotAllowed { allow: "GET" }
         }

@@ -50,6 +50,16 @@ pub enum Origin {
     External,
     /// By another node, through the broker (never sent back to it).
     Broker,
+    /// By this node, back from the broker numbered (Redis, topic with history): the home
+    /// delivers it then, in the broker's order.
+    Echo,
+}
+
+impl Origin {
+    /// Whether the batch came from the broker (and must not go back to it).
+    pub fn is_broker(self) -> bool {
+        matches!(self, Origin::Broker | Origin::Echo)
+    }
 }
 
 /// The messages one topic got in one turn of one shard: framed once, shared by every
@@ -112,6 +122,41 @@ impl Batch {
         encode_frame(&mut buf, true, opcode, None, payload);
         let len = buf.len() as u32;
         Batch::new(origin, buf.freeze(), Box::new([len]))
+    }
+
+    /// The same batch without its first `n` messages (a head over the same frames).
+    pub fn without_first(&self, n: u32) -> Batch {
+        let n = n.min(self.count());
+        let base = msg_start(&self.ends, n);
+        let ends: Box<[u32]> = self
+            .ends
+            .get(n as usize..)
+            .unwrap_or_default()
+            .iter()
+            .map(|&e| e - base as u32)
+            .collect();
+        let mut b = Batch::new(self.origin, self.frames.slice(base..), ends);
+        b.own = self
+            .own
+            .iter()
+            .filter(|o| o.msgs.end > n)
+            .map(|o| Own {
+                shard: o.shard,
+                slot: o.slot,
+                msgs: o.msgs.start.saturating_sub(n)..o.msgs.end - n,
+            })
+            .collect();
+        b.json = self
+            .json
+            .iter()
+            .filter(|&&i| i >= n)
+            .map(|&i| i - n)
+            .collect();
+        if self.offset != 0 {
+            b.offset = self.offset + u64::from(n);
+        }
+        b.epoch = self.epoch;
+        b
     }
 
     /// How many messages it holds.
@@ -357,7 +402,7 @@ fn seal(origin: Origin, p: &mut Pending, topic: TopicId) -> Ready {
     p.ends.clear();
     let shard = match origin {
         Origin::Shard(s) => s,
-        Origin::External | Origin::Broker => u16::MAX,
+        Origin::External | Origin::Broker | Origin::Echo => u16::MAX,
     };
     let own: Box<[Own]> = p
         .own
@@ -444,7 +489,7 @@ mod tests {
         let mut x = Exclusions::default();
         let shard = match r.batch.origin {
             Origin::Shard(s) => s,
-            Origin::External => u16::MAX,
+            Origin::External | Origin::Broker | Origin::Echo => u16::MAX,
         };
         x.build(&r.batch, shard, []);
         x

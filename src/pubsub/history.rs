@@ -120,6 +120,17 @@ impl Epoch {
         Epoch(e)
     }
 
+    /// An epoch written by another node (through the broker): 8 base62 characters, or
+    /// `None`.
+    pub fn parse(b: [u8; EPOCH_LEN]) -> Option<Self> {
+        b.iter().all(u8::is_ascii_alphanumeric).then_some(Epoch(b))
+    }
+
+    /// The epoch's bytes.
+    pub fn bytes(&self) -> [u8; EPOCH_LEN] {
+        self.0
+    }
+
     /// The epoch as the client sees it.
     pub fn as_str(&self) -> &str {
         // Always ASCII (drawn from BASE62).
@@ -444,6 +455,37 @@ impl<K: Copy + Eq + Hash, R: FnMut() -> u64> Histories<K, R> {
         self.account(slot, before, after, dropped, added);
         self.enforce_budget();
         Appended { offset, epoch }
+    }
+
+    /// Makes `offset` in `epoch` the next offset of `key`'s topic (the broker numbered
+    /// the publication that follows: Redis, several nodes). A state in another epoch, or
+    /// one that lacks the offsets before `offset` (this node did not receive them), starts
+    /// over there, keeping nothing older: the ring stays contiguous. Returns how many
+    /// offsets from `offset` on were appended already (a replay overlapping the live
+    /// stream): the caller skips that many.
+    pub fn align(
+        &mut self,
+        key: K,
+        opts: HistoryOptions,
+        epoch: Epoch,
+        offset: u64,
+        now: Instant,
+    ) -> u64 {
+        let slot = self.touch(key, opts, now);
+        let Some(h) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return 0;
+        };
+        if h.epoch == epoch && offset <= h.next {
+            return h.next - offset;
+        }
+        h.epoch = epoch;
+        h.next = offset.max(1);
+        let dropped = h.ring.len();
+        h.ring.clear();
+        let before = std::mem::take(&mut h.bytes);
+        self.stats.evicted_by_size += dropped as u64;
+        self.account(slot, before, 0, dropped, 0);
+        0
     }
 
     /// Where `key`'s topic stands, creating its state (a new epoch, top 0) when it has

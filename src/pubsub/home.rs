@@ -34,9 +34,10 @@ impl PubSub {
             self.publish_home(r.topic, r.batch, subs, wake);
             return;
         }
-        if t.local() == 0 && t.remote.is_empty() && !t.options.has_history() {
+        if t.local() == 0 && t.remote.is_empty() && !t.options.has_history() && self.link.is_none()
+        {
             // Nobody subscribes anywhere (this shard knows every announcement made before
-            // the publish was read) and nothing is kept.
+            // the publish was read), nothing is kept, and there is no other node.
             self.metrics.unrouted.add(u64::from(r.batch.count()));
             return;
         }
@@ -70,6 +71,11 @@ impl PubSub {
                 Ok(opts) if opts.has_history() => self.intern_shared(name, opts),
                 // Unknown here: no shard announced a subscriber before it was published.
                 _ => {
+                    if !batch.origin.is_broker()
+                        && let Some(link) = &self.link
+                    {
+                        link.publish(name, Arc::clone(&batch), None);
+                    }
                     self.metrics.unrouted.add(u64::from(batch.count()));
                     return;
                 }
@@ -84,7 +90,7 @@ impl PubSub {
     pub(super) fn publish_home<S: Subscribers>(
         &mut self,
         id: TopicId,
-        batch: Arc<Batch>,
+        mut batch: Arc<Batch>,
         subs: &mut S,
         wake: &mut [bool],
     ) {
@@ -93,12 +99,24 @@ impl PubSub {
             return;
         };
         let history = t.options.has_history();
+        if self.link.is_some() {
+            let Some(b) = self.to_broker(id, batch) else {
+                return;
+            };
+            batch = b;
+        }
+        let Some(t) = self.topics.get(id) else {
+            return;
+        };
         if !history && t.local() == 0 && t.remote.is_empty() {
             self.metrics.unrouted.add(u64::from(batch.count()));
             return;
         }
         let batch = if history {
-            self.number(id, batch)
+            match self.number(id, batch) {
+                Some(b) => b,
+                None => return,
+            }
         } else {
             batch
         };
@@ -130,9 +148,13 @@ impl PubSub {
     /// topic's 60-byte publication keeping a 128 KiB buffer alive). With the copy, what a
     /// history holds is what it counts, within one partly evicted batch per topic. Never a
     /// copy per subscriber: subscribers get the batch itself.
-    fn number(&mut self, id: TopicId, mut batch: Arc<Batch>) -> Arc<Batch> {
+    ///
+    /// A batch the broker numbered (Redis, several nodes: [`Batch::epoch`]) keeps its
+    /// offsets: the history adopts its epoch and offset, and what it holds already (a
+    /// replay that overlapped the live stream) is skipped; `None` when all of it was.
+    fn number(&mut self, id: TopicId, mut batch: Arc<Batch>) -> Option<Arc<Batch>> {
         let Some(t) = self.topics.get_mut(id) else {
-            return batch;
+            return Some(batch);
         };
         t.history = true;
         let opts = history_options(&t.options);
@@ -140,6 +162,20 @@ impl PubSub {
         let now = Instant::now();
         if subscribed {
             self.histories.keep_if_expired(id, now);
+        }
+        if let Some(e) = batch.epoch.and_then(super::history::Epoch::parse) {
+            let skip = self.histories.align(id, opts, e, batch.offset, now);
+            self.broker_numbered.insert(id);
+            if skip >= u64::from(batch.count()) {
+                return None;
+            }
+            if skip > 0 {
+                batch = Arc::new(batch.without_first(skip as u32));
+            }
+        } else if self.broker_numbered.remove(&id) {
+            // Numbered here again (the broker is down): a new epoch, so that these
+            // offsets never meet the broker's.
+            self.histories.remove(id);
         }
         let count = batch.count();
         let keep = count.min(u32::try_from(opts.size).unwrap_or(u32::MAX));
@@ -180,7 +216,7 @@ impl PubSub {
                 batch = Arc::new(b);
             }
         }
-        batch
+        Some(batch)
     }
 
     /// Pushes a batch message to shard `to`, counting it as dropped when its inbox is full.

@@ -165,6 +165,11 @@ pub struct PubSub {
     pub pages: Vec<(u64, join::JoinReply)>,
     /// The broker bridge, when this node is one of several (`--broker`).
     link: Option<Arc<crate::cluster::Link>>,
+    /// This node's publications on their way through the broker, per topic (Redis,
+    /// history: delivered when they come back numbered).
+    awaiting: HashMap<TopicId, std::collections::VecDeque<Arc<Batch>>>,
+    /// Topics whose history follows the broker's offsets.
+    broker_numbered: std::collections::HashSet<TopicId>,
 }
 
 impl PubSub {
@@ -183,6 +188,8 @@ impl PubSub {
             joins: join::Joins::default(),
             pages: Vec::new(),
             link: None,
+            awaiting: HashMap::new(),
+            broker_numbered: std::collections::HashSet::new(),
             shard,
             bus,
             topics: Topics::default(),
@@ -233,7 +240,8 @@ impl PubSub {
             return Err(Error::TooManyTopics { max });
         }
         let id = self.intern(name, opts);
-        if self.topics.join(id, slot, format) == InterestChange::Gained {
+        let change = self.tracking_interest(id, |me| me.topics.join(id, slot, format));
+        if change == InterestChange::Gained {
             self.announce(id, true);
         }
         self.gauge();
@@ -511,7 +519,7 @@ impl PubSub {
             None => self.topics.lookup(&topic),
         };
         if let Some(id) = id {
-            self.topics.set_remote(id, from, theirs);
+            self.tracking_interest(id, |me| me.topics.set_remote(id, from, theirs));
         }
     }
 
@@ -541,7 +549,7 @@ impl PubSub {
             return;
         }
         let name = Arc::clone(&t.name);
-        if self.topics.compact(id) == InterestChange::Lost {
+        if self.tracking_interest(id, |me| me.topics.compact(id)) == InterestChange::Lost {
             self.announce_name(name, None);
         }
     }

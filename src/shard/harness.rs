@@ -224,6 +224,7 @@ impl Harness {
             drain: super::DrainShared::default(),
             peers: std::sync::Mutex::default(),
             reload: super::reload::ReloadShared::default(),
+            link: None,
         });
         let shards = (0..shards)
             .map(|i| Shard::new(i, FakeDriver::new(), settings.clone(), Arc::clone(&shared)))

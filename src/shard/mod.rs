@@ -155,6 +155,8 @@ pub struct Shared {
     pub peers: Mutex<admission::PeerTable>,
     /// Settings a reload (SIGHUP) changed, taken by each shard once per tick.
     pub reload: reload::ReloadShared,
+    /// The broker bridge, when this node is one of several (`--broker`).
+    pub link: Option<Arc<crate::cluster::Link>>,
 }
 
 /// Ticks since the shard started, from a clock read once per loop turn.
@@ -303,6 +305,10 @@ impl<D: Driver> Shard<D> {
             },
             Arc::clone(&metrics),
         );
+        let mut pubsub = pubsub;
+        if let Some(link) = &shared.link {
+            pubsub.set_link(Arc::clone(link));
+        }
         Shard {
             driver,
             started: Instant::now(),
@@ -521,6 +527,7 @@ impl ShardState {
         }
         match routed {
             Routed::Health => self.health(token),
+            Routed::BrokerHealth => self.broker_health(token),
             Routed::Ready => self.ready(token),
             Routed::Demo => self.demo(token),
             Routed::Favicon => {

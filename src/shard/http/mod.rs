@@ -132,6 +132,7 @@ pub(in crate::shard) fn split_admin(routed: Routed, admin: bool, configured: boo
     let admin_route = matches!(
         routed,
         Routed::Health
+            | Routed::BrokerHealth
             | Routed::Ready
             | Routed::Metrics
             | Routed::Api(_)
@@ -661,17 +662,46 @@ impl ShardState {
 
     /// `/ready`: readiness. 200 while serving; 503 while draining, so that a load balancer
     /// stops sending new clients (during `--drain-grace` the connected ones are still served).
+    /// With `--broker-required`, also 503 while the broker is lost.
     pub(super) fn ready(&mut self, token: Token) {
         if self.shared.drain.is_draining() {
             self.respond_with(token, 503, "text/plain; charset=utf-8", b"draining\n");
+        } else if self
+            .shared
+            .link
+            .as_ref()
+            .is_some_and(|l| l.required && !l.is_up())
+        {
+            self.respond_with(token, 503, "text/plain; charset=utf-8", b"broker down\n");
         } else {
             self.respond_with(token, 200, "text/plain; charset=utf-8", b"ready\n");
         }
     }
 
+    /// `/health/broker`: the broker's state (several nodes). 200 with `"broker":"up"`,
+    /// 503 with `"broker":"down"` while it is lost, 200 with `"broker":"none"` on a single
+    /// node. The node itself stays live (`/health` 200) whatever the broker does.
+    pub(super) fn broker_health(&mut self, token: Token) {
+        let ct = "application/json";
+        match self.shared.link.as_deref() {
+            None => self.respond_with(token, 200, ct, b"{\"broker\":\"none\"}\n"),
+            Some(l) => {
+                let up = l.is_up();
+                let body = format!(
+                    "{{\"broker\":\"{}\",\"kind\":\"{}\",\"node\":\"{}\"}}\n",
+                    if up { "up" } else { "down" },
+                    l.kind.as_str(),
+                    l.node
+                );
+                self.respond_with(token, if up { 200 } else { 503 }, ct, body.as_bytes());
+            }
+        }
+    }
+
     /// `/metrics`: every shard's counters, summed, in the Prometheus text format.
     pub(super) fn metrics_page(&mut self, token: Token) {
-        let body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
+        let mut body = crate::metrics::render(&self.shared.metrics, self.shared.backend);
+        crate::metrics::cluster::render(&mut body, self.shared.link.as_deref());
         self.respond_with(
             token,
             200,

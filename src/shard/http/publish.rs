@@ -274,6 +274,9 @@ impl ShardState {
             );
             return;
         }
+        if self.refuse_without_broker(token) {
+            return;
+        }
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.add(len as u64);
@@ -300,6 +303,7 @@ impl ShardState {
         let mut reply = Vec::with_capacity(24);
         reply.extend_from_slice(b"{\"queued\":");
         crate::pubsub::mux::push_decimal(&mut reply, queued as u64);
+        reply.extend_from_slice(self.broker_field());
         reply.extend_from_slice(b"}\n");
         self.respond_with(token, 202, "application/json", &reply);
     }
@@ -312,6 +316,9 @@ impl ShardState {
         grant: &BackendGrant,
         body: &[u8],
     ) {
+        if self.refuse_without_broker(token) {
+            return;
+        }
         let limits = batch::Limits {
             max_items: self.settings.max_publish_batch_items,
             max_message_size: self.settings.max_message_size,
@@ -386,7 +393,36 @@ impl ShardState {
         self.metrics.bytes_in.add(bytes);
         self.metrics.http_batch_items.add(published);
         tracing::debug!(shard = self.id, published, refused, "http batch publish");
-        results.extend_from_slice(b"]}\n");
+        results.push(b']');
+        results.extend_from_slice(self.broker_field());
+        results.extend_from_slice(b"}\n");
         self.respond_with(token, 200, "application/json", &results);
+    }
+
+    /// With `--broker-required`, a publish while the broker is lost is refused (503):
+    /// other nodes would not get it. Returns whether it answered.
+    fn refuse_without_broker(&mut self, token: Token) -> bool {
+        let refuse = self
+            .shared
+            .link
+            .as_ref()
+            .is_some_and(|l| l.required && !l.is_up());
+        if refuse {
+            self.respond(
+                token,
+                503,
+                "the broker is down (--broker-required): not published; retry later\n",
+            );
+        }
+        refuse
+    }
+
+    /// The reply's broker field: `,"broker":"down"` while the broker is lost (the
+    /// publication reached this node's subscribers only), nothing otherwise.
+    fn broker_field(&self) -> &'static [u8] {
+        match &self.shared.link {
+            Some(l) if !l.is_up() => b",\"broker\":\"down\"",
+            _ => b"",
+        }
     }
 }
