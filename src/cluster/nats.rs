@@ -140,7 +140,12 @@ async fn holder(
 
 impl Nats {
     fn check(&self) -> Result<(), BrokerError> {
-        if self.lost.load(Ordering::Acquire) {
+        // The library sends its events with `try_send` into a 128-slot channel shared
+        // with slow-consumer events, so a `Disconnected` can be lost in a storm; a second
+        // connect in its statistics is the same loss, seen after the fact.
+        if self.lost.load(Ordering::Acquire)
+            || self.client.statistics().connects.load(Ordering::Relaxed) > 1
+        {
             Err(BrokerError::Io("connection to NATS lost".into()))
         } else {
             Ok(())
