@@ -122,6 +122,7 @@ pub trait Broker: Sized {
         &mut self,
         _topic: &str,
         _span: Span,
+        _keep: Keep,
     ) -> Result<Option<HistoryRead>, BrokerError> {
         Ok(None)
     }
@@ -133,7 +134,7 @@ pub trait Broker: Sized {
 }
 
 /// What [`Broker::history`] read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryRead {
     /// The topic's epoch.
     pub epoch: Option<[u8; 8]>,
@@ -167,7 +168,7 @@ struct State<'a> {
     leaving: Vec<Arc<str>>,
     pubs: Vec<Publication>,
     /// History questions of home shards: (home, cookie, topic, span).
-    fetches: Vec<(u16, u64, Arc<str>, Span)>,
+    fetches: Vec<(u16, u64, Arc<str>, Span, Keep)>,
     scratch: BytesMut,
     inbound: super::inbound::Inbound,
 }
@@ -342,7 +343,8 @@ impl State<'_> {
                 cookie,
                 topic,
                 span,
-            } => fetches.push((home, cookie, topic, span)),
+                keep,
+            } => fetches.push((home, cookie, topic, span, keep)),
             Outbound::Publish {
                 topic,
                 batch,
@@ -378,7 +380,7 @@ impl State<'_> {
         if !up {
             // Not connected: every question is answered at once (the home answers from
             // its own history).
-            for (home, cookie, _, _) in self.fetches.drain(..) {
+            for (home, cookie, ..) in self.fetches.drain(..) {
                 answer(self.bus, home, cookie, None);
             }
         }
@@ -387,22 +389,23 @@ impl State<'_> {
     /// Reads the histories the home shards asked for (after the subscribes they follow).
     async fn read_histories<B: Broker>(&mut self, b: &mut B) -> Result<(), BrokerError> {
         let mut err = None;
-        for (home, cookie, topic, span) in std::mem::take(&mut self.fetches) {
+        for (home, cookie, topic, span, keep) in std::mem::take(&mut self.fetches) {
             if err.is_some() {
                 answer(self.bus, home, cookie, None);
                 continue;
             }
-            let read = match tokio::time::timeout(self.o.timeout, b.history(&topic, span)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    err = Some(e);
-                    None
-                }
-                Err(_) => {
-                    err = Some(BrokerError::Timeout);
-                    None
-                }
-            };
+            let read =
+                match tokio::time::timeout(self.o.timeout, b.history(&topic, span, keep)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        err = Some(e);
+                        None
+                    }
+                    Err(_) => {
+                        err = Some(BrokerError::Timeout);
+                        None
+                    }
+                };
             let fetched = read.and_then(|r| self.inbound.history(&topic, r, span));
             answer(self.bus, home, cookie, fetched);
         }

@@ -55,6 +55,9 @@ pub enum Outbound {
         topic: Arc<str>,
         /// What to read.
         span: Span,
+        /// The topic's history options (a read that starts the topic's epoch gives it
+        /// the history's TTL).
+        keep: Keep,
     },
     /// The node gained (`true`) or lost its first/last subscriber of `topic`.
     Interest {
@@ -212,7 +215,7 @@ impl Link {
 
     /// Asks the bridge for a topic's history (see [`Outbound::Fetch`]); `false` when the
     /// broker is down (the home answers from what it has).
-    pub fn fetch(&self, home: u16, cookie: u64, topic: Arc<str>, span: Span) -> bool {
+    pub fn fetch(&self, home: u16, cookie: u64, topic: Arc<str>, span: Span, keep: Keep) -> bool {
         if !self.is_up() {
             return false;
         }
@@ -223,6 +226,7 @@ impl Link {
             cookie,
             topic,
             span,
+            keep,
         });
         self.wake();
         true

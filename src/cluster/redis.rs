@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use super::bridge::{Broker, BrokerError, Options, Publication};
+use super::bridge::{Broker, BrokerError, HistoryRead, Keep, Options, Publication};
 use super::envelope;
+use super::link::Span;
 
 /// Claims (or renews) the node id: KEYS[1] claim key; ARGV[1] instance, ARGV[2] PX ms.
 /// Returns 1, or the instance holding the claim.
@@ -55,18 +56,6 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 redis.call('PUBLISH', ARGV[5], env)
 return first
 ";
-
-/// What [`Redis::history`] read of a topic.
-#[cfg_attr(not(test), allow(dead_code))] // Recovery wires it (not yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRead {
-    /// The topic's epoch; `None` when Redis has no state for it.
-    pub epoch: Option<[u8; 8]>,
-    /// The offset of the topic's last message (0: none yet).
-    pub top: u64,
-    /// The kept envelopes (sequenced) holding offsets after `since`, oldest first.
-    pub envelopes: Vec<Bytes>,
-}
 
 /// A connection to Redis.
 pub struct Redis {
@@ -106,7 +95,6 @@ fn fresh_epoch() -> String {
 }
 
 /// The number of messages in a sequenced envelope (None: not one).
-#[cfg_attr(not(test), allow(dead_code))]
 fn sequenced_count(env: &[u8]) -> Option<u64> {
     let node_len = usize::from(*env.get(4)?);
     let at = envelope::sequence_at(node_len) + 16;
@@ -115,7 +103,6 @@ fn sequenced_count(env: &[u8]) -> Option<u64> {
 }
 
 /// The first offset of a stream entry id `{first}-1`.
-#[cfg_attr(not(test), allow(dead_code))]
 fn entry_first(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
 }
@@ -149,8 +136,7 @@ impl Redis {
 
     /// The topic's kept publications after offset `since`, enough to cover `limit`
     /// messages (one round trip).
-    #[cfg_attr(not(test), allow(dead_code))] // Recovery wires it (not yet).
-    pub async fn history(
+    pub async fn read_history(
         &mut self,
         topic: &str,
         since: u64,
@@ -346,6 +332,46 @@ impl Broker for Redis {
         self.renew_claim().await?;
         let _: redis::Value = self.sink.ping().await.map_err(io)?;
         Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        topic: &str,
+        span: Span,
+        keep: Keep,
+    ) -> Result<Option<HistoryRead>, BrokerError> {
+        let mut read = match span {
+            Span::Top => self.read_history(topic, u64::MAX - 1, 1).await?,
+            Span::After { since, limit } => self.read_history(topic, since, limit).await?,
+            Span::Last(n) => {
+                let top = self.read_history(topic, u64::MAX - 1, 1).await?.top;
+                self.read_history(topic, top.saturating_sub(n as u64), n.max(1))
+                    .await?
+            }
+        };
+        if matches!(span, Span::Top) {
+            read.envelopes.clear();
+        }
+        if read.epoch.is_none() {
+            // A topic Redis has no state for: its epoch starts now, so that a subscriber
+            // has one to track (NX: a publication racing this read keeps its own; the
+            // key expires with the topic's history like the script's keys).
+            let key = self.key("e", topic);
+            let (_, epoch): ((), Option<Vec<u8>>) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(fresh_epoch())
+                .arg("NX")
+                .arg("PX")
+                .arg((keep.ttl.as_millis() as u64).max(1))
+                .ignore()
+                .get(&key)
+                .query_async(&mut self.cmd)
+                .await
+                .map_err(io)?;
+            read.epoch = epoch.and_then(|e| <[u8; 8]>::try_from(e.as_slice()).ok());
+        }
+        Ok(Some(read))
     }
 
     async fn new_epochs(&mut self, topics: &[Arc<str>]) -> Result<(), BrokerError> {

@@ -92,8 +92,15 @@ impl PubSub {
                 limit: *limit as usize,
             },
         };
+        let Ok(opts) = self.options_of(&topic) else {
+            return false;
+        };
+        let keep = crate::cluster::link::Keep {
+            size: opts.ns.history_size,
+            ttl: opts.ns.history_ttl,
+        };
         let cookie = self.fetches.next;
-        if !link.fetch(self.shard, cookie, Arc::clone(&topic), span) {
+        if !link.fetch(self.shard, cookie, Arc::clone(&topic), span, keep) {
             return false;
         }
         self.fetches.next += 1;

@@ -232,17 +232,17 @@ fn redis_sequences_and_keeps_history() {
         assert_eq!(d2.messages[1].1.as_ref(), b"5");
         assert_eq!(&*d1.node, b"node-a");
 
-        let h = a.history("h", 2, 100).await.expect("history");
+        let h = a.read_history("h", 2, 100).await.expect("history");
         assert_eq!(h.epoch, Some(s1.epoch));
         assert_eq!(h.top, 5);
         assert_eq!(h.envelopes, vec![e1.clone(), e2.clone()]);
-        let h = a.history("h", 3, 100).await.expect("history");
+        let h = a.read_history("h", 3, 100).await.expect("history");
         assert_eq!(h.envelopes, vec![e2.clone()]);
-        let h = a.history("h", 0, 1).await.expect("history");
+        let h = a.read_history("h", 0, 1).await.expect("history");
         assert_eq!(h.envelopes, vec![e1.clone()]);
-        let h = a.history("h", 5, 100).await.expect("history");
+        let h = a.read_history("h", 5, 100).await.expect("history");
         assert!(h.envelopes.is_empty());
-        let h = a.history("none", 0, 100).await.expect("history");
+        let h = a.read_history("none", 0, 100).await.expect("history");
         assert_eq!(
             h,
             HistoryRead {
@@ -260,7 +260,7 @@ fn redis_sequences_and_keeps_history() {
         let s3 = d(&e3).seq.expect("seq");
         assert_eq!(s3.offset, 6);
         assert_ne!(s3.epoch, s1.epoch);
-        let h = a.history("h", 0, 100).await.expect("history");
+        let h = a.read_history("h", 0, 100).await.expect("history");
         assert_eq!((h.epoch, h.top, h.envelopes), (Some(s3.epoch), 6, vec![e3]));
         // No state created for a topic without history.
         assert_eq!(
