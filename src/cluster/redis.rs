@@ -357,7 +357,7 @@ impl Broker for Redis {
             // has one to track (NX: a publication racing this read keeps its own; the
             // key expires with the topic's history like the script's keys).
             let key = self.key("e", topic);
-            let (_, epoch): ((), Option<Vec<u8>>) = redis::pipe()
+            let (epoch,): (Option<Vec<u8>>,) = redis::pipe()
                 .cmd("SET")
                 .arg(&key)
                 .arg(fresh_epoch())
