@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::cluster::envelope::{self, Kind};
 use crate::cluster::link::Keep;
+use crate::cluster::link::Span;
 use crate::cluster::{BrokerKind, BrokerUrl, Link};
 
 const T: Duration = Duration::from_secs(5);
@@ -267,6 +268,38 @@ fn redis_sequences_and_keeps_history() {
             s.command(&["EXISTS", "rc:e:no-history"]),
             redis::Value::Int(0)
         );
+
+        // Through the bridge's trait: spans, and a topic without state gets an epoch
+        // (with the history's TTL) that its first publication then keeps.
+        let keep = Keep {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        };
+        let h = Broker::history(&mut a, "h", Span::Top, keep)
+            .await
+            .expect("history")
+            .expect("a read");
+        assert_eq!((h.epoch, h.top, h.envelopes.len()), (Some(s3.epoch), 6, 0));
+        let h = Broker::history(&mut a, "fresh", Span::Top, keep)
+            .await
+            .expect("history")
+            .expect("a read");
+        let fresh = h.epoch.expect("an epoch is created");
+        assert_eq!(h.top, 0);
+        match s.command(&["PTTL", "rc:e:fresh"]) {
+            redis::Value::Int(ms) => assert!((1..=60_000).contains(&ms), "{ms}"),
+            v => panic!("PTTL: {v:?}"),
+        }
+        let again = Broker::history(&mut a, "fresh", Span::Last(3), keep)
+            .await
+            .expect("history")
+            .expect("a read");
+        assert_eq!(again.epoch, Some(fresh), "the epoch stays");
+        let h = Broker::history(&mut a, "h", Span::Last(1), keep)
+            .await
+            .expect("history")
+            .expect("a read");
+        assert_eq!(h.envelopes.len(), 1);
     });
 }
 
