@@ -19,6 +19,9 @@
 //! - [`auth`]: pure JWT and API-key verification into rights; key sets swapped in atomically.
 //! - [`bus`]: typed messages between shards (batches, interest, the backend API's queries),
 //!   bounded lock-free inboxes and their wake-ups, from any thread.
+//! - [`cluster`]: several nodes through Redis or NATS: the broker URL, the envelope one
+//!   node sends the others, the link the shards share with the bridge thread, and (feature
+//!   `cluster`) the bridge itself, a tokio runtime on its own thread, never on a shard.
 //! - [`http`]: what the plain HTTP requests on the WebSocket port get: routes, the batch
 //!   body parser, the presented credential, textual content types.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.

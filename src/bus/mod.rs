@@ -114,6 +114,14 @@ pub enum BusMsg {
         /// The topic.
         topic: Arc<str>,
     },
+    /// From the broker bridge: the answer to the home's history question `cookie`
+    /// (`None`: the broker could not answer).
+    Fetched {
+        /// The home's number for the question.
+        cookie: u64,
+        /// What the broker has.
+        read: Option<crate::cluster::link::Fetched>,
+    },
 }
 
 impl BusMsg {
@@ -129,6 +137,12 @@ impl BusMsg {
             BusMsg::Query { query, .. } => query.weight(),
             BusMsg::Answer { answer, .. } => answer.weight(),
             BusMsg::NewEpoch { topic } => ANNOUNCEMENT_WEIGHT + topic.len(),
+            BusMsg::Fetched { read, .. } => {
+                ANNOUNCEMENT_WEIGHT
+                    + read.as_ref().map_or(0, |r| {
+                        r.publications.iter().map(|p| p.frame.len() + 48).sum()
+                    })
+            }
         }
     }
 
@@ -141,7 +155,8 @@ impl BusMsg {
             | BusMsg::Joined { .. }
             | BusMsg::Query { .. }
             | BusMsg::Answer { .. }
-            | BusMsg::NewEpoch { .. } => 0,
+            | BusMsg::NewEpoch { .. }
+            | BusMsg::Fetched { .. } => 0,
         }
     }
 }
@@ -343,7 +358,8 @@ mod tests {
             | BusMsg::Joined { .. }
             | BusMsg::Query { .. }
             | BusMsg::Answer { .. }
-            | BusMsg::NewEpoch { .. } => 0,
+            | BusMsg::NewEpoch { .. }
+            | BusMsg::Fetched { .. } => 0,
         }
     }
 

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::envelope::{self, Kind};
 pub use super::link::Keep;
-use super::link::{Link, Outbound};
+use super::link::{Fetched, Link, Outbound, Span};
 use super::url::BrokerUrl;
 use crate::bus::Bus;
 
@@ -115,11 +115,33 @@ pub trait Broker: Sized {
     async fn recv(&mut self) -> Result<(Arc<str>, Bytes), BrokerError>;
     /// Proves the connection still answers (and renews the node id's claim).
     async fn ping(&mut self) -> Result<(), BrokerError>;
+    /// Reads a topic's history (Redis: the topics it numbers): the epoch (created when the
+    /// topic has none, so a subscriber always has one to track), the latest offset, and
+    /// the sequenced envelopes covering `span`, oldest first. Default: no history here.
+    async fn history(
+        &mut self,
+        _topic: &str,
+        _span: Span,
+    ) -> Result<Option<HistoryRead>, BrokerError> {
+        Ok(None)
+    }
     /// Gives the topics new epochs at the broker after an outage (Redis: the epoch of
     /// topics the broker numbers). Default: nothing to do.
     async fn new_epochs(&mut self, _topics: &[Arc<str>]) -> Result<(), BrokerError> {
         Ok(())
     }
+}
+
+/// What [`Broker::history`] read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryRead {
+    /// The topic's epoch.
+    pub epoch: Option<[u8; 8]>,
+    /// The latest offset.
+    pub top: u64,
+    /// Sequenced envelopes, oldest first (they may cover offsets outside the span: the
+    /// bridge keeps what the span asks for).
+    pub envelopes: Vec<Bytes>,
 }
 
 /// Interest of this node in one topic, as the bridge tracks it.
@@ -144,6 +166,8 @@ struct State<'a> {
     /// Topics the node lost interest in, unsubscribed when their delay is over.
     leaving: Vec<Arc<str>>,
     pubs: Vec<Publication>,
+    /// History questions of home shards: (home, cookie, topic, span).
+    fetches: Vec<(u16, u64, Arc<str>, Span)>,
     scratch: BytesMut,
     inbound: super::inbound::Inbound,
 }
@@ -165,6 +189,7 @@ pub async fn run<B: Broker>(
         changed: Vec::new(),
         leaving: Vec::new(),
         pubs: Vec::new(),
+        fetches: Vec::new(),
         scratch: BytesMut::new(),
         inbound: super::inbound::Inbound::new(&o),
     };
@@ -293,10 +318,11 @@ impl State<'_> {
     fn take_link(&mut self, up: bool) {
         let now = Instant::now();
         let link = self.link;
-        let (topics, changed, pubs, scratch) = (
+        let (topics, changed, pubs, fetches, scratch) = (
             &mut self.topics,
             &mut self.changed,
             &mut self.pubs,
+            &mut self.fetches,
             &mut self.scratch,
         );
         let mut dropped = 0u64;
@@ -311,6 +337,12 @@ impl State<'_> {
                 w.since = now;
                 changed.push(topic);
             }
+            Outbound::Fetch {
+                home,
+                cookie,
+                topic,
+                span,
+            } => fetches.push((home, cookie, topic, span)),
             Outbound::Publish {
                 topic,
                 batch,
@@ -343,12 +375,47 @@ impl State<'_> {
         if dropped > 0 {
             link.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        if !up {
+            // Not connected: every question is answered at once (the home answers from
+            // its own history).
+            for (home, cookie, _, _) in self.fetches.drain(..) {
+                answer(self.bus, home, cookie, None);
+            }
+        }
+    }
+
+    /// Reads the histories the home shards asked for (after the subscribes they follow).
+    async fn read_histories<B: Broker>(&mut self, b: &mut B) -> Result<(), BrokerError> {
+        let mut err = None;
+        for (home, cookie, topic, span) in std::mem::take(&mut self.fetches) {
+            if err.is_some() {
+                answer(self.bus, home, cookie, None);
+                continue;
+            }
+            let read = match tokio::time::timeout(self.o.timeout, b.history(&topic, span)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    err = Some(e);
+                    None
+                }
+                Err(_) => {
+                    err = Some(BrokerError::Timeout);
+                    None
+                }
+            };
+            let fetched = read.and_then(|r| self.inbound.history(&topic, r, span));
+            answer(self.bus, home, cookie, fetched);
+        }
+        err.map_or(Ok(()), Err)
     }
 
     /// Sends the publications taken so far, and applies interest gained (subscribes are
     /// not delayed: a subscriber waits for them).
     async fn flush<B: Broker>(&mut self, b: &mut B) -> Result<(), BrokerError> {
         self.sync_interest(b, false).await?;
+        if !self.fetches.is_empty() {
+            self.read_histories(b).await?;
+        }
         if self.pubs.is_empty() {
             return Ok(());
         }
@@ -447,6 +514,15 @@ impl State<'_> {
         }
         Ok(())
     }
+}
+
+/// Hands a history answer to the home shard that asked.
+fn answer(bus: &Bus, home: u16, cookie: u64, read: Option<Fetched>) {
+    // A full inbox: the home answers `unavailable` at its deadline.
+    let _ = bus.push_from_any_thread(
+        usize::from(home),
+        crate::bus::BusMsg::Fetched { cookie, read },
+    );
 }
 
 /// `d` ± 20 %, so that nodes that lost the broker together do not reconnect together.

@@ -46,7 +46,7 @@ impl Setup {
         );
         #[cfg(not(feature = "cluster"))]
         {
-            let _ = url;
+            let _ = (url, link);
             Err(
                 "broker: this build has no broker support (built without the `cluster` feature)"
                     .to_owned(),

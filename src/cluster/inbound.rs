@@ -144,6 +144,76 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// A history read, framed for the home shard: the publications the span asks for,
+    /// in offset order (an envelope that is not ours is counted and skipped).
+    pub fn history(
+        &mut self,
+        topic: &str,
+        r: super::bridge::HistoryRead,
+        span: super::link::Span,
+    ) -> Option<super::link::Fetched> {
+        use crate::pubsub::history::{Epoch, Stored};
+        let epoch = Epoch::parse(r.epoch?)?;
+        let mut publications: Vec<Stored> = Vec::new();
+        for env in &r.envelopes {
+            let e = match envelope::decode(env, self.max_message, self.max_envelope) {
+                Ok(e) => e,
+                Err(why) => {
+                    self.bad_log(topic, why);
+                    continue;
+                }
+            };
+            let Some(seq) = e.seq else { continue };
+            for (i, (kind, p)) in e.messages.iter().enumerate() {
+                let offset = seq.offset + i as u64;
+                if publications.last().is_some_and(|l| l.offset >= offset) || offset > r.top {
+                    continue;
+                }
+                let op = if *kind == Kind::Binary {
+                    OpCode::Binary
+                } else {
+                    OpCode::Text
+                };
+                let mut f = BytesMut::with_capacity(p.len() + MAX_HEADER_LEN);
+                encode_frame(&mut f, true, op, None, p);
+                publications.push(Stored {
+                    offset,
+                    frame: f.freeze(),
+                    json: *kind == Kind::Json,
+                });
+            }
+        }
+        match span {
+            super::link::Span::Top => publications.clear(),
+            super::link::Span::After { since, limit } => {
+                publications.retain(|p| p.offset > since);
+                publications.truncate(limit);
+            }
+            super::link::Span::Last(n) => {
+                let cut = publications.len().saturating_sub(n);
+                publications.drain(..cut);
+            }
+        }
+        Some(super::link::Fetched {
+            epoch: Some(epoch),
+            top: r.top,
+            publications,
+        })
+    }
+
+    fn bad_log(&mut self, topic: &str, why: Bad) {
+        let now = Instant::now();
+        if self
+            .last_bad_log
+            .is_none_or(|t| now.duration_since(t) >= BAD_LOG_INTERVAL)
+        {
+            self.last_bad_log = Some(now);
+            tracing::warn!(topic = %topic.escape_debug(), reason = why.as_str(), "a history entry at the broker was not written by this ringcast version: skipped");
+        }
+    }
+}
+
 /// Tells every topic's home that the topic starts a new epoch (after an outage).
 pub fn new_epochs(bus: &Bus, topics: &[Arc<str>]) {
     for t in topics {

@@ -44,6 +44,18 @@ pub enum Outbound {
         /// comes back with its offset and epoch and is delivered then.
         history: Option<Keep>,
     },
+    /// A home shard asks for a topic's history at the broker (Redis, a subscriber joins
+    /// a topic the broker numbers); answered with [`crate::bus::BusMsg::Fetched`].
+    Fetch {
+        /// The asking home shard.
+        home: u16,
+        /// Its number for the question.
+        cookie: u64,
+        /// The topic.
+        topic: Arc<str>,
+        /// What to read.
+        span: Span,
+    },
     /// The node gained (`true`) or lost its first/last subscriber of `topic`.
     Interest {
         /// The topic.
@@ -51,6 +63,34 @@ pub enum Outbound {
         /// Whether the node has subscribers now.
         on: bool,
     },
+}
+
+/// What a [`Outbound::Fetch`] reads of a topic's history at the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// Only the epoch and the latest offset.
+    Top,
+    /// The publications after `since`, at most `limit`, oldest first.
+    After {
+        /// Offsets above this one.
+        since: u64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// The last `n` publications.
+    Last(usize),
+}
+
+/// The broker's answer to a [`Outbound::Fetch`]: where the topic stands and the
+/// publications read, framed by the bridge (once, off the shards).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The topic's epoch at the broker (the read creates one when the topic has none).
+    pub epoch: Option<crate::pubsub::history::Epoch>,
+    /// The latest offset.
+    pub top: u64,
+    /// The publications read, in offset order, contiguous.
+    pub publications: Vec<crate::pubsub::history::Stored>,
 }
 
 /// Counters of the bridge and the link (multi-writer: bumped on drops and per broker
@@ -165,6 +205,24 @@ impl Link {
             topic,
             batch,
             history,
+        });
+        self.wake();
+        true
+    }
+
+    /// Asks the bridge for a topic's history (see [`Outbound::Fetch`]); `false` when the
+    /// broker is down (the home answers from what it has).
+    pub fn fetch(&self, home: u16, cookie: u64, topic: Arc<str>, span: Span) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        // In the ordered queue: after the interest change of the subscribe that asks, so
+        // the bridge subscribes before it reads (nothing published in between is missed).
+        self.interest.push(Outbound::Fetch {
+            home,
+            cookie,
+            topic,
+            span,
         });
         self.wake();
         true

@@ -29,6 +29,7 @@ mod redis;
 pub use link::{Link, Outbound};
 pub use url::{BrokerKind, BrokerUrl};
 
+#[cfg(feature = "cluster")]
 use std::sync::Arc;
 
 /// Starts the bridge thread for `o`, connected to the shards through `link` and `bus`.

@@ -238,6 +238,14 @@ fn every_key_from_env() {
         ("history_ttl", "10m"),
         ("history_memory_limit", "64MiB"),
         ("max_recovery_publications", "500"),
+        ("broker", "redis://:pw@127.0.0.1:6380/2"),
+        ("broker_password_file", "/run/secrets/broker"),
+        ("node_id", "edge-1"),
+        ("broker_required", "true"),
+        ("broker_optional", "yes"),
+        ("broker_timeout", "5s"),
+        ("broker_max_pending", "8MiB"),
+        ("broker_prefix", "rc-prod"),
     ]
     .iter()
     .map(|(k, v)| (env_name(k), (*v).to_owned()))
@@ -261,6 +269,18 @@ fn every_key_from_env() {
     assert_eq!(cfg.api_key.len(), 2);
     assert_eq!(cfg.anonymous, Some(crate::pubsub::Anonymous::Subscribe));
     assert!(!cfg.client_publish);
+    let b = cfg.broker.as_ref().unwrap();
+    assert_eq!((b.port, b.db, b.password.as_deref()), (6380, 2, Some("pw")));
+    assert_eq!(cfg.node_id.as_deref(), Some("edge-1"));
+    assert!(cfg.broker_required && cfg.broker_optional);
+    assert_eq!(
+        (
+            cfg.broker_timeout,
+            cfg.broker_max_pending,
+            cfg.broker_prefix.as_str()
+        ),
+        (Duration::from_secs(5), 8 << 20, "rc-prod")
+    );
     assert_eq!(
         (
             cfg.history_size,
@@ -559,7 +579,7 @@ fn the_error_message_from_the_brief() {
 #[test]
 fn parse_errors_name_key_and_source_in_every_layer() {
     // key, a malformed value
-    let cases: [(&str, &str); 53] = [
+    let cases: [(&str, &str); 61] = [
         ("listen", "localhost:8080"),
         ("shards", "many"),
         ("io", "kqueue"),
@@ -613,6 +633,14 @@ fn parse_errors_name_key_and_source_in_every_layer() {
         ("history_ttl", "forever"),
         ("history_memory_limit", "lots"),
         ("max_recovery_publications", "1e3"),
+        ("broker", "localhost:6379"),
+        ("broker_password_file", " "),
+        ("node_id", "a b"),
+        ("broker_required", "perhaps"),
+        ("broker_optional", "sometimes"),
+        ("broker_timeout", "soon"),
+        ("broker_max_pending", "lots"),
+        ("broker_prefix", "a.b"),
     ];
     assert_eq!(cases.len(), KEYS.len());
     for (key, bad) in cases {
@@ -909,6 +937,33 @@ fn configuration_doc_lists_every_knob() {
         assert!(row.contains(&format!("`{}", flag_name(key))), "{row}");
         assert!(row.contains(&format!("`{}`", env_name(key))), "{row}");
     }
+}
+
+#[test]
+fn broker_keys_are_checked() {
+    let e = load_from(args(&["--broker-required"]), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("broker"), "{e}");
+    let e = load_from(
+        args(&["--broker", "nats://h:1", "--broker-timeout", "10ms"]),
+        &no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("broker_timeout") || e.contains("broker-timeout"),
+        "{e}"
+    );
+    let e = load_from(args(&["--broker", "redis://u:hunter2@h:99999"]), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("hunter2"), "the password never shows: {e}");
+    let cfg = load_from(args(&["--broker", "nats://tok@127.0.0.1:4222"]), &no_env).unwrap();
+    assert_eq!(
+        cfg.broker.map(|b| b.to_string()).as_deref(),
+        Some("nats://***@127.0.0.1:4222")
+    );
 }
 
 // --- open-file limit -------------------------------------------------------

@@ -58,7 +58,7 @@ impl PubSub {
     /// itself, or `None` when the broker numbers it (Redis, topic with history) and it is
     /// delivered when it comes back ([`Origin::Echo`]: then the batch this node built,
     /// with its exclusions, numbered by the broker).
-    pub(super) fn to_broker(&mut self, id: TopicId, batch: Arc<Batch>) -> Option<Arc<Batch>> {
+    pub(super) fn send_to_broker(&mut self, id: TopicId, batch: Arc<Batch>) -> Option<Arc<Batch>> {
         let link = self.link.as_ref()?;
         match batch.origin {
             Origin::Echo => return Some(self.match_echo(id, batch)),

@@ -100,7 +100,15 @@ impl PubSub {
         };
         let history = t.options.has_history();
         if self.link.is_some() {
-            let Some(b) = self.to_broker(id, batch) else {
+            if self.holding() {
+                // Held back while a join of the topic waits for the broker's history.
+                let name = Arc::clone(&t.name);
+                let Some(b) = self.hold(&name, batch) else {
+                    return;
+                };
+                batch = b;
+            }
+            let Some(b) = self.send_to_broker(id, batch) else {
                 return;
             };
             batch = b;

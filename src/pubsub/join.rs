@@ -323,6 +323,15 @@ impl super::PubSub {
         want: Want,
         wake: &mut [bool],
     ) {
+        if self.broker_answers(&topic)
+            && self.fetch(
+                super::fetch::Asker::Shard { from, join },
+                Arc::clone(&topic),
+                want.clone(),
+            )
+        {
+            return;
+        }
         let reply = self.answer(&topic, &want);
         match self
             .bus
@@ -436,6 +445,15 @@ impl super::PubSub {
         }
         let local = std::mem::take(&mut self.joins.local);
         for (join, topic, want) in local {
+            if self.broker_answers(&topic)
+                && self.fetch(
+                    super::fetch::Asker::Local { join },
+                    Arc::clone(&topic),
+                    want.clone(),
+                )
+            {
+                continue;
+            }
             let reply = self.answer(&topic, &want);
             self.on_joined(join, reply, subs);
         }
@@ -559,7 +577,8 @@ impl super::PubSub {
 
     /// Once per tick: joins the home shard did not answer in time are answered
     /// `unavailable` (live delivery, `recovered: false`; a page gets 503).
-    pub fn join_timeouts<S: Subscribers>(&mut self, subs: &mut S) {
+    pub fn join_timeouts<S: Subscribers>(&mut self, subs: &mut S, wake: &mut [bool]) {
+        self.fetch_timeouts(subs, wake);
         if self.joins.pending.is_empty() {
             return;
         }

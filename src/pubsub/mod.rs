@@ -37,6 +37,7 @@ pub mod batch;
 mod cluster;
 mod error;
 pub mod fanout;
+mod fetch;
 pub mod history;
 mod home;
 pub mod join;
@@ -170,6 +171,8 @@ pub struct PubSub {
     awaiting: HashMap<TopicId, std::collections::VecDeque<Arc<Batch>>>,
     /// Topics whose history follows the broker's offsets.
     broker_numbered: std::collections::HashSet<TopicId>,
+    /// Joins answered from the broker's history, and the batches held meanwhile.
+    fetches: fetch::Fetches,
 }
 
 impl PubSub {
@@ -190,6 +193,7 @@ impl PubSub {
             link: None,
             awaiting: HashMap::new(),
             broker_numbered: std::collections::HashSet::new(),
+            fetches: fetch::Fetches::default(),
             shard,
             bus,
             topics: Topics::default(),
@@ -462,6 +466,7 @@ impl PubSub {
             // The backend API's questions are about connections: the shard's.
             m @ (BusMsg::Query { .. } | BusMsg::Answer { .. }) => self.api.push(m),
             BusMsg::NewEpoch { topic } => self.on_new_epoch(&topic),
+            BusMsg::Fetched { cookie, read } => self.on_fetched(cookie, read, subs, wake),
         });
         self.metrics.bus_in.add(batches);
     }

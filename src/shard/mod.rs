@@ -1191,7 +1191,7 @@ impl ShardState {
             dirty: &mut self.outbox.dirty,
             limit: self.settings.send_queue_limit,
         };
-        self.pubsub.join_timeouts(&mut subs);
+        self.pubsub.join_timeouts(&mut subs, &mut self.outbox.wake);
         self.apply_slow();
         self.history_answers();
     }
