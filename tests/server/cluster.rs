@@ -27,16 +27,16 @@ fn fanout(io: &str, kind: Kind) {
     {
         let mut refs: Vec<&mut Sub> = subs.iter_mut().collect();
         propagate(&mut refs, "a", |p| {
-            assert_eq!(http_pub(&a, "f", p).0, 200);
+            assert_eq!(http_pub(&a, "f", p).0, 202);
         });
         let mut refs: Vec<&mut Sub> = subs.iter_mut().collect();
         propagate(&mut refs, "b", |p| wpub.text(p));
     }
     for i in 0..N {
-        assert_eq!(http_pub(&a, "f", &format!("A:{i}")).0, 200);
+        assert_eq!(http_pub(&a, "f", &format!("A:{i}")).0, 202);
         wpub.text(&format!("B:{i}"));
     }
-    assert_eq!(http_pub(&a, "f", "A:end").0, 200);
+    assert_eq!(http_pub(&a, "f", "A:end").0, 202);
     wpub.text("B:end");
     for s in &mut subs {
         let mut ck = Check::default();
@@ -276,7 +276,10 @@ fn recover_on_another_node() {
     let mut ca = a.ws("/ws");
     ca.text(r#"{"type":"subscribe","topic":"r","id":1}"#);
     let first = ack(&mut ca);
-    let epoch = first["epoch"].as_str().expect("epoch in ack").to_owned();
+    let epoch = first["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in ack: {first}"))
+        .to_owned();
     // Wait until B's publications reach A and C (interest propagated).
     let mut i = 0;
     let (mut seen_a, mut seen_c) = (false, false);

@@ -27,7 +27,7 @@ fn kill9(kind: Kind) {
     for i in 0..200 {
         let (st, body) = http_pub(&a, "k", &format!("A:{i}"));
         assert_eq!(
-            st, 200,
+            st, 202,
             "publish during the outage (not --broker-required): {body}"
         );
         down_answer |= body.contains(r#""broker":"down""#);
@@ -199,7 +199,7 @@ fn required(kind: Kind) {
         return;
     };
     let a = node("uring", &b, "a", &[T, &["--broker-required"][..]].concat());
-    assert_eq!(http_pub(&a, "q", "x").0, 200);
+    assert_eq!(http_pub(&a, "q", "x").0, 202);
     b.kill9();
     assert!(until(Duration::from_secs(3), || bm(
         &a,
@@ -218,7 +218,7 @@ fn required(kind: Kind) {
         "ringcast_broker_up"
     ) == 1));
     assert!(a.get("/ready").starts_with("HTTP/1.1 200"));
-    assert_eq!(http_pub(&a, "q", "z").0, 200);
+    assert_eq!(http_pub(&a, "q", "z").0, 202);
 }
 
 #[test]
