@@ -279,12 +279,12 @@ fn resp(args: &[&str]) -> Vec<u8> {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if self.stopped {
-            if let Some(c) = &self.child {
-                let _ = Command::new("kill")
-                    .args(["-CONT", &c.id().to_string()])
-                    .status();
-            }
+        // Continued first: a stopped broker must not outlive a failed test as a stopped
+        // process holding its port.
+        if let (true, Some(c)) = (self.stopped, &self.child) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
         }
         self.kill9();
     }
