@@ -5,6 +5,10 @@
 
 mod util;
 
+mod brokers;
+mod cluster;
+mod cluster_faults;
+
 mod api;
 mod auth;
 mod bad_input;
