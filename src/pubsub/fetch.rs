@@ -22,7 +22,6 @@ use super::fanout::Subscribers;
 use super::history::{Lost, Stored};
 use super::join::{JoinReply, Outcome, Want};
 use super::{Batch, PubSub};
-use crate::bus::{BusMsg, Pushed};
 use crate::cluster::link::{Fetched, Span};
 
 /// How long the home waits for the broker's history before answering `unavailable`
@@ -203,20 +202,7 @@ impl PubSub {
     ) {
         match asker {
             Asker::Local { join } => self.on_joined(join, reply, subs),
-            Asker::Shard { from, join } => {
-                match self
-                    .bus
-                    .push(usize::from(from), BusMsg::Joined { id: join, reply })
-                {
-                    Pushed::Wake => {
-                        if let Some(w) = wake.get_mut(usize::from(from)) {
-                            *w = true;
-                        }
-                    }
-                    Pushed::Queued => {}
-                    Pushed::Full => self.metrics.bus_dropped.inc(),
-                }
-            }
+            Asker::Shard { from, join } => self.send_joined(from, join, reply, wake),
         }
     }
 

@@ -333,6 +333,17 @@ impl super::PubSub {
             return;
         }
         let reply = self.answer(&topic, &want);
+        self.send_joined(from, join, reply, wake);
+    }
+
+    /// Sends the answer to join `join` to the asking shard `from`.
+    pub(super) fn send_joined(
+        &mut self,
+        from: u16,
+        join: u32,
+        reply: JoinReply,
+        wake: &mut [bool],
+    ) {
         match self
             .bus
             .push(usize::from(from), BusMsg::Joined { id: join, reply })
