@@ -257,7 +257,7 @@ pub async fn run<B: Broker>(
                 tracing::warn!(node = %o.node, error = %e, "broker lost while renewing epochs");
                 continue;
             }
-            super::inbound::new_epochs(&bus, &topics);
+            super::inbound::new_epochs(&bus, &topics).await;
             link.stats
                 .epoch_resets
                 .fetch_add(topics.len() as u64, Ordering::Relaxed);

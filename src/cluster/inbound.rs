@@ -214,12 +214,12 @@ impl Inbound {
     }
 }
 
-/// Tells every topic's home that the topic starts a new epoch (after an outage).
-pub fn new_epochs(bus: &Bus, topics: &[Arc<str>]) {
+/// Tells every topic's home that the topic starts a new epoch (after an outage). A full
+/// inbox is retried for up to a second (without blocking the bridge's runtime), then the
+/// topic is logged: a recovering client may then miss the outage's gap.
+pub async fn new_epochs(bus: &Bus, topics: &[Arc<str>]) {
     for t in topics {
         let home = usize::from(home_shard(t, bus.shards()));
-        // An inbox that is full takes this once it drains: retried briefly, then the
-        // epoch is left (a recovering client may then miss the outage's gap: logged).
         let mut tries = 0;
         while bus.push_from_any_thread(
             home,
@@ -233,7 +233,7 @@ pub fn new_epochs(bus: &Bus, topics: &[Arc<str>]) {
                 tracing::error!(topic = %t, "could not renew the epoch after the broker outage: the home shard's inbox stays full");
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct Fetches {
     next: u64,
     out: HashMap<u64, Question>,
     held: HashMap<Arc<str>, Held>,
+    /// Late answers are logged at most once per interval (joins are a client's to make).
+    late_log: crate::throttle::LogThrottle,
 }
 
 impl PubSub {
@@ -185,10 +187,13 @@ impl PubSub {
             .map(|(&c, _)| c)
             .collect();
         for c in late {
-            tracing::warn!(
-                shard = self.shard,
-                "the broker did not answer a history read in time: the join is answered unavailable"
-            );
+            if let Some(suppressed) = self.fetches.late_log.allow(tick) {
+                tracing::warn!(
+                    shard = self.shard,
+                    suppressed,
+                    "the broker did not answer a history read in time: the join is answered unavailable"
+                );
+            }
             self.on_fetched(c, None, subs, wake);
         }
     }
